@@ -1,0 +1,239 @@
+"""Tensor codec: numpy arrays <-> ``rootleaf.v1.Tensor``, with adaptive per-tensor LZ4.
+
+Encoding happens once per tensor per request; the resulting message (or its serialised
+bytes, see ``protos.wire``) is reused for every model that needs it. Decoding treats the
+message as untrusted: every size is checked against ``DecodeLimits`` before anything is
+allocated or decompressed, and every violation raises ``CodecError`` naming the tensor.
+
+LZ4 is the block format (no frame header) because ``raw_size`` already carries the
+decompressed length: measured on 600 KB of sparse float32, block and frame run at the same
+speed (~0.44 GB/s compress, ~2 GB/s decompress on one core) but a frame costs ~20 bytes more
+per tensor, which adds up over hundreds of small features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Iterable, Sequence
+
+import lz4.block
+import numpy as np
+
+from protos.rootleaf.v1 import tensor_pb2
+
+Tensor = tensor_pb2.Tensor
+DType = tensor_pb2.DType
+Encoding = tensor_pb2.Encoding
+
+# Wire dtype -> numpy storage dtype (always little-endian). bfloat16 has no numpy type: it
+# travels as 16-bit words and the leaf reinterprets them with ``torch.Tensor.view``.
+_NUMPY_BY_DTYPE: dict[int, np.dtype] = {
+    DType.FLOAT32: np.dtype("<f4"),
+    DType.FLOAT16: np.dtype("<f2"),
+    DType.BFLOAT16: np.dtype("<u2"),
+    DType.FLOAT64: np.dtype("<f8"),
+    DType.INT64: np.dtype("<i8"),
+    DType.INT32: np.dtype("<i4"),
+    DType.INT8: np.dtype("i1"),
+    DType.UINT8: np.dtype("u1"),
+    DType.BOOL: np.dtype("?"),
+}
+_DTYPE_BY_NUMPY: dict[np.dtype, int] = {
+    np.dtype(t).newbyteorder("="): d
+    for d, t in _NUMPY_BY_DTYPE.items()
+    if d != DType.BFLOAT16
+}
+DTYPE_NAMES: dict[str, int] = {
+    "float32": DType.FLOAT32,
+    "float16": DType.FLOAT16,
+    "bfloat16": DType.BFLOAT16,
+    "float64": DType.FLOAT64,
+    "int64": DType.INT64,
+    "int32": DType.INT32,
+    "int8": DType.INT8,
+    "uint8": DType.UINT8,
+    "bool": DType.BOOL,
+}
+
+
+class Compression(str, Enum):
+    """How ``encode`` treats the payload."""
+
+    NONE = "none"  # always RAW
+    LZ4 = "lz4"  # adaptive: LZ4 when it clearly pays, else RAW
+    LZ4_ALWAYS = "lz4_always"  # LZ4 whatever the ratio (benchmarks only)
+
+
+# Below this many raw bytes LZ4 is skipped: a 64-byte sparse float32 block saves under 30
+# bytes while the call costs about a microsecond (mostly request-level scalars fall here).
+MIN_COMPRESS_BYTES = 64
+# LZ4 output must be at most this fraction of the raw size to be kept; otherwise the
+# decompression CPU at the leaf buys too little.
+MAX_COMPRESSED_RATIO = 0.9
+
+
+class CodecError(ValueError):
+    """A tensor could not be encoded or decoded; names the tensor and the reason."""
+
+    def __init__(self, tensor: str, reason: str) -> None:
+        super().__init__(f"tensor {tensor!r}: {reason}")
+        self.tensor = tensor
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds applied to untrusted tensors before any allocation."""
+
+    max_raw_bytes: int = 256 * 1024 * 1024
+    """Largest decoded size of one tensor."""
+    max_total_raw_bytes: int = 1024 * 1024 * 1024
+    """Largest decoded size of all tensors of one message."""
+    max_tensors: int = 4096
+    """Most tensors in one message."""
+    max_name_length: int = 256
+    """Longest tensor name, in characters."""
+    max_rank: int = 8
+    """Most dimensions of one tensor."""
+
+    def __post_init__(self) -> None:
+        for field in ("max_raw_bytes", "max_total_raw_bytes", "max_tensors", "max_name_length", "max_rank"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"DecodeLimits.{field} must be a positive int, got {value!r}")
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def numpy_dtype(dtype: int) -> np.dtype:
+    """The numpy storage dtype of a wire dtype (bfloat16 -> uint16 words)."""
+    try:
+        return _NUMPY_BY_DTYPE[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype enum value {dtype}") from None
+
+
+def wire_dtype(array_dtype: np.dtype) -> int:
+    """The wire dtype of a numpy dtype; raises ``ValueError`` for unsupported ones."""
+    try:
+        return _DTYPE_BY_NUMPY[np.dtype(array_dtype).newbyteorder("=")]
+    except KeyError:
+        raise ValueError(f"unsupported numpy dtype {array_dtype}") from None
+
+
+def encode(
+    name: str,
+    array: np.ndarray,
+    compression: Compression | str = Compression.LZ4,
+    *,
+    dtype: int | None = None,
+) -> Tensor:
+    """Encode ``array`` as a ``Tensor`` named ``name``.
+
+    ``dtype`` overrides the wire dtype (only needed for bfloat16 carried as uint16 words).
+    """
+    compression = Compression(compression)
+    if dtype is None:
+        try:
+            dtype = wire_dtype(array.dtype)
+        except ValueError as exc:
+            raise CodecError(name, str(exc)) from None
+    storage = numpy_dtype(dtype)
+    if array.dtype.itemsize != storage.itemsize or array.dtype.kind != storage.kind:
+        raise CodecError(name, f"array dtype {array.dtype} does not store {DType.Name(dtype)}")
+    # tobytes() is the one copy: a contiguous little-endian buffer of the row-major data.
+    raw = np.ascontiguousarray(array, dtype=storage).tobytes()
+    tensor = Tensor(name=name, dtype=dtype, shape=array.shape, raw_size=len(raw))
+    if compression is not Compression.NONE and (
+        compression is Compression.LZ4_ALWAYS or len(raw) >= MIN_COMPRESS_BYTES
+    ):
+        packed = lz4.block.compress(raw, store_size=False)
+        if compression is Compression.LZ4_ALWAYS or len(packed) <= MAX_COMPRESSED_RATIO * len(raw):
+            tensor.data = packed
+            tensor.encoding = Encoding.LZ4
+            return tensor
+    tensor.data = raw
+    tensor.encoding = Encoding.RAW
+    return tensor
+
+
+def expected_raw_size(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> int:
+    """Validate the header of an untrusted tensor and return its decoded size in bytes."""
+    name = tensor.name
+    if len(name) > limits.max_name_length:
+        raise CodecError(name[:64] + "...", f"name longer than {limits.max_name_length} characters")
+    if not name:
+        raise CodecError(name, "empty name")
+    if tensor.dtype not in _NUMPY_BY_DTYPE:
+        raise CodecError(name, f"unknown dtype enum value {tensor.dtype}")
+    if len(tensor.shape) > limits.max_rank:
+        raise CodecError(name, f"rank {len(tensor.shape)} exceeds {limits.max_rank}")
+    itemsize = _NUMPY_BY_DTYPE[tensor.dtype].itemsize
+    count = 1
+    for dim in tensor.shape:
+        if dim < 0:
+            raise CodecError(name, f"negative dimension in shape {list(tensor.shape)}")
+        count *= dim
+        # Python ints do not overflow, but stop early on absurd shapes.
+        if count * itemsize > limits.max_raw_bytes:
+            raise CodecError(
+                name, f"shape {list(tensor.shape)} exceeds the {limits.max_raw_bytes}-byte limit"
+            )
+    size = count * itemsize
+    if tensor.raw_size != size:
+        raise CodecError(name, f"raw_size {tensor.raw_size} != {size} implied by shape and dtype")
+    return size
+
+
+def decode(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode an untrusted tensor into a read-only numpy array (zero-copy for RAW)."""
+    size = expected_raw_size(tensor, limits)
+    name = tensor.name
+    data = tensor.data
+    if tensor.encoding == Encoding.RAW:
+        if len(data) != size:
+            raise CodecError(name, f"data length {len(data)} != raw_size {size}")
+        raw = data
+    elif tensor.encoding == Encoding.LZ4:
+        if size == 0:
+            raw = b""
+        else:
+            # LZ4 expands at most ~255x; a tiny block claiming a huge size is a bomb.
+            if len(data) * 255 + 16 < size:
+                raise CodecError(name, f"{len(data)} LZ4 bytes cannot decode to {size} bytes")
+            try:
+                raw = lz4.block.decompress(data, uncompressed_size=size)
+            except lz4.block.LZ4BlockError as exc:
+                raise CodecError(name, f"corrupt LZ4 data: {exc}") from None
+            if len(raw) != size:
+                raise CodecError(name, f"LZ4 data decoded to {len(raw)} bytes, expected {size}")
+    else:
+        raise CodecError(name, f"unknown encoding enum value {tensor.encoding}")
+    array = np.frombuffer(raw, dtype=_NUMPY_BY_DTYPE[tensor.dtype])
+    return array.reshape(tuple(tensor.shape))
+
+
+def decode_all(
+    tensors: Sequence[Tensor], limits: DecodeLimits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    """Decode a message's tensors by name, enforcing count, total size and unique names."""
+    if len(tensors) > limits.max_tensors:
+        raise CodecError("*", f"{len(tensors)} tensors exceed the limit of {limits.max_tensors}")
+    total = 0
+    for tensor in tensors:
+        total += expected_raw_size(tensor, limits)
+        if total > limits.max_total_raw_bytes:
+            raise CodecError(tensor.name, f"total size exceeds {limits.max_total_raw_bytes} bytes")
+    out: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        if tensor.name in out:
+            raise CodecError(tensor.name, "duplicate tensor name")
+        out[tensor.name] = decode(tensor, limits)
+    return out
+
+
+def wire_size(tensors: Iterable[Tensor]) -> int:
+    """Serialised size of the tensors as they travel (after compression)."""
+    return sum(t.ByteSize() for t in tensors)

@@ -1,0 +1,1 @@
+"""The ``rootleaf`` command line: one console script, subcommands owned by each tier."""
