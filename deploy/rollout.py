@@ -1,0 +1,372 @@
+"""Staged rollout of a root-config package and new model versions, with rollback.
+
+Stages: 1 root configs -> canary, 2 model configs -> canary, 3 automated canary analysis,
+4 root configs -> production, 5 model configs -> production. Everything is checked before
+stage 1 (package vs plan, every version to ship exists and does not clash with a different
+copy already deployed, no unfinished earlier rollout). Each delivery is verified on the hosts
+(roots report the new bundle content hash in Root/Status, leaves list the new version in
+Leaf/ListModels) within the plan's timeout. Any failure reverts every change so far in reverse
+order. State (changes and backups) persists in the plan's state dir after every change, so
+``rollback`` works on demand and after a crash. One rollout runs on one event loop; file I/O
+runs in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+import grpc
+
+from deploy.bundle import version_key
+from deploy.canary import FAIL, MARGINAL, report_json, run_analysis
+from deploy.delivery import Change, DeliveryError, atomic_write, deliver_file, deliver_version, revert, tree_sha256
+from deploy.package import Package
+from deploy.plan import LeafTarget, Plan, PlanError, Role, RootTarget
+from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
+from protos.transport import GRPC_OPTIONS
+
+STATE_FILE = "state.json"
+Printer = Callable[[str], None]
+
+
+class RolloutFailed(RuntimeError):
+    """A stage failed; the message is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileDelivery:
+    """A root config file to write on one root."""
+
+    root: RootTarget
+    path: Path
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDelivery:
+    """A model version directory to copy into one leaf's repository."""
+
+    leaf: LeafTarget
+    model: str
+    version: str
+    source: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    number: int
+    name: str
+    ok: bool
+    duration_s: float
+    detail: str
+
+
+class StateStore:
+    """The persisted record of the last rollout: its status and every applied change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / STATE_FILE
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"rollout state {self.path} is unreadable ({exc})") from None
+        return doc
+
+    def save(self, doc: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+
+
+def _changes(doc: dict[str, Any]) -> list[tuple[Change, bool]]:
+    return [(Change.from_json(c["change"]), bool(c["reverted"])) for c in doc.get("changes", [])]
+
+
+# ----------------------------------------------------------------------------- verification
+
+async def _poll(what: str, timeout_s: float, probe: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+    """Await ``probe`` until it reports done, with backoff, bounded by ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay, last = 0.05, ""
+    while True:
+        try:
+            done, last = await probe()
+        except grpc.aio.AioRpcError as exc:
+            done, last = False, f"{exc.code().name}: {exc.details()}"
+        if done:
+            return
+        if time.monotonic() + delay > deadline:
+            raise RolloutFailed(f"verification timed out after {timeout_s:.0f} s: {what} ({last})")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+async def verify_root(root: RootTarget, bundle: str, sha: str | None, timeout_s: float, rpc_s: float) -> None:
+    """Wait until the root reports bundle ``bundle`` loaded with content hash ``sha``."""
+    async with grpc.aio.insecure_channel(root.target, options=GRPC_OPTIONS) as channel:
+        stub = root_pb2_grpc.RootStub(channel)
+
+        async def probe() -> tuple[bool, str]:
+            status = await stub.Status(root_pb2.RootStatusRequest(), timeout=rpc_s)
+            for b in status.bundles:
+                if b.name == bundle:
+                    return b.content_hash == sha, f"reports {b.content_hash[:12] or 'nothing'}" + (
+                        f", last_error {b.last_error!r}" if b.last_error else "")
+            return False, f"no bundle {bundle!r}"
+
+        await _poll(f"root {root.target} bundle {bundle} hash {str(sha)[:12]}", timeout_s, probe)
+
+
+async def verify_leaf(leaf: LeafTarget, want: dict[str, set[str]], gone: dict[str, set[str]],
+                      timeout_s: float, rpc_s: float) -> None:
+    """Wait until the leaf lists every version in ``want`` and none in ``gone``."""
+    async with grpc.aio.insecure_channel(leaf.target, options=GRPC_OPTIONS) as channel:
+        stub = leaf_pb2_grpc.LeafStub(channel)
+
+        async def probe() -> tuple[bool, str]:
+            listed = await stub.ListModels(leaf_pb2.ListModelsRequest(), timeout=rpc_s)
+            have = {m.name: set(m.versions) for m in listed.models}
+            missing = {m: v - have.get(m, set()) for m, v in want.items() if v - have.get(m, set())}
+            extra = {m: v & have.get(m, set()) for m, v in gone.items() if v & have.get(m, set())}
+            return not missing and not extra, f"missing {missing or '{}'}, still loaded {extra or '{}'}"
+
+        await _poll(f"leaf {leaf.target}", timeout_s, probe)
+
+
+# ----------------------------------------------------------------------------- rollout
+
+class Rollout:
+    """Plans and runs one rollout of ``package`` with versions from ``models_dir``."""
+
+    def __init__(self, plan: Plan, package: Package, models_dir: Path, out: Printer = print) -> None:
+        self.plan = plan
+        self.package = package
+        self.models_dir = models_dir
+        self.out = out
+        self.store = StateStore(plan.state_dir)
+        self.state: dict[str, Any] = {}
+
+    # -- planning (no side effects) -------------------------------------------------------
+    def root_files(self, role: Role) -> list[FileDelivery]:
+        files = []
+        for root in role.roots:
+            files.append(FileDelivery(root, root.bundle_file, self.package.bundle_bytes))
+            files += [FileDelivery(root, root.config_dir / n, d) for n, d in sorted(self.package.configs.items())]
+        return files
+
+    def leaf_versions(self, role: Role) -> list[VersionDelivery]:
+        """Versions the package lists that a leaf serving the model does not have yet."""
+        out = []
+        for leaf in role.leaves:
+            served = leaf.models or tuple(
+                p.name for p in leaf.repo_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+            for model in sorted(set(served) & set(self.package.models)):
+                for version in sorted(self.package.models[model], key=version_key):
+                    source = self.models_dir / model / version
+                    deployed = leaf.repo_dir / model / version
+                    if deployed.exists():
+                        if source.is_dir() and tree_sha256(source) != tree_sha256(deployed):
+                            raise PlanError(f"{deployed} is deployed with content different from {source}")
+                        continue
+                    if not source.is_dir():
+                        raise PlanError(f"{model} version {version} is not on leaf {leaf.target} "
+                                        f"and not in --models {self.models_dir}")
+                    out.append(VersionDelivery(leaf, model, version, source))
+        return out
+
+    def validate(self) -> None:
+        """Everything that can be checked before a change is made; raises ``PlanError``."""
+        if self.package.name != self.plan.bundle:
+            raise PlanError(f"package carries bundle {self.package.name!r}, plan says {self.plan.bundle!r}")
+        if not self.models_dir.is_dir():
+            raise PlanError(f"--models {self.models_dir} is not a directory")
+        for model in self.plan.analysis.models:
+            if model not in self.package.models:
+                raise PlanError(f"analysis.models names {model!r}, which the package does not carry")
+        prior = self.store.load()
+        if prior is not None and prior.get("status") in ("in_progress", "failed"):
+            raise PlanError(f"rollout state in {self.plan.state_dir} has unreverted changes "
+                            f"(status {prior['status']}): run 'rootleaf rollback' first")
+        for role in (self.plan.canary, self.plan.production):
+            self.root_files(role)
+            self.leaf_versions(role)
+
+    def analysis_models(self) -> list[str]:
+        return list(self.plan.analysis.models) or sorted(self.package.models)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for n, role_name, role in ((1, "canary", self.plan.canary), (4, "production", self.plan.production)):
+            lines.append(f"[{n}/5] root configs -> {role_name}")
+            for f in self.root_files(role):
+                old = hashlib.sha256(f.path.read_bytes()).hexdigest()[:12] if f.path.exists() else "none"
+                new = hashlib.sha256(f.data).hexdigest()[:12]
+                lines.append(f"      {f.root.target}: {f.path} {old} -> {new}" + (" (unchanged)" if old == new else ""))
+            lines.append(f"[{n + 1}/5] model configs -> {role_name}")
+            versions = self.leaf_versions(role)
+            lines += [f"      {v.leaf.target}: + {v.model}/{v.version} into {v.leaf.repo_dir}" for v in versions]
+            if not versions:
+                lines.append("      (no new versions)")
+            if n == 1:
+                lines.append(f"[3/5] canary analysis: {self.plan.analysis.requests} requests per side, "
+                             f"models {', '.join(self.analysis_models())}")
+        return lines
+
+    # -- running ---------------------------------------------------------------------------
+    def _record(self, change: Change) -> None:
+        self.state["changes"].append({"change": change.to_json(), "reverted": False})
+        self.store.save(self.state)
+
+    async def _deliver_roots(self, role_name: str, role: Role) -> str:
+        count = 0
+        backup_dir = self.plan.state_dir / "backups" / self.state["id"]
+        for f in self.root_files(role):
+            change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
+            if change is not None:
+                self._record(change)
+                count += 1
+        await asyncio.gather(*(
+            verify_root(r, self.plan.bundle, self.package.bundle_sha256, self.plan.verify_timeout_s, self.plan.rpc_timeout_s)
+            for r in role.roots))
+        return f"{count} file(s) written, {len(role.roots)} root(s) report {self.package.bundle_sha256[:12]}"
+
+    async def _deliver_models(self, role_name: str, role: Role) -> str:
+        deliveries = self.leaf_versions(role)
+        for v in deliveries:
+            change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model, f"{role_name} leaf {v.leaf.target}")
+            if change is not None:
+                self._record(change)
+        waits = []
+        for leaf in role.leaves:
+            want: dict[str, set[str]] = {}
+            for v in deliveries:
+                if v.leaf is leaf:
+                    want.setdefault(v.model, set()).add(v.version)
+            if want:
+                waits.append(verify_leaf(leaf, want, {}, self.plan.verify_timeout_s, self.plan.rpc_timeout_s))
+        await asyncio.gather(*waits)
+        names = ", ".join(f"{v.model}/{v.version}" for v in deliveries) or "none new"
+        return f"{len(deliveries)} version(s) delivered and listed ({names})"
+
+    async def _analyse(self) -> str:
+        plan = self.plan
+        canary, base = plan.canary, plan.production
+        report = await run_analysis(
+            plan.analysis, self.analysis_models(), canary.roots[0].target, base.roots[0].target,
+            [canary.roots[0].metrics_url or ""], [base.roots[0].metrics_url or ""],
+            [lf.metrics_url for lf in canary.leaves if lf.metrics_url],
+            [lf.metrics_url for lf in base.leaves if lf.metrics_url],
+        )
+        report_path = plan.state_dir / f"analysis-{self.state['id']}.json"
+        await asyncio.to_thread(atomic_write, report_path, report_json(report).encode())
+        self.out(report.table())
+        self.out(f"      report: {report_path}")
+        self.state["analysis"] = {"score": report.score, "verdict": report.verdict, "report": str(report_path)}
+        self.store.save(self.state)
+        verdict = f"verdict {report.verdict} (score {report.score:.1f})"
+        if report.verdict == FAIL or (report.verdict == MARGINAL and plan.analysis.on_marginal == "rollback"):
+            failed = [m.name for m in report.metrics if m.verdict == FAIL]
+            raise RolloutFailed(f"canary analysis {verdict}; failing metrics: {', '.join(failed) or 'none'}")
+        return verdict
+
+    async def run(self) -> int:
+        """Run every stage; on failure roll back. Returns the exit code."""
+        self.state = {"id": time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}", "status": "in_progress",
+                      "plan": str(self.plan.path), "bundle": self.package.name,
+                      "build_id": self.package.build_id, "changes": []}
+        self.store.save(self.state)
+        self.out(f"rollout of bundle {self.package.name} build {self.package.build_id} "
+                 f"(bundle sha256 {self.package.bundle_sha256[:12]})")
+        stages: Sequence[tuple[str, Callable[[], Awaitable[str]]]] = (
+            ("root configs -> canary", lambda: self._deliver_roots("canary", self.plan.canary)),
+            ("model configs -> canary", lambda: self._deliver_models("canary", self.plan.canary)),
+            ("automated canary analysis", self._analyse),
+            ("root configs -> production", lambda: self._deliver_roots("production", self.plan.production)),
+            ("model configs -> production", lambda: self._deliver_models("production", self.plan.production)),
+        )
+        for number, (name, action) in enumerate(stages, start=1):
+            start = time.monotonic()
+            try:
+                detail = await action()
+            except (RolloutFailed, DeliveryError, OSError) as exc:
+                self.out(f"[{number}/5] {name}: FAILED ({time.monotonic() - start:.2f} s) {exc}")
+                self.state["status"] = "failed"
+                self.state["reason"] = f"stage {number} ({name}): {exc}"
+                self.store.save(self.state)
+                ok = await rollback_state(self.plan, self.store, self.out)
+                self.out(f"rollout FAILED at stage {number} ({name}): {exc}")
+                self.out("rolled back: every change reverted and verified" if ok else "ROLLBACK INCOMPLETE: see above")
+                return 1
+            self.out(f"[{number}/5] {name}: OK ({time.monotonic() - start:.2f} s) {detail}")
+        self.state["status"] = "completed"
+        self.store.save(self.state)
+        self.out(f"rollout COMPLETED: bundle {self.package.name} build {self.package.build_id} in production")
+        return 0
+
+
+async def rollback_state(plan: Plan, store: StateStore, out: Printer) -> bool:
+    """Revert every unreverted change of the recorded rollout in reverse order, then verify.
+
+    Returns False when a revert or a verification failed (the state keeps what is left)."""
+    state = store.load()
+    if state is None:
+        out("rollback: no rollout state; nothing to do")
+        return True
+    entries = state.get("changes", [])
+    ok = True
+    roots_touched: dict[str, tuple[RootTarget, str | None]] = {}
+    leaves_touched: dict[str, tuple[LeafTarget, dict[str, set[str]]]] = {}
+    by_file = {str(r.bundle_file): r for r in plan.canary.roots + plan.production.roots}
+    by_repo = {str(lf.repo_dir): lf for lf in plan.canary.leaves + plan.production.leaves}
+    for entry in reversed(entries):
+        if entry["reverted"]:
+            continue
+        change = Change.from_json(entry["change"])
+        start = time.monotonic()
+        try:
+            await asyncio.to_thread(revert, change)
+        except DeliveryError as exc:
+            out(f"  revert {change.target}: FAILED {exc}")
+            ok = False
+            continue
+        entry["reverted"] = True
+        store.save(state)
+        out(f"  reverted {change.kind} {change.target} ({time.monotonic() - start:.2f} s)")
+        if change.kind == "file" and change.target in by_file:
+            roots_touched[change.target] = (by_file[change.target], change.old_sha256)
+        elif change.kind == "version":
+            target = Path(change.target)
+            leaf = by_repo.get(str(target.parent.parent))
+            if leaf is not None:
+                gone = leaves_touched.setdefault(str(leaf.repo_dir), (leaf, {}))[1]
+                gone.setdefault(target.parent.name, set()).add(target.name)
+    checks = [
+        verify_root(root, plan.bundle, old, plan.verify_timeout_s, plan.rpc_timeout_s)
+        for root, old in roots_touched.values() if old is not None
+    ] + [
+        verify_leaf(leaf, {}, gone, plan.verify_timeout_s, plan.rpc_timeout_s)
+        for leaf, gone in leaves_touched.values()
+    ]
+    for result in await asyncio.gather(*checks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            out(f"  rollback verification: {result}")
+            ok = False
+    if checks and ok:
+        out(f"  verified: {len(roots_touched)} root(s) report their previous bundle hash, "
+            f"{len(leaves_touched)} leaf(s) no longer list the removed versions")
+    if ok:
+        state["status"] = "rolled_back"
+        store.save(state)
+    return ok
