@@ -1,0 +1,65 @@
+"""Prometheus metrics of the Feature Trimmer, defined once per process (default registry).
+
+Several trimmers in one process (tests, tools) share these series; bundle names label
+what differs. Updated from the lookup callers' threads (lookups) and the loading thread
+(everything else); prometheus-client children are thread-safe.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+__all__ = [
+    "BUNDLE_HEALTHY",
+    "BUNDLE_INFO",
+    "LAST_SUCCESS",
+    "LOAD_ERRORS",
+    "LOOKUPS",
+    "LOOKUP_EXACT",
+    "LOOKUP_LATEST",
+    "LOOKUP_UNTRIMMED",
+    "MODEL_CONFLICTS",
+    "RELOADS",
+]
+
+LOOKUPS = Counter(
+    "rootleaf_trimmer_lookups",
+    "Trim decisions by kind: exact version, latest-version fallback, untrimmed (no allowlist).",
+    ["kind"],
+)
+# Bound children: ``labels()`` costs more than the increment itself on the lookup path.
+LOOKUP_EXACT = LOOKUPS.labels(kind="exact")
+LOOKUP_LATEST = LOOKUPS.labels(kind="latest")
+LOOKUP_UNTRIMMED = LOOKUPS.labels(kind="untrimmed")
+
+RELOADS = Counter(
+    "rootleaf_trimmer_reloads",
+    "Bundle load attempts by result: ok (new map swapped in), unchanged (same content hash), "
+    "error (kept the last good map).",
+    ["bundle", "result"],
+)
+LAST_SUCCESS = Gauge(
+    "rootleaf_trimmer_last_success_timestamp_seconds",
+    "Unix time of the bundle's last successful load.",
+    ["bundle"],
+)
+LOAD_ERRORS = Counter(
+    "rootleaf_trimmer_load_errors",
+    "Failed bundle loads by cause: missing, unreadable, too_large, invalid.",
+    ["bundle", "cause"],
+)
+BUNDLE_HEALTHY = Gauge(
+    "rootleaf_trimmer_bundle_healthy",
+    "1 when the bundle's current file loaded cleanly, 0 when its last load failed (alert on 0).",
+    ["bundle"],
+)
+BUNDLE_INFO = Gauge(
+    "rootleaf_trimmer_bundle_info",
+    "1 for the sha256 of the bundle file content that is in use (rollout verification).",
+    ["bundle", "content_hash"],
+)
+MODEL_CONFLICTS = Counter(
+    "rootleaf_trimmer_model_conflicts",
+    "A model newly found in more than one bundle; the bundle whose name sorts first wins.",
+    ["model", "winner", "shadowed"],
+)

@@ -1,0 +1,141 @@
+"""Trim decisions and the consolidated map (an immutable snapshot of every bundle).
+
+``build_snapshot`` runs on the loading thread after a bundle load and precomputes every
+answer a lookup can give (one ``TrimDecision`` per exact version plus one per model for
+"latest"), so a lookup is two dict probes and no allocation. A snapshot is never mutated
+after it is built; the trimmer swaps the reference under the write side of its lock.
+
+Precedence: when a model appears in several bundles, the bundle whose *name* sorts first
+(plain string order) provides all of that model's versions; the others' entries for it
+are ignored (never merged), and each such shadowing is reported as a ``Conflict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping, Protocol, Sequence, TypeVar, overload
+
+from trimmer.bundle import BundleMap
+
+__all__ = ["Conflict", "DecisionKind", "ModelEntry", "Snapshot", "TrimDecision", "UNTRIMMED", "build_snapshot"]
+
+DecisionKind = Literal["exact", "latest", "untrimmed"]
+V = TypeVar("V")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+@dataclass(frozen=True, slots=True)
+class TrimDecision:
+    """Which features a model version receives.
+
+    ``features`` None means untrimmed (every feature passes); ``version`` is the version
+    whose allowlist applied (None when untrimmed); ``kind`` says which rule matched.
+    """
+
+    features: frozenset[str] | None
+    version: str | None
+    kind: DecisionKind
+
+    @property
+    def trimmed(self) -> bool:
+        return self.features is not None
+
+    @overload
+    def apply(self, tensors: Mapping[str, V]) -> dict[str, V]: ...
+
+    @overload
+    def apply(self, tensors: Sequence[N]) -> list[N]: ...
+
+    def apply(self, tensors: Mapping[str, V] | Sequence[N]) -> dict[str, V] | list[N]:
+        """The subset to send, in input order: a name->value mapping gives a dict, a
+        sequence of items with a ``.name`` gives a list. Cost is per feature, not per candidate."""
+        features = self.features
+        if isinstance(tensors, Mapping):
+            if features is None:
+                return dict(tensors)
+            return {name: value for name, value in tensors.items() if name in features}
+        if features is None:
+            return list(tensors)
+        return [item for item in tensors if item.name in features]
+
+
+UNTRIMMED = TrimDecision(features=None, version=None, kind="untrimmed")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """Everything a lookup needs for one model, precomputed."""
+
+    bundle: str
+    """The bundle that provides this model (after precedence)."""
+    exact: Mapping[str, TrimDecision]
+    """version -> decision of kind "exact"."""
+    latest: TrimDecision
+    """Decision of kind "latest" for an omitted or unknown version."""
+    versions: tuple[str, ...]
+    """Known versions, oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A model listed by more than one bundle; ``winner`` provides it."""
+
+    model: str
+    winner: str
+    shadowed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The consolidated map: model -> precomputed decisions, plus precedence conflicts."""
+
+    models: Mapping[str, ModelEntry]
+    conflicts: tuple[Conflict, ...]
+    generation: int
+    """Increases with every swap (0 = nothing loaded yet)."""
+
+    def lookup(self, model: str, version: str | None = None) -> TrimDecision:
+        entry = self.models.get(model)
+        if entry is None:
+            return UNTRIMMED
+        if version is not None:
+            decision = entry.exact.get(version)
+            if decision is not None:
+                return decision
+        return entry.latest
+
+
+EMPTY_SNAPSHOT = Snapshot(models={}, conflicts=(), generation=0)
+
+
+def build_snapshot(bundles: Mapping[str, BundleMap], generation: int) -> Snapshot:
+    """Consolidate per-bundle maps (failed bundles are simply absent) into one snapshot."""
+    owners: dict[str, list[str]] = {}
+    for bundle in sorted(bundles):
+        for model in bundles[bundle].models:
+            owners.setdefault(model, []).append(bundle)
+    models: dict[str, ModelEntry] = {}
+    conflicts: list[Conflict] = []
+    for model in sorted(owners):
+        winner, *shadowed = owners[model]
+        if shadowed:
+            conflicts.append(Conflict(model=model, winner=winner, shadowed=tuple(shadowed)))
+        versions = bundles[winner].models[model]
+        exact = {v.version: TrimDecision(v.features, v.version, "exact") for v in versions}
+        newest = versions[-1]
+        # Share the frozenset between the exact and latest decisions of the newest version.
+        latest = TrimDecision(exact[newest.version].features, newest.version, "latest")
+        models[model] = ModelEntry(
+            bundle=winner,
+            exact=exact,
+            latest=latest,
+            versions=tuple(v.version for v in versions),
+        )
+    return Snapshot(models=models, conflicts=tuple(conflicts), generation=generation)
