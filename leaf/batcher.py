@@ -1,0 +1,242 @@
+"""Dynamic batcher: merges concurrent requests per model version into one forward.
+
+The event loop calls ``submit`` (enqueue under a lock, get an ``asyncio.Future``). One
+inference thread per device ("leaf-infer-<device>") owns the forward: it takes the queue
+whose head is ready (enough candidates queued, or the head waited ``max_queue_delay``, or
+the device was busy while requests piled up), concatenates their inputs, runs the model
+once, splits the outputs back by row ranges and resolves each future on its loop.
+Requests whose deadline passed or whose caller went away are dropped before the forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from leaf import metrics
+from leaf.converter import ConvertedInputs
+from leaf.device import Placement
+from leaf.errors import DeadlineExpired, LeafError, ModelFailed, Overloaded, ShuttingDown
+from leaf.model import LoadedVersion
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """How requests are merged (see ``LeafConfig`` for the meaning of each field)."""
+
+    max_batch_candidates: int
+    max_queue_delay_s: float
+    max_queue_requests: int
+
+    @property
+    def merging(self) -> bool:
+        return self.max_batch_candidates > 0
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    request_id: str
+    inputs: ConvertedInputs
+    deadline: float | None
+    enqueued: float
+    future: asyncio.Future[Outputs]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Outputs], value: Outputs | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+class Batcher:
+    """Per-version queues served by one inference thread."""
+
+    def __init__(self, placement: Placement, policy: BatchPolicy) -> None:
+        self._placement = placement
+        self._policy = policy
+        self._cond = threading.Condition()
+        self._queues: dict[LoadedVersion, deque[_Item]] = {}
+        self._queued_candidates: dict[LoadedVersion, int] = {}
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"leaf-infer-{placement.device.type}", daemon=True
+        )
+        self._thread.start()
+
+    # -- event loop side ----------------------------------------------------------------
+
+    def submit(
+        self,
+        version: LoadedVersion,
+        inputs: ConvertedInputs,
+        deadline: float | None,
+        request_id: str = "",
+    ) -> asyncio.Future[Outputs]:
+        """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop)
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("leaf is shutting down")
+            queue = self._queues.get(version)
+            if queue is None:
+                queue = self._queues[version] = deque()
+                self._queued_candidates[version] = 0
+            if len(queue) >= self._policy.max_queue_requests:
+                raise Overloaded(
+                    f"model {version.model!r}: queue full ({self._policy.max_queue_requests} requests)"
+                )
+            queue.append(item)
+            self._queued_candidates[version] += inputs.num_candidates
+            metrics.QUEUE_DEPTH.labels(version.model).inc()
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Stop the inference thread; queued requests fail with UNAVAILABLE."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=60)
+
+    # -- inference thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                picked = self._next_batch()
+            if picked is None:
+                return
+            version, items = picked
+            try:
+                self._execute(version, items)
+            except Exception as exc:  # a bug here must not kill the only inference thread
+                log.exception("batch for %s/%s failed", version.model, version.version)
+                self._fail(items, exc)
+
+    def _next_batch(self) -> tuple[LoadedVersion, list[_Item]] | None:
+        """Wait (holding the condition) for a ready queue and pop its batch."""
+        policy = self._policy
+        while True:
+            if self._closed:
+                for version, queue in self._queues.items():
+                    self._fail(list(queue), ShuttingDown("leaf is shutting down"))
+                    metrics.QUEUE_DEPTH.labels(version.model).dec(len(queue))
+                    queue.clear()
+                return None
+            now = time.monotonic()
+            best: LoadedVersion | None = None
+            best_head = float("inf")
+            wake_at = float("inf")
+            for version, queue in self._queues.items():
+                if not queue:
+                    continue
+                head = queue[0].enqueued
+                full = (
+                    not policy.merging
+                    or self._queued_candidates[version] >= policy.max_batch_candidates
+                )
+                ready_at = head if full else head + policy.max_queue_delay_s
+                if ready_at <= now:
+                    if head < best_head:
+                        best, best_head = version, head
+                else:
+                    wake_at = min(wake_at, ready_at)
+            if best is not None:
+                return best, self._pop(best, now)
+            self._cond.wait(None if wake_at == float("inf") else wake_at - now)
+
+    def _pop(self, version: LoadedVersion, now: float) -> list[_Item]:
+        queue = self._queues[version]
+        limit = self._policy.max_batch_candidates
+        items: list[_Item] = []
+        rows = 0
+        while queue:
+            item = queue[0]
+            n = item.inputs.num_candidates
+            if items and (not self._policy.merging or rows + n > limit):
+                break
+            queue.popleft()
+            self._queued_candidates[version] -= n
+            metrics.QUEUE_DEPTH.labels(version.model).dec()
+            if item.future.done():
+                continue  # the caller went away (cancelled)
+            if item.deadline is not None and item.deadline <= now:
+                self._fail([item], DeadlineExpired("deadline passed while queued"))
+                continue
+            items.append(item)
+            rows += n
+        if not queue:
+            # Versions come and go with hot loads: do not keep empty queues of old ones.
+            del self._queues[version]
+            del self._queued_candidates[version]
+        return items
+
+    def _execute(self, version: LoadedVersion, items: list[_Item]) -> None:
+        if not items:
+            return
+        model = version.model
+        rows = sum(item.inputs.num_candidates for item in items)
+        if len(items) == 1:
+            inputs = items[0].inputs.tensors
+        else:
+            inputs = {
+                name: self._placement.merge([item.inputs.tensors[name] for item in items])
+                for name in version.signature.input_names
+            }
+        wall = time.perf_counter()
+        cpu = time.thread_time()
+        try:
+            outputs = version.forward(inputs, rows)
+        except ModelFailed as exc:
+            ids = ", ".join(item.request_id for item in items)
+            log.error("%s (requests: %s)", exc, ids, exc_info=exc.__cause__ or exc)
+            self._fail(items, exc)
+            return
+        finally:
+            metrics.FORWARD_CPU_SECONDS.labels(model).inc(time.thread_time() - cpu)
+            metrics.FORWARD_SECONDS.labels(model).observe(time.perf_counter() - wall)
+            metrics.BATCH_CANDIDATES.labels(model).observe(rows)
+            metrics.BATCH_REQUESTS.labels(model).observe(len(items))
+        first = outputs[version.signature.output_names[0]]
+        metrics.SCORE.observe_many((model, version.version), first)
+        finite = np.ones(rows, dtype=bool)
+        for column in outputs.values():
+            finite &= np.isfinite(column)
+        all_finite = bool(finite.all())
+        start = 0
+        for item in items:
+            end = start + item.inputs.num_candidates
+            value: Outputs | BaseException
+            if all_finite or finite[start:end].all():
+                value = {name: column[start:end] for name, column in outputs.items()}
+            else:
+                value = ModelFailed(
+                    f"model {model!r} version {version.version!r} produced non-finite scores"
+                )
+            item.loop.call_soon_threadsafe(_resolve, item.future, value)
+            start = end
+
+    @staticmethod
+    def _fail(items: list[_Item], exc: BaseException) -> None:
+        error = exc if isinstance(exc, LeafError) else ModelFailed("inference failed")
+        for item in items:
+            try:
+                item.loop.call_soon_threadsafe(_resolve, item.future, error)
+            except RuntimeError:
+                pass  # the caller's loop is closed: nobody is waiting any more

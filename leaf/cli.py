@@ -1,0 +1,98 @@
+"""``rootleaf leaf``: run a leaf partition server (flags map onto ``LeafConfig``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from leaf.config import LeafConfig, VersionPolicy
+from leaf.server import serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = LeafConfig(repo=Path("."))
+    p = argparse.ArgumentParser(prog="rootleaf leaf", description="Run a leaf partition server.")
+    p.add_argument("--repo", type=Path, required=True, help="model repository <repo>/<model>/<version>/model.pt")
+    p.add_argument("--host", default=defaults.host, help="bind address (default %(default)s)")
+    p.add_argument("--port", type=int, default=defaults.port, help="gRPC port; 0 picks a free one")
+    p.add_argument("--models", default=None, help="comma-separated models to host (default: all in the repo)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
+    p.add_argument("--versions", default="latest", help="latest | latest:N | all | 1,2,...")
+    p.add_argument("--max-batch-candidates", type=int, default=defaults.max_batch_candidates,
+                   help="most candidates merged into one forward; 0 disables merging")
+    p.add_argument("--max-queue-delay-ms", type=float, default=defaults.max_queue_delay_ms)
+    p.add_argument("--max-queue-requests", type=int, default=defaults.max_queue_requests)
+    p.add_argument("--torch-threads", type=int, default=defaults.torch_threads, help="0 = torch default")
+    p.add_argument("--metrics-port", type=int, default=defaults.metrics_port, help="0 = no metrics endpoint")
+    p.add_argument("--metrics-host", default=defaults.metrics_host)
+    p.add_argument("--recheck-interval-s", type=float, default=defaults.recheck_interval_s)
+    p.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
+    p.add_argument("--inject-delay-ms", type=float, default=defaults.inject_delay_ms,
+                   help="fault injection: delay added before each request runs")
+    p.add_argument("--record-requests", type=Path, default=None,
+                   help="append one JSON line per Score request (what the leaf saw)")
+    p.add_argument("--grace-s", type=float, default=defaults.grace_s, help="shutdown drain period")
+    p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LeafConfig:
+    models = None
+    if args.models:
+        models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    return LeafConfig(
+        repo=args.repo,
+        host=args.host,
+        port=args.port,
+        models=models,
+        device=args.device,
+        versions=VersionPolicy.parse(args.versions),
+        max_batch_candidates=args.max_batch_candidates,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue_requests=args.max_queue_requests,
+        torch_threads=args.torch_threads,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        recheck_interval_s=args.recheck_interval_s,
+        max_candidates=args.max_candidates,
+        inject_delay_ms=args.inject_delay_ms,
+        record_requests=args.record_requests,
+        grace_s=args.grace_s,
+    )
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Atomically publish the bound port (readers never see a partial file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    port_file: Path | None = args.port_file
+
+    def on_started(port: int) -> None:
+        logging.getLogger("leaf").info("serving on %s:%d", config.host, port)
+        if port_file is not None:
+            write_port_file(port_file, port)
+
+    serve(config, on_started)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

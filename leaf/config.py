@@ -1,0 +1,158 @@
+"""Leaf configuration: one frozen dataclass per component, validated on construction.
+
+Built once (from CLI flags or a mapping) before the server starts; immutable afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from protos.codec import DecodeLimits
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions of each model are loaded."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    """``latest``: the newest ``count`` loadable versions; ``all``; ``specific``: ``versions``."""
+    count: int = 1
+    """How many of the newest versions ``latest`` keeps."""
+    versions: tuple[str, ...] = ()
+    """The versions ``specific`` loads (those present and loadable)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("latest", "all", "specific"):
+            raise ValueError(f"VersionPolicy.kind must be latest|all|specific, got {self.kind!r}")
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"VersionPolicy.count must be a positive int, got {self.count!r}")
+        if self.kind == "specific" and not self.versions:
+            raise ValueError("VersionPolicy.versions must not be empty for kind 'specific'")
+        if any(not v or "/" in v for v in self.versions):
+            raise ValueError(f"VersionPolicy.versions has an invalid name: {self.versions!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "VersionPolicy":
+        """``latest``, ``latest:N``, ``all``, or a comma-separated list like ``1,2``."""
+        text = text.strip()
+        if text == "latest":
+            return cls("latest", 1)
+        if text.startswith("latest:"):
+            try:
+                return cls("latest", int(text.split(":", 1)[1]))
+            except ValueError:
+                raise ValueError(f"bad version policy {text!r}: count must be an int") from None
+        if text == "all":
+            return cls("all")
+        versions = tuple(v.strip() for v in text.split(",") if v.strip())
+        if not versions:
+            raise ValueError(f"bad version policy {text!r}")
+        return cls("specific", versions=versions)
+
+    def select(self, available: list[str]) -> list[str]:
+        """The versions to load out of ``available`` (sorted oldest first)."""
+        if self.kind == "all":
+            return list(available)
+        if self.kind == "latest":
+            return list(available[-self.count :])
+        wanted = set(self.versions)
+        return [v for v in available if v in wanted]
+
+
+@dataclass(frozen=True, slots=True)
+class LeafConfig:
+    """Everything a leaf partition server needs."""
+
+    repo: Path
+    """Model repository: ``<repo>/<model>/<version>/model.pt``."""
+    host: str = "127.0.0.1"
+    """Address the gRPC server binds."""
+    port: int = 0
+    """gRPC port; 0 picks a free one (reported by ``create_server``)."""
+    models: tuple[str, ...] | None = None
+    """Models this leaf hosts; None hosts every model directory in the repository."""
+    device: str = "auto"
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
+    versions: VersionPolicy = field(default_factory=VersionPolicy)
+    """Which versions of each model are loaded."""
+    max_batch_candidates: int = 4096
+    """Most candidates merged into one forward; 0 turns merging off (one request per forward)."""
+    max_queue_delay_ms: float = 1.0
+    """How long the first request of a batch may wait for others while the device is idle."""
+    max_queue_requests: int = 256
+    """Most requests waiting per model version; beyond it requests get RESOURCE_EXHAUSTED."""
+    torch_threads: int = 0
+    """Intra-op threads for CPU inference; 0 keeps torch's default."""
+    metrics_port: int = 0
+    """Prometheus HTTP port; 0 disables the endpoint."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds."""
+    recheck_interval_s: float = 30.0
+    """Periodic repository re-scan, for file systems whose change events get lost."""
+    decode_limits: DecodeLimits = field(default_factory=DecodeLimits)
+    """Bounds applied to untrusted request tensors."""
+    max_candidates: int = 1_000_000
+    """Largest ``num_candidates`` accepted in one request."""
+    inject_delay_ms: float = 0.0
+    """Fault injection: extra delay before each request is queued (reliability tests)."""
+    record_requests: Path | None = None
+    """Append one JSON line per Score request (what the leaf saw) to this file."""
+    grace_s: float = 5.0
+    """Shutdown grace period for in-flight requests."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repo, Path):
+            object.__setattr__(self, "repo", Path(self.repo))
+        if self.record_requests is not None and not isinstance(self.record_requests, Path):
+            object.__setattr__(self, "record_requests", Path(self.record_requests))
+        if self.models is not None:
+            if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
+                raise ValueError(f"LeafConfig.models must be a tuple of names, got {self.models!r}")
+            object.__setattr__(self, "models", tuple(self.models))
+        if self.device not in DEVICES:
+            raise ValueError(f"LeafConfig.device must be one of {DEVICES}, got {self.device!r}")
+        if not isinstance(self.versions, VersionPolicy):
+            raise ValueError(f"LeafConfig.versions must be a VersionPolicy, got {self.versions!r}")
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 65535:
+                raise ValueError(f"LeafConfig.{name} must be a port number, got {value!r}")
+        for name in ("max_batch_candidates", "torch_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"LeafConfig.{name} must be an int >= 0, got {value!r}")
+        for name in ("max_queue_requests", "max_candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LeafConfig.{name} must be an int >= 1, got {value!r}")
+        for name in ("max_queue_delay_ms", "inject_delay_ms", "grace_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"LeafConfig.{name} must be a number >= 0, got {value!r}")
+        if not isinstance(self.recheck_interval_s, (int, float)) or self.recheck_interval_s <= 0:
+            raise ValueError(
+                f"LeafConfig.recheck_interval_s must be > 0, got {self.recheck_interval_s!r}"
+            )
+        if not self.host:
+            raise ValueError("LeafConfig.host must not be empty")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "LeafConfig":
+        """Build from a mapping (e.g. a parsed config file); unknown keys are rejected."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown LeafConfig keys: {unknown}")
+        data = dict(values)
+        if isinstance(data.get("versions"), str):
+            data["versions"] = VersionPolicy.parse(data["versions"])
+        if isinstance(data.get("decode_limits"), Mapping):
+            data["decode_limits"] = DecodeLimits(**data["decode_limits"])
+        if isinstance(data.get("models"), list):
+            data["models"] = tuple(data["models"])
+        return cls(**data)

@@ -1,0 +1,88 @@
+"""Deterministic demo models: an MLP over many named features, scripted for serving.
+
+Used by the demo, the benchmarks and tests to generate models with realistic signatures
+(hundreds of inputs). Stateless; no threads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Sequence
+
+import torch
+
+from leaf import torchscript
+
+# Integer features (ids, id lists) are folded into [0, 1) by this modulus: cheap,
+# deterministic, and enough to make scores depend on them.
+ID_MODULUS = 1009
+
+
+class DemoModel(torch.nn.Module):
+    """Flatten each input to ``[N, width]`` float32, concatenate, MLP, sigmoid."""
+
+    def __init__(
+        self,
+        input_names: List[str],
+        widths: List[int],
+        hidden: List[int],
+        num_outputs: int,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.input_names = input_names
+        self.widths = widths
+        self.id_modulus = ID_MODULUS
+        sizes = [sum(widths)] + hidden + [num_outputs]
+        layers: List[torch.nn.Module] = []
+        for i in range(len(sizes) - 1):
+            linear = torch.nn.Linear(sizes[i], sizes[i + 1])
+            bound = math.sqrt(3.0 / sizes[i])
+            with torch.no_grad():
+                linear.weight.uniform_(-bound, bound, generator=generator)
+                linear.bias.uniform_(-0.1, 0.1, generator=generator)
+            layers.append(linear)
+            if i < len(sizes) - 2:
+                layers.append(torch.nn.ReLU())
+        self.mlp = torch.nn.Sequential(*layers)
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        columns: List[torch.Tensor] = []
+        for name, width in zip(self.input_names, self.widths):
+            x = features[name]
+            if x.is_floating_point():
+                x = x.to(torch.float32)
+            else:
+                x = torch.remainder(x.to(torch.int64), self.id_modulus).to(torch.float32) / float(
+                    self.id_modulus
+                )
+            columns.append(x.reshape(x.shape[0], width))
+        return torch.sigmoid(self.mlp(torch.cat(columns, dim=1)))
+
+
+def build_demo_model(
+    input_widths: Mapping[str, int],
+    hidden: Sequence[int],
+    outputs: Sequence[str],
+    seed: int,
+) -> torch.jit.ScriptModule:
+    """A scripted ``DemoModel``: same arguments and seed -> same weights and scores.
+
+    ``input_widths`` maps each input (in signature order) to its flattened width per row;
+    returns scores ``[N, len(outputs)]`` in (0, 1).
+    """
+    if not input_widths:
+        raise ValueError("input_widths must name at least one input")
+    for name, width in input_widths.items():
+        if not isinstance(width, int) or width <= 0:
+            raise ValueError(f"input_widths[{name!r}] must be a positive int, got {width!r}")
+    if any(not isinstance(h, int) or h <= 0 for h in hidden):
+        raise ValueError(f"hidden sizes must be positive ints, got {list(hidden)!r}")
+    if not outputs:
+        raise ValueError("outputs must name at least one output")
+    generator = torch.Generator().manual_seed(seed)
+    model = DemoModel(
+        list(input_widths), list(input_widths.values()), list(hidden), len(outputs), generator
+    )
+    model.eval()
+    return torchscript.script(model)

@@ -1,0 +1,141 @@
+"""One loaded model version: TorchScript module, signature, converter, and its forward.
+
+Loaded by the repository's loader thread; after that immutable. ``forward`` is called only
+on the inference thread, under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from leaf import torchscript
+from leaf.converter import Converter
+from leaf.device import Placement
+from leaf.errors import ModelFailed
+from leaf.export import MODEL_FILE, Signature, SignatureError, check_calling_convention, read_signature
+from protos.codec import DecodeLimits
+
+
+class ModelLoadError(Exception):
+    """A version could not be loaded; it is reported and never replaces a loaded one."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """Identity of a model file on disk: a change means the version must be (re)loaded."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileStamp":
+        st = os.stat(path)
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LoadedVersion:
+    """A model version ready to serve. Compared by identity (it keys the batch queues)."""
+
+    model: str
+    version: str
+    path: Path
+    stamp: FileStamp
+    signature: Signature
+    converter: Converter
+    module: torch.jit.ScriptModule = field(repr=False)
+    placement: Placement
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], rows: int) -> dict[str, np.ndarray]:
+        """Run the model on ``rows`` rows; one float32 CPU array ``[rows]`` per output name.
+
+        Raises ``ModelFailed`` (naming the model) when the model raises or its output breaks
+        the calling convention.
+        """
+        where = f"model {self.model!r} version {self.version!r}"
+        try:
+            with torch.inference_mode():
+                result = self.module(self.placement.to_device(inputs))
+        except Exception as exc:  # the model's own code: any failure is the model's
+            raise ModelFailed(f"{where} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+        return split_outputs(result, self.signature.output_names, rows, where)
+
+
+def split_outputs(
+    result: object, output_names: tuple[str, ...], rows: int, where: str
+) -> dict[str, np.ndarray]:
+    """Normalise a forward result to ``{output_name: float32[rows]}`` (checks the convention)."""
+    columns: dict[str, torch.Tensor] = {}
+    if isinstance(result, torch.Tensor):
+        if result.dim() == 1 and len(output_names) == 1:
+            columns[output_names[0]] = result
+        elif result.dim() == 2 and result.shape[1] == len(output_names):
+            for i, name in enumerate(output_names):
+                columns[name] = result[:, i]
+        else:
+            raise ModelFailed(
+                f"{where} returned shape {list(result.shape)}, expected [{rows}, {len(output_names)}]"
+            )
+    elif isinstance(result, dict):
+        for name in output_names:
+            value = result.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise ModelFailed(f"{where} returned no tensor for output {name!r}")
+            if value.dim() == 2 and value.shape[1] == 1:
+                value = value[:, 0]
+            columns[name] = value
+    else:
+        raise ModelFailed(f"{where} returned {type(result).__name__}, expected Tensor or Dict")
+    out: dict[str, np.ndarray] = {}
+    for name, column in columns.items():
+        if column.dim() != 1 or column.shape[0] != rows:
+            raise ModelFailed(
+                f"{where} output {name!r} has shape {list(column.shape)}, expected [{rows}]"
+            )
+        out[name] = column.detach().to("cpu", torch.float32).numpy()
+    return out
+
+
+def load_version(
+    model: str,
+    version: str,
+    version_dir: Path,
+    placement: Placement,
+    limits: DecodeLimits,
+    max_candidates: int,
+) -> LoadedVersion:
+    """Load ``version_dir/model.pt``; raises ``ModelLoadError`` with the reason."""
+    path = version_dir / MODEL_FILE
+    where = f"{model}/{version}"
+    try:
+        stamp = FileStamp.of(path)
+        signature = read_signature(version_dir)
+        module = torchscript.load(str(path), placement.device)
+        check_calling_convention(module, where)
+    except (SignatureError, OSError) as exc:
+        raise ModelLoadError(f"{where}: {exc}") from exc
+    except Exception as exc:  # torch.jit.load raises RuntimeError and friends on bad archives
+        raise ModelLoadError(f"{where}: cannot load {path.name}: {_first_line(exc)}") from exc
+    module.eval()
+    return LoadedVersion(
+        model=model,
+        version=version,
+        path=path,
+        stamp=stamp,
+        signature=signature,
+        converter=Converter(signature, limits, max_candidates),
+        module=module,
+        placement=placement,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

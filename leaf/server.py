@@ -1,0 +1,187 @@
+"""Leaf server assembly: build (``create_server``), serve until a signal (``serve``), drain.
+
+``create_server`` runs on the caller's event loop thread: it loads the models synchronously,
+starts the repository watcher ("leaf-repo-watch", "leaf-repo-loader") and the inference
+thread ("leaf-infer-<device>"), binds the port and returns. Health reports SERVING once the
+server has started (models are loaded by then). Stopping the returned server drains
+in-flight requests for the grace period, then stops those threads, the metrics endpoint and
+the request recorder, so one process can create and close several leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from leaf.batcher import Batcher, BatchPolicy
+from leaf.config import LeafConfig
+from leaf.device import Placement, configure_threads, resolve_device
+from leaf.repository import Repository
+from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
+from protos.transport import GRPC_OPTIONS, tune_allocator
+
+__all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class _Runtime:
+    """The leaf's non-gRPC parts, closed together (idempotent)."""
+
+    def __init__(self) -> None:
+        self.repository: Repository | None = None
+        self.batcher: Batcher | None = None
+        self.recorder: RequestRecorder | None = None
+        self.metrics_server: Any = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.repository is not None:
+            self.repository.close()
+        if self.batcher is not None:
+            self.batcher.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+class LeafServer(grpc.aio.Server):
+    """A ``grpc.aio.Server`` whose ``stop`` also stops the leaf's threads and endpoints."""
+
+    def __init__(
+        self,
+        inner: grpc.aio.Server,
+        runtime: _Runtime,
+        health_servicer: health.aio.HealthServicer,
+        repository: Repository,
+    ) -> None:
+        self._inner = inner
+        self._runtime = runtime
+        self._health = health_servicer
+        self.repository = repository
+        self._stopped = False
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._inner.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._inner.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._inner.start()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, _SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        if not self._stopped:
+            self._stopped = True
+            await self._health.enter_graceful_shutdown()
+        await self._inner.stop(grace)
+        # Joining threads blocks: do it off the loop, in a named thread.
+        with ThreadPoolExecutor(1, thread_name_prefix="leaf-shutdown") as pool:
+            await asyncio.get_running_loop().run_in_executor(pool, self._runtime.close)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._inner.wait_for_termination(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def create_server(
+    config: LeafConfig, *, observer: Callable[[ObservedRequest], None] | None = None
+) -> tuple[LeafServer, int]:
+    """Load the models, bind ``config.host:config.port`` and return ``(server, port)``.
+
+    Call from the event loop that will run the server; then ``await server.start()``.
+    """
+    configure_threads(config.torch_threads)
+    placement = Placement(resolve_device(config.device))
+    runtime = _Runtime()
+    try:
+        repository = Repository(config, placement)
+        runtime.repository = repository
+        repository.load()
+        repository.start()
+        runtime.batcher = Batcher(
+            placement,
+            BatchPolicy(
+                config.max_batch_candidates,
+                config.max_queue_delay_ms / 1000.0,
+                config.max_queue_requests,
+            ),
+        )
+        observers: list[Callable[[ObservedRequest], None]] = []
+        if observer is not None:
+            observers.append(observer)
+        if config.record_requests is not None:
+            runtime.recorder = RequestRecorder(open(config.record_requests, "a", encoding="utf-8"))
+            observers.append(runtime.recorder)
+        if config.metrics_port:
+            runtime.metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
+        servicer = LeafServicer(
+            repository,
+            runtime.batcher,
+            inject_delay_s=config.inject_delay_ms / 1000.0,
+            observers=tuple(observers),
+        )
+        inner = grpc.aio.server(options=GRPC_OPTIONS)
+        inner.add_generic_rpc_handlers((servicer.handler(),))
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
+        )
+        port = inner.add_insecure_port(f"{config.host}:{config.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+    except BaseException:
+        runtime.close()
+        raise
+    loaded = {name: [v.version for v in slot.versions] for name, slot in repository.slots().items()}
+    log.info("leaf on %s:%d, device %s, models %s", config.host, port, placement.device, loaded)
+    return LeafServer(inner, runtime, health_servicer, repository), port
+
+
+async def _serve(config: LeafConfig, on_started: Callable[[int], None] | None) -> None:
+    server, port = create_server(config)
+    await server.start()
+    if on_started is not None:
+        on_started(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining (grace %.1fs)", config.grace_s)
+    finally:
+        await server.stop(config.grace_s)
+
+
+def serve(config: LeafConfig, on_started: Callable[[int], None] | None = None) -> None:
+    """Run a leaf until SIGTERM/SIGINT, then drain gracefully. ``on_started(port)`` is called
+    once the server is serving."""
+    tune_allocator()
+    asyncio.run(_serve(config, on_started))

@@ -1,0 +1,194 @@
+"""gRPC servicer for ``rootleaf.v1.Leaf``: protobuf <-> domain translation and the one
+boundary where leaf errors become gRPC status codes.
+
+Runs on the server's event loop. Decoding and conversion happen on the loop (zero-copy
+views, cheap); the forward runs on the batcher's inference thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import IO, Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from leaf import metrics
+from leaf.batcher import Batcher
+from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.repository import Repository
+from protos import codec
+from protos.rootleaf.v1 import leaf_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "rootleaf.v1.Leaf"
+# Label used for requests naming a model this leaf does not host (keeps label sets bounded).
+UNKNOWN_MODEL_LABEL = "_unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedRequest:
+    """What the leaf saw of one Score request (for tests and request recording)."""
+
+    request_id: str
+    model: str
+    version_requested: str
+    version_served: str
+    """The version chosen to serve it; empty when none was resolved."""
+    feature_names: tuple[str, ...]
+    """Tensor names in the order received."""
+    num_candidates: int
+    wire_bytes: int
+    """Size of the serialised request."""
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """A parsed request with its serialised size; ``error`` is set when parsing failed."""
+
+    size: int
+    message: leaf_pb2.LeafRequest
+    error: str = ""
+
+
+def deserialize_request(data: bytes) -> WireRequest:
+    try:
+        return WireRequest(len(data), leaf_pb2.LeafRequest.FromString(data))
+    except DecodeError as exc:
+        return WireRequest(len(data), leaf_pb2.LeafRequest(), f"malformed LeafRequest: {exc}")
+
+
+class RequestRecorder:
+    """Appends ``ObservedRequest`` records as JSON lines (a small blocking write per request,
+    on the loop: a testing aid, not meant for production load)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, observed: ObservedRequest) -> None:
+        record = asdict(observed)
+        record["feature_names"] = list(observed.feature_names)
+        self._stream.write(json.dumps(record) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class LeafServicer:
+    """Implements Score and ListModels over a repository and a batcher."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        batcher: Batcher,
+        *,
+        inject_delay_s: float = 0.0,
+        observers: tuple[Callable[[ObservedRequest], None], ...] = (),
+    ) -> None:
+        self._repository = repository
+        self._batcher = batcher
+        self._inject_delay_s = inject_delay_s
+        self._observers = observers
+
+    async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
+        started = time.perf_counter()
+        request = wire.message
+        model_label = UNKNOWN_MODEL_LABEL
+        version_served = ""
+        observed = False
+        try:
+            if wire.error:
+                raise InvalidRequest(wire.error)
+            loaded = self._repository.resolve(request.model, request.version)
+            model_label = loaded.model
+            version_served = loaded.version
+            metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
+            try:
+                inputs = loaded.converter.convert(request.features, request.num_candidates)
+            finally:
+                observed = True
+                self._observe(wire, version_served)
+            metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
+            if self._inject_delay_s:
+                await asyncio.sleep(self._inject_delay_s)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExpired("deadline passed before the request was queued")
+            outputs = await self._batcher.submit(loaded, inputs, deadline, request.request_id)
+            response = leaf_pb2.LeafResponse(model=loaded.model, version=loaded.version)
+            response.outputs.extend(
+                codec.encode(name, column, codec.Compression.NONE) for name, column in outputs.items()
+            )
+        except asyncio.CancelledError:
+            metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
+            raise
+        except Exception as exc:
+            if not observed:
+                self._observe(wire, version_served)
+            status = to_status(exc)
+            if not isinstance(exc, LeafError):
+                log.exception("request %r to model %r failed", request.request_id, request.model)
+            elif status.code == grpc.StatusCode.INTERNAL:
+                log.error("request %r: %s", request.request_id, status.message)
+            metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
+            metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+            await context.abort(status.code, status.message)
+        metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
+        metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+        return response
+
+    async def list_models(
+        self, request: leaf_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> leaf_pb2.ListModelsResponse:
+        response = leaf_pb2.ListModelsResponse()
+        for name, slot in sorted(self._repository.slots().items()):
+            info = response.models.add(name=name, versions=[v.version for v in slot.versions])
+            latest = slot.latest
+            if latest is not None:
+                info.latest_version = latest.version
+                info.input_names.extend(latest.signature.input_names)
+                info.output_names.extend(latest.signature.output_names)
+        return response
+
+    def _observe(self, wire: WireRequest, version_served: str) -> None:
+        if not self._observers:
+            return
+        request = wire.message
+        observed = ObservedRequest(
+            request_id=request.request_id,
+            model=request.model,
+            version_requested=request.version,
+            version_served=version_served,
+            feature_names=tuple(t.name for t in request.features),
+            num_candidates=request.num_candidates,
+            wire_bytes=wire.size,
+        )
+        for observer in self._observers:
+            try:
+                observer(observed)
+            except Exception:  # an observer's bug must not fail the request
+                log.exception("request observer failed")
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Score": grpc.unary_unary_rpc_method_handler(
+                    self.score,
+                    request_deserializer=deserialize_request,
+                    response_serializer=leaf_pb2.LeafResponse.SerializeToString,
+                ),
+                "ListModels": grpc.unary_unary_rpc_method_handler(
+                    self.list_models,
+                    request_deserializer=leaf_pb2.ListModelsRequest.FromString,
+                    response_serializer=leaf_pb2.ListModelsResponse.SerializeToString,
+                ),
+            },
+        )
