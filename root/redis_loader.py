@@ -1,0 +1,205 @@
+"""Writes feature data into Redis in the record layout ``root.redis_store`` reads.
+
+Order of writes keeps readers safe: a load whose layout differs from the stored one first
+deletes the stored layout digest (readers then fail with "no layout" instead of misreading)
+and every old record of that entity, then writes records in batched pipelines (MSET), and
+sets the layout digest last. Reloading with the same layout overwrites records in place.
+
+Runs on the caller's event loop (one asyncio client, closed before returning); packing
+records is vectorised numpy per batch of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Mapping, TextIO
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from root.catalog import Entity, FeatureCatalog
+from root.redis_store import (
+    KEY_PREFIX_RULE,
+    RecordLayout,
+    entity_key_prefix,
+    entity_keys,
+    layout_key,
+    valid_key_prefix,
+)
+
+DEFAULT_BATCH_ROWS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """How a load writes to Redis."""
+
+    key_prefix: str = "rl"
+    """Key namespace; must match the store's ``key_prefix``."""
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    """Records per MSET; one pipeline holds ``batches_per_pipeline`` of them."""
+    batches_per_pipeline: int = 4
+    """MSET commands sent per round trip."""
+    flush: bool = False
+    """Delete every existing record of each loaded entity first, even if the layout is unchanged."""
+
+    def __post_init__(self) -> None:
+        if not valid_key_prefix(self.key_prefix):
+            raise ValueError(f"LoadOptions.key_prefix {KEY_PREFIX_RULE}, got {self.key_prefix!r}")
+        if self.batch_rows < 1:
+            raise ValueError(f"LoadOptions.batch_rows must be >= 1, got {self.batch_rows}")
+        if self.batches_per_pipeline < 1:
+            raise ValueError(f"LoadOptions.batches_per_pipeline must be >= 1, got {self.batches_per_pipeline}")
+
+
+@dataclass(frozen=True, slots=True)
+class EntityLoad:
+    """What one entity's load wrote."""
+
+    entity: Entity
+    records: int
+    record_bytes: int
+    deleted: int
+    """Old records removed first (layout change or ``flush``)."""
+    layout_digest: str
+
+
+class Progress:
+    """A one-line progress bar on a text stream (stderr by default), redrawn at most 10x/s."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 30) -> None:
+        self.label, self.total, self.width = label, max(total, 1), width
+        self.stream = sys.stderr if stream is None else stream
+        self.done = 0
+        self._last_draw = 0.0
+        self._start = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last_draw >= 0.1 or self.done >= self.total:
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        frac = min(self.done / self.total, 1.0)
+        filled = int(frac * self.width)
+        rate = self.done / max(now - self._start, 1e-9)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {frac:4.0%} {self.done}/{self.total} ({rate:,.0f}/s)")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.done < self.total:  # advance() already drew the completed bar
+            self._draw(time.monotonic())
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+async def load_entity(
+    client: aioredis.Redis,
+    catalog: FeatureCatalog,
+    entity: Entity,
+    columns: Mapping[str, np.ndarray],
+    ids: np.ndarray | None = None,
+    *,
+    options: LoadOptions = LoadOptions(),
+    progress: TextIO | bool = True,
+) -> EntityLoad:
+    """Write one entity's records: ``columns[name]`` is ``[count, *shape]``, row i for ``ids[i]``.
+
+    ``ids`` defaults to ``0..count-1`` (the row index is the entity id). ``progress``: True
+    for a bar on stderr, a text stream for a bar there, False for none.
+    """
+    layout = RecordLayout.from_catalog(catalog, entity)
+    missing = [n for n in layout.names if n not in columns]
+    if missing:
+        raise ValueError(f"columns lack {entity.value} features {missing}")
+    count = len(columns[layout.names[0]])
+    for name in layout.names:
+        spec = catalog[name]
+        col = columns[name]
+        if col.shape != (count, *spec.shape):
+            raise ValueError(f"column {name!r} has shape {col.shape}, expected {(count, *spec.shape)}")
+    ids = np.arange(count, dtype=np.uint64) if ids is None else np.asarray(ids, dtype=np.uint64)
+    if ids.shape != (count,):
+        raise ValueError(f"ids has shape {ids.shape}, expected ({count},)")
+
+    lkey = layout_key(options.key_prefix, entity)
+    stored = await client.get(lkey)
+    deleted = 0
+    if options.flush or (stored is not None and stored != layout.digest.encode()):
+        await client.delete(lkey)
+        deleted = await delete_records(client, options.key_prefix, entity)
+
+    bar = None if progress is False else Progress(f"{entity.value:>9}", count, None if progress is True else progress)
+    prefix = entity_key_prefix(options.key_prefix, entity)
+    step = options.batch_rows
+    per_pipe = step * options.batches_per_pipeline
+    for start in range(0, count, per_pipe):
+        async with client.pipeline(transaction=False) as pipe:
+            for lo in range(start, min(start + per_pipe, count), step):
+                rows = slice(lo, min(lo + step, count))
+                pipe.mset(dict(zip(entity_keys(prefix, ids[rows]), layout.pack(columns, rows))))
+            await pipe.execute()
+        if bar is not None:
+            bar.advance(min(per_pipe, count - start))
+    if bar is not None:
+        bar.close()
+    await client.set(f"{lkey}:json", json.dumps(layout.description(), sort_keys=True))
+    await client.set(lkey, layout.digest)
+    return EntityLoad(entity, count, layout.record_size, deleted, layout.digest)
+
+
+async def delete_records(client: aioredis.Redis, key_prefix: str, entity: Entity, batch: int = 1000) -> int:
+    """UNLINK every ``{prefix}:{entity}:*`` record (SCAN, bounded by the key count)."""
+    deleted = 0
+    pattern = entity_key_prefix(key_prefix, entity) + b"*"
+    chunk: list[bytes] = []
+    async for key in client.scan_iter(match=pattern, count=batch):
+        chunk.append(key)
+        if len(chunk) >= batch:
+            deleted += await client.unlink(*chunk)
+            chunk = []
+    if chunk:
+        deleted += await client.unlink(*chunk)
+    return deleted
+
+
+def generated_columns(catalog: FeatureCatalog, entity: Entity, count: int, seed: int) -> dict[str, np.ndarray]:
+    """The same rows the local store holds: ``root.datagen.generate_table`` per feature."""
+    from root.datagen import generate_table
+
+    return {n: generate_table(catalog[n], count, seed) for n in catalog.names(entity)}
+
+
+async def load_generated(
+    url: str,
+    catalog: FeatureCatalog,
+    *,
+    users: int,
+    items: int,
+    seed: int,
+    options: LoadOptions = LoadOptions(),
+    progress: TextIO | bool = True,
+) -> list[EntityLoad]:
+    """Generate a workload's data (users = request entities, items = candidates) and load it."""
+    counts = {Entity.REQUEST: users, Entity.CANDIDATE: items}
+    for entity, count in counts.items():
+        if count < 0:
+            raise ValueError(f"{'users' if entity is Entity.REQUEST else 'items'} must be >= 0, got {count}")
+    client = aioredis.Redis.from_url(url)
+    try:
+        results = []
+        for entity, count in counts.items():
+            if not catalog.names(entity):
+                continue
+            columns = generated_columns(catalog, entity, count, seed)
+            results.append(await load_entity(client, catalog, entity, columns, options=options, progress=progress))
+            del columns
+        return results
+    finally:
+        await client.aclose()
