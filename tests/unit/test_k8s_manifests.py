@@ -1,0 +1,134 @@
+"""deploy/k8s: every manifest, base and rendered overlays, validated offline against the
+Kubernetes JSON schemas shipped in kubernetes-validate (strict: unknown fields fail).
+
+Overlays are rendered with the subset of kustomize they use (resources, namespace, labels,
+strategic-merge patches by kind and name); anything else in a kustomization fails the test,
+so the renderer cannot silently drift from what the files ask for.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy.bundle import parse_bundle_document
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+K8S_VERSION = "1.33.0"
+_KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "namespace", "labels", "patches"}
+_CLUSTER_SCOPED = {"Namespace"}
+
+
+def _load_docs(path: Path) -> list[dict[str, Any]]:
+    with path.open() as fh:
+        return [d for d in yaml.safe_load_all(fh) if d]
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """Strategic merge as kustomize applies it to these patches: maps merge, lists of named
+    maps merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in base + patch):
+        by_name = {x["name"]: x for x in base}
+        for x in patch:
+            by_name[x["name"]] = _merge(by_name[x["name"]], x) if x["name"] in by_name else x
+        return list(by_name.values())
+    return copy.deepcopy(patch)
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unknown = set(kust) - _KUSTOMIZE_KEYS
+    assert not unknown, f"{directory}: kustomization uses {unknown}, which the test renderer lacks"
+    docs: list[dict[str, Any]] = []
+    for res in kust.get("resources", []):
+        path = directory / res
+        docs += render(path) if path.is_dir() else _load_docs(path)
+    for patch in kust.get("patches", []):
+        for p in _load_docs(directory / patch["path"]):
+            hits = [i for i, d in enumerate(docs) if d["kind"] == p["kind"] and d["metadata"]["name"] == p["metadata"]["name"]]
+            assert len(hits) == 1, f"patch {p['kind']}/{p['metadata']['name']} matches {len(hits)} resources"
+            docs[hits[0]] = _merge(docs[hits[0]], p)
+    for entry in kust.get("labels", []):
+        assert entry.get("includeSelectors") is False, "selector labels are immutable: keep includeSelectors false"
+        for d in docs:
+            d["metadata"].setdefault("labels", {}).update(entry["pairs"])
+            if entry.get("includeTemplates") and d["kind"] == "Deployment":
+                d["spec"]["template"]["metadata"].setdefault("labels", {}).update(entry["pairs"])
+    if "namespace" in kust:
+        for d in docs:
+            if d["kind"] not in _CLUSTER_SCOPED:
+                d["metadata"]["namespace"] = kust["namespace"]
+    return docs
+
+
+TREES = {"base": K8S / "base", "canary": K8S / "overlays" / "canary", "production": K8S / "overlays" / "production"}
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+def test_every_resource_validates_against_kubernetes_schemas(tree: str) -> None:
+    docs = render(TREES[tree])
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_every_manifest_file_is_used_and_validates() -> None:
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in _load_docs(path):
+            if doc.get("kind") == "Kustomization":
+                continue
+            # Patches are partial objects: they must still name a known kind and fit its schema
+            # once merged (checked above); full objects validate on their own.
+            if path.parent.name in ("canary", "production") and path.name not in ("namespace.yaml",):
+                continue
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def _by(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize(("overlay", "namespace"), [("canary", "rootleaf-canary"), ("production", "rootleaf")])
+def test_topology(overlay: str, namespace: str) -> None:
+    docs = render(TREES[overlay])
+    deployments, services, configmaps = _by(docs, "Deployment"), _by(docs, "Service"), _by(docs, "ConfigMap")
+    assert all(d["metadata"].get("namespace") == namespace for d in docs if d["kind"] != "Namespace")
+    root_cfg = tomllib.loads(configmaps["root-config"]["data"]["root.toml"])
+    root_pod = deployments["root"]["spec"]["template"]
+    mounts = {m["name"]: m["mountPath"] for m in root_pod["spec"]["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in root_pod["spec"]["volumes"]}
+    for partition, part_cfg in root_cfg["partitions"].items():
+        leaf = deployments[f"leaf-{partition}"]
+        container = leaf["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+        assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": "rootleaf.v1.Leaf"}
+        assert leaf["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        service = services[f"leaf-{partition}"]
+        assert service["spec"]["clusterIP"] == "None"  # headless: DNS returns every pod
+        assert service["spec"]["selector"].items() <= leaf["spec"]["template"]["metadata"]["labels"].items()
+        assert part_cfg["targets"] == [f"dns:///leaf-{partition}.{namespace}.svc.cluster.local:50051"]
+        # The bundle file is a ConfigMap mounted (as a directory) where the root config says.
+        bundle_path = Path(root_cfg["bundles"][partition])
+        volume = next(n for n, p in mounts.items() if p == str(bundle_path.parent))
+        cm_name = volumes[volume]["configMap"]["name"]
+        parse_bundle_document(configmaps[cm_name]["data"][bundle_path.name].encode(), cm_name)
+    assert deployments["root"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["service"] == "rootleaf.v1.Root"
+    labels = {d["metadata"]["labels"]["rootleaf.io/track"] for d in docs if d["kind"] != "Namespace"}
+    assert labels == {overlay}
+
+
+def test_manifests_are_json_serialisable_for_kubectl() -> None:
+    for tree in TREES.values():
+        json.dumps(render(tree))
