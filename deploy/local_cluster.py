@@ -1,0 +1,578 @@
+"""Local cluster launcher: leaf partitions and a root as processes on loopback ports.
+
+``LocalCluster`` generates (or reuses) a workload's assets, copies them into per-role
+directories (``production`` and, with ``canary=True``, ``canary``: own repositories, own
+bundle files), starts one leaf process per partition and one root per role on port 0, waits
+for gRPC health SERVING (bounded), and writes ``<dir>/cluster.json`` describing what runs.
+``rootleaf up`` wraps it and waits for Ctrl-C or SIGTERM; ``rootleaf down`` stops a cluster
+from its ``cluster.json`` (the ``up`` process first, then any pid still alive:
+terminate -> wait -> kill). Servers are started only as subprocesses, never imported.
+
+State is owned by the thread that calls ``start()``; children get SIGTERM if that thread's
+process dies (``PR_SET_PDEATHSIG``), so a crashed launcher leaves no orphans behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.demo_assets import DemoAssets, copy_tree, ensure_assets
+from deploy.workload import WorkloadError, builtin_workload
+
+log = logging.getLogger("rootleaf.deploy.local_cluster")
+
+CLUSTER_FILE = "cluster.json"
+SCHEMA_VERSION = 1
+ROLES = ("production", "canary")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_PR_SET_PDEATHSIG = 1
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started (a process exited, health timed out, bad override)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeafInfo:
+    """One running leaf partition."""
+
+    partition: str
+    target: str
+    metrics_url: str
+    repo_dir: str
+    models: tuple[str, ...]
+    pid: int
+    log: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "models": list(self.models)}
+
+
+@dataclass(frozen=True, slots=True)
+class RootInfo:
+    """One running root."""
+
+    target: str
+    metrics_url: str
+    config_dir: str
+    config_file: str
+    bundle_files: Mapping[str, str]
+    pid: int
+    log: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    """The root-config keys this root was started with beyond the generated defaults."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "bundle_files": dict(self.bundle_files), "settings": dict(self.settings)}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` (dotted keys for sections, e.g. ``cache.max_bytes=0``); the value is
+    read as a TOML value, else taken as a bare string (``compression=none``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
+        raise ClusterError(f"root config override {text!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ClusterError(f"cannot write {value!r} to a root config")
+
+
+def render_toml(doc: Mapping[str, Any]) -> str:
+    """TOML text of a two-level document (top-level keys, tables, tables of tables)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, Mapping)}
+        nested = {k: v for k, v in table.items() if isinstance(v, Mapping)}
+        if scalars or not nested:
+            lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+        for sub, subtable in nested.items():
+            lines += ["", f"[{name}.{sub}]"] + [f"{k} = {_toml_value(v)}" for k, v in subtable.items()]
+    return "\n".join(lines) + "\n"
+
+
+def apply_overrides(doc: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` with dotted-key overrides applied (the root validates the result)."""
+    out = json.loads(json.dumps(doc))
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ClusterError(f"root config override {key!r}: {part!r} is not a table")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def free_port() -> int:
+    """A currently free loopback port (for metrics endpoints, which have no port file)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _is_ours(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"rootleaf" in cmdline
+
+
+@dataclass(slots=True)
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port_file: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+def _spawn(name: str, args: Sequence[str], log_path: Path, port_file: Path) -> _Proc:
+    port_file.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "rootleaf.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+            preexec_fn=_die_with_parent,
+        )
+    log.info("started %s (pid %d): %s", name, popen.pid, " ".join(args))
+    return _Proc(name, popen, log_path, port_file)
+
+
+def _wait_port(proc: _Proc, deadline: float) -> int:
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise ClusterError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
+        try:
+            text = proc.port_file.read_text().strip()
+        except OSError:
+            text = ""
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.05)
+    raise ClusterError(f"{proc.name}: no port file {proc.port_file} in time:\n{proc.log_tail()}")
+
+
+def wait_serving(target: str, deadline: float, proc: _Proc | None = None, service: str = "") -> None:
+    """Block until ``target`` reports SERVING for ``service`` (gRPC health Watch), or raise."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tail = f":\n{proc.log_tail()}" if proc else ""
+                raise ClusterError(f"{target} did not report SERVING in time{tail}")
+            if proc is not None and proc.popen.poll() is not None:
+                raise ClusterError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
+            try:
+                # Watch streams every status change; a short slice keeps the liveness check above.
+                for reply in stub.Watch(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=min(remaining, 2.0),
+                    wait_for_ready=True,
+                ):
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    raise ClusterError(f"{target}: health check failed: {exc.code().name} {exc.details()}") from None
+
+
+def stop_process(popen: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """terminate -> wait (bounded) -> kill -> wait."""
+    if popen.poll() is None:
+        popen.terminate()
+        try:
+            popen.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(timeout=grace_s)
+
+
+class LocalCluster:
+    """Leaves + root(s) of one workload as local processes; see the module docstring."""
+
+    def __init__(
+        self,
+        workload: str | Path,
+        directory: str | Path,
+        *,
+        canary: bool = False,
+        root_overrides: Mapping[str, Any] | None = None,
+        leaf_args: Sequence[str] = ("--torch-threads", "1"),
+        startup_timeout_s: float = 180.0,
+        launcher: str = "api",
+    ) -> None:
+        self.workload_path = builtin_workload(str(workload)).resolve()
+        self.directory = Path(directory).resolve()
+        self.roles: tuple[str, ...] = ROLES if canary else ROLES[:1]
+        self.root_overrides: dict[str, Any] = dict(root_overrides or {})
+        self.leaf_args = tuple(leaf_args)
+        self.startup_timeout_s = startup_timeout_s
+        self.launcher = launcher
+        self.assets: DemoAssets | None = None
+        self._leaves: dict[str, list[tuple[LeafInfo, _Proc]]] = {}
+        self._roots: dict[str, tuple[RootInfo, _Proc]] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def cluster_json(self) -> Path:
+        return self.directory / CLUSTER_FILE
+
+    def start(self) -> None:
+        """Generate or reuse assets, start every process, wait for SERVING, write cluster.json."""
+        try:
+            self.assets = ensure_assets(self.workload_path, self.directory)
+            deadline = time.monotonic() + self.startup_timeout_s
+            pending: list[tuple[str, str, _Proc, Path, tuple[str, ...]]] = []
+            for role in self.roles:
+                self._prepare_role(role)
+                for partition, models in self.assets.partitions.items():
+                    base = self.directory / role / "leaves" / partition
+                    metrics_port = free_port()
+                    proc = _spawn(
+                        f"{role} leaf {partition}",
+                        ["leaf", "--repo", str(base / "repo"), "--port", "0", "--port-file", str(base / "leaf.port"),
+                         "--models", ",".join(models), "--metrics-port", str(metrics_port), *self.leaf_args],
+                        base / "leaf.log",
+                        base / "leaf.port",
+                    )
+                    pending.append((role, partition, proc, base, models))
+                    self._leaves.setdefault(role, []).append(
+                        (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
+                                  models, proc.popen.pid, str(proc.log_path)), proc)
+                    )
+            for role in self.roles:
+                ready = []
+                for info, proc in self._leaves[role]:
+                    port = _wait_port(proc, deadline)
+                    target = f"127.0.0.1:{port}"
+                    wait_serving(target, deadline, proc)
+                    ready.append((LeafInfo(info.partition, target, info.metrics_url, info.repo_dir, info.models,
+                                           info.pid, info.log), proc))
+                self._leaves[role] = ready
+            for role in self.roles:
+                self._start_root(role, self.root_overrides, deadline)
+            self._write_description()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop roots first (they drain), then leaves; remove cluster.json. Idempotent."""
+        for role in list(self._roots):
+            stop_process(self._roots.pop(role)[1].popen)
+        for role in list(self._leaves):
+            for _, proc in self._leaves.pop(role):
+                stop_process(proc.popen)
+        try:
+            if self.cluster_json.is_file() and json.loads(self.cluster_json.read_text()).get("launcher_pid") == os.getpid():
+                self.cluster_json.unlink()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def restart_root(self, role: str = "production", overrides: Mapping[str, Any] | None = None) -> RootInfo:
+        """Stop ``role``'s root and start it again with ``overrides`` on top of the cluster's own
+        (leaves stay up). Returns the new root (new port, new pid)."""
+        if role in self._roots:
+            stop_process(self._roots.pop(role)[1].popen)
+        merged = {**self.root_overrides, **dict(overrides or {})}
+        info = self._start_root(role, merged, time.monotonic() + self.startup_timeout_s)
+        self._write_description()
+        return info
+
+    def check_alive(self) -> list[str]:
+        """Names of processes that exited (empty while everything runs)."""
+        procs = [p for _, p in self._roots.values()] + [p for ls in self._leaves.values() for _, p in ls]
+        return [f"{p.name} (exit {p.popen.returncode})" for p in procs if p.popen.poll() is not None]
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def root(self, role: str = "production") -> RootInfo:
+        return self._roots[role][0]
+
+    def leaves(self, role: str = "production") -> list[LeafInfo]:
+        return [info for info, _ in self._leaves.get(role, [])]
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """The cluster.json document (schema in the README and /tmp/team/requests.md)."""
+        assert self.assets is not None, "start() first"
+        return {
+            "schema": SCHEMA_VERSION,
+            "workload": self.assets.workload.name,
+            "workload_file": str(self.workload_path),
+            "workload_hash": self.assets.workload_hash,
+            "dir": str(self.directory),
+            "launcher": self.launcher,
+            "launcher_pid": os.getpid(),
+            "catalog": str(self.assets.catalog),
+            "feature_store": str(self.assets.store),
+            "models_dir": str(self.assets.models_dir),
+            "roles": {
+                role: {
+                    "root": self._roots[role][0].to_json(),
+                    "leaves": [info.to_json() for info in self.leaves(role)],
+                }
+                for role in self.roles
+                if role in self._roots
+            },
+        }
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _prepare_role(self, role: str) -> None:
+        """Fresh copies of the generated repositories and bundle files for ``role``."""
+        assert self.assets is not None
+        base = self.directory / role
+        for partition, models in self.assets.partitions.items():
+            repo = base / "leaves" / partition / "repo"
+            if repo.exists():
+                shutil.rmtree(repo)
+            for model in models:
+                copy_tree(self.assets.models_dir / model, repo / model)
+            copy_tree(self.assets.bundles[partition].parent, base / "root" / "bundles" / partition)
+
+    def _root_config(self, role: str, overrides: Mapping[str, Any], metrics_port: int) -> dict[str, Any]:
+        assert self.assets is not None
+        base = self.directory / role / "root"
+        doc: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "metrics_port": metrics_port,
+            "catalog": str(self.assets.catalog),
+            "trim": True,
+            "compression": "lz4",
+            "dedup_request_features": True,
+            "bundles": {p: str(base / "bundles" / p / "module_info.json") for p in self.assets.partitions},
+            "partitions": {
+                info.partition: {"targets": [info.target], "models": list(info.models)} for info in self.leaves(role)
+            },
+            "feature_store": {"kind": "local", "path": str(self.assets.store)},
+        }
+        return apply_overrides(doc, overrides)
+
+    def _start_root(self, role: str, overrides: Mapping[str, Any], deadline: float) -> RootInfo:
+        base = self.directory / role / "root"
+        base.mkdir(parents=True, exist_ok=True)
+        metrics_port = free_port()
+        doc = self._root_config(role, overrides, metrics_port)
+        config_file = base / "root.toml"
+        tmp = base / ".root.toml.tmp"
+        tmp.write_text(render_toml(doc), encoding="utf-8")
+        tmp.replace(config_file)
+        proc = _spawn(
+            f"{role} root",
+            ["root", "--config", str(config_file), "--port-file", str(base / "root.port")],
+            base / "root.log",
+            base / "root.port",
+        )
+        self._roots[role] = (RootInfo("", "", "", "", {}, proc.popen.pid, str(proc.log_path)), proc)
+        port = _wait_port(proc, deadline)
+        target = f"127.0.0.1:{port}"
+        wait_serving(target, deadline, proc)
+        assert self.assets is not None
+        info = RootInfo(
+            target=target,
+            metrics_url=f"http://127.0.0.1:{doc['metrics_port']}/metrics",
+            config_dir=str(base),
+            config_file=str(config_file),
+            bundle_files={p: str(base / "bundles" / p / "module_info.json") for p in self.assets.partitions},
+            pid=proc.popen.pid,
+            log=str(proc.log_path),
+            settings=dict(overrides),
+        )
+        self._roots[role] = (info, proc)
+        return info
+
+    def _write_description(self) -> None:
+        tmp = self.directory / f".{CLUSTER_FILE}.tmp"
+        tmp.write_text(json.dumps(self.description, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(self.cluster_json)
+
+
+# ---- rootleaf up / down -------------------------------------------------------------------------
+
+
+def _up_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rootleaf up", description="start a local cluster on loopback")
+    parser.add_argument("--workload", default="ci", help="workload file or shipped name (w1, ci); default ci")
+    parser.add_argument("--dir", required=True, help="work directory (assets cache, configs, logs, cluster.json)")
+    parser.add_argument("--canary", action="store_true", help="also start a canary root and canary leaves")
+    parser.add_argument("--root-config-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a root config key (dotted for sections), e.g. trim=false, compression=none")
+    parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for SERVING")
+    return parser
+
+
+def up_main(argv: list[str]) -> int:
+    args = _up_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = dict(parse_override(o) for o in args.root_config_override)
+        cluster = LocalCluster(args.workload, args.dir, canary=args.canary, root_overrides=overrides,
+                               startup_timeout_s=args.startup_timeout, launcher="up")
+    except (ClusterError, WorkloadError) as exc:
+        print(f"rootleaf up: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        cluster.start()
+    except (ClusterError, WorkloadError, OSError, ValueError) as exc:
+        print(f"rootleaf up: {exc}", file=sys.stderr)
+        return 1
+    code = 0
+    try:
+        for role in cluster.roles:
+            print(f"{role} root: {cluster.root(role).target}", flush=True)
+        print(f"cluster description: {cluster.cluster_json}  (stop with Ctrl-C or 'rootleaf down --dir {args.dir}')",
+              flush=True)
+        while not stop.wait(1.0):  # supervision: report a child that dies on its own
+            dead = cluster.check_alive()
+            if dead:
+                print(f"rootleaf up: stopping, process exited: {', '.join(dead)}", file=sys.stderr)
+                code = 1
+                break
+    finally:
+        cluster.stop()
+    print("cluster stopped", flush=True)
+    return code
+
+
+def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+def stop_from_description(doc: Mapping[str, Any], grace_s: float = 15.0) -> list[int]:
+    """Stop what a cluster.json describes; returns pids that had to be killed."""
+    launcher_pid = doc.get("launcher_pid")
+    if doc.get("launcher") == "up" and isinstance(launcher_pid, int) and pid_alive(launcher_pid) and _is_ours(launcher_pid):
+        os.kill(launcher_pid, signal.SIGTERM)  # it stops its children in order and exits
+        _wait_gone([launcher_pid], grace_s * 2)
+    pids: list[int] = []
+    for role in doc.get("roles", {}).values():
+        pids.append(int(role["root"]["pid"]))
+    for role in doc.get("roles", {}).values():
+        pids += [int(leaf["pid"]) for leaf in role["leaves"]]
+    if doc.get("launcher") == "up" and isinstance(launcher_pid, int):
+        pids.append(launcher_pid)
+    ours = [p for p in pids if pid_alive(p) and _is_ours(p)]
+    for pid in ours:
+        os.kill(pid, signal.SIGTERM)
+    killed = _wait_gone(ours, grace_s)
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    _wait_gone(killed, grace_s)
+    return killed
+
+
+def down_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rootleaf down", description="stop a cluster started with 'rootleaf up'")
+    parser.add_argument("--dir", required=True, help="the directory given to 'rootleaf up'")
+    parser.add_argument("--grace", type=float, default=15.0, help="seconds between SIGTERM and SIGKILL")
+    args = parser.parse_args(argv)
+    path = Path(args.dir) / CLUSTER_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"rootleaf down: no cluster running in {args.dir} (no {CLUSTER_FILE})", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"rootleaf down: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    killed = stop_from_description(doc, args.grace)
+    path.unlink(missing_ok=True)
+    print(f"cluster in {args.dir} stopped" + (f" (killed {killed})" if killed else ""))
+    return 0

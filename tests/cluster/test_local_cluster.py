@@ -1,0 +1,154 @@
+"""``rootleaf up`` / ``rootleaf down`` and ``LocalCluster`` on the ci workload: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from deploy.local_cluster import (
+    REPO_ROOT,
+    ClusterError,
+    LocalCluster,
+    apply_overrides,
+    down_main,
+    parse_override,
+    pid_alive,
+    render_toml,
+)
+from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
+
+WAIT_S = 120.0
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _score_all(target: str, models: list[str]) -> root_pb2.ScoreResponse:
+    with grpc.insecure_channel(target) as channel:
+        request = root_pb2.ScoreRequest(
+            request_id="t", user_id=5, candidate_ids=[1, 2, 3, 4], models=[root_pb2.ModelRef(name=m) for m in models]
+        )
+        response: root_pb2.ScoreResponse = root_pb2_grpc.RootStub(channel).Score(request, timeout=20)
+        return response
+
+
+def _status(target: str) -> root_pb2.RootStatusResponse:
+    with grpc.insecure_channel(target) as channel:
+        reply: root_pb2.RootStatusResponse = root_pb2_grpc.RootStub(channel).Status(
+            root_pb2.RootStatusRequest(), timeout=10
+        )
+        return reply
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"rootleaf up exited early with {proc.returncode}")
+        if path.is_file():
+            doc: dict[str, Any] = json.loads(path.read_text())
+            return doc
+        time.sleep(0.1)  # polling a file the launcher writes once, bounded by the deadline
+    raise AssertionError(f"{path} did not appear within {timeout_s} s")
+
+
+def _all_pids(doc: dict[str, Any]) -> list[int]:
+    pids = []
+    for role in doc["roles"].values():
+        pids.append(role["root"]["pid"])
+        pids += [leaf["pid"] for leaf in role["leaves"]]
+    return pids
+
+
+@pytest.mark.cluster
+def test_up_canary_then_down(tmp_path: Path) -> None:
+    log = open(tmp_path / "up.log", "wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rootleaf.cli", "up", "--workload", "ci", "--dir", str(tmp_path / "c"), "--canary",
+         "--root-config-override", "cache.max_bytes=0"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+    )
+    try:
+        doc = _wait_for_file(tmp_path / "c" / "cluster.json", proc, WAIT_S)
+        assert doc["schema"] == 1 and doc["workload"] == "ci" and doc["launcher"] == "up"
+        assert set(doc["roles"]) == {"production", "canary"}
+        prod, canary = doc["roles"]["production"], doc["roles"]["canary"]
+        # canary and production never share a repository or a bundle file
+        assert {l["repo_dir"] for l in prod["leaves"]}.isdisjoint(l["repo_dir"] for l in canary["leaves"])
+        assert set(prod["root"]["bundle_files"].values()).isdisjoint(canary["root"]["bundle_files"].values())
+        for role in (prod, canary):
+            assert all(Path(p).is_file() for p in role["root"]["bundle_files"].values())
+            assert {l["partition"] for l in role["leaves"]} == {"alpha", "beta"}
+            for leaf in role["leaves"]:
+                assert (Path(leaf["repo_dir"]) / leaf["models"][0]).is_dir()
+                assert _serving(leaf["target"])
+            assert _serving(role["root"]["target"])
+            response = _score_all(role["root"]["target"], ["m_a", "m_b", "m_c"])
+            assert [r.error_code for r in response.results] == [0, 0, 0]
+            assert _status(role["root"]["target"]).settings["cache_max_bytes"] == "0"
+        pids = _all_pids(doc)
+        assert all(pid_alive(p) for p in pids)
+
+        assert down_main(["--dir", str(tmp_path / "c")]) == 0
+        assert proc.wait(timeout=30) == 0
+        assert not [p for p in pids if pid_alive(p)]
+        assert not (tmp_path / "c" / "cluster.json").exists()
+        assert down_main(["--dir", str(tmp_path / "c")]) == 1  # nothing left to stop
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.cluster
+def test_api_restart_root_keeps_leaves(tmp_path: Path) -> None:
+    with LocalCluster("ci", tmp_path, root_overrides={"trim": False}) as cluster:
+        doc = json.loads(cluster.cluster_json.read_text())
+        assert doc["launcher"] == "api" and doc["launcher_pid"] == os.getpid()
+        before = cluster.root()
+        leaves = [l.pid for l in cluster.leaves()]
+        assert _status(before.target).settings["trim"] == "false"
+        after = cluster.restart_root(overrides={"trim": True, "compression": "none"})
+        assert after.pid != before.pid and not pid_alive(before.pid)
+        assert [l.pid for l in cluster.leaves()] == leaves
+        settings = _status(after.target).settings
+        assert (settings["trim"], settings["compression"]) == ("true", "none")
+        assert json.loads(cluster.cluster_json.read_text())["roles"]["production"]["root"]["pid"] == after.pid
+        assert cluster.check_alive() == []
+        with pytest.raises(ClusterError, match="root exited"):
+            cluster.restart_root(overrides={"compression": "zstd"})  # the root rejects it and exits
+    assert not [p for p in leaves if pid_alive(p)]
+    assert not cluster.cluster_json.exists()
+
+
+def test_overrides_and_toml_rendering() -> None:
+    assert parse_override("trim=false") == ("trim", False)
+    assert parse_override("compression=none") == ("compression", "none")
+    assert parse_override('compression="lz4"') == ("compression", "lz4")
+    assert parse_override("cache.max_bytes=0") == ("cache.max_bytes", 0)
+    with pytest.raises(ClusterError, match="key=value"):
+        parse_override("trim")
+    doc = apply_overrides({"trim": True, "cache": {"ttl_s": 1.0}}, {"trim": False, "cache.max_bytes": 5})
+    assert doc == {"trim": False, "cache": {"ttl_s": 1.0, "max_bytes": 5}}
+    import tomllib
+
+    rendered = {"a": 1, "s": "x\"y", "l": ["p", "q"], "t": {"b": True}, "parts": {"p1": {"targets": ["h:1"]}}}
+    assert tomllib.loads(render_toml(rendered)) == rendered
