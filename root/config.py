@@ -1,0 +1,289 @@
+"""Root configuration: one TOML file validated into frozen dataclasses.
+
+Every section maps onto one dataclass; unknown keys are rejected with the key named, and
+each ``__post_init__`` names the bad field and value. Relative paths (catalog, bundle files,
+local store directory) resolve against the config file's directory. Immutable once loaded;
+shared read-only by every coroutine of the root's event loop.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+COMPRESSIONS = ("lz4", "none")
+STORE_KINDS = ("local", "redis")
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
+def _check_target(owner: str, value: Any) -> None:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"{owner} must be a non-empty 'host:port' or gRPC target string, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionConfig:
+    """One leaf partition: where it runs and which models it hosts."""
+
+    name: str
+    """Partition name (metrics label)."""
+    targets: tuple[str, ...]
+    """gRPC targets of the partition's leaves (``host:port`` or ``dns:///name:port``); round-robin."""
+    models: tuple[str, ...]
+    """Models this partition hosts."""
+
+    def __post_init__(self) -> None:
+        owner = f"partitions.{self.name}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"partition name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "models", tuple(self.models))
+        if not self.targets:
+            raise ValueError(f"{owner}.targets must list at least one target, got []")
+        for target in self.targets:
+            _check_target(f"{owner}.targets", target)
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"{owner}.targets has duplicates: {list(self.targets)}")
+        if not self.models:
+            raise ValueError(f"{owner}.models must list at least one model, got []")
+        for model in self.models:
+            if not isinstance(model, str) or not model:
+                raise ValueError(f"{owner}.models must hold non-empty strings, got {model!r}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"{owner}.models has duplicates: {list(self.models)}")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureStoreConfig:
+    """Where feature values come from."""
+
+    kind: str = "local"
+    """``local`` (memory-mapped column files) or ``redis``."""
+    path: Path | None = None
+    """Directory of the local store (required for ``local``)."""
+    url: str | None = None
+    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (required for ``redis``)."""
+    pool_size: int = 16
+    """Connections in the Redis pool."""
+    timeout_ms: int = 100
+    """Per-fetch timeout of a remote store; a timeout fails the request UNAVAILABLE."""
+    key_prefix: str = "rl"
+    """Key prefix in Redis."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in STORE_KINDS:
+            raise ValueError(f"feature_store.kind must be one of {STORE_KINDS}, got {self.kind!r}")
+        if self.kind == "local" and self.path is None:
+            raise ValueError("feature_store.path is required when kind = 'local', got None")
+        if self.kind == "redis" and not self.url:
+            raise ValueError(f"feature_store.url is required when kind = 'redis', got {self.url!r}")
+        if self.path is not None:
+            object.__setattr__(self, "path", Path(self.path))
+        _check_int("feature_store", "pool_size", self.pool_size, 1)
+        _check_int("feature_store", "timeout_ms", self.timeout_ms, 1)
+        if not isinstance(self.key_prefix, str) or not self.key_prefix:
+            raise ValueError(f"feature_store.key_prefix must be a non-empty string, got {self.key_prefix!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The in-memory feature cache in front of the store."""
+
+    max_bytes: int = 256 * 1024 * 1024
+    """Upper bound of memory the cache allocates (0 disables the cache)."""
+    ttl_s: float = 60.0
+    """Seconds a cached value stays valid."""
+
+    def __post_init__(self) -> None:
+        _check_int("cache", "max_bytes", self.max_bytes, 0)
+        if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, (int, float)) or not self.ttl_s > 0:
+            raise ValueError(f"cache.ttl_s must be a number > 0, got {self.ttl_s!r}")
+        object.__setattr__(self, "ttl_s", float(self.ttl_s))
+
+
+@dataclass(frozen=True, slots=True)
+class RootConfig:
+    """Everything a root needs to serve."""
+
+    catalog: Path
+    """Feature catalog JSON (``{"features": [...]}``)."""
+    partitions: Mapping[str, PartitionConfig]
+    """Leaf partitions by name."""
+    feature_store: FeatureStoreConfig
+    """The feature store behind the cache."""
+    listen: str = "127.0.0.1:0"
+    """Address the gRPC server binds (port 0 picks a free port)."""
+    metrics_port: int = 0
+    """Prometheus HTTP port (0 = no metrics endpoint)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds."""
+    trim: bool = True
+    """Send each model only its allowlisted features; false = every model gets every fetched
+    feature and the full catalog is fetched (the baseline)."""
+    compression: str = "lz4"
+    """Per-tensor payload compression: ``lz4`` (adaptive) or ``none``."""
+    dedup_request_features: bool = True
+    """Send request-level features once as ``[1, ...]``; false tiles them to ``[N, ...]``."""
+    default_deadline_ms: int = 1000
+    """Deadline applied when the client sets none."""
+    max_candidates: int = 4096
+    """Most candidates in one request."""
+    max_models: int = 32
+    """Most models in one request."""
+    max_in_flight: int = 256
+    """Concurrent Score calls; more are rejected RESOURCE_EXHAUSTED."""
+    shutdown_grace_s: float = 5.0
+    """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
+    bundles: Mapping[str, Path] = field(default_factory=dict)
+    """Bundle name -> path of its bundle-level ``module_info.json``."""
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    """The feature cache."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalog", Path(self.catalog))
+        _check_target("listen", self.listen)
+        _check_int("root", "metrics_port", self.metrics_port, 0)
+        if self.metrics_port > 65535:
+            raise ValueError(f"metrics_port must be <= 65535, got {self.metrics_port}")
+        if not isinstance(self.metrics_host, str) or not self.metrics_host:
+            raise ValueError(f"metrics_host must be a non-empty string, got {self.metrics_host!r}")
+        _check_bool("root", "trim", self.trim)
+        _check_bool("root", "dedup_request_features", self.dedup_request_features)
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        _check_int("root", "default_deadline_ms", self.default_deadline_ms, 1)
+        _check_int("root", "max_candidates", self.max_candidates, 1)
+        _check_int("root", "max_models", self.max_models, 1)
+        _check_int("root", "max_in_flight", self.max_in_flight, 1)
+        if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
+        bundles: dict[str, Path] = {}
+        for name, path in dict(self.bundles).items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"bundles: names must be non-empty strings, got {name!r}")
+            if not isinstance(path, (str, Path)) or not str(path):
+                raise ValueError(f"bundles.{name} must be a path string, got {path!r}")
+            bundles[name] = Path(path)
+        object.__setattr__(self, "bundles", MappingProxyType(bundles))
+        partitions = dict(self.partitions)
+        if not partitions:
+            raise ValueError("partitions must define at least one partition, got none")
+        owner: dict[str, str] = {}
+        for name, part in partitions.items():
+            if not isinstance(part, PartitionConfig) or part.name != name:
+                raise ValueError(f"partitions.{name} must be a PartitionConfig named {name!r}")
+            for model in part.models:
+                if model in owner:
+                    raise ValueError(
+                        f"partitions.{name}.models: model {model!r} is already hosted by partition {owner[model]!r}"
+                    )
+                owner[model] = name
+        object.__setattr__(self, "partitions", MappingProxyType(partitions))
+
+    def partition_of(self, model: str) -> PartitionConfig | None:
+        """The partition hosting ``model``, or None."""
+        for part in self.partitions.values():
+            if model in part.models:
+                return part
+        return None
+
+    def settings(self) -> dict[str, str]:
+        """The switches, as strings (reported by ``Root.Status``)."""
+        return {
+            "trim": str(self.trim).lower(),
+            "compression": self.compression,
+            "dedup_request_features": str(self.dedup_request_features).lower(),
+            "default_deadline_ms": str(self.default_deadline_ms),
+            "max_candidates": str(self.max_candidates),
+            "max_models": str(self.max_models),
+            "max_in_flight": str(self.max_in_flight),
+            "feature_store": self.feature_store.kind,
+            "cache_max_bytes": str(self.cache.max_bytes),
+            "cache_ttl_s": str(self.cache.ttl_s),
+        }
+
+
+_TOP_KEYS = {f.name for f in fields(RootConfig)}
+_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig}
+_PARTITION_KEYS = {"targets", "models"}
+
+
+def _reject_unknown(where: str, doc: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (allowed: {sorted(allowed)})")
+
+
+def _resolve(base: Path, value: Any, field_name: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field_name} must be a non-empty path string, got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
+    """Build a ``RootConfig`` from a parsed TOML document; paths resolve against ``base_dir``."""
+    _reject_unknown("root config", doc, _TOP_KEYS)
+    kwargs: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES)}
+    if "catalog" not in doc:
+        raise ValueError("root config: 'catalog' is required")
+    kwargs["catalog"] = _resolve(base_dir, doc["catalog"], "catalog")
+    bundles = doc.get("bundles", {})
+    if not isinstance(bundles, Mapping):
+        raise ValueError(f"bundles must be a table of name = path, got {bundles!r}")
+    kwargs["bundles"] = {name: _resolve(base_dir, path, f"bundles.{name}") for name, path in bundles.items()}
+    parts_doc = doc.get("partitions", {})
+    if not isinstance(parts_doc, Mapping):
+        raise ValueError(f"partitions must be a table of tables, got {parts_doc!r}")
+    partitions = {}
+    for name, part in parts_doc.items():
+        if not isinstance(part, Mapping):
+            raise ValueError(f"partitions.{name} must be a table, got {part!r}")
+        _reject_unknown(f"partitions.{name}", part, _PARTITION_KEYS)
+        for key in _PARTITION_KEYS:
+            if not isinstance(part.get(key, []), list):
+                raise ValueError(f"partitions.{name}.{key} must be a list, got {part.get(key)!r}")
+        partitions[name] = PartitionConfig(name, tuple(part.get("targets", [])), tuple(part.get("models", [])))
+    kwargs["partitions"] = partitions
+    if "feature_store" not in doc:
+        raise ValueError("root config: section [feature_store] is required")
+    for section, cls in _SECTION_TYPES.items():
+        if section not in doc:
+            continue
+        sec = doc[section]
+        if not isinstance(sec, Mapping):
+            raise ValueError(f"[{section}] must be a table, got {sec!r}")
+        _reject_unknown(f"[{section}]", sec, {f.name for f in fields(cls)})
+        sec = dict(sec)
+        if section == "feature_store" and "path" in sec:
+            sec["path"] = _resolve(base_dir, sec["path"], "feature_store.path")
+        try:
+            kwargs[section] = cls(**sec)
+        except TypeError as exc:
+            raise ValueError(f"[{section}]: {exc}") from None
+    return RootConfig(**kwargs)
+
+
+def load_root_config(path: str | Path) -> RootConfig:
+    """Read and validate a root config TOML file."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"root config {path}: {exc}") from None
+    try:
+        return root_config_from_dict(doc, path.resolve().parent)
+    except ValueError as exc:
+        raise ValueError(f"root config {path}: {exc}") from None

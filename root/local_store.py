@@ -1,0 +1,87 @@
+"""File-backed feature store: one memory-mapped ``.npy`` column per feature.
+
+Layout: ``<dir>/<entity>/<feature>.npy`` with shape ``[rows, *spec.shape]`` (written by
+``root.datagen.generate_local_store``). Entity id ``i`` is row ``i``; ids at or beyond the
+row count get the feature's default and are counted as missing. Reads are vectorised
+fancy indexing on the memory maps. Columns are opened once at construction and only read
+afterwards, so the store is safe to use from the event loop and from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from root.catalog import Entity, FeatureCatalog, FeatureSpec
+from root.datagen import column_path
+from root.feature_store import FeatureStoreError, FetchResult
+
+log = logging.getLogger(__name__)
+
+
+class LocalFeatureStore:
+    """Columns of a local directory, memory-mapped read-only."""
+
+    def __init__(self, directory: str | Path, catalog: FeatureCatalog) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise FeatureStoreError(f"local feature store {self.directory} is not a directory")
+        self.catalog = catalog
+        self._columns: dict[str, np.ndarray] = {}
+        absent = []
+        for spec in catalog.features.values():
+            path = column_path(self.directory, spec)
+            if not path.exists():
+                absent.append(spec.name)
+                continue
+            column = np.load(path, mmap_mode="r", allow_pickle=False)
+            if column.shape[1:] != spec.shape or column.dtype != spec.np_dtype:
+                raise FeatureStoreError(
+                    f"{path}: shape {column.shape[1:]} dtype {column.dtype} does not match the catalog "
+                    f"({spec.shape}, {spec.dtype})"
+                )
+            self._columns[spec.name] = column
+        if absent:
+            # Served as defaults (counted missing) rather than failing the root.
+            log.warning("local feature store %s has no column for %d features: %s", self.directory, len(absent), absent[:10])
+
+    def rows(self, name: str) -> int:
+        """Rows stored for feature ``name`` (0 when its column is absent)."""
+        column = self._columns.get(name)
+        return 0 if column is None else int(column.shape[0])
+
+    def _read(self, spec: FeatureSpec, ids: np.ndarray) -> tuple[np.ndarray, int]:
+        column = self._columns.get(spec.name)
+        n = len(ids)
+        if column is None:
+            return np.full((n, *spec.shape), spec.default, dtype=spec.np_dtype), n
+        present = ids < column.shape[0]
+        if present.all():
+            return np.asarray(column[ids.astype(np.intp)]), 0
+        out = np.full((n, *spec.shape), spec.default, dtype=spec.np_dtype)
+        out[present] = column[ids[present].astype(np.intp)]
+        return out, int(n - np.count_nonzero(present))
+
+    async def fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
+        return self.fetch_sync(entity, ids, names)
+
+    def fetch_sync(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
+        """``fetch`` without the coroutine (the work is synchronous anyway)."""
+        ids = np.asarray(ids, dtype=np.uint64)
+        columns: dict[str, np.ndarray] = {}
+        missing = 0
+        for name in names:
+            spec = self.catalog.features.get(name)
+            if spec is None:
+                raise FeatureStoreError(f"feature {name!r} is not in the catalog")
+            if spec.entity is not entity:
+                raise FeatureStoreError(f"feature {name!r} belongs to {spec.entity.value}, not {entity.value}")
+            columns[name], miss = self._read(spec, ids)
+            missing = max(missing, miss)
+        return FetchResult(columns, missing)
+
+    async def close(self) -> None:
+        self._columns.clear()

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the root, defined once per process (default registry).
+
+Several roots in one process (tests) share these series; read deltas, not absolutes.
+Updated from the root's event loop and its encode thread; prometheus-client is thread-safe.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+_SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+
+REQUESTS = Counter("rootleaf_root_requests_total", "Score calls by final status code", ["code"])
+REQUEST_SECONDS = Histogram(
+    "rootleaf_root_request_seconds", "Score call latency inside the root", buckets=_LATENCY_BUCKETS
+)
+MODEL_RESULTS = Counter(
+    "rootleaf_root_model_results_total", "Per-model results returned, by status code", ["model", "code"]
+)
+MODEL_SCORE = Histogram(
+    "rootleaf_root_model_score",
+    "Sampled values of each model's first output (up to SCORE_SAMPLES per result)",
+    ["model"],
+    buckets=_SCORE_BUCKETS,
+)
+PARTITION_BYTES = Counter(
+    "rootleaf_root_partition_bytes_total",
+    "Bytes for each partition: untrimmed (raw, every fetched feature), trimmed (raw), wire (sent)",
+    ["partition", "stage"],
+)
+LEAF_ERRORS = Counter("rootleaf_root_leaf_errors_total", "Failed leaf calls by status code", ["partition", "code"])
+CACHE_REQUESTS = Counter(
+    "rootleaf_root_cache_requests_total", "Feature cache lookups per (id, feature) cell", ["entity", "result"]
+)
+FEATURE_STORE_SECONDS = Histogram(
+    "rootleaf_root_feature_store_seconds", "Latency of one batched feature-store fetch", buckets=_LATENCY_BUCKETS
+)
+FEATURE_DEFAULTS = Counter(
+    "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
+)
+UNKNOWN_ALLOWLIST_FEATURES = Counter(
+    "rootleaf_root_unknown_allowlist_features_total",
+    "Allowlisted features neither in the catalog nor supplied by the client (skipped)",
+    ["model"],
+)
+
+# Scores observed per model result: prometheus observes one value per call, so observing all
+# N candidates would be a per-candidate loop on the hot path; an even stride keeps the shape.
+SCORE_SAMPLES = 16

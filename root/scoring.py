@@ -1,0 +1,299 @@
+"""The root's request path: validate, union fetch, encode once, trim, fan out, merge.
+
+``ScoreEngine.score`` runs on the server's event loop. The feature fetch (cache, then one
+batched store call per entity) happens on the loop; tensor encoding and per-model request
+assembly (CPU-bound, LZ4 releases the GIL) run in the ``root-encode`` thread pool; all
+leaf calls go out concurrently and each model gets its own result, so one failing or slow
+partition affects only its models. Cancelling ``score`` cancels outstanding leaf calls.
+
+Allowlist names that are neither in the catalog nor supplied by the client are skipped and
+counted (``rootleaf_root_unknown_allowlist_features_total{model}``): the request still goes
+out, and a model that truly needs the feature gets the leaf's INVALID_ARGUMENT naming it,
+for that model only, instead of failing every model of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+import grpc
+import numpy as np
+
+from protos.codec import decode as decode_tensor
+from protos.rootleaf.v1 import tensor_pb2
+from root import metrics
+from root.assembly import EncodedFeatures, LeafPayload, build_payload, encode_features, feature_union
+from root.catalog import Entity, FeatureCatalog
+from root.config import RootConfig
+from root.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    LeafCallError,
+    ModelNotFound,
+    Overloaded,
+    StoreUnavailable,
+)
+from root.feature_store import FeatureStore, FeatureStoreError, FetchResult
+from root.leaf_client import LeafClient
+
+log = logging.getLogger(__name__)
+
+# Time kept back from the client's deadline when calling leaves, so the root can still
+# answer with the partitions that made it (and the timed-out ones' DEADLINE_EXCEEDED).
+DEADLINE_RESERVE_S = 0.010
+DEADLINE_RESERVE_FRACTION = 0.1
+
+
+class Decision(Protocol):
+    """What the trimmer says about one model (``trimmer.TrimDecision`` fits)."""
+
+    @property
+    def features(self) -> frozenset[str] | None: ...
+
+
+class Allowlists(Protocol):
+    """Per-model allowlists (``trimmer.FeatureTrimmer`` fits)."""
+
+    def lookup(self, model: str, version: str | None = None) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A requested model; ``version`` None = latest."""
+
+    name: str
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreInput:
+    """One client request, decoded."""
+
+    request_id: str
+    user_id: int
+    candidate_ids: np.ndarray
+    """uint64 [N]."""
+    models: tuple[ModelRef, ...]
+    request_features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """Client-supplied request features, each ``[1, ...]``; override or add to the store's."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOutcome:
+    """One model's result: the leaf's outputs, or the error of its partition's call."""
+
+    model: str
+    version: str
+    outputs: tuple[tensor_pb2.Tensor, ...]
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+def decode_client_features(tensors: Sequence[tensor_pb2.Tensor]) -> dict[str, np.ndarray]:
+    """Client tensors -> arrays; any codec violation is an ``InvalidRequest`` naming the tensor."""
+    out: dict[str, np.ndarray] = {}
+    for tensor in tensors:
+        try:
+            array = decode_tensor(tensor)
+        except ValueError as exc:
+            raise InvalidRequest(f"request_features: {exc}") from None
+        if tensor.name in out:
+            raise InvalidRequest(f"request_features: tensor {tensor.name!r} given twice")
+        out[tensor.name] = array
+    return out
+
+
+class ScoreEngine:
+    """The request path of one root."""
+
+    def __init__(
+        self,
+        config: RootConfig,
+        catalog: FeatureCatalog,
+        store: FeatureStore,
+        allowlists: Allowlists,
+        leaves: Mapping[str, LeafClient],
+        encode_executor: Executor | None = None,
+    ) -> None:
+        missing = set(config.partitions) - set(leaves)
+        if missing:
+            raise ValueError(f"no leaf client for partitions {sorted(missing)}")
+        self.config = config
+        self.catalog = catalog
+        self.store = store
+        self.allowlists = allowlists
+        self.leaves = leaves
+        self._executor = encode_executor
+        self._partition_of = {m: p.name for p in config.partitions.values() for m in p.models}
+        self._all_names = tuple(catalog.names())
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # ---- validation ----
+
+    def _validate(self, request: ScoreInput) -> None:
+        cfg = self.config
+        if not request.models:
+            raise InvalidRequest("models must not be empty")
+        if len(request.models) > cfg.max_models:
+            raise InvalidRequest(f"{len(request.models)} models exceed max_models={cfg.max_models}")
+        n = len(request.candidate_ids)
+        if n == 0:
+            raise InvalidRequest("candidate_ids must not be empty")
+        if n > cfg.max_candidates:
+            raise InvalidRequest(f"{n} candidates exceed max_candidates={cfg.max_candidates}")
+        seen: set[str] = set()
+        for ref in request.models:
+            if not ref.name:
+                raise InvalidRequest("model name must not be empty")
+            if ref.name in seen:
+                raise InvalidRequest(f"model {ref.name!r} requested twice")
+            seen.add(ref.name)
+            if ref.name not in self._partition_of:
+                raise ModelNotFound(ref.name)
+        for name, array in request.request_features.items():
+            if array.ndim == 0 or array.shape[0] != 1:
+                raise InvalidRequest(f"request feature {name!r} must have leading dim 1, got shape {list(array.shape)}")
+            spec = self.catalog.features.get(name)
+            if spec is None:
+                continue
+            if spec.entity is not Entity.REQUEST:
+                raise InvalidRequest(f"request feature {name!r} is a candidate feature in the catalog")
+            if array.shape[1:] != spec.shape or array.dtype != spec.np_dtype:
+                raise InvalidRequest(
+                    f"request feature {name!r}: got {array.dtype}{list(array.shape[1:])}, "
+                    f"catalog says {spec.dtype}{list(spec.shape)}"
+                )
+
+    # ---- fetch ----
+
+    async def _fetch(self, entity: Entity, ids: np.ndarray, names: list[str]) -> FetchResult:
+        if not names:
+            return FetchResult({}, 0)
+        try:
+            result = await self.store.fetch(entity, ids, names)
+        except FeatureStoreError as exc:
+            raise StoreUnavailable(f"feature store: {exc}") from None
+        if result.missing:
+            metrics.FEATURE_DEFAULTS.labels(entity.value).inc(result.missing)
+        return result
+
+    # ---- the request ----
+
+    async def score(self, request: ScoreInput, timeout_s: float | None = None) -> list[ModelOutcome]:
+        """Score ``request``; ``timeout_s`` None = the configured default deadline."""
+        if self._in_flight >= self.config.max_in_flight:
+            raise Overloaded(f"{self._in_flight} calls in flight (max_in_flight={self.config.max_in_flight})")
+        self._in_flight += 1
+        try:
+            return await self._score(request, timeout_s)
+        finally:
+            self._in_flight -= 1
+
+    async def _score(self, request: ScoreInput, timeout_s: float | None) -> list[ModelOutcome]:
+        loop = asyncio.get_running_loop()
+        timeout = self.config.default_deadline_ms / 1000.0 if timeout_s is None else timeout_s
+        deadline = loop.time() + timeout
+        self._validate(request)
+        cfg = self.config
+        client = dict(request.request_features)
+        if cfg.trim:
+            allow = [self.allowlists.lookup(ref.name, ref.version).features for ref in request.models]
+        else:
+            allow = [None] * len(request.models)
+        wanted = feature_union(allow, (*self._all_names, *client))
+        for ref, features in zip(request.models, allow):
+            if features is not None:
+                unknown = len(features - self.catalog.features.keys() - client.keys())
+                if unknown:
+                    metrics.UNKNOWN_ALLOWLIST_FEATURES.labels(ref.name).inc(unknown)
+        request_names: list[str] = []
+        candidate_names: list[str] = []
+        for name in self._all_names:
+            if name in wanted and name not in client:
+                spec = self.catalog.features[name]
+                (request_names if spec.entity is Entity.REQUEST else candidate_names).append(name)
+        ids = np.asarray(request.candidate_ids, dtype=np.uint64)
+        user = np.array([request.user_id], dtype=np.uint64)
+        try:
+            user_cols, item_cols = await asyncio.wait_for(
+                asyncio.gather(
+                    self._fetch(Entity.REQUEST, user, request_names),
+                    self._fetch(Entity.CANDIDATE, ids, candidate_names),
+                ),
+                timeout=max(deadline - loop.time(), 0.0),
+            )
+        except TimeoutError:
+            raise DeadlineExceeded("deadline exceeded while fetching features") from None
+        request_cols = dict(user_cols.columns)
+        request_cols.update((n, a) for n, a in client.items() if n in wanted)
+        payloads = await loop.run_in_executor(
+            self._executor, self._prepare, request, request_cols, dict(item_cols.columns), allow
+        )
+        remaining = deadline - loop.time()
+        leaf_timeout = remaining - min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
+        if leaf_timeout <= 0:
+            raise DeadlineExceeded("deadline exceeded before the leaf calls")
+        return list(await asyncio.gather(*(self._call(p, leaf_timeout) for p in payloads)))
+
+    def _prepare(
+        self,
+        request: ScoreInput,
+        request_cols: dict[str, np.ndarray],
+        candidate_cols: dict[str, np.ndarray],
+        allow: list[frozenset[str] | None],
+    ) -> list[LeafPayload]:
+        encoded: EncodedFeatures = encode_features(
+            request_cols,
+            candidate_cols,
+            len(request.candidate_ids),
+            compression=self.config.compression,
+            dedup_request_features=self.config.dedup_request_features,
+        )
+        payloads = []
+        for ref, features in zip(request.models, allow):
+            payload = build_payload(
+                encoded, request_id=request.request_id, model=ref.name, version=ref.version, features=features
+            )
+            partition = self._partition_of[ref.name]
+            metrics.PARTITION_BYTES.labels(partition, "untrimmed").inc(payload.untrimmed_bytes)
+            metrics.PARTITION_BYTES.labels(partition, "trimmed").inc(payload.trimmed_bytes)
+            metrics.PARTITION_BYTES.labels(partition, "wire").inc(payload.wire_bytes)
+            payloads.append(payload)
+        return payloads
+
+    async def _call(self, payload: LeafPayload, timeout_s: float) -> ModelOutcome:
+        partition = self._partition_of[payload.model]
+        try:
+            response = await self.leaves[partition].score(payload.payload, timeout_s)
+        except LeafCallError as exc:
+            metrics.LEAF_ERRORS.labels(partition, exc.code.name).inc()
+            metrics.MODEL_RESULTS.labels(payload.model, exc.code.name).inc()
+            return ModelOutcome(
+                payload.model, "", (), exc.code, f"partition {partition!r}: {exc.message}"
+            )
+        metrics.MODEL_RESULTS.labels(payload.model, "OK").inc()
+        if response.outputs:
+            _observe_scores(payload.model, response.outputs[0])
+        return ModelOutcome(payload.model, response.version, tuple(response.outputs))
+
+
+def _observe_scores(model: str, tensor: tensor_pb2.Tensor) -> None:
+    try:
+        values = decode_tensor(tensor).reshape(-1)
+    except ValueError:
+        return
+    if values.dtype.kind != "f" or not len(values):
+        return
+    step = max(1, len(values) // metrics.SCORE_SAMPLES)
+    histogram = metrics.MODEL_SCORE.labels(model)
+    for value in values[::step][: metrics.SCORE_SAMPLES].tolist():
+        histogram.observe(value)
+

@@ -1,0 +1,214 @@
+"""Root server assembly: build (``create_server``), serve until a signal (``serve``), drain.
+
+``create_server`` runs on the caller's event loop thread: it applies the allocator
+settings, loads the catalog, starts the trimmer (its watchdog threads), opens the feature
+store and one gRPC channel per leaf target, binds the port and returns. ``start`` launches
+the "root-health" task, which health-checks every partition's targets and reports SERVING
+while each partition has at least one serving target. Stopping the returned server drains
+in-flight calls for the grace period, then closes channels, store, trimmer and the
+"root-encode" threads, so one process can create and close several roots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from protos.rootleaf.v1 import root_pb2_grpc
+from protos.transport import GRPC_OPTIONS, tune_allocator
+from root.catalog import FeatureCatalog
+from root.config import RootConfig
+from root.feature_store import FeatureStore
+from root.leaf_client import GrpcLeafClient, LeafClient
+from root.scoring import ScoreEngine
+from root.servicer import SERVICE_NAME, RootServicer
+from root.stores import open_feature_store
+from trimmer import FeatureTrimmer
+
+__all__ = ["RootServer", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_S = 0.5
+"""Partition health-check period while some partition has no serving target."""
+HEALTH_INTERVAL_SERVING_S = 2.0
+"""Period once every partition is reachable."""
+HEALTH_TIMEOUT_S = 1.0
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class RootServer(grpc.aio.Server):
+    """A ``grpc.aio.Server`` whose ``start``/``stop`` also run the root's other parts."""
+
+    def __init__(
+        self,
+        inner: grpc.aio.Server,
+        *,
+        engine: ScoreEngine,
+        trimmer: FeatureTrimmer,
+        store: FeatureStore,
+        leaves: dict[str, LeafClient],
+        executor: ThreadPoolExecutor,
+        health_servicer: health.aio.HealthServicer,
+        metrics_server: Any,
+    ) -> None:
+        self._inner = inner
+        self.engine = engine
+        self.trimmer = trimmer
+        self._store = store
+        self._leaves = leaves
+        self._executor = executor
+        self._health = health_servicer
+        self._metrics_server = metrics_server
+        self._health_task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._closed = False
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._inner.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._inner.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._inner.start()
+        self._health_task = asyncio.create_task(self._watch_partitions(), name="root-health")
+
+    async def check_partitions(self) -> bool:
+        """Health-check every partition now; True when each has a serving target."""
+        counts = await asyncio.gather(*(c.check_ready(HEALTH_TIMEOUT_S) for c in self._leaves.values()))
+        ready = all(n > 0 for n in counts)
+        if not self._stopped:
+            for service in ("", SERVICE_NAME):
+                await self._health.set(service, _SERVING if ready else _NOT_SERVING)
+        return ready
+
+    async def _watch_partitions(self) -> None:
+        while not self._stopped:
+            try:
+                ready = await self.check_partitions()
+            except Exception:  # a health round must never end the watcher
+                log.exception("partition health check failed")
+                ready = False
+            await asyncio.sleep(HEALTH_INTERVAL_SERVING_S if ready else HEALTH_INTERVAL_S)
+
+    async def stop(self, grace: float | None) -> None:
+        if not self._stopped:
+            self._stopped = True
+            await self._health.enter_graceful_shutdown()
+        await self._inner.stop(grace)
+        if self._closed:
+            return
+        self._closed = True
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self._leaves.values()))
+        await self._store.close()
+        loop = asyncio.get_running_loop()
+        # Joining threads blocks: do it off the loop, in a named thread.
+        with ThreadPoolExecutor(1, thread_name_prefix="root-shutdown") as pool:
+            await loop.run_in_executor(pool, self._close_threads)
+
+    def _close_threads(self) -> None:
+        self.trimmer.close()
+        self._executor.shutdown(wait=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._inner.wait_for_termination(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def create_server(config: RootConfig) -> tuple[RootServer, int]:
+    """Load everything, bind ``config.listen`` and return ``(server, port)``.
+
+    Call from the event loop that will run the server; then ``await server.start()``.
+    """
+    tune_allocator()
+    catalog = FeatureCatalog.load(config.catalog)
+    trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
+    closers: list[Callable[[], None]] = [trimmer.close]
+    try:
+        store = open_feature_store(config.feature_store, config.cache, catalog)
+        leaves: dict[str, LeafClient] = {
+            name: GrpcLeafClient(part.targets) for name, part in config.partitions.items()
+        }
+        executor = ThreadPoolExecutor(2, thread_name_prefix="root-encode")
+        closers.append(lambda: executor.shutdown(wait=False))
+        engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
+        inner = grpc.aio.server(options=GRPC_OPTIONS)
+        root_pb2_grpc.add_RootServicer_to_server(RootServicer(engine, config, trimmer.status), inner)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
+        port = inner.add_insecure_port(config.listen)
+        if port == 0:
+            raise OSError(f"cannot bind {config.listen}")
+        metrics_server = None
+        if config.metrics_port:
+            metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
+    except BaseException:
+        for close in closers:
+            close()
+        raise
+    log.info(
+        "root on port %d: %d features, partitions %s, trim=%s compression=%s dedup=%s",
+        port,
+        len(catalog),
+        {n: list(p.targets) for n, p in config.partitions.items()},
+        config.trim,
+        config.compression,
+        config.dedup_request_features,
+    )
+    server = RootServer(
+        inner,
+        engine=engine,
+        trimmer=trimmer,
+        store=store,
+        leaves=leaves,
+        executor=executor,
+        health_servicer=health_servicer,
+        metrics_server=metrics_server,
+    )
+    return server, port
+
+
+async def _serve(config: RootConfig, on_started: Callable[[int], None] | None) -> None:
+    server, port = create_server(config)
+    await server.start()
+    if on_started is not None:
+        on_started(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("draining (grace %.1fs)", config.shutdown_grace_s)
+    finally:
+        await server.stop(config.shutdown_grace_s)
+
+
+def serve(config: RootConfig, on_started: Callable[[int], None] | None = None) -> None:
+    """Run a root until SIGTERM/SIGINT, then drain gracefully. ``on_started(port)`` is called
+    once the server is serving."""
+    tune_allocator()
+    asyncio.run(_serve(config, on_started))

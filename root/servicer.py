@@ -1,0 +1,100 @@
+"""``rootleaf.v1.Root`` servicer: translates protobuf <-> domain types, nothing more.
+
+Scoring logic lives in ``root.scoring``; errors are mapped to status codes here, in one
+place (``root.errors.status_of``), with internal failures logged with the request id and
+answered with a generic message. Runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Callable, Mapping
+
+import grpc
+import numpy as np
+
+from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
+from root import metrics
+from root.config import RootConfig
+from root.errors import status_of
+from root.scoring import ModelRef, ScoreEngine, ScoreInput, decode_client_features
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "rootleaf.v1.Root"
+
+BundleStatuses = Callable[[], Mapping[str, object]]
+
+
+def _bundle_status(name: str, status: object) -> root_pb2.BundleStatus:
+    return root_pb2.BundleStatus(
+        name=name,
+        path=str(getattr(status, "path")),
+        model_count=int(getattr(status, "model_count")),
+        version_count=int(getattr(status, "version_count")),
+        last_good_load_unix=float(getattr(status, "last_good_load_unix") or 0.0),
+        last_error=str(getattr(status, "last_error") or ""),
+        content_hash=str(getattr(status, "content_hash") or ""),
+    )
+
+
+class RootServicer(root_pb2_grpc.RootServicer):
+    """gRPC face of a ``ScoreEngine``."""
+
+    def __init__(self, engine: ScoreEngine, config: RootConfig, bundle_statuses: BundleStatuses) -> None:
+        self._engine = engine
+        self._config = config
+        self._bundle_statuses = bundle_statuses
+
+    async def Score(  # noqa: N802 (gRPC method name)
+        self, request: root_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> root_pb2.ScoreResponse:
+        start = time.perf_counter()
+        request_id = request.request_id or uuid.uuid4().hex
+        code = grpc.StatusCode.OK
+        try:
+            score_input = ScoreInput(
+                request_id=request_id,
+                user_id=request.user_id,
+                candidate_ids=np.fromiter(request.candidate_ids, dtype=np.uint64, count=len(request.candidate_ids)),
+                models=tuple(
+                    ModelRef(m.name, m.version if m.HasField("version") else None) for m in request.models
+                ),
+                request_features=decode_client_features(request.request_features),
+            )
+            outcomes = await self._engine.score(score_input, context.time_remaining())
+            response = root_pb2.ScoreResponse(request_id=request_id)
+            for outcome in outcomes:
+                result = response.results.add(
+                    model=outcome.model,
+                    version=outcome.version,
+                    error_code=outcome.error_code.value[0],
+                    error_message=outcome.error_message,
+                )
+                result.outputs.extend(outcome.outputs)
+            return response
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # the one boundary where errors become status codes
+            code, message = status_of(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("request %s failed", request_id)
+            await context.abort(code, message)
+            raise  # abort raises; this line is never reached
+        finally:
+            metrics.REQUESTS.labels(code.name).inc()
+            metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)
+
+    async def Status(  # noqa: N802 (gRPC method name)
+        self, request: root_pb2.RootStatusRequest, context: grpc.aio.ServicerContext
+    ) -> root_pb2.RootStatusResponse:
+        response = root_pb2.RootStatusResponse(settings=self._config.settings())
+        for name, status in sorted(self._bundle_statuses().items()):
+            response.bundles.append(_bundle_status(name, status))
+        for part in self._config.partitions.values():
+            response.partitions.add(name=part.name, targets=list(part.targets), models=list(part.models))
+        return response
