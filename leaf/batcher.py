@@ -229,6 +229,7 @@ class Batcher:
                 value = ModelFailed(
                     f"model {model!r} version {version.version!r} produced non-finite scores"
                 )
+                log.error("%s (request %s)", value, item.request_id)
             item.loop.call_soon_threadsafe(_resolve, item.future, value)
             start = end
 

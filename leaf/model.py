@@ -64,7 +64,7 @@ class LoadedVersion:
             with torch.inference_mode():
                 result = self.module(self.placement.to_device(inputs))
         except Exception as exc:  # the model's own code: any failure is the model's
-            raise ModelFailed(f"{where} raised {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ModelFailed(f"{where} raised: {_first_line(exc)}") from exc
         return split_outputs(result, self.signature.output_names, rows, where)
 
 
@@ -137,5 +137,10 @@ def load_version(
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """A one-line reason. TorchScript errors put the model's own exception on the last line
+    ("builtins.RuntimeError: ...") after an interpreter traceback."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if isinstance(exc, torch.jit.Error) else lines[0]
+    return line[:300]

@@ -90,6 +90,8 @@ class Repository:
         self._stop = threading.Event()
         self._scanned = threading.Condition()
         self._scans = 0
+        self._requested = 0  # rescan requests issued (tickets)
+        self._served = 0  # highest ticket whose scan started after it was issued, and finished
         self._thread: threading.Thread | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
 
@@ -115,14 +117,22 @@ class Repository:
             )
         return latest
 
-    def wait_for_scan(self, after: int, timeout: float) -> int:
-        """Block until more than ``after`` scans completed; returns the scan count."""
+    def rescan(self) -> int:
+        """Ask the loader thread to rescan now; returns a ticket for ``wait_for_rescan``."""
         with self._scanned:
-            self._scanned.wait_for(lambda: self._scans > after, timeout=timeout)
-            return self._scans
+            self._requested += 1
+            ticket = self._requested
+        self._wake.set()
+        return ticket
+
+    def wait_for_rescan(self, ticket: int, timeout: float) -> bool:
+        """Block until a scan that started after ``rescan`` returned ``ticket`` has finished."""
+        with self._scanned:
+            return self._scanned.wait_for(lambda: self._served >= ticket, timeout=timeout)
 
     @property
     def scans(self) -> int:
+        """Completed scans so far."""
         return self._scans
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -144,10 +154,6 @@ class Repository:
         self._thread = threading.Thread(target=self._run, name="leaf-repo-loader", daemon=True)
         self._thread.start()
 
-    def rescan(self) -> None:
-        """Ask the loader thread to rescan now."""
-        self._wake.set()
-
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -168,10 +174,15 @@ class Repository:
                 if not self._wake.wait(_SETTLE_S) or self._stop.is_set():
                     break
             self._wake.clear()
+            with self._scanned:
+                ticket = self._requested
             try:
                 self._scan()
             except Exception:  # a scan must never kill the loader; the next one retries
                 log.exception("repository scan of %s failed", self._config.repo)
+            with self._scanned:
+                self._served = max(self._served, ticket)
+                self._scanned.notify_all()
 
     # -- loading (loader thread) --------------------------------------------------------
 

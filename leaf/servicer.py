@@ -133,10 +133,8 @@ class LeafServicer:
             if not observed:
                 self._observe(wire, version_served)
             status = to_status(exc)
-            if not isinstance(exc, LeafError):
+            if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
                 log.exception("request %r to model %r failed", request.request_id, request.model)
-            elif status.code == grpc.StatusCode.INTERNAL:
-                log.error("request %r: %s", request.request_id, status.message)
             metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
             metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
             await context.abort(status.code, status.message)

@@ -1,0 +1,169 @@
+"""Every bad input gets its status code, and the leaf stays up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Dict
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from leaf.config import LeafConfig
+from leaf.export import export_model
+from protos import codec
+from protos.codec import DType, Encoding
+from protos.rootleaf.v1 import leaf_pb2
+from tests.service.test_leaf_server import WIDTHS, Leaf, export_demo, features, make_request, run, sample
+
+
+class Fragile(torch.nn.Module):
+    """log(x): x == 0 gives -inf (non-finite); a negative sum makes it raise."""
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        x = features["x"]
+        if bool(x.sum() < -1000.0):
+            raise RuntimeError("input rejected by the model")
+        return torch.log(x.reshape(x.shape[0]))
+
+
+class WrongShape(torch.nn.Module):
+    def forward(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return features["x"].reshape(-1, 1).repeat(1, 3)
+
+
+async def expect(call: "grpc.aio.UnaryUnaryCall", code: grpc.StatusCode, *words: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == code, info.value.details()
+    details = info.value.details() or ""
+    for word in words:
+        assert word in details, details
+    return details
+
+
+def build_repo(repo: Path) -> None:
+    export_demo(repo, "demo", "1")
+    export_model(Fragile(), repo / "fragile" / "1", ["x"], ["score"])
+    export_model(WrongShape(), repo / "wrongshape" / "1", ["x"], ["score"])
+    export_model(Fragile(), repo / "typed" / "1", ["x"], ["score"], input_dtypes={"x": "float32"})
+
+
+def test_bad_inputs_map_to_status_codes(tmp_path: Path) -> None:
+    build_repo(tmp_path)
+
+    async def body() -> None:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0)) as leaf:
+            score = leaf.stub.Score
+            good = features(4)
+            await expect(score(make_request("nope", good, 4)), grpc.StatusCode.NOT_FOUND, "nope")
+            partial = {k: v for k, v in good.items() if k != "item_ids"}
+            await expect(score(make_request("demo", partial, 4)), grpc.StatusCode.INVALID_ARGUMENT, "item_ids", "missing")
+            bad_lead = {**good, "item_price": np.ones((3, 1), np.float32)}
+            await expect(score(make_request("demo", bad_lead, 4)), grpc.StatusCode.INVALID_ARGUMENT, "item_price", "leading dim 3")
+            scalar = {**good, "item_price": np.float32(1.0).reshape(())}
+            await expect(score(make_request("demo", scalar, 4)), grpc.StatusCode.INVALID_ARGUMENT, "item_price", "rank 0")
+            await expect(score(make_request("demo", good, 0)), grpc.StatusCode.INVALID_ARGUMENT, "num_candidates")
+            await expect(
+                score(make_request("typed", {"x": np.ones((4, 1), np.float16)}, 4)),
+                grpc.StatusCode.INVALID_ARGUMENT, "'x'", "FLOAT16", "FLOAT32",
+            )
+            # A corrupt LZ4 payload in a used feature is named; the same in an unused one is ignored.
+            broken = codec.encode("item_ids", np.zeros((4, 3), np.int64), "lz4_always")
+            broken.data = b"\xff" * len(broken.data)
+            request = make_request("demo", {k: v for k, v in good.items() if k != "item_ids"}, 4)
+            request.features.append(broken)
+            await expect(score(request), grpc.StatusCode.INVALID_ARGUMENT, "item_ids", "LZ4")
+            broken.name = "unused"
+            request = make_request("demo", good, 4)
+            request.features.append(broken)
+            assert (await score(request)).version == "1"
+            duplicate = make_request("demo", good, 4)
+            duplicate.features.append(codec.encode("item_price", good["item_price"]))
+            await expect(score(duplicate), grpc.StatusCode.INVALID_ARGUMENT, "item_price", "more than once")
+            bad_size = make_request("demo", good, 4)
+            bad_size.features[0].raw_size += 1
+            await expect(score(bad_size), grpc.StatusCode.INVALID_ARGUMENT, "user_age")
+            # Bytes that are not a LeafRequest at all.
+            raw = leaf.channel.unary_unary("/rootleaf.v1.Leaf/Score")
+            await expect(raw(b"\x0a\xff\xff\xff\xff\x0f"), grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+            # Model failures: INTERNAL naming the model.
+            await expect(
+                score(make_request("fragile", {"x": -np.ones((4, 1000), np.float32)[:, :1] * 5000}, 4)),
+                grpc.StatusCode.INTERNAL, "fragile", "input rejected by the model",
+            )
+            await expect(
+                score(make_request("fragile", {"x": np.zeros((4, 1), np.float32)}, 4)),
+                grpc.StatusCode.INTERNAL, "fragile", "non-finite",
+            )
+            await expect(
+                score(make_request("wrongshape", {"x": np.ones((4, 1), np.float32)}, 4)),
+                grpc.StatusCode.INTERNAL, "wrongshape", "shape [4, 3]",
+            )
+            ok = await score(make_request("fragile", {"x": np.full((4, 1), np.e, np.float32)}, 4))
+            np.testing.assert_allclose(codec.decode(ok.outputs[0]), np.ones(4), rtol=1e-6)
+            assert sample("rootleaf_leaf_requests_total", {"model": "fragile", "version": "1", "code": "INTERNAL"}) == 2
+            assert sample("rootleaf_leaf_requests_total", {"model": "_unknown", "version": "", "code": "NOT_FOUND"}) >= 1
+
+    run(body)
+
+
+def test_bfloat16_and_request_level_features(tmp_path: Path) -> None:
+    export_model(Fragile(), tmp_path / "bf" / "1", ["x"], ["score"])
+
+    async def body() -> None:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0)) as leaf:
+            words = np.array([[0x4040]], dtype=np.uint16)  # 3.0 in bfloat16, request-level
+            request = leaf_pb2.LeafRequest(model="bf", num_candidates=5)
+            request.features.append(codec.encode("x", words, dtype=DType.BFLOAT16))
+            response = await leaf.stub.Score(request)
+            np.testing.assert_allclose(codec.decode(response.outputs[0]), np.full(5, np.log(3.0)), rtol=1e-2)  # log in bfloat16
+            assert response.outputs[0].encoding == Encoding.RAW
+
+    run(body)
+
+
+def test_queue_full_and_expired_deadline(tmp_path: Path) -> None:
+    export_demo(tmp_path, "slowq", "1")
+    labels = {"model": "slowq"}
+
+    async def body() -> None:
+        # The first request waits 400 ms in the queue for company; the queue holds one.
+        config = LeafConfig(tmp_path, max_queue_delay_ms=400, max_queue_requests=1)
+        async with Leaf(config) as leaf:
+            first = leaf.stub.Score(make_request("slowq", features(2), 2))
+            while sample("rootleaf_leaf_queue_depth", labels) < 1:
+                await asyncio.sleep(0.005)
+            await expect(leaf.stub.Score(make_request("slowq", features(2), 2)), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            assert (await first).version == "1"
+            # A request whose deadline passes while queued is never run.
+            forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
+            await expect(leaf.stub.Score(make_request("slowq", features(2), 2), timeout=0.1), grpc.StatusCode.DEADLINE_EXCEEDED)
+            for _ in range(200):
+                if sample("rootleaf_leaf_queue_depth", labels) == 0:
+                    break
+                await asyncio.sleep(0.005)
+            assert sample("rootleaf_leaf_queue_depth", labels) == 0
+            assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
+
+    run(body)
+
+
+def test_injected_delay_delays_and_expires_requests(tmp_path: Path) -> None:
+    export_demo(tmp_path, "delayed", "1")
+    labels = {"model": "delayed"}
+
+    async def body() -> None:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0, inject_delay_ms=300)) as leaf:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert (await leaf.stub.Score(make_request("delayed", features(3), 3))).version == "1"
+            assert loop.time() - started >= 0.3
+            forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
+            await expect(leaf.stub.Score(make_request("delayed", features(3), 3), timeout=0.05), grpc.StatusCode.DEADLINE_EXCEEDED)
+        # The server drained before stop returned: the expired request never reached the model.
+        assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
+
+    run(body)
