@@ -19,7 +19,7 @@ import asyncio
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import grpc
@@ -179,6 +179,10 @@ async def run_analysis(
 ) -> AnalysisReport:
     """Drive the same requests through both roots at once, scrape, and judge."""
     requests = make_requests(cfg, models)
+    if cfg.warmup_requests:
+        warm = make_requests(replace(cfg, requests=cfg.warmup_requests, seed=cfg.seed + 1), models)
+        await asyncio.gather(_drive(canary_target, warm, cfg, SideObservation()),
+                             _drive(baseline_target, warm, cfg, SideObservation()))
     canary, baseline = SideObservation(), SideObservation()
     urls = [list(canary_metrics), list(baseline_metrics), list(canary_leaf_metrics), list(baseline_leaf_metrics)]
     before = [await _scrape_all(u) for u in urls]

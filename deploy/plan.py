@@ -99,6 +99,9 @@ class AnalysisConfig:
 
     requests: int = 200
     """Score requests sent to each of the canary and the baseline root."""
+    warmup_requests: int = 10
+    """Requests sent to each side before the window opens (a freshly loaded model's first
+    forwards are slow: TorchScript profiles and optimises them); not judged."""
     concurrency: int = 8
     """Requests in flight per root."""
     candidates_per_request: int = 16
@@ -137,10 +140,11 @@ class AnalysisConfig:
     """What a MARGINAL verdict does: "rollback" or "proceed"."""
 
     def __post_init__(self) -> None:
-        for name in ("requests", "concurrency", "candidates_per_request", "min_samples"):
+        for name in ("requests", "concurrency", "candidates_per_request", "min_samples", "warmup_requests"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise PlanError(f"analysis.{name} must be a positive integer, got {value!r}")
+            low = 0 if name == "warmup_requests" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise PlanError(f"analysis.{name} must be an integer >= {low}, got {value!r}")
         for name in ("user_ids", "item_ids"):
             lo, hi = getattr(self, name)
             if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi):
