@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = [
@@ -59,10 +59,11 @@ class ModelVersion:
     input_names: tuple[str, ...]
     """Features the version reads, in signature order (the allowlist)."""
     output_names: tuple[str, ...]
+    features: frozenset[str] = field(init=False, repr=False, compare=False)
+    """``input_names`` as a set, built once at parse time and shared by every snapshot."""
 
-    @property
-    def features(self) -> frozenset[str]:
-        return frozenset(self.input_names)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", frozenset(self.input_names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +90,18 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _names(value: object, where: str, field: str) -> tuple[str, ...]:
+def _names(value: object, where: str, key: str) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise BundleError(f"{where}: {field!r} must be a list of strings, got {type(value).__name__}")
+        raise BundleError(f"{where}: {key!r} must be a list of strings, got {type(value).__name__}")
+    # Fast path for the common, valid case (bundles hold thousands of names).
+    if all(type(n) is str and n and not n.isspace() for n in value) and len(set(value)) == len(value):
+        return tuple(value)
     seen: set[str] = set()
     for i, name in enumerate(value):
         if not isinstance(name, str) or not name.strip():
-            raise BundleError(f"{where}: {field}[{i}] must be a non-empty string, got {name!r}")
+            raise BundleError(f"{where}: {key}[{i}] must be a non-empty string, got {name!r}")
         if name in seen:
-            raise BundleError(f"{where}: duplicate name {name!r} in {field!r}")
+            raise BundleError(f"{where}: duplicate name {name!r} in {key!r}")
         seen.add(name)
     return tuple(value)
 
