@@ -1,0 +1,375 @@
+"""``rootleaf bench [cluster] --workload W --json OUT``: what trimming, LZ4 and dedup cost and save.
+
+Starts the workload's local cluster once (leaves stay up) and, per mode of the root's
+switches (trim x lz4 x request-feature dedup), restarts only the root with that config and
+measures on one fixed request pool:
+
+1. bytes: one pass over the pool; root->leaf wire bytes from the root's counters, checked
+   against the leaves' received-bytes counters; the floor (each model gets exactly its
+   features, each tensor at min(raw, LZ4) payload size, request features once);
+2. scores of the first pool requests, sent one at a time, compared with the first mode's;
+3. closed loop: max throughput with ``--concurrency`` callers;
+4. open loop at one fixed rate for every mode (``--rate``, default a fraction of the first
+   mode's max throughput): p50/p99 latency and root/leaf CPU ms per request
+   (``/proc/<pid>/stat``).
+
+The benchmark process runs on its main thread; each phase is one ``asyncio.run`` of the
+``cluster_load`` drivers, bounded in requests and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lz4.block
+import numpy as np
+
+from benchmarks.cluster_load import LoadClient, PhaseResult, Progress, RequestPool
+from benchmarks.cluster_metrics import Snapshot, snapshot
+from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
+from deploy.demo_assets import DemoAssets
+from deploy.local_cluster import LocalCluster
+from deploy.workload import Workload
+
+log = logging.getLogger("rootleaf.bench.cluster")
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """One setting of the root's switches."""
+
+    trim: bool
+    lz4: bool
+    dedup: bool
+
+    @property
+    def label(self) -> str:
+        parts = [name for name, on in (("trim", self.trim), ("lz4", self.lz4), ("dedup", self.dedup)) if on]
+        return "+".join(parts) if parts else "baseline"
+
+    def overrides(self) -> dict[str, Any]:
+        return {"trim": self.trim, "compression": "lz4" if self.lz4 else "none", "dedup_request_features": self.dedup}
+
+
+BASELINE = Mode(False, False, False)
+FULL = Mode(True, True, True)
+# Baseline first (it sets the open-loop rate and the reference scores), full last.
+ALL_MODES: tuple[Mode, ...] = (
+    BASELINE,
+    Mode(False, False, True),
+    Mode(False, True, False),
+    Mode(False, True, True),
+    Mode(True, False, False),
+    Mode(True, False, True),
+    Mode(True, True, False),
+    FULL,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """Sizes of each phase; the defaults suit w1 on a small machine."""
+
+    concurrency: int = 8
+    """Callers in the closed-loop phase."""
+    closed_s: float = 8.0
+    """Closed-loop phase length (seconds)."""
+    closed_max_requests: int = 2000
+    """Closed-loop phase request cap."""
+    rate: float | None = None
+    """Open-loop offered rate (req/s); None = ``rate_fraction`` x the first mode's max throughput."""
+    rate_fraction: float = 0.5
+    """Share of the first mode's max throughput used as the open-loop rate."""
+    open_s: float = 10.0
+    """Open-loop phase length (seconds); requests = rate x open_s."""
+    pool_size: int = 32
+    """Distinct requests cycled by every phase (the bytes phase sends each once)."""
+    probe_requests: int = 4
+    """Pool requests whose scores are compared across modes."""
+    timeout_s: float = 10.0
+    """Client deadline of each Score call."""
+    progress: bool = True
+    """Draw stderr progress bars."""
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "closed_max_requests", "pool_size", "probe_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("closed_s", "open_s", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.rate is not None and not self.rate > 0:
+            raise ValueError(f"rate must be > 0, got {self.rate}")
+        if not 0 < self.rate_fraction <= 1:
+            raise ValueError(f"rate_fraction must be in (0, 1], got {self.rate_fraction}")
+
+
+def compute_floor(assets: DemoAssets, pool: RequestPool) -> float:
+    """Mean over the pool of sum over models of sum over the model's inputs of
+    min(raw, LZ4) payload bytes; request features counted once per model ([1, ...])."""
+    from root.catalog import Entity
+    from root.local_store import LocalFeatureStore
+
+    workload = assets.workload
+    catalog = workload.catalog()
+    store = LocalFeatureStore(assets.store, catalog)
+    inputs = {m: workload.model_inputs(m) for m in pool.models}
+    needed = sorted({n for names in inputs.values() for n in names})
+    req_names = [n for n in needed if catalog[n].entity is Entity.REQUEST]
+    cand_names = [n for n in needed if catalog[n].entity is Entity.CANDIDATE]
+    totals = []
+    for request in pool.requests:
+        columns: dict[str, np.ndarray] = {}
+        if req_names:
+            columns.update(store.fetch_sync(Entity.REQUEST, np.array([request.user_id], np.uint64), req_names).columns)
+        if cand_names:
+            ids = np.array(request.candidate_ids, np.uint64)
+            columns.update(store.fetch_sync(Entity.CANDIDATE, ids, cand_names).columns)
+        size: dict[str, int] = {}
+        for name in needed:
+            raw = np.ascontiguousarray(columns[name]).tobytes()
+            size[name] = min(len(raw), len(lz4.block.compress(raw, store_size=False))) if raw else 0
+        totals.append(sum(size[n] for names in inputs.values() for n in names))
+    return float(np.mean(totals))
+
+
+def _run(coro_fn: Callable[[LoadClient], Any], target: str, timeout_s: float) -> Any:
+    async def main() -> Any:
+        client = LoadClient(target, timeout_s)
+        try:
+            return await coro_fn(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+@dataclass(slots=True)
+class _ModeRun:
+    mode: Mode
+    result: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ClusterBench:
+    """Runs the modes on one started ``LocalCluster``."""
+
+    def __init__(self, cluster: LocalCluster, options: BenchOptions) -> None:
+        self.cluster = cluster
+        self.options = options
+        assert cluster.assets is not None
+        self.assets = cluster.assets
+        workload: Workload = self.assets.workload
+        info = workload.info
+        self.pool = RequestPool.build(
+            [m.name for m in workload.models], info.users, info.items, info.candidates_per_request,
+            options.pool_size, info.seed,
+        )
+        self.rate = options.rate
+        self.floor = 0.0
+        self.reference: dict[str, np.ndarray] | None = None
+
+    def _snapshot(self) -> Snapshot:
+        root = self.cluster.root()
+        leaves = self.cluster.leaves()
+        return snapshot(root.metrics_url, root.pid, [l.metrics_url for l in leaves], [l.pid for l in leaves])
+
+    def _progress(self, mode: Mode, phase: str) -> Progress:
+        return Progress(f"{mode.label}: {phase}", self.options.progress)
+
+    def run_mode(self, mode: Mode) -> dict[str, Any]:
+        opts = self.options
+        root = self.cluster.root()
+        if dict(root.settings) != mode.overrides():
+            root = self.cluster.restart_root("production", mode.overrides())
+        target = root.target
+        n = len(self.pool)
+
+        # 1. bytes: each pool request once (also warms the root's feature cache)
+        before = self._snapshot()
+        bar = self._progress(mode, "bytes pass")
+        bytes_phase: PhaseResult = _run(
+            lambda c: c.closed_loop(self.pool, min(4, n), opts.timeout_s * n, n, bar), target, opts.timeout_s
+        )
+        bar.done(f"{n} requests")
+        delta = self._snapshot().minus(before)
+        sent = max(delta.root_requests, 1.0)
+
+        # 2. scores, one request at a time
+        scores: dict[str, np.ndarray] = _run(lambda c: c.scores(self.pool, opts.probe_requests), target, opts.timeout_s)
+
+        # 3. closed loop: max throughput
+        bar = self._progress(mode, f"closed loop x{opts.concurrency}")
+        closed: PhaseResult = _run(
+            lambda c: c.closed_loop(self.pool, opts.concurrency, opts.closed_s, opts.closed_max_requests, bar),
+            target, opts.timeout_s,
+        )
+        bar.done(f"{closed.sent} requests, {closed.rps:.1f} req/s")
+        if self.rate is None:
+            self.rate = max(0.5, round(opts.rate_fraction * closed.rps, 1))
+            log.info("open-loop rate for every mode: %.1f req/s (%.0f%% of %s max)", self.rate,
+                     100 * opts.rate_fraction, mode.label)
+
+        # 4. open loop at the fixed rate: latency and CPU per request
+        count = max(1, int(round(self.rate * opts.open_s)))
+        before_open = self._snapshot()
+        bar = self._progress(mode, f"open loop {self.rate:g}/s")
+        opened: PhaseResult = _run(lambda c: c.open_loop(self.pool, self.rate or 1.0, count, progress=bar),
+                                   target, opts.timeout_s)
+        bar.done(f"{opened.sent} requests, p50 {opened.percentile(50):.1f} ms, p99 {opened.percentile(99):.1f} ms")
+        cpu = self._snapshot().minus(before_open)
+        handled = max(cpu.root_requests, 1.0)
+
+        if self.reference is None:
+            self.reference = scores
+        match, max_diff = _compare(self.reference, scores)
+        return {
+            "trim": mode.trim,
+            "lz4": mode.lz4,
+            "dedup": mode.dedup,
+            "label": mode.label,
+            "wire_bytes_per_request": delta.root_wire / sent,
+            "floor_bytes_per_request": self.floor,
+            "wire_over_floor": (delta.root_wire / sent) / self.floor if self.floor else math.nan,
+            "leaf_received_bytes_per_request": delta.leaf_wire / sent,
+            "trimmed_bytes_per_request": delta.root_trimmed / sent,
+            "untrimmed_bytes_per_request": delta.root_untrimmed / sent,
+            "leaf_decoded_bytes_per_request": delta.leaf_decoded / sent,
+            "wire_bytes_per_partition": {k: v / sent for k, v in sorted(delta.root_by_partition.items())},
+            "root_cpu_ms_per_request": 1e3 * cpu.root_cpu_s / handled,
+            "leaf_cpu_ms_per_request": 1e3 * cpu.leaf_cpu_s / handled,
+            "offered_rps": self.rate,
+            "achieved_rps": opened.rps,
+            "p50_ms": opened.percentile(50),
+            "p90_ms": opened.percentile(90),
+            "p99_ms": opened.percentile(99),
+            "max_rps": closed.rps,
+            "closed_loop_p50_ms": closed.percentile(50),
+            "closed_loop_p99_ms": closed.percentile(99),
+            "requests": bytes_phase.sent + closed.sent + opened.sent + opts.probe_requests,
+            "errors": bytes_phase.errors + closed.errors + opened.errors,
+            "error_samples": (bytes_phase.error_samples + closed.error_samples + opened.error_samples)[:5],
+            "scores_compared": len(scores),
+            "scores_match_baseline": match,
+            "scores_max_abs_diff": max_diff,
+        }
+
+    def run(self, modes: Sequence[Mode]) -> dict[str, Any]:
+        started = time.perf_counter()
+        self.floor = compute_floor(self.assets, self.pool)
+        results = []
+        for mode in modes:
+            results.append(self.run_mode(mode))
+            r = results[-1]
+            log.info("%s: %.0f B/req wire, p99 %.1f ms, %.1f req/s max, %d errors", mode.label,
+                     r["wire_bytes_per_request"], r["p99_ms"], r["max_rps"], r["errors"])
+        workload = self.assets.workload
+        doc = {
+            "workload": workload.name,
+            "candidates_per_request": workload.info.candidates_per_request,
+            "models": [m.name for m in workload.models],
+            "partitions": workload.partitions(),
+            "pool_size": len(self.pool),
+            "offered_rps": self.rate,
+            "options": {k: getattr(self.options, k) for k in self.options.__dataclass_fields__},
+            "host": {"cpus": os.cpu_count(), "platform": sys.platform},
+            "elapsed_s": time.perf_counter() - started,
+            "modes": results,
+        }
+        doc["targets"] = evaluate_targets(results)
+        return doc
+
+
+def _compare(reference: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> tuple[bool, float]:
+    if not reference or reference.keys() != scores.keys():
+        return False, math.inf
+    diff = max(float(np.max(np.abs(reference[k] - scores[k]))) if reference[k].size else 0.0 for k in reference)
+    exact = all(np.array_equal(reference[k], scores[k]) for k in reference)
+    return exact, diff
+
+
+def run_cluster_bench(
+    workload: str | Path, directory: str | Path, modes: Sequence[Mode], options: BenchOptions,
+    leaf_args: Sequence[str] = ("--torch-threads", "1"),
+) -> dict[str, Any]:
+    """Start the workload's cluster, run ``modes``, stop it; returns the JSON document."""
+    cluster = LocalCluster(workload, directory, root_overrides=modes[0].overrides(), leaf_args=leaf_args)
+    cluster.start()
+    try:
+        return ClusterBench(cluster, options).run(modes)
+    finally:
+        cluster.stop()
+
+
+def _parse_modes(text: str) -> list[Mode]:
+    if text == "all":
+        return list(ALL_MODES)
+    by_label = {m.label: m for m in ALL_MODES}
+    out = []
+    for label in text.split(","):
+        if label not in by_label:
+            raise argparse.ArgumentTypeError(f"unknown mode {label!r} (known: all, {', '.join(by_label)})")
+        out.append(by_label[label])
+    return out
+
+
+def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParser:
+    defaults = BenchOptions()
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--workload", default="w1", help="workload file or shipped name (default w1)")
+    p.add_argument("--dir", default=".rootleaf/bench", help="work directory (assets are cached here)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--chart", type=Path, default=None, help="write a PNG chart here")
+    p.add_argument("--modes", type=_parse_modes, default=list(ALL_MODES),
+                   help="all, or comma-separated labels like baseline,lz4+dedup,trim+lz4+dedup")
+    p.add_argument("--concurrency", type=int, default=defaults.concurrency)
+    p.add_argument("--closed-s", type=float, default=defaults.closed_s)
+    p.add_argument("--closed-max-requests", type=int, default=defaults.closed_max_requests)
+    p.add_argument("--rate", type=float, default=None, help="open-loop req/s (default: a fraction of the first mode's max)")
+    p.add_argument("--rate-fraction", type=float, default=defaults.rate_fraction)
+    p.add_argument("--open-s", type=float, default=defaults.open_s)
+    p.add_argument("--pool-size", type=int, default=defaults.pool_size)
+    p.add_argument("--probe-requests", type=int, default=defaults.probe_requests)
+    p.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
+    p.add_argument("--leaf-torch-threads", type=int, default=1, help="intra-op threads per leaf (0 = torch default)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
+        concurrency=args.concurrency, closed_s=args.closed_s, closed_max_requests=args.closed_max_requests,
+        rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s, pool_size=args.pool_size,
+        probe_requests=args.probe_requests, timeout_s=args.timeout_s, progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = options_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    doc = run_cluster_bench(args.workload, args.dir, args.modes, options,
+                            leaf_args=("--torch-threads", str(args.leaf_torch_threads)))
+    print_table(doc)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+        print(f"results: {args.json}")
+    if args.chart:
+        write_chart(doc, args.chart)
+        print(f"chart: {args.chart}")
+    return 0 if all(m["errors"] == 0 and m["scores_match_baseline"] for m in doc["modes"]) else 1

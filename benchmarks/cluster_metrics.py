@@ -1,0 +1,117 @@
+"""What the cluster benchmark reads from running servers: Prometheus counters and process CPU.
+
+Counters are scraped over HTTP from each server's metrics endpoint and parsed with
+prometheus-client's text parser; CPU time comes from ``/proc/<pid>/stat`` (utime + stime),
+so no extra dependency is needed. Blocking calls, made on the benchmark's main thread
+between load phases (never inside a timed phase).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One scraped sample."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> list[Sample]:
+    """Every sample exposed at ``url``."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode("utf-8")
+    return [
+        Sample(s.name, dict(s.labels), float(s.value))
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
+    """Sum of the samples named ``name`` whose labels include ``labels``."""
+    return sum(
+        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def by_label(samples: Iterable[Sample], name: str, label: str, **labels: str) -> dict[str, float]:
+    """``name`` summed per value of ``label`` (filtered by ``labels``)."""
+    out: dict[str, float] = {}
+    for s in samples:
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            key = s.labels.get(label, "")
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (all its threads)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counters and CPU of the whole cluster at one instant."""
+
+    root_wire: float
+    """Root -> leaf serialised bytes (all partitions)."""
+    root_trimmed: float
+    root_untrimmed: float
+    root_by_partition: Mapping[str, float]
+    """Wire bytes per partition."""
+    leaf_wire: float
+    """Serialised request bytes the leaves received (all models)."""
+    leaf_decoded: float
+    root_requests: float
+    """Score calls the root finished (all codes)."""
+    root_cpu_s: float
+    leaf_cpu_s: float
+
+    def minus(self, before: "Snapshot") -> "Snapshot":
+        return Snapshot(
+            root_wire=self.root_wire - before.root_wire,
+            root_trimmed=self.root_trimmed - before.root_trimmed,
+            root_untrimmed=self.root_untrimmed - before.root_untrimmed,
+            root_by_partition={
+                k: v - before.root_by_partition.get(k, 0.0) for k, v in self.root_by_partition.items()
+            },
+            leaf_wire=self.leaf_wire - before.leaf_wire,
+            leaf_decoded=self.leaf_decoded - before.leaf_decoded,
+            root_requests=self.root_requests - before.root_requests,
+            root_cpu_s=self.root_cpu_s - before.root_cpu_s,
+            leaf_cpu_s=self.leaf_cpu_s - before.leaf_cpu_s,
+        )
+
+
+def snapshot(root_metrics: str, root_pid: int, leaf_metrics: Iterable[str], leaf_pids: Iterable[int]) -> Snapshot:
+    """Scrape the root and every leaf, and read their CPU time."""
+    root = scrape(root_metrics)
+    leaves = [s for url in leaf_metrics for s in scrape(url)]
+    part = "rootleaf_root_partition_bytes_total"
+    received = "rootleaf_leaf_received_bytes_total"
+    return Snapshot(
+        root_wire=total(root, part, stage="wire"),
+        root_trimmed=total(root, part, stage="trimmed"),
+        root_untrimmed=total(root, part, stage="untrimmed"),
+        root_by_partition=by_label(root, part, "partition", stage="wire"),
+        leaf_wire=total(leaves, received, stage="wire"),
+        leaf_decoded=total(leaves, received, stage="decoded"),
+        root_requests=total(root, "rootleaf_root_requests_total"),
+        root_cpu_s=cpu_seconds(root_pid),
+        leaf_cpu_s=sum(cpu_seconds(pid) for pid in leaf_pids),
+    )
