@@ -1,0 +1,85 @@
+"""Signature-driven converter: exact inputs, zero-copy, broadcast, and every rejection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leaf.converter import Converter
+from leaf.errors import InvalidRequest
+from leaf.export import Signature
+from protos import codec
+from protos.codec import DecodeLimits, DType
+
+LIMITS = DecodeLimits()
+
+
+def convert(signature: Signature, tensors: list[codec.Tensor], n: int, limits: DecodeLimits = LIMITS) -> dict[str, torch.Tensor]:
+    return Converter(signature, limits, 10_000).convert(tensors, n).tensors
+
+
+def test_exact_inputs_in_signature_order_with_broadcast_views() -> None:
+    item = np.arange(12, dtype=np.float32).reshape(4, 3)
+    user = np.array([[7, 8]], dtype=np.int64)
+    tensors = [codec.encode("other", np.zeros((4, 9))), codec.encode("user", user, "none"), codec.encode("item", item, "none")]
+    out = convert(Signature(("item", "user"), ("s",)), tensors, 4)
+    assert list(out) == ["item", "user"]
+    assert out["user"].shape == (4, 2) and out["user"].stride() == (0, 1)  # expand: a view
+    np.testing.assert_array_equal(out["user"].numpy(), np.repeat(user, 4, axis=0))
+    np.testing.assert_array_equal(out["item"].numpy(), item)
+
+
+def test_raw_payload_is_not_copied() -> None:
+    tensor = codec.encode("x", np.ones((5, 2), np.float32), "none")
+    data = tensor.data
+    out = Converter(Signature(("x",), ("s",)), LIMITS, 100).convert([tensor], 5)
+    # The tensor views the bytes object held by the message field (no copy after parsing).
+    assert out.decoded_bytes == 40
+    assert out.tensors["x"].numpy().base is not None
+    assert bytes(out.tensors["x"].numpy().data) == data
+
+
+def test_unused_features_are_never_decoded() -> None:
+    broken = codec.encode("unused", np.zeros((3, 64), np.float32), "lz4_always")
+    broken.data = b"\x00\x01"
+    out = convert(Signature(("x",), ("s",)), [broken, codec.encode("x", np.ones((3, 1), np.float32))], 3)
+    assert list(out) == ["x"]
+
+
+def test_bfloat16_words_view_as_bfloat16() -> None:
+    words = np.array([[0x3F80], [0xC000]], dtype=np.uint16)  # 1.0, -2.0
+    out = convert(Signature(("b",), ("s",)), [codec.encode("b", words, dtype=DType.BFLOAT16)], 2)
+    assert out["b"].dtype == torch.bfloat16
+    assert out["b"].float().flatten().tolist() == [1.0, -2.0]
+
+
+@pytest.mark.parametrize(
+    ("arrays", "n", "words"),
+    [
+        ({"a": np.ones((3, 1), np.float32)}, 3, ["'b'", "missing"]),
+        ({"a": np.ones((2, 1), np.float32), "b": np.ones((3,), np.float32)}, 3, ["'a'", "leading dim 2", "3"]),
+        ({"a": np.float32(1).reshape(()), "b": np.ones((3,), np.float32)}, 3, ["'a'", "rank 0"]),
+        ({"a": np.ones((3, 1), np.float32), "b": np.ones((3,), np.float32)}, 0, ["num_candidates"]),
+        ({"a": np.ones((3, 1), np.float32), "b": np.ones((3,), np.float32)}, 10_001, ["num_candidates"]),
+        ({"a": np.ones((3, 1), np.float64), "b": np.ones((3,), np.float32)}, 3, ["'a'", "FLOAT64", "FLOAT32"]),
+    ],
+)
+def test_rejections_name_the_feature(arrays: dict[str, np.ndarray], n: int, words: list[str]) -> None:
+    signature = Signature(("a", "b"), ("s",), {"a": "float32"})
+    with pytest.raises(InvalidRequest) as info:
+        convert(signature, [codec.encode(k, v) for k, v in arrays.items()], n)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_limits_apply_to_the_request() -> None:
+    tensors = [codec.encode(f"f{i}", np.ones((2, 1), np.float32)) for i in range(5)]
+    with pytest.raises(InvalidRequest, match="exceed the limit"):
+        convert(Signature(("f0",), ("s",)), tensors, 2, DecodeLimits(max_tensors=4))
+    big = [codec.encode("f0", np.ones((2, 100), np.float32)), codec.encode("f1", np.ones((2, 100), np.float32))]
+    with pytest.raises(InvalidRequest, match="'f1'.*total size"):
+        convert(Signature(("f0", "f1"), ("s",)), big, 2, DecodeLimits(max_total_raw_bytes=1000))
+    duplicate = [codec.encode("f0", np.ones((2, 1), np.float32))] * 2
+    with pytest.raises(InvalidRequest, match="'f0'.*more than once"):
+        convert(Signature(("f0",), ("s",)), duplicate, 2)
