@@ -7,7 +7,7 @@ by one vectorised hit/miss partition; the misses become one rectangle (ids with 
 features with any miss) fetched from the store in ONE batched call, then written back.
 
 Memory is bounded by ``max_bytes`` counting everything allocated: slab capacity grows by
-doubling while it fits, then the oldest slots are evicted (FIFO); a feature whose column
+doubling while it fits, then the least recently used slots are evicted; a feature whose column
 would not fit is not cached (always fetched). State is owned by the root's event loop: the
 hit gather happens before the store ``await`` and the write-back after it, each without
 yielding, so concurrent requests never see a half-updated slab.
@@ -26,7 +26,7 @@ from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.feature_store import FeatureStore, FetchResult
 
 _MIN_SLOTS = 256
-# Per-slot bookkeeping: id (8), birth time (8), live flag (1), index entry (8 + 8).
+# Per-slot bookkeeping: id (8), last use (8), live flag (1), index entry (8 + 8).
 _SLOT_OVERHEAD = 33
 _NEVER = -np.inf
 
@@ -48,7 +48,7 @@ class _Slab:
         self.keys = np.empty(0, dtype=np.uint64)  # sorted ids
         self.key_slots = np.empty(0, dtype=np.int64)  # slot of keys[i]
         self.slot_id = np.empty(0, dtype=np.uint64)
-        self.slot_born = np.empty(0, dtype=np.float64)
+        self.slot_used = np.empty(0, dtype=np.float64)
         self.slot_live = np.empty(0, dtype=bool)
         self.columns: dict[str, _Column] = {}
         self.row_bytes = 0  # sum of allocated columns' bytes per slot (incl. filled_at)
@@ -82,7 +82,7 @@ class _Slab:
         if extra <= 0:
             return
         self.slot_id = np.concatenate([self.slot_id, np.zeros(extra, dtype=np.uint64)])
-        self.slot_born = np.concatenate([self.slot_born, np.full(extra, _NEVER)])
+        self.slot_used = np.concatenate([self.slot_used, np.full(extra, _NEVER)])
         self.slot_live = np.concatenate([self.slot_live, np.zeros(extra, dtype=bool)])
         for col in self.columns.values():
             col.data = np.concatenate([col.data, np.zeros((extra, *col.data.shape[1:]), dtype=col.data.dtype)])
@@ -95,7 +95,7 @@ class _Slab:
         if count <= 0:
             return
         if count < len(live):
-            victims = live[np.argpartition(self.slot_born[live], count - 1)[:count]]
+            victims = live[np.argpartition(self.slot_used[live], count - 1)[:count]]
         else:
             victims = live
         self.slot_live[victims] = False
@@ -107,7 +107,7 @@ class _Slab:
         """Give slots to ``new_ids`` (unique, absent); returns their slots."""
         free = np.flatnonzero(~self.slot_live)[: len(new_ids)]
         self.slot_id[free] = new_ids
-        self.slot_born[free] = now
+        self.slot_used[free] = now
         self.slot_live[free] = True
         for col in self.columns.values():
             col.filled_at[free] = _NEVER
@@ -156,6 +156,7 @@ class CachedFeatureStore:
         slots = slab.lookup(ids)
         have = slots >= 0
         safe = np.where(have, slots, 0)
+        slab.slot_used[slots[have]] = now  # least recently used slots are evicted first
         out: dict[str, np.ndarray] = {}
         fresh: dict[str, np.ndarray] = {}
         miss_rows = np.zeros(len(ids), dtype=bool)

@@ -134,7 +134,7 @@ class Cluster:
         return list(self.catalog.features) if names is None else names
 
     def base_config(self, **overrides: Any) -> RootConfig:
-        partitions = {
+        partitions: dict[str, PartitionConfig] = {
             p: PartitionConfig(p, (f"127.0.0.1:{self.leaves[p][1]}",), tuple(m for m, (pp, _) in MODELS.items() if pp == p))
             for p in ("pa", "pb", "ps")
             if p in self.leaves

@@ -1,0 +1,186 @@
+"""The request path without sockets: ``ScoreEngine`` with in-process leaf clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from protos.codec import decode_all, encode
+from protos.rootleaf.v1 import leaf_pb2
+from root.catalog import Entity, FeatureCatalog, FeatureSpec
+from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
+from root.datagen import generate_local_store
+from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded
+from root.leaf_client import InProcessLeafClient
+from root.local_store import LocalFeatureStore
+from root.scoring import ModelRef, ScoreEngine, ScoreInput
+from trimmer import FeatureTrimmer
+
+R, C = Entity.REQUEST, Entity.CANDIDATE
+ALLOW = {"m1": ["u_a", "c_a", "ghost"], "m2": ["c_b"]}
+
+
+class Leaf:
+    """An in-process leaf: scores = row sum of the candidate features it got; records requests."""
+
+    def __init__(self, fail: grpc.StatusCode | None = None) -> None:
+        self.requests: list[leaf_pb2.LeafRequest] = []
+        self.fail = fail
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.cancelled = False
+
+    async def __call__(self, request: leaf_pb2.LeafRequest) -> leaf_pb2.LeafResponse:
+        self.requests.append(request)
+        self.entered.set()
+        if self.gate is not None:
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        if self.fail is not None:
+            raise LeafCallError(self.fail, "leaf says no")
+        arrays = decode_all(request.features)
+        n = request.num_candidates
+        total = np.zeros(n, dtype=np.float32)
+        for array in arrays.values():
+            if array.shape[0] == n and array.dtype.kind == "f":
+                total += array.reshape(n, -1).sum(axis=1).astype(np.float32)
+        return leaf_pb2.LeafResponse(model=request.model, version="7", outputs=[encode("score", total)])
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> Iterator[tuple[RootConfig, FeatureCatalog, FeatureTrimmer]]:
+    catalog = FeatureCatalog.of(
+        [
+            FeatureSpec("u_a", R, "float32", ()),
+            FeatureSpec("c_a", C, "float32", (), kind="ratio"),
+            FeatureSpec("c_b", C, "float32", (2,), kind="embedding"),
+            FeatureSpec("c_c", C, "int32", (3,), kind="ids"),
+        ]
+    )
+    generate_local_store(catalog, tmp_path / "store", users=4, items=20, seed=2)
+    bundle = tmp_path / "module_info.json"
+    bundle.write_text(json.dumps({m: [{"version": "1", "input_names": f, "output_names": ["score"]}] for m, f in ALLOW.items()}))
+    config = RootConfig(
+        catalog=tmp_path / "catalog.json",
+        partitions={
+            "p1": PartitionConfig("p1", ("in-process",), ("m1", "m3")),
+            "p2": PartitionConfig("p2", ("in-process",), ("m2",)),
+        },
+        feature_store=FeatureStoreConfig(path=tmp_path / "store"),
+        max_in_flight=1,
+        max_candidates=10,
+    )
+    trimmer = FeatureTrimmer({"b": bundle}, watch=False)
+    yield config, catalog, trimmer
+    trimmer.close()
+
+
+def _engine(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], p1: Leaf, p2: Leaf, **overrides: object) -> ScoreEngine:
+    from dataclasses import replace
+
+    config, catalog, trimmer = setup
+    config = replace(config, **overrides)  # type: ignore[arg-type]
+    assert config.feature_store.path is not None
+    store = LocalFeatureStore(config.feature_store.path, catalog)
+    return ScoreEngine(config, catalog, store, trimmer, {"p1": InProcessLeafClient(p1), "p2": InProcessLeafClient(p2)})
+
+
+def _input(models: tuple[str, ...] = ("m1", "m2", "m3"), n: int = 5, **kw: object) -> ScoreInput:
+    return ScoreInput("rid", 1, np.arange(n, dtype=np.uint64), tuple(ModelRef(m) for m in models), **kw)  # type: ignore[arg-type]
+
+
+def test_trimmed_fan_out_and_merge(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    p1, p2 = Leaf(), Leaf()
+    engine = _engine(setup, p1, p2)
+    ghost = REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) or 0.0
+    outcomes = asyncio.run(engine.score(_input()))
+    assert [o.model for o in outcomes] == ["m1", "m2", "m3"]
+    assert all(o.error_code is grpc.StatusCode.OK and o.version == "7" for o in outcomes)
+    sent = {r.model: {t.name for t in r.features} for r in p1.requests + p2.requests}
+    assert sent == {"m1": {"u_a", "c_a"}, "m2": {"c_b"}, "m3": {"u_a", "c_a", "c_b", "c_c"}}
+    assert REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) == ghost + 1
+
+
+def test_trim_off_sends_everything(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    p1, p2 = Leaf(), Leaf()
+    trimmed = asyncio.run(_engine(setup, Leaf(), Leaf()).score(_input(("m2",))))
+    untrimmed = asyncio.run(_engine(setup, p1, p2, trim=False).score(_input(("m2",))))
+    assert {t.name for t in p2.requests[0].features} == {"u_a", "c_a", "c_b", "c_c"}
+    # This leaf sums every float candidate feature it gets, so the extra c_a shows in the score.
+    got_trimmed = decode_all(trimmed[0].outputs)["score"]
+    got_untrimmed = decode_all(untrimmed[0].outputs)["score"]
+    assert got_untrimmed.shape == (5,) and not np.array_equal(got_trimmed, got_untrimmed)
+
+
+def test_failed_partition_errors_its_models_only(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    engine = _engine(setup, Leaf(), Leaf(fail=grpc.StatusCode.UNAVAILABLE))
+    outcomes = {o.model: o for o in asyncio.run(engine.score(_input()))}
+    assert outcomes["m2"].error_code is grpc.StatusCode.UNAVAILABLE and "p2" in outcomes["m2"].error_message
+    assert outcomes["m1"].error_code is grpc.StatusCode.OK and outcomes["m3"].error_code is grpc.StatusCode.OK
+
+
+def test_slow_partition_times_out_its_models_only(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    slow = Leaf()
+    engine = _engine(setup, Leaf(), slow)
+
+    async def go() -> dict[str, grpc.StatusCode]:
+        slow.gate = asyncio.Event()
+        return {o.model: o.error_code for o in await engine.score(_input(), timeout_s=0.2)}
+
+    codes = asyncio.run(go())
+    assert codes == {"m1": grpc.StatusCode.OK, "m2": grpc.StatusCode.DEADLINE_EXCEEDED, "m3": grpc.StatusCode.OK}
+
+
+def test_cancel_propagates_to_leaf_calls(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    leaf = Leaf()
+    engine = _engine(setup, leaf, Leaf())
+
+    async def go() -> None:
+        leaf.gate = asyncio.Event()
+        task = asyncio.create_task(engine.score(_input(("m1",)), timeout_s=30))
+        await asyncio.wait_for(leaf.entered.wait(), 5)
+        assert engine.in_flight == 1
+        with pytest.raises(Overloaded):
+            await engine.score(_input(("m1",)))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert engine.in_flight == 0
+
+    asyncio.run(go())
+    assert leaf.cancelled
+
+
+def test_client_features_override_and_add(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    p1 = Leaf()
+    engine = _engine(setup, p1, Leaf())
+    extra = {"u_a": np.array([9.0], np.float32), "ghost": np.array([[1, 2]], np.int64)}
+    asyncio.run(engine.score(_input(("m1",), request_features=extra)))
+    arrays = decode_all(p1.requests[0].features)
+    assert arrays["u_a"].tolist() == [9.0] and arrays["ghost"].tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize(
+    ("inp", "exc", "text"),
+    [
+        (_input(()), InvalidRequest, "models"),
+        (_input(n=0), InvalidRequest, "candidate_ids"),
+        (_input(n=11), InvalidRequest, "max_candidates=10"),
+        (_input(("m1", "zz")), ModelNotFound, "'zz'"),
+        (_input(("m1",), request_features={"u_a": np.zeros((1,), np.float64)}), InvalidRequest, "u_a"),
+        (_input(("m1",), request_features={"c_a": np.zeros((1,), np.float32)}), InvalidRequest, "candidate"),
+    ],
+)
+def test_validation(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], inp: ScoreInput, exc: type, text: str) -> None:
+    with pytest.raises(exc, match=text):
+        asyncio.run(_engine(setup, Leaf(), Leaf()).score(inp))
