@@ -13,10 +13,10 @@ N = 64
 
 def _columns() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     rng = np.random.default_rng(1)
-    request = {"u_emb": rng.normal(size=(1, 16)).astype(np.float32), "u_s": np.array([3.0], np.float32)}
+    request: dict[str, np.ndarray] = {"u_emb": rng.normal(size=(1, 16)).astype(np.float32), "u_s": np.array([3.0], np.float32)}
     sparse = rng.random(N).astype(np.float32)
     sparse[rng.random(N) < 0.8] = 0
-    candidate = {
+    candidate: dict[str, np.ndarray] = {
         "c_sparse": sparse,
         "c_ids": rng.integers(0, 100, (N, 8)).astype(np.int64),
         "c_h": rng.normal(size=(N, 4)).astype(np.float16),
