@@ -239,23 +239,27 @@ class RedisFeatureStore:
             return FetchResult({}, 0)
         if ids.size == 0:
             return FetchResult({n: np.empty((0, *self.catalog[n].shape), self.catalog[n].np_dtype) for n in names}, 0)
-        # Duplicates are read once; `inverse` maps every requested row back to its record.
+        # Duplicates are read once. Without any (the usual case) keys go in request order;
+        # with some, the unique records are re-expanded by one whole-record gather.
         unique, inverse = np.unique(ids, return_inverse=True)
-        values = await self._mget(layout, entity_keys(self._prefixes[entity], unique))
+        has_duplicates = len(unique) < len(ids)
+        values = await self._mget(layout, entity_keys(self._prefixes[entity], unique if has_duplicates else ids))
         try:
             records, present = layout.unpack(values)
         except FeatureStoreError:
             ERRORS_TOTAL.labels("corrupt").inc()
             raise
-        n_missing_keys = len(unique) - int(np.count_nonzero(present))
-        KEYS_TOTAL.labels(entity.value).inc(len(unique))
+        n_missing_keys = len(values) - int(np.count_nonzero(present))
+        KEYS_TOTAL.labels(entity.value).inc(len(values))
+        missing = 0
         if n_missing_keys:
             MISSING_TOTAL.labels(entity.value).inc(n_missing_keys)
-            missing = int(np.count_nonzero(~present[inverse]))
-        else:
-            missing = 0
-        # One gather per feature: strided field view -> contiguous [N, *shape] column.
-        columns = {n: records[n][inverse] for n in names}
+            missing = int(np.count_nonzero(~present[inverse])) if has_duplicates else n_missing_keys
+        if has_duplicates:
+            records = records[inverse]
+        # Per feature one strided copy of its field: a contiguous [N, *shape] column (a
+        # plain strided copy is ~2.5x cheaper than a fancy-index gather per feature).
+        columns = {n: records[n].copy() for n in names}
         return FetchResult(columns, missing)
 
     async def _mget(self, layout: RecordLayout, keys: list[bytes]) -> list[bytes | None]:

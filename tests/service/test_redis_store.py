@@ -109,12 +109,18 @@ def test_missing_ids_get_defaults_and_are_counted(redis_server: RedisServer) -> 
                 np.testing.assert_array_equal(
                     column[unknown], np.full((4, *spec.shape), spec.default, spec.np_dtype)
                 )
+            # Without duplicates (keys in request order): 2 of 3 missing.
+            ids = np.array([ITEMS + 5, 11, ITEMS + 6], dtype=np.uint64)
+            result = await store.fetch(Entity.CANDIDATE, ids, ["c_int32_v", "c_float16"])
+            assert result.missing == 2
+            np.testing.assert_array_equal(result.columns["c_int32_v"][1], expected(catalog, "c_int32_v", ids[1:2])[0])
+            np.testing.assert_array_equal(result.columns["c_float16"][[0, 2]], np.ones(2, np.float16))
         finally:
             await store.close()
 
     run(scenario)
-    assert metric("rootleaf_root_redis_keys_total", entity="candidate") - keys_before == 5
-    assert metric("rootleaf_root_redis_missing_total", entity="candidate") - missing_before == 3
+    assert metric("rootleaf_root_redis_keys_total", entity="candidate") - keys_before == 5 + 3
+    assert metric("rootleaf_root_redis_missing_total", entity="candidate") - missing_before == 3 + 2
 
 
 def test_empty_and_unknown_requests(redis_server: RedisServer) -> None:  # noqa: F811
