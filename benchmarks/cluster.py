@@ -91,7 +91,9 @@ class BenchOptions:
     rate_fraction: float = 0.5
     """Share of the first mode's max throughput used as the open-loop rate."""
     open_s: float = 10.0
-    """Open-loop phase length (seconds); requests = rate x open_s."""
+    """Open-loop phase length (seconds); requests = max(open_min_requests, rate x open_s)."""
+    open_min_requests: int = 40
+    """Fewest open-loop requests per mode (so p99 is not just the maximum of a handful)."""
     pool_size: int = 32
     """Distinct requests cycled by every phase (the bytes phase sends each once)."""
     probe_requests: int = 4
@@ -102,7 +104,7 @@ class BenchOptions:
     """Draw stderr progress bars."""
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "closed_max_requests", "pool_size", "probe_requests"):
+        for name in ("concurrency", "closed_max_requests", "pool_size", "probe_requests", "open_min_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("closed_s", "open_s", "timeout_s"):
@@ -221,7 +223,7 @@ class ClusterBench:
                      100 * opts.rate_fraction, mode.label)
 
         # 4. open loop at the fixed rate: latency and CPU per request
-        count = max(1, int(round(self.rate * opts.open_s)))
+        count = max(opts.open_min_requests, int(round(self.rate * opts.open_s)))
         before_open = self._snapshot()
         bar = self._progress(mode, f"open loop {self.rate:g}/s")
         opened: PhaseResult = _run(lambda c: c.open_loop(self.pool, self.rate or 1.0, count, progress=bar),
@@ -311,7 +313,7 @@ def run_cluster_bench(
         cluster.stop()
 
 
-def _parse_modes(text: str) -> list[Mode]:
+def parse_modes(text: str) -> list[Mode]:
     if text == "all":
         return list(ALL_MODES)
     by_label = {m.label: m for m in ALL_MODES}
@@ -330,7 +332,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--dir", default=".rootleaf/bench", help="work directory (assets are cached here)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--chart", type=Path, default=None, help="write a PNG chart here")
-    p.add_argument("--modes", type=_parse_modes, default=list(ALL_MODES),
+    p.add_argument("--modes", type=parse_modes, default=list(ALL_MODES),
                    help="all, or comma-separated labels like baseline,lz4+dedup,trim+lz4+dedup")
     p.add_argument("--concurrency", type=int, default=defaults.concurrency)
     p.add_argument("--closed-s", type=float, default=defaults.closed_s)
@@ -338,6 +340,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--rate", type=float, default=None, help="open-loop req/s (default: a fraction of the first mode's max)")
     p.add_argument("--rate-fraction", type=float, default=defaults.rate_fraction)
     p.add_argument("--open-s", type=float, default=defaults.open_s)
+    p.add_argument("--open-min-requests", type=int, default=defaults.open_min_requests)
     p.add_argument("--pool-size", type=int, default=defaults.pool_size)
     p.add_argument("--probe-requests", type=int, default=defaults.probe_requests)
     p.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
@@ -349,7 +352,8 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         concurrency=args.concurrency, closed_s=args.closed_s, closed_max_requests=args.closed_max_requests,
-        rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s, pool_size=args.pool_size,
+        rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s,
+        open_min_requests=args.open_min_requests, pool_size=args.pool_size,
         probe_requests=args.probe_requests, timeout_s=args.timeout_s, progress=not args.no_progress,
     )
 

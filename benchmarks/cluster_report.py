@@ -95,18 +95,17 @@ def write_chart(doc: Mapping[str, Any], path: Path) -> None:
 
     modes = doc["modes"]
     labels = [m["label"].replace("+", "\n+") for m in modes]
-    kb = [m["wire_bytes_per_request"] / 1024 for m in modes]
+    mb = [m["wire_bytes_per_request"] / 2**20 for m in modes]
     p99 = [m["p99_ms"] for m in modes]
     colours = ["#999999" if not (m["trim"] or m["lz4"] or m["dedup"]) else "#2b7bba" for m in modes]
     colours = ["#2a9d55" if m["trim"] and m["lz4"] and m["dedup"] else c for m, c in zip(modes, colours)]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 1.3 * len(modes)), 7.5), sharex=True)
-    bars = top.bar(labels, kb, color=colours)
-    top.axhline(modes[0]["floor_bytes_per_request"] / 1024, color="#d62728", linestyle="--", linewidth=1,
+    bars = top.bar(labels, mb, color=colours)
+    top.axhline(modes[0]["floor_bytes_per_request"] / 2**20, color="#d62728", linestyle="--", linewidth=1,
                 label="floor (exact features, min(raw, LZ4))")
-    top.set_ylabel("root -> leaf KB per request")
-    top.set_yscale("log")
+    top.set_ylabel("root -> leaf MiB per request")
     top.legend(loc="upper right", fontsize=8)
-    top.bar_label(bars, labels=[f"{v:,.0f}" for v in kb], fontsize=8)
+    top.bar_label(bars, labels=[f"{v:,.2f}" if v < 10 else f"{v:,.1f}" for v in mb], fontsize=8)
     bars = bottom.bar(labels, p99, color=colours)
     bottom.set_ylabel(f"p99 ms at {doc['offered_rps']:g} req/s")
     bottom.bar_label(bars, labels=[f"{v:.0f}" for v in p99], fontsize=8)

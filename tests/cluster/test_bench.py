@@ -16,7 +16,7 @@ def test_ci_bench_json_invariants(tmp_path: Path) -> None:
     code = main([
         "--workload", "ci", "--dir", str(tmp_path / "work"), "--json", str(out), "--chart", str(tmp_path / "c.png"),
         "--closed-s", "0.5", "--open-s", "0.5", "--rate", "20", "--pool-size", "6", "--probe-requests", "2",
-        "--concurrency", "4", "--no-progress",
+        "--concurrency", "4", "--open-min-requests", "10", "--no-progress",
     ])
     doc = json.loads(out.read_text())
     assert code == 0
