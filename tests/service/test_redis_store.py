@@ -326,3 +326,27 @@ def test_features_cli_loads_a_catalog_and_a_workload(
         np.testing.assert_array_equal(result.columns[name], table[ids.astype(np.intp)])
 
     run(read)
+
+
+def test_flush_removes_records_a_smaller_reload_does_not_write(redis_server: RedisServer) -> None:  # noqa: F811
+    catalog = every_dtype_catalog()
+    tail = np.array([ITEMS - 2, ITEMS - 1], np.uint64)
+
+    async def missing_after(items: int, options: LoadOptions) -> int:
+        results = await load_generated(
+            redis_server.url, catalog, users=USERS, items=items, seed=SEED, options=options, progress=False
+        )
+        assert {r.entity: r.records for r in results} == {Entity.REQUEST: USERS, Entity.CANDIDATE: items}
+        store = RedisFeatureStore(redis_server.url, catalog)
+        try:
+            return (await store.fetch(Entity.CANDIDATE, tail, ["c_float32"])).missing
+        finally:
+            await store.close()
+
+    async def scenario() -> None:
+        # Small batches and pipelines: many round trips, same records.
+        assert await missing_after(ITEMS, LoadOptions(batch_rows=7, batches_per_pipeline=2)) == 0
+        assert await missing_after(ITEMS - 10, LoadOptions()) == 0  # same layout: old records stay
+        assert await missing_after(ITEMS - 10, LoadOptions(flush=True)) == 2
+
+    run(scenario)
