@@ -25,11 +25,8 @@ class EncodedFeatures:
 
     tensors: tuple[EncodedTensor, ...]
     num_candidates: int
-
-    @property
-    def raw_size(self) -> int:
-        """Raw bytes if every tensor were sent (the 'untrimmed' figure)."""
-        return sum(t.raw_size for t in self.tensors)
+    raw_size: int
+    """Raw bytes if every tensor were sent (the 'untrimmed' figure)."""
 
     def select(self, features: frozenset[str] | None) -> list[EncodedTensor]:
         """The tensors a model gets: all (``None``) or those named in ``features``."""
@@ -60,7 +57,7 @@ def encode_features(
                 f"candidate feature {name!r} must have leading dim {num_candidates}, got shape {array.shape}"
             )
         tensors.append(EncodedTensor.from_tensor(encode(name, array, compression)))
-    return EncodedFeatures(tuple(tensors), num_candidates)
+    return EncodedFeatures(tuple(tensors), num_candidates, sum(t.raw_size for t in tensors))
 
 
 @dataclass(frozen=True, slots=True)
