@@ -296,6 +296,12 @@ class LocalCluster:
 
     def start(self) -> None:
         """Generate or reuse assets, start every process, wait for SERVING, write cluster.json."""
+        running = self._running_elsewhere()
+        if running:
+            raise ClusterError(
+                f"a cluster is already running in {self.directory} (pids {running}); "
+                f"stop it first: rootleaf down --dir {self.directory}"
+            )
         try:
             self.assets = ensure_assets(self.workload_path, self.directory)
             deadline = time.monotonic() + self.startup_timeout_s
@@ -402,6 +408,16 @@ class LocalCluster:
         }
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _running_elsewhere(self) -> list[int]:
+        """Live pids of a cluster another launcher described in this directory."""
+        try:
+            doc = json.loads(self.cluster_json.read_text(encoding="utf-8"))
+            pids = [int(r["root"]["pid"]) for r in doc["roles"].values()]
+            pids += [int(l["pid"]) for r in doc["roles"].values() for l in r["leaves"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [p for p in pids if pid_alive(p) and _is_ours(p)]
 
     def _prepare_role(self, role: str) -> None:
         """Fresh copies of the generated repositories and bundle files for ``role``."""

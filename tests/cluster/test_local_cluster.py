@@ -101,6 +101,9 @@ def test_up_canary_then_down(tmp_path: Path) -> None:
             assert _status(role["root"]["target"]).settings["cache_max_bytes"] == "0"
         pids = _all_pids(doc)
         assert all(pid_alive(p) for p in pids)
+        with pytest.raises(ClusterError, match="already running"):
+            LocalCluster("ci", tmp_path / "c").start()
+        assert all(pid_alive(p) for p in pids)  # the refused start touched nothing
 
         assert down_main(["--dir", str(tmp_path / "c")]) == 0
         assert proc.wait(timeout=30) == 0
