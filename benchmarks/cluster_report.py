@@ -80,7 +80,7 @@ def print_table(doc: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
         )
     targets = doc.get("targets") or []
     if targets:
-        print("\ntargets:", file=out)
+        print("\ntargets (issue 7, defined on w1):", file=out)
         for t in targets:
             sign = ">=" if "throughput" in t["target"] else "<="
             print(f"  {'met ' if t['met'] else 'MISS'}  {t['target']:<42} {t['value']:.3f} ({sign} {t['limit']})", file=out)
