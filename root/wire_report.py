@@ -15,9 +15,9 @@ import asyncio
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from prometheus_client import REGISTRY
@@ -138,60 +138,85 @@ async def _run_mode(
     return {k: (after[k] - before[k]) / requests for k in after}, cpu_ms
 
 
+def _width(partition: str) -> int:
+    return max(14, len(partition) + 10)
+
+
+def report(
+    catalog: FeatureCatalog,
+    models: dict[str, tuple[str, frozenset[str]]],
+    directory: Path,
+    *,
+    candidates: int,
+    requests: int,
+    users: int,
+    items: int,
+    seed: int,
+) -> None:
+    """Print bytes per partition and root CPU per request for each mode (store in ``directory``)."""
+    partitions = sorted({part for part, _ in models.values()})
+    if not (directory / "store.json").exists():
+        generate_local_store(catalog, directory, users, items, seed)
+    store = LocalFeatureStore(directory, catalog)
+    base = RootConfig(
+        catalog=directory / "catalog.json",
+        partitions={
+            part: PartitionConfig(part, ("in-process",), tuple(m for m, (pp, _) in models.items() if pp == part))
+            for part in partitions
+        },
+        feature_store=FeatureStoreConfig(path=directory),
+        cache=CacheConfig(max_bytes=1 << 30, ttl_s=3600),
+        max_candidates=max(4096, candidates),
+    )
+    req_bytes = sum(catalog[n].row_bytes for n in catalog.names(R))
+    cand_bytes = sum(catalog[n].row_bytes for n in catalog.names(C))
+    cand_names = set(catalog.names(C))
+    share = {m: len(a & cand_names) / len(cand_names) for m, (_, a) in models.items()}
+    print(
+        f"workload: {len(catalog.names(R))} request features ({req_bytes} B/user), "
+        f"{len(cand_names)} candidate features ({cand_bytes} B/item), {candidates} candidates, "
+        f"{len(models)} models on {len(partitions)} partitions, candidate-feature share per model "
+        f"{min(share.values()):.0%}-{max(share.values()):.0%}"
+    )
+    print(
+        f"{'mode':<28}"
+        + "".join(f"{part + ' wire KB':>{_width(part)}}" for part in partitions)
+        + f"{'total KB':>11}{'raw KB':>10}{'root CPU ms':>13}"
+    )
+    modes: list[tuple[str, dict[str, Any]]] = [
+        ("trim+lz4", dict(trim=True, compression="lz4")),
+        ("trim, no lz4", dict(trim=True, compression="none")),
+        ("no trim, lz4", dict(trim=False, compression="lz4")),
+        ("no trim, no lz4", dict(trim=False, compression="none")),
+        ("no trim, no lz4, no dedup", dict(trim=False, compression="none", dedup_request_features=False)),
+    ]
+    for label, switches in modes:
+        config = replace(base, **switches)
+        per_req, cpu_ms = asyncio.run(
+            _run_mode(config, catalog, store, models, candidates, requests, users, items, seed)
+        )
+        wire = [per_req[(part, "wire")] / 1024 for part in partitions]
+        raw = sum(per_req[(part, "trimmed")] for part in partitions) / 1024
+        print(f"{label:<28}" + "".join(f"{w:>{_width(part)}.1f}" for w, part in zip(wire, partitions)) + f"{sum(wire):>11.1f}{raw:>10.1f}{cpu_ms:>13.2f}")
+    asyncio.run(store.close())
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m root.wire_report", description=__doc__.splitlines()[0] if __doc__ else "")
+    p = argparse.ArgumentParser(prog="python -m root.wire_report", description="Root->leaf bytes and root CPU by mode.")
     p.add_argument("--candidates", type=int, default=256)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--items", type=int, default=3000)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--dir", type=Path, default=None, help="store directory (default: a temporary one)")
+    p.add_argument("--dir", type=Path, default=None, help="store directory, reused when present (default: temporary)")
     args = p.parse_args(argv)
     catalog = ads_catalog()
     models = ads_models(catalog, args.seed)
-    partitions = sorted({part for part, _ in models.values()})
     with tempfile.TemporaryDirectory(prefix="rootleaf-wire-") as tmp:
-        directory = args.dir or Path(tmp)
-        if not (directory / "store.json").exists():
-            generate_local_store(catalog, directory, args.users, args.items, args.seed)
-        store = LocalFeatureStore(directory, catalog)
-        base = RootConfig(
-            catalog=directory / "catalog.json",
-            partitions={
-                part: PartitionConfig(part, ("in-process",), tuple(m for m, (pp, _) in models.items() if pp == part))
-                for part in partitions
-            },
-            feature_store=FeatureStoreConfig(path=directory),
-            cache=CacheConfig(max_bytes=1 << 30, ttl_s=3600),
-            max_candidates=max(4096, args.candidates),
+        report(
+            catalog, models, args.dir or Path(tmp),
+            candidates=args.candidates, requests=args.requests, users=args.users, items=args.items, seed=args.seed,
         )
-        from dataclasses import replace
-
-        req_bytes = sum(catalog[n].row_bytes for n in catalog.names(R))
-        cand_bytes = sum(catalog[n].row_bytes for n in catalog.names(C))
-        share = {m: len(a & set(catalog.names(C))) / len(catalog.names(C)) for m, (_, a) in models.items()}
-        print(f"workload: {len(catalog.names(R))} request features ({req_bytes} B/user), "
-              f"{len(catalog.names(C))} candidate features ({cand_bytes} B/item), {args.candidates} candidates, "
-              f"{len(models)} models on {len(partitions)} partitions, candidate-feature share per model "
-              f"{min(share.values()):.0%}-{max(share.values()):.0%}")
-        header = f"{'mode':<28}" + "".join(f"{part + ' wire KB':>14}" for part in partitions) + f"{'total KB':>11}{'raw KB':>10}{'root CPU ms':>13}"
-        print(header)
-        modes = [
-            ("trim+lz4", dict(trim=True, compression="lz4")),
-            ("trim, no lz4", dict(trim=True, compression="none")),
-            ("no trim, lz4", dict(trim=False, compression="lz4")),
-            ("no trim, no lz4", dict(trim=False, compression="none")),
-            ("no trim, no lz4, no dedup", dict(trim=False, compression="none", dedup_request_features=False)),
-        ]
-        for label, switches in modes:
-            config = replace(base, **switches)  # type: ignore[arg-type]
-            per_req, cpu_ms = asyncio.run(
-                _run_mode(config, catalog, store, models, args.candidates, args.requests, args.users, args.items, args.seed)
-            )
-            wire = [per_req[(part, "wire")] / 1024 for part in partitions]
-            raw = sum(per_req[(part, "trimmed")] for part in partitions) / 1024
-            print(f"{label:<28}" + "".join(f"{w:>14.1f}" for w in wire) + f"{sum(wire):>11.1f}{raw:>10.1f}{cpu_ms:>13.2f}")
-        asyncio.run(store.close())
     return 0
 
 
