@@ -423,3 +423,12 @@ def test_status_reports_bundles_partitions_settings(cluster: Cluster, root_targe
     assert bundle.name == "ads" and len(bundle.content_hash) == 64 and bundle.model_count == 4
     assert {p.name for p in status.partitions} == {"pa", "pb", "ps"}
     assert status.settings["trim"] == "true" and status.settings["compression"] == "lz4"
+
+
+def test_requested_version_reaches_the_leaf(cluster: Cluster, root_target: str) -> None:
+    results = score(cluster, root_target, 1, np.arange(4, dtype=np.uint64), [("m_a", "1"), ("m_c", "9")], request_id="r-version")
+    seen = cluster.observed.for_request("r-version")
+    assert seen["m_a"].version_requested == "1" and seen["m_c"].version_requested == "9"
+    # The leaf serves an unknown version with its latest and says so; the trimmer falls back alike.
+    assert results["m_a"].version == "1" and results["m_c"].version == "1"
+    assert set(seen["m_c"].feature_names) == set(cluster.inputs("m_c"))
