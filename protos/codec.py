@@ -145,7 +145,7 @@ def encode(
         raise CodecError(name, f"array dtype {array.dtype} does not store {DType.Name(dtype)}")
     # tobytes() is the one copy: a contiguous little-endian buffer of the row-major data.
     raw = np.ascontiguousarray(array, dtype=storage).tobytes()
-    tensor = Tensor(name=name, dtype=dtype, shape=array.shape, raw_size=len(raw))
+    tensor = Tensor(name=name, dtype=DType.ValueType(dtype), shape=array.shape, raw_size=len(raw))
     if compression is not Compression.NONE and (
         compression is Compression.LZ4_ALWAYS or len(raw) >= MIN_COMPRESS_BYTES
     ):
