@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, cast
 
 import lz4.block
 import numpy as np
@@ -145,7 +145,7 @@ def encode(
         raise CodecError(name, f"array dtype {array.dtype} does not store {DType.Name(dtype)}")
     # tobytes() is the one copy: a contiguous little-endian buffer of the row-major data.
     raw = np.ascontiguousarray(array, dtype=storage).tobytes()
-    tensor = Tensor(name=name, dtype=DType.ValueType(dtype), shape=array.shape, raw_size=len(raw))
+    tensor = Tensor(name=name, dtype=cast(DType, dtype), shape=array.shape, raw_size=len(raw))
     if compression is not Compression.NONE and (
         compression is Compression.LZ4_ALWAYS or len(raw) >= MIN_COMPRESS_BYTES
     ):
