@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,10 +18,17 @@ def test_generated_code_is_not_stale() -> None:
 
 
 def test_generated_code_imports_from_an_installed_wheel(tmp_path: Path) -> None:
+    # Build from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("protos", "trimmer", "root", "leaf", "deploy", "rootleaf", "benchmarks"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheel_dir), str(REPO)],
+         "-w", str(wheel_dir), str(source)],
         check=True,
         timeout=240,
     )
