@@ -152,12 +152,22 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def _load_libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        pass
+        return None
+
+
+# Loaded here, not in the child: dlopen between fork and exec can crash or deadlock when
+# another thread of the launcher (a gRPC poller, a load generator) held the loader's or
+# malloc's lock at fork time; the child only makes the prctl call.
+_LIBC = _load_libc()
+
+
+def _die_with_parent() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def pid_alive(pid: int) -> bool:
@@ -311,13 +321,7 @@ class LocalCluster:
                 for partition, models in self.assets.partitions.items():
                     base = self.directory / role / "leaves" / partition
                     metrics_port = free_port()
-                    proc = _spawn(
-                        f"{role} leaf {partition}",
-                        ["leaf", "--repo", str(base / "repo"), "--port", "0", "--port-file", str(base / "leaf.port"),
-                         "--models", ",".join(models), "--metrics-port", str(metrics_port), *self.leaf_args],
-                        base / "leaf.log",
-                        base / "leaf.port",
-                    )
+                    proc = self._spawn_leaf(role, partition, models, 0, metrics_port, ())
                     pending.append((role, partition, proc, base, models))
                     self._leaves.setdefault(role, []).append(
                         (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
@@ -369,6 +373,37 @@ class LocalCluster:
         self._write_description()
         return info
 
+    def kill_leaf(self, partition: str, role: str = "production") -> LeafInfo:
+        """SIGKILL ``partition``'s leaf (fault injection) and reap it; returns what ran."""
+        info, proc = self._leaf(partition, role)
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(timeout=30)
+        log.info("killed %s (pid %d)", proc.name, proc.popen.pid)
+        return info
+
+    def restart_leaf(self, partition: str, role: str = "production", extra_args: Sequence[str] = ()) -> LeafInfo:
+        """Start ``partition``'s leaf again on the same gRPC and metrics ports (stopping it
+        first if it runs), so the root's channel reconnects to it; ``extra_args`` go after
+        the cluster's leaf arguments (e.g. ``["--inject-delay-ms", "500"]``). Waits for
+        SERVING; returns the new leaf (new pid)."""
+        info, proc = self._leaf(partition, role)
+        stop_process(proc.popen)
+        port = int(info.target.rsplit(":", 1)[1])
+        metrics_port = int(info.metrics_url.rsplit(":", 1)[1].split("/", 1)[0])
+        new_proc = self._spawn_leaf(role, partition, info.models, port, metrics_port, extra_args)
+        deadline = time.monotonic() + self.startup_timeout_s
+        _wait_port(new_proc, deadline)
+        new_info = LeafInfo(info.partition, info.target, info.metrics_url, info.repo_dir, info.models,
+                            new_proc.popen.pid, info.log)
+        self._leaves[role] = [(new_info, new_proc) if i is info else (i, p) for i, p in self._leaves[role]]
+        try:
+            wait_serving(info.target, deadline, new_proc)
+        finally:
+            if self.assets is not None and role in self._roots:
+                self._write_description()
+        return new_info
+
     def check_alive(self) -> list[str]:
         """Names of processes that exited (empty while everything runs)."""
         procs = [p for _, p in self._roots.values()] + [p for ls in self._leaves.values() for _, p in ls]
@@ -418,6 +453,24 @@ class LocalCluster:
         except (OSError, ValueError, KeyError, TypeError):
             return []
         return [p for p in pids if pid_alive(p) and _is_ours(p)]
+
+    def _leaf(self, partition: str, role: str) -> tuple[LeafInfo, _Proc]:
+        for info, proc in self._leaves.get(role, []):
+            if info.partition == partition:
+                return info, proc
+        raise ClusterError(f"no {role} leaf for partition {partition!r}")
+
+    def _spawn_leaf(
+        self, role: str, partition: str, models: Sequence[str], port: int, metrics_port: int, extra: Sequence[str]
+    ) -> _Proc:
+        base = self.directory / role / "leaves" / partition
+        return _spawn(
+            f"{role} leaf {partition}",
+            ["leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / "leaf.port"),
+             "--models", ",".join(models), "--metrics-port", str(metrics_port), *self.leaf_args, *extra],
+            base / "leaf.log",
+            base / "leaf.port",
+        )
 
     def _prepare_role(self, role: str) -> None:
         """Fresh copies of the generated repositories and bundle files for ``role``."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from leaf.config import LeafConfig, VersionPolicy
 from leaf.server import serve
+from protos.tls import TlsConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record-requests", type=Path, default=None,
                    help="append one JSON line per Score request (what the leaf saw)")
     p.add_argument("--grace-s", type=float, default=defaults.grace_s, help="shutdown drain period")
+    p.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS (with --tls-key)")
+    p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="",
+                   help="PEM CA bundle: require and verify client certificates (mutual TLS)")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -61,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         inject_delay_ms=args.inject_delay_ms,
         record_requests=args.record_requests,
         grace_s=args.grace_s,
+        tls=TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from protos.codec import DecodeLimits
+from protos.tls import PLAINTEXT, TlsConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -104,8 +105,14 @@ class LeafConfig:
     """Append one JSON line per Score request (what the leaf saw) to this file."""
     grace_s: float = 5.0
     """Shutdown grace period for in-flight requests."""
+    tls: TlsConfig = PLAINTEXT
+    """Server TLS: cert_file + key_file; client_ca_file set = callers must present a certificate."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tls, TlsConfig):
+            raise ValueError(f"LeafConfig.tls must be a TlsConfig, got {self.tls!r}")
+        if self.tls.enabled and not self.tls.cert_file:
+            raise ValueError("LeafConfig.tls: cert_file and key_file are required to serve TLS")
         if not isinstance(self.repo, Path):
             object.__setattr__(self, "repo", Path(self.repo))
         if self.record_requests is not None and not isinstance(self.record_requests, Path):
@@ -153,6 +160,8 @@ class LeafConfig:
             data["versions"] = VersionPolicy.parse(data["versions"])
         if isinstance(data.get("decode_limits"), Mapping):
             data["decode_limits"] = DecodeLimits(**data["decode_limits"])
+        if isinstance(data.get("tls"), Mapping):
+            data["tls"] = TlsConfig.from_mapping(data["tls"], "LeafConfig.tls")
         if isinstance(data.get("models"), list):
             data["models"] = tuple(data["models"])
         return cls(**data)

@@ -27,6 +27,7 @@ from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
 from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
+from protos.tls import add_port
 from protos.transport import GRPC_OPTIONS, tune_allocator
 
 __all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
@@ -153,7 +154,7 @@ def create_server(
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
         )
-        port = inner.add_insecure_port(f"{config.host}:{config.port}")
+        port = add_port(inner, f"{config.host}:{config.port}", config.tls)
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
     except BaseException:

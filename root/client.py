@@ -3,7 +3,9 @@
 ``score`` returns one ``ModelScores`` per requested model, keyed by model name; a model
 whose partition failed carries its ``error_code`` while the others carry scores. A failure
 of the whole call (bad request, unknown model, root unreachable) raises ``grpc.RpcError``.
-A client owns one channel; close it (or use it as a context manager).
+A client owns one channel (TLS when ``tls`` is given: ``ca_file`` verifies the root,
+``cert_file``/``key_file`` present a client certificate); close it (or use it as a context
+manager).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from protos.codec import decode, encode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
+from protos.tls import PLAINTEXT, TlsConfig, aio_channel, sync_channel
 from protos.transport import GRPC_OPTIONS
 
 ModelSpec = str | tuple[str, str | None]
@@ -78,9 +81,11 @@ def parse_response(response: root_pb2.ScoreResponse) -> dict[str, ModelScores]:
 class RootClient:
     """Blocking client of one root."""
 
-    def __init__(self, target: str, *, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self, target: str, *, options: Sequence[tuple[str, Any]] = (), tls: TlsConfig = PLAINTEXT
+    ) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=[*GRPC_OPTIONS, *options])
+        self._channel = sync_channel(target, tls, [*GRPC_OPTIONS, *options])
         self._stub = root_pb2_grpc.RootStub(self._channel)
 
     def score(
@@ -117,9 +122,11 @@ class RootClient:
 class AsyncRootClient:
     """asyncio client of one root (create and use it on one event loop)."""
 
-    def __init__(self, target: str, *, options: Sequence[tuple[str, Any]] = ()) -> None:
+    def __init__(
+        self, target: str, *, options: Sequence[tuple[str, Any]] = (), tls: TlsConfig = PLAINTEXT
+    ) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target, options=[*GRPC_OPTIONS, *options])
+        self._channel = aio_channel(target, tls, [*GRPC_OPTIONS, *options])
         self._stub = root_pb2_grpc.RootStub(self._channel)
 
     async def score(

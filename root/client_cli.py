@@ -8,6 +8,7 @@ import sys
 import grpc
 import numpy as np
 
+from protos.tls import TlsConfig
 from root.client import ModelScores, RootClient
 
 
@@ -20,6 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=int, required=True, help="user id")
     p.add_argument("--candidates", required=True, help="comma-separated candidate ids")
     p.add_argument("--timeout-s", type=float, default=5.0)
+    p.add_argument("--tls-ca", default="", help="PEM CA bundle that verifies the root (turns TLS on)")
+    p.add_argument("--tls-cert", default="", help="PEM client certificate for mutual TLS (with --tls-key)")
+    p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", default="", help="name to verify in the root's certificate")
     return p
 
 
@@ -55,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print("rootleaf score: more --version than --model", file=sys.stderr)
         return 2
     models = [(m, versions[i] if i < len(versions) else None) for i, m in enumerate(args.model)]
-    with RootClient(args.target) as client:
+    try:
+        tls = TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, ca_file=args.tls_ca,
+                        server_name=args.tls_server_name)
+        client = RootClient(args.target, tls=tls)
+    except ValueError as exc:
+        print(f"rootleaf score: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             results = client.score(args.user, candidates, models, timeout_s=args.timeout_s)
         except grpc.RpcError as exc:

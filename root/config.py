@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from protos.tls import PLAINTEXT, TlsConfig
+
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis")
 
@@ -150,9 +152,22 @@ class RootConfig:
     """Bundle name -> path of its bundle-level ``module_info.json``."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
+    tls: TlsConfig = PLAINTEXT
+    """``[tls]``: the root's server side (cert_file + key_file; client_ca_file = mutual TLS)."""
+    leaf_tls: TlsConfig = PLAINTEXT
+    """``[leaf_tls]``: the root's channels to every leaf (ca_file; cert_file + key_file for mTLS)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
+        for name in ("tls", "leaf_tls"):
+            if not isinstance(getattr(self, name), TlsConfig):
+                raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
+        if self.tls.enabled and not self.tls.cert_file:
+            raise ValueError("tls.cert_file and tls.key_file are required when [tls] is set")
+        if self.tls.ca_file or self.tls.server_name:
+            raise ValueError("tls: ca_file/server_name are client settings; use client_ca_file for mutual TLS")
+        if self.leaf_tls.client_ca_file:
+            raise ValueError("leaf_tls.client_ca_file is a server setting; use ca_file to verify leaves")
         _check_target("listen", self.listen)
         _check_int("root", "metrics_port", self.metrics_port, 0)
         if self.metrics_port > 65535:
@@ -212,11 +227,18 @@ class RootConfig:
             "feature_store": self.feature_store.kind,
             "cache_max_bytes": str(self.cache.max_bytes),
             "cache_ttl_s": str(self.cache.ttl_s),
+            "tls": _tls_mode(self.tls, self.tls.client_ca_file),
+            "leaf_tls": _tls_mode(self.leaf_tls, self.leaf_tls.cert_file),
         }
+
+
+def _tls_mode(tls: TlsConfig, mutual: str) -> str:
+    return "mutual" if mutual else ("on" if tls.enabled else "off")
 
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
 _SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig}
+_TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 
 
@@ -236,7 +258,9 @@ def _resolve(base: Path, value: Any, field_name: str) -> Path:
 def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
     """Build a ``RootConfig`` from a parsed TOML document; paths resolve against ``base_dir``."""
     _reject_unknown("root config", doc, _TOP_KEYS)
-    kwargs: dict[str, Any] = {k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES)}
+    kwargs: dict[str, Any] = {
+        k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES, *_TLS_SECTIONS)
+    }
     if "catalog" not in doc:
         raise ValueError("root config: 'catalog' is required")
     kwargs["catalog"] = _resolve(base_dir, doc["catalog"], "catalog")
@@ -273,6 +297,11 @@ def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
             kwargs[section] = cls(**sec)
         except TypeError as exc:
             raise ValueError(f"[{section}]: {exc}") from None
+    for section in _TLS_SECTIONS:
+        if section in doc:
+            if not isinstance(doc[section], Mapping):
+                raise ValueError(f"[{section}] must be a table, got {doc[section]!r}")
+            kwargs[section] = TlsConfig.from_mapping(doc[section], section).resolve(base_dir)
     return RootConfig(**kwargs)
 
 

@@ -1,9 +1,9 @@
 """How the root reaches one leaf partition: the ``LeafClient`` interface and two variants.
 
-``GrpcLeafClient`` keeps one ``grpc.aio`` channel per target, sends the pre-assembled
-request bytes as they are (identity request serializer), round-robins over the targets that
-passed the last health check, and retries once on another target when a call finds its
-target UNAVAILABLE and time remains. ``InProcessLeafClient`` hands the same bytes to an
+``GrpcLeafClient`` keeps one ``grpc.aio`` channel per target (TLS when configured), sends
+the pre-assembled request bytes as they are (identity request serializer), round-robins over
+the targets that passed the last health check, and retries once on another target when a
+call finds its target UNAVAILABLE and time remains. ``InProcessLeafClient`` hands the same bytes to an
 async callable, so root logic is testable without sockets. Both raise ``LeafCallError``.
 State is owned by the root's event loop.
 """
@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.rootleaf.v1 import leaf_pb2
+from protos.tls import PLAINTEXT, TlsConfig, aio_channel
 from protos.transport import GRPC_OPTIONS
 from root.errors import LeafCallError
 
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 
 LEAF_SCORE_METHOD = "/rootleaf.v1.Leaf/Score"
 LEAF_SERVICE = "rootleaf.v1.Leaf"
+# A restarted leaf is reconnected to within about a second: gRPC's default backoff grows to
+# 120 s, which would keep a partition failing long after its leaf came back.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 class LeafClient(Protocol):
@@ -51,12 +59,18 @@ def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
 class GrpcLeafClient:
     """Leaf partition reached over gRPC, round-robin over its targets."""
 
-    def __init__(self, targets: Sequence[str], *, options: Sequence[tuple[str, object]] = ()) -> None:
+    def __init__(
+        self,
+        targets: Sequence[str],
+        *,
+        options: Sequence[tuple[str, object]] = (),
+        tls: TlsConfig = PLAINTEXT,
+    ) -> None:
         if not targets:
             raise ValueError("GrpcLeafClient needs at least one target")
         self.targets = tuple(targets)
-        channel_options = [*GRPC_OPTIONS, ("grpc.lb_policy_name", "round_robin"), *options]
-        self._channels = [grpc.aio.insecure_channel(t, options=channel_options) for t in self.targets]
+        channel_options = [*GRPC_OPTIONS, ("grpc.lb_policy_name", "round_robin"), *RECONNECT_OPTIONS, *options]
+        self._channels = [aio_channel(t, tls, channel_options) for t in self.targets]
         self._score = [
             ch.unary_unary(
                 LEAF_SCORE_METHOD,

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from protos.rootleaf.v1 import root_pb2_grpc
+from protos.tls import add_port
 from protos.transport import GRPC_OPTIONS, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
@@ -149,7 +150,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     try:
         store = open_feature_store(config.feature_store, config.cache, catalog)
         leaves: dict[str, LeafClient] = {
-            name: GrpcLeafClient(part.targets) for name, part in config.partitions.items()
+            name: GrpcLeafClient(part.targets, tls=config.leaf_tls) for name, part in config.partitions.items()
         }
         executor = ThreadPoolExecutor(2, thread_name_prefix="root-encode")
         closers.append(lambda: executor.shutdown(wait=False))
@@ -159,7 +160,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
-        port = inner.add_insecure_port(config.listen)
+        port = add_port(inner, config.listen, config.tls)
         if port == 0:
             raise OSError(f"cannot bind {config.listen}")
         metrics_server = None
@@ -170,8 +171,10 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
             close()
         raise
     log.info(
-        "root on port %d: %d features, partitions %s, trim=%s compression=%s dedup=%s",
+        "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",
         port,
+        config.settings()["tls"],
+        config.settings()["leaf_tls"],
         len(catalog),
         {n: list(p.targets) for n, p in config.partitions.items()},
         config.trim,
