@@ -85,8 +85,9 @@ class SoakOptions:
 
 
 def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float) -> FaultLog:
-    """The fault schedule: cycles through FAULTS with steady gaps until ``until`` (monotonic);
-    the fault in progress at that time finishes, so every leaf is up when it returns."""
+    """The fault schedule: cycles through FAULTS with steady gaps until ``until`` (monotonic),
+    each fault at least once; the fault in progress at that time finishes, so every leaf is
+    up when it returns."""
     faults = FaultLog()
     rng = random.Random(opts.seed)
     partitions = [leaf.partition for leaf in cluster.leaves()]
@@ -98,7 +99,7 @@ def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions,
 
     for i in range(1_000_000):
         pause(opts.gap_s)
-        if time.monotonic() >= until:
+        if time.monotonic() >= until and i >= len(FAULTS):  # every fault runs at least once
             break
         fault = FAULTS[i % len(FAULTS)]
         partition = rng.choice(partitions)
