@@ -22,7 +22,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from protos.rootleaf.v1 import root_pb2_grpc
 from protos.tls import add_port
 from protos.transport import GRPC_OPTIONS, tune_allocator
 from root.catalog import FeatureCatalog
@@ -156,7 +155,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         closers.append(lambda: executor.shutdown(wait=False))
         engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
         inner = grpc.aio.server(options=GRPC_OPTIONS)
-        root_pb2_grpc.add_RootServicer_to_server(RootServicer(engine, config, trimmer.status), inner)
+        inner.add_generic_rpc_handlers((RootServicer(engine, config, trimmer.status).handler(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)

@@ -15,11 +15,12 @@ from typing import Callable, Mapping
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from root import metrics
 from root.config import RootConfig
-from root.errors import status_of
+from root.errors import InvalidRequest, status_of
 from root.scoring import ModelRef, ScoreEngine, ScoreInput, decode_client_features
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "rootleaf.v1.Root"
 
 BundleStatuses = Callable[[], Mapping[str, object]]
+
+
+def deserialize_score_request(data: bytes) -> root_pb2.ScoreRequest | str:
+    """The request, or the reason it does not parse (answered INVALID_ARGUMENT by ``Score``;
+    gRPC's own deserialisation failure would reach the client as UNKNOWN)."""
+    try:
+        return root_pb2.ScoreRequest.FromString(data)
+    except DecodeError as exc:
+        return f"malformed ScoreRequest: {exc}"
 
 
 def _bundle_status(name: str, status: object) -> root_pb2.BundleStatus:
@@ -50,12 +60,17 @@ class RootServicer(root_pb2_grpc.RootServicer):
         self._bundle_statuses = bundle_statuses
 
     async def Score(  # noqa: N802 (gRPC method name)
-        self, request: root_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+        self, request: root_pb2.ScoreRequest | str, context: grpc.aio.ServicerContext
     ) -> root_pb2.ScoreResponse:
         start = time.perf_counter()
+        malformed = request if isinstance(request, str) else ""
+        if isinstance(request, str):
+            request = root_pb2.ScoreRequest()
         request_id = request.request_id or uuid.uuid4().hex
         code = grpc.StatusCode.OK
         try:
+            if malformed:
+                raise InvalidRequest(malformed)
             score_input = ScoreInput(
                 request_id=request_id,
                 user_id=request.user_id,
@@ -88,6 +103,24 @@ class RootServicer(root_pb2_grpc.RootServicer):
         finally:
             metrics.REQUESTS.labels(code.name).inc()
             metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The ``rootleaf.v1.Root`` handler, with a Score deserialiser that never raises."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Score": grpc.unary_unary_rpc_method_handler(
+                    self.Score,
+                    request_deserializer=deserialize_score_request,
+                    response_serializer=root_pb2.ScoreResponse.SerializeToString,
+                ),
+                "Status": grpc.unary_unary_rpc_method_handler(
+                    self.Status,
+                    request_deserializer=root_pb2.RootStatusRequest.FromString,
+                    response_serializer=root_pb2.RootStatusResponse.SerializeToString,
+                ),
+            },
+        )
 
     async def Status(  # noqa: N802 (gRPC method name)
         self, request: root_pb2.RootStatusRequest, context: grpc.aio.ServicerContext
