@@ -16,6 +16,20 @@ from protos.tls import PLAINTEXT, TlsConfig
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def name_problem(name: object) -> str:
+    """Why ``name`` cannot be a model or version directory name ("" when it can): one plain
+    UTF-8 path component, never ``.``/``..``, hidden, or containing a separator or NUL."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if name.startswith(".") or any(c in name for c in "/\\\0"):
+        return "must be one plain path component (no '/', '\\', NUL, '.' or '..', not hidden)"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class VersionPolicy:
     """Which versions of each model are loaded."""
@@ -120,6 +134,9 @@ class LeafConfig:
         if self.models is not None:
             if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
                 raise ValueError(f"LeafConfig.models must be a tuple of names, got {self.models!r}")
+            for model in self.models:
+                if name_problem(model):
+                    raise ValueError(f"LeafConfig.models: {model!r} {name_problem(model)}")
             object.__setattr__(self, "models", tuple(self.models))
         if self.device not in DEVICES:
             raise ValueError(f"LeafConfig.device must be one of {DEVICES}, got {self.device!r}")

@@ -22,7 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from leaf import metrics
-from leaf.config import LeafConfig
+from leaf.config import LeafConfig, name_problem
 from leaf.device import Placement
 from leaf.errors import ModelNotFound, ModelUnavailable
 from leaf.export import MODEL_FILE
@@ -36,6 +36,8 @@ _CHANGE_EVENTS = frozenset({"created", "deleted", "modified", "moved", "closed"}
 # file being copied in is loaded once it is complete; bounded by _SETTLE_MAX_ROUNDS.
 _SETTLE_S = 0.05
 _SETTLE_MAX_ROUNDS = 40
+# Metric label for refused repository entries (unsafe names, symlinks out of the repository).
+UNSAFE_LABEL = "_refused"
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -94,6 +96,7 @@ class Repository:
         self._served = 0  # highest ticket whose scan started after it was issued, and finished
         self._thread: threading.Thread | None = None
         self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._refused: set[Path] = set()  # unsafe entries already reported; loader thread only
 
     # -- reads (any thread) -------------------------------------------------------------
 
@@ -186,15 +189,37 @@ class Repository:
 
     # -- loading (loader thread) --------------------------------------------------------
 
+    def _inside(self, path: Path) -> bool:
+        """True when ``path`` (symlinks resolved) stays inside the repository: archives are
+        code, so a leaf loads only from its configured repository."""
+        try:
+            return path.resolve().is_relative_to(self._config.repo.resolve())
+        except (OSError, RuntimeError):
+            return False
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        if path not in self._refused:  # logged once per path, not on every scan
+            self._refused.add(path)
+            metrics.MODEL_LOADS.labels(UNSAFE_LABEL, "error").inc()
+            log.error("model repository: ignoring %r: %s", str(path), reason)
+
     def _model_names(self) -> list[str]:
         if self._config.models is not None:
             return list(self._config.models)
         repo = self._config.repo
         try:
-            return sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
+            entries = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
         except OSError as exc:
             log.error("cannot list model repository %s: %s", repo, exc)
             return list(self._slots)
+        names = []
+        for entry in entries:
+            problem = name_problem(entry.name)
+            if problem:
+                self._refuse(entry, f"model directory name {problem}")
+            else:
+                names.append(entry.name)
+        return names
 
     def _scan(self) -> None:
         names = self._model_names()
@@ -221,12 +246,22 @@ class Repository:
     def _on_disk(self, model: str) -> dict[str, FileStamp]:
         stamps: dict[str, FileStamp] = {}
         model_dir = self._config.repo / model
+        if not self._inside(model_dir):
+            self._refuse(model_dir, "points outside the repository")
+            return stamps
         try:
             entries = list(model_dir.iterdir())
         except OSError:
             return stamps
         for entry in entries:
             if entry.name.startswith("."):
+                continue
+            problem = name_problem(entry.name)
+            if problem:
+                self._refuse(entry, f"version directory name {problem}")
+                continue
+            if not self._inside(entry / MODEL_FILE):
+                self._refuse(entry, "model file points outside the repository")
                 continue
             try:
                 stamps[entry.name] = FileStamp.of(entry / MODEL_FILE)
