@@ -105,6 +105,8 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+_RAW = int(Encoding.RAW)
+_LZ4 = int(Encoding.LZ4)
 
 
 def numpy_dtype(dtype: int) -> np.dtype:
@@ -117,10 +119,63 @@ def numpy_dtype(dtype: int) -> np.dtype:
 
 def wire_dtype(array_dtype: np.dtype) -> int:
     """The wire dtype of a numpy dtype; raises ``ValueError`` for unsupported ones."""
+    # Native little-endian dtypes hit the table directly (hashing a dtype is cheap; building
+    # the byte-swapped variant costs about a microsecond, once per tensor on the hot path).
+    found = _DTYPE_BY_NUMPY.get(array_dtype)
+    if found is not None:
+        return found
     try:
         return _DTYPE_BY_NUMPY[np.dtype(array_dtype).newbyteorder("=")]
     except KeyError:
         raise ValueError(f"unsupported numpy dtype {array_dtype}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """A tensor's encoded payload before it is put in a message (see ``protos.wire``)."""
+
+    dtype: int
+    """Wire ``DType``."""
+    data: bytes | memoryview
+    """The bytes of the ``data`` field: the LZ4 block, or a view of the array's own buffer."""
+    encoding: int
+    """``Encoding`` of ``data``."""
+    raw_size: int
+    """Decoded size in bytes."""
+
+
+def encode_payload(
+    name: str,
+    array: np.ndarray,
+    compression: Compression | str = Compression.LZ4,
+    *,
+    dtype: int | None = None,
+) -> Payload:
+    """The payload ``encode`` would put in the message, without copying a RAW payload.
+
+    A RAW payload is a byte view of ``array`` (made contiguous little-endian first when it
+    is not), so the caller must not modify ``array`` while the payload is in use.
+    """
+    compression = Compression(compression)
+    if dtype is None:
+        try:
+            dtype = wire_dtype(array.dtype)
+        except ValueError as exc:
+            raise CodecError(name, str(exc)) from None
+    storage = numpy_dtype(dtype)
+    if array.dtype.itemsize != storage.itemsize or array.dtype.kind != storage.kind:
+        raise CodecError(name, f"array dtype {array.dtype} does not store {DType.Name(dtype)}")
+    contiguous = np.ascontiguousarray(array, dtype=storage)
+    # A flat byte view of the array's buffer (memoryview refuses to cast 0-d and empty views).
+    raw = memoryview(contiguous.reshape(-1).data).cast("B") if contiguous.size else memoryview(b"")
+    size = len(raw)
+    if compression is not Compression.NONE and (
+        compression is Compression.LZ4_ALWAYS or size >= MIN_COMPRESS_BYTES
+    ):
+        packed = lz4.block.compress(raw, store_size=False)
+        if compression is Compression.LZ4_ALWAYS or len(packed) <= MAX_COMPRESSED_RATIO * size:
+            return Payload(dtype, packed, _LZ4, size)
+    return Payload(dtype, raw, _RAW, size)
 
 
 def encode(
@@ -134,29 +189,15 @@ def encode(
 
     ``dtype`` overrides the wire dtype (only needed for bfloat16 carried as uint16 words).
     """
-    compression = Compression(compression)
-    if dtype is None:
-        try:
-            dtype = wire_dtype(array.dtype)
-        except ValueError as exc:
-            raise CodecError(name, str(exc)) from None
-    storage = numpy_dtype(dtype)
-    if array.dtype.itemsize != storage.itemsize or array.dtype.kind != storage.kind:
-        raise CodecError(name, f"array dtype {array.dtype} does not store {DType.Name(dtype)}")
-    # tobytes() is the one copy: a contiguous little-endian buffer of the row-major data.
-    raw = np.ascontiguousarray(array, dtype=storage).tobytes()
-    tensor = Tensor(name=name, dtype=cast(DType, dtype), shape=array.shape, raw_size=len(raw))
-    if compression is not Compression.NONE and (
-        compression is Compression.LZ4_ALWAYS or len(raw) >= MIN_COMPRESS_BYTES
-    ):
-        packed = lz4.block.compress(raw, store_size=False)
-        if compression is Compression.LZ4_ALWAYS or len(packed) <= MAX_COMPRESSED_RATIO * len(raw):
-            tensor.data = packed
-            tensor.encoding = Encoding.LZ4
-            return tensor
-    tensor.data = raw
-    tensor.encoding = Encoding.RAW
-    return tensor
+    payload = encode_payload(name, array, compression, dtype=dtype)
+    return Tensor(
+        name=name,
+        dtype=cast(DType, payload.dtype),
+        shape=array.shape,
+        raw_size=payload.raw_size,
+        data=bytes(payload.data),
+        encoding=cast(Encoding, payload.encoding),
+    )
 
 
 def expected_raw_size(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> int:

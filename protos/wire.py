@@ -11,13 +11,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
+from protos.codec import Compression, CodecError, encode_payload
 from protos.rootleaf.v1 import leaf_pb2, tensor_pb2
 
+_WIRE_TYPE_VARINT = 0
 _WIRE_TYPE_LEN = 2
 LEAF_REQUEST_FEATURES_FIELD = leaf_pb2.LeafRequest.DESCRIPTOR.fields_by_name["features"].number
+_SINGLE_BYTE = tuple(bytes((i,)) for i in range(0x80))
+
+
+def _tag(field: str, wire_type: int) -> bytes:
+    return bytes(((tensor_pb2.Tensor.DESCRIPTOR.fields_by_name[field].number << 3) | wire_type,))
+
+
+# Tags of the Tensor fields, in field-number order (the order protobuf serialises them in).
+_TAG_NAME = _tag("name", _WIRE_TYPE_LEN)
+_TAG_DTYPE = _tag("dtype", _WIRE_TYPE_VARINT)
+_TAG_SHAPE = _tag("shape", _WIRE_TYPE_LEN)  # packed repeated int64
+_TAG_DATA = _tag("data", _WIRE_TYPE_LEN)
+_TAG_ENCODING = _tag("encoding", _WIRE_TYPE_VARINT)
+_TAG_RAW_SIZE = _tag("raw_size", _WIRE_TYPE_VARINT)
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SINGLE_BYTE[value]
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -60,6 +80,44 @@ class EncodedTensor:
             raw_size=tensor.raw_size,
             encoding=tensor.encoding,
         )
+
+
+def encode_framed(
+    name: str,
+    array: np.ndarray,
+    compression: Compression | str = Compression.LZ4,
+    *,
+    field_number: int = LEAF_REQUEST_FEATURES_FIELD,
+) -> EncodedTensor:
+    """``EncodedTensor.from_tensor(codec.encode(name, array, compression))``, byte for byte,
+    with the payload copied once.
+
+    The ``Tensor`` is serialised by hand (proto3 rules: fields in number order, default
+    values omitted), so the payload goes from the array (RAW) or the LZ4 block straight
+    into the framed bytes instead of through a message and its serialisation.
+    """
+    payload = encode_payload(name, array, compression)
+    try:
+        name_bytes = name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(name, f"name is not valid UTF-8: {exc.reason}") from None
+    parts: list[bytes | memoryview] = []
+    if name_bytes:
+        parts += (_TAG_NAME, _varint(len(name_bytes)), name_bytes)
+    parts += (_TAG_DTYPE, _varint(payload.dtype))
+    if array.ndim:
+        shape = b"".join([_varint(dim) for dim in array.shape])
+        parts += (_TAG_SHAPE, _varint(len(shape)), shape)
+    data = payload.data
+    if len(data):
+        parts += (_TAG_DATA, _varint(len(data)), data)
+    if payload.encoding:
+        parts += (_TAG_ENCODING, _varint(payload.encoding))
+    if payload.raw_size:
+        parts += (_TAG_RAW_SIZE, _varint(payload.raw_size))
+    size = sum([len(part) for part in parts])
+    framed = b"".join([_varint((field_number << 3) | _WIRE_TYPE_LEN), _varint(size), *parts])
+    return EncodedTensor(name, framed, payload.raw_size, payload.encoding)
 
 
 def assemble_leaf_request(header: leaf_pb2.LeafRequest, tensors: Iterable[EncodedTensor]) -> bytes:

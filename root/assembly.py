@@ -14,9 +14,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from protos.codec import Compression, encode
+from protos.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
-from protos.wire import EncodedTensor, assemble_leaf_request
+from protos.wire import EncodedTensor, assemble_leaf_request, encode_framed
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,19 +44,20 @@ def encode_features(
     dedup_request_features: bool,
 ) -> EncodedFeatures:
     """Encode request columns (each ``[1, ...]``) and candidate columns (``[N, ...]``) once."""
+    compression = Compression(compression)
     tensors = []
     for name, array in request_columns.items():
         if array.shape[:1] != (1,):
             raise ValueError(f"request feature {name!r} must have leading dim 1, got shape {array.shape}")
         if not dedup_request_features and num_candidates != 1:
             array = np.broadcast_to(array, (num_candidates, *array.shape[1:]))
-        tensors.append(EncodedTensor.from_tensor(encode(name, array, compression)))
+        tensors.append(encode_framed(name, array, compression))
     for name, array in candidate_columns.items():
         if array.shape[:1] != (num_candidates,):
             raise ValueError(
                 f"candidate feature {name!r} must have leading dim {num_candidates}, got shape {array.shape}"
             )
-        tensors.append(EncodedTensor.from_tensor(encode(name, array, compression)))
+        tensors.append(encode_framed(name, array, compression))
     return EncodedFeatures(tuple(tensors), num_candidates, sum(t.raw_size for t in tensors))
 
 
