@@ -163,3 +163,33 @@ def test_overload_is_rejected_quickly_and_recovers(cluster: LocalCluster) -> Non
     finally:
         cluster.restart_root(overrides={"max_in_flight": 256})
         cluster.restart_leaf("beta")
+
+
+def test_leaf_queue_overload_is_rejected_for_its_models_and_recovers(cluster: LocalCluster) -> None:
+    # One waiting request per model version, no merging: concurrent calls overflow the queue.
+    cluster.restart_leaf("beta", extra_args=["--max-queue-requests", "1", "--max-batch-candidates", "0"])
+    try:
+        with _load(cluster, "leaf-overload", concurrency=16, rate=0.0) as load:
+            # The root reconnects to the restarted leaf first (its channel may be backing off).
+            connected = load.wait_for(lambda o: o.models.get("m_c") == "OK", WAIT_S)
+            assert connected is not None
+            busy = load.wait_for(
+                lambda o: o.started > connected.started and o.models.get("m_c") == "RESOURCE_EXHAUSTED", WAIT_S
+            )
+            assert busy is not None
+            stats = load.stop()
+        assert stats.lost == 0
+        for o in load.outcomes:
+            assert o.code == "OK", o  # the root answers; only the overloaded leaf's model fails
+            assert all(o.models[m] == "OK" for m in ALPHA), o
+            if o.started > connected.started:
+                assert o.models["m_c"] in ("OK", "RESOURCE_EXHAUSTED"), o
+        # Load that fits the queue succeeds again, without a restart.
+        with _load(cluster, "leaf-overload-after", concurrency=1, rate=20.0) as load:
+            started = time.monotonic()
+            assert load.wait_for(lambda o: o.started > started + 1.0, WAIT_S) is not None
+            after = load.stop()
+        assert after.lost == 0
+        assert all(o.ok for o in load.outcomes), [o for o in load.outcomes if not o.ok]
+    finally:
+        cluster.restart_leaf("beta")
