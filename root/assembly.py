@@ -16,7 +16,7 @@ import numpy as np
 
 from protos.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
-from protos.wire import EncodedTensor, assemble_leaf_request, encode_framed
+from protos.wire import EncodedTensor, TensorFramer, assemble_leaf_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +42,32 @@ def encode_features(
     *,
     compression: Compression | str,
     dedup_request_features: bool,
+    framer: TensorFramer | None = None,
 ) -> EncodedFeatures:
-    """Encode request columns (each ``[1, ...]``) and candidate columns (``[N, ...]``) once."""
+    """Encode request columns (each ``[1, ...]``) and candidate columns (``[N, ...]``) once.
+
+    ``framer`` (one per root, reused across requests) must use ``compression``; without one
+    a fresh framer serves this call only.
+    """
     compression = Compression(compression)
+    if framer is None:
+        framer = TensorFramer(compression)
+    elif framer.compression is not compression:
+        raise ValueError(f"framer compresses with {framer.compression.value}, not {compression.value}")
+    frame = framer.frame
     tensors = []
     for name, array in request_columns.items():
         if array.shape[:1] != (1,):
             raise ValueError(f"request feature {name!r} must have leading dim 1, got shape {array.shape}")
         if not dedup_request_features and num_candidates != 1:
             array = np.broadcast_to(array, (num_candidates, *array.shape[1:]))
-        tensors.append(encode_framed(name, array, compression))
+        tensors.append(frame(name, array))
     for name, array in candidate_columns.items():
         if array.shape[:1] != (num_candidates,):
             raise ValueError(
                 f"candidate feature {name!r} must have leading dim {num_candidates}, got shape {array.shape}"
             )
-        tensors.append(encode_framed(name, array, compression))
+        tensors.append(frame(name, array))
     return EncodedFeatures(tuple(tensors), num_candidates, sum(t.raw_size for t in tensors))
 
 

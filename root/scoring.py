@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from protos.codec import decode as decode_tensor
+from protos.wire import TensorFramer
 from protos.rootleaf.v1 import tensor_pb2
 from root import metrics
 from root.assembly import EncodedFeatures, LeafPayload, build_payload, encode_features, feature_union
@@ -131,6 +132,8 @@ class ScoreEngine:
         self._partition_of = {m: p.name for p in config.partitions.values() for m in p.models}
         self._all_names = tuple(catalog.names())
         self._in_flight = 0
+        # Serialised tensor headers, reused across requests (used by the encode threads).
+        self._framer = TensorFramer(config.compression)
 
     @property
     def in_flight(self) -> int:
@@ -256,6 +259,7 @@ class ScoreEngine:
             len(request.candidate_ids),
             compression=self.config.compression,
             dedup_request_features=self.config.dedup_request_features,
+            framer=self._framer,
         )
         payloads = []
         for ref, features in zip(request.models, allow):

@@ -7,7 +7,7 @@ import pytest
 
 from protos import codec
 from protos.rootleaf.v1 import leaf_pb2
-from protos.wire import EncodedTensor, assemble_leaf_request, encode_framed
+from protos.wire import EncodedTensor, TensorFramer, assemble_leaf_request, encode_framed
 
 
 def test_assembled_bytes_parse_to_the_same_request() -> None:
@@ -76,3 +76,27 @@ def test_encode_framed_payload_is_a_snapshot_of_the_array() -> None:
 def test_encode_framed_rejects_unsupported_dtypes() -> None:
     with pytest.raises(codec.CodecError, match="'c'"):
         encode_framed("c", np.zeros(3, dtype=np.complex64))
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
+def test_tensor_framer_equals_encode_framed_across_requests(compression: str) -> None:
+    framer = TensorFramer(compression, max_headers=4)  # small: the table is cleared and refilled
+    rng = np.random.default_rng(5)
+    for n in (256, 3, 256):  # the same names with another leading dim, then the first again
+        for name, array in _framed_cases():
+            if array.ndim:
+                array = np.resize(array, (n, *array.shape[1:]))
+            assert framer.frame(name, array) == encode_framed(name, array, compression), (name, n)
+        fresh = rng.random((n, 8)).astype(np.float32)  # new values under a cached header
+        assert framer.frame("dense", fresh) == encode_framed("dense", fresh, compression)
+        assert len(framer) <= 4
+
+
+def test_tensor_framer_names_bad_input_like_encode_framed() -> None:
+    framer = TensorFramer()
+    with pytest.raises(codec.CodecError, match="'c'"):
+        framer.frame("c", np.zeros(3, dtype=np.complex64))
+    with pytest.raises(codec.CodecError, match="UTF-8"):
+        framer.frame("\ud800", np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="max_headers"):
+        TensorFramer(max_headers=0)
