@@ -164,7 +164,7 @@ class CachedFeatureStore:
             for name in names:
                 data = slab.data.get(name)
                 if data is not None:
-                    out[name] = np.take(data, safe, axis=0)
+                    out[name] = data.take(safe, axis=0)
         else:
             fresh = np.zeros((n, len(names)), dtype=bool)
         hits = int(np.count_nonzero(fresh))
