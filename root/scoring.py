@@ -108,6 +108,24 @@ def decode_client_features(tensors: Sequence[tensor_pb2.Tensor]) -> dict[str, np
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _FetchPlan:
+    """What one combination of allowlists and client features needs fetched."""
+
+    wanted: frozenset[str]
+    request_names: tuple[str, ...]
+    """Request features to fetch from the store, in catalog order."""
+    candidate_names: tuple[str, ...]
+    """Candidate features to fetch from the store, in catalog order."""
+    unknown: tuple[int, ...]
+    """Per model (request order): allowlisted names neither in the catalog nor supplied."""
+
+
+# Fetch plans kept per engine: one per distinct set of requested models and allowlist
+# versions in use; the table is cleared when full (after an allowlist reload, say).
+_MAX_PLANS = 256
+
+
 class ScoreEngine:
     """The request path of one root."""
 
@@ -134,6 +152,7 @@ class ScoreEngine:
         self._in_flight = 0
         # Serialised tensor headers, reused across requests (used by the encode threads).
         self._framer = TensorFramer(config.compression)
+        self._plans: dict[tuple[tuple[frozenset[str] | None, ...], frozenset[str]], _FetchPlan] = {}
 
     @property
     def in_flight(self) -> int:
@@ -175,9 +194,37 @@ class ScoreEngine:
                     f"catalog says {spec.dtype}{list(spec.shape)}"
                 )
 
+    # ---- what to fetch ----
+
+    def _plan(self, allow: tuple[frozenset[str] | None, ...], client: frozenset[str]) -> "_FetchPlan":
+        """The fetch plan for these allowlists (in request order) and client features.
+
+        Requests repeat the same allowlist objects until the trimmer reloads, so plans are
+        kept (keys hash cheaply: a frozenset caches its hash) in a small table that is
+        cleared when full. Owned by the event loop.
+        """
+        key = (allow, client)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        wanted = feature_union(allow, (*self._all_names, *client))
+        known = self.catalog.features.keys()
+        unknown = tuple(0 if features is None else len(features - known - client) for features in allow)
+        request_names: list[str] = []
+        candidate_names: list[str] = []
+        for name in self._all_names:
+            if name in wanted and name not in client:
+                spec = self.catalog.features[name]
+                (request_names if spec.entity is Entity.REQUEST else candidate_names).append(name)
+        plan = _FetchPlan(wanted, tuple(request_names), tuple(candidate_names), unknown)
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
     # ---- fetch ----
 
-    async def _fetch(self, entity: Entity, ids: np.ndarray, names: list[str]) -> FetchResult:
+    async def _fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
         if not names:
             return FetchResult({}, 0)
         try:
@@ -211,18 +258,11 @@ class ScoreEngine:
             allow = [self.allowlists.lookup(ref.name, ref.version).features for ref in request.models]
         else:
             allow = [None] * len(request.models)
-        wanted = feature_union(allow, (*self._all_names, *client))
-        for ref, features in zip(request.models, allow):
-            if features is not None:
-                unknown = len(features - self.catalog.features.keys() - client.keys())
-                if unknown:
-                    metrics.UNKNOWN_ALLOWLIST_FEATURES.labels(ref.name).inc(unknown)
-        request_names: list[str] = []
-        candidate_names: list[str] = []
-        for name in self._all_names:
-            if name in wanted and name not in client:
-                spec = self.catalog.features[name]
-                (request_names if spec.entity is Entity.REQUEST else candidate_names).append(name)
+        plan = self._plan(tuple(allow), frozenset(client))
+        for ref, unknown in zip(request.models, plan.unknown):
+            if unknown:
+                metrics.UNKNOWN_ALLOWLIST_FEATURES.labels(ref.name).inc(unknown)
+        wanted, request_names, candidate_names = plan.wanted, plan.request_names, plan.candidate_names
         ids = np.asarray(request.candidate_ids, dtype=np.uint64)
         user = np.array([request.user_id], dtype=np.uint64)
         try:

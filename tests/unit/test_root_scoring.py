@@ -184,3 +184,29 @@ def test_client_features_override_and_add(setup: tuple[RootConfig, FeatureCatalo
 def test_validation(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], inp: ScoreInput, exc: type, text: str) -> None:
     with pytest.raises(exc, match=text):
         asyncio.run(_engine(setup, Leaf(), Leaf()).score(inp))
+
+
+def test_fetch_plans_follow_allowlist_reloads_and_count_unknown_names_per_request(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], tmp_path: Path
+) -> None:
+    p1, p2 = Leaf(), Leaf()
+    engine = _engine(setup, p1, p2, max_in_flight=4)
+    _, _, trimmer = setup
+    ghost = REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) or 0.0
+
+    async def twice() -> None:
+        for _ in range(2):
+            await engine.score(_input(("m1", "m2")))
+
+    asyncio.run(twice())
+    assert REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) == ghost + 2
+    bundle = tmp_path / "module_info.json"
+    bundle.write_text(json.dumps({
+        "m1": [{"version": "1", "input_names": ["c_c"], "output_names": ["score"]}],
+        "m2": [{"version": "1", "input_names": ["c_b", "u_a"], "output_names": ["score"]}],
+    }))
+    trimmer.reload_now()
+    asyncio.run(twice())
+    assert [{t.name for t in r.features} for r in p1.requests] == [{"u_a", "c_a"}] * 2 + [{"c_c"}] * 2
+    assert [{t.name for t in r.features} for r in p2.requests] == [{"c_b"}] * 2 + [{"c_b", "u_a"}] * 2
+    assert REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) == ghost + 2
