@@ -83,3 +83,25 @@ def test_limits_apply_to_the_request() -> None:
     duplicate = [codec.encode("f0", np.ones((2, 1), np.float32))] * 2
     with pytest.raises(InvalidRequest, match="'f0'.*more than once"):
         convert(Signature(("f0",), ("s",)), duplicate, 2)
+
+
+def test_lz4_inputs_decode_and_broken_blocks_name_the_feature() -> None:
+    ids = np.tile(np.arange(16, dtype=np.int64), (6, 1))  # compresses: sent as LZ4
+    user = np.zeros((1, 32), np.float32)
+    tensors = [codec.encode("ids", ids), codec.encode("user", user)]
+    assert all(t.encoding == codec.Encoding.LZ4 for t in tensors)
+    out = convert(Signature(("ids", "user"), ("s",)), tensors, 6)
+    np.testing.assert_array_equal(out["ids"].numpy(), ids)
+    np.testing.assert_array_equal(out["user"].numpy(), np.zeros((6, 32), np.float32))
+    corrupt = codec.encode("ids", ids)
+    corrupt.data = corrupt.data[:-3]
+    with pytest.raises(InvalidRequest, match="'ids'.*corrupt LZ4"):
+        convert(Signature(("ids",), ("s",)), [corrupt], 6)
+    bomb = codec.encode("ids", ids)
+    bomb.data = bomb.data[:2]  # a tiny block cannot expand to the declared size
+    with pytest.raises(InvalidRequest, match="'ids'.*cannot decode"):
+        convert(Signature(("ids",), ("s",)), [bomb], 6)
+    short = codec.encode("ids", ids)
+    short.data = codec.encode("ids", ids[:3]).data  # valid LZ4, decodes to fewer bytes
+    with pytest.raises(InvalidRequest, match="'ids'"):
+        convert(Signature(("ids",), ("s",)), [short], 6)
