@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -28,7 +27,7 @@ from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
 from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
 from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, tune_allocator
+from protos.transport import GRPC_OPTIONS, run_until_signalled
 
 __all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
 
@@ -165,24 +164,7 @@ def create_server(
     return LeafServer(inner, runtime, health_servicer, repository), port
 
 
-async def _serve(config: LeafConfig, on_started: Callable[[int], None] | None) -> None:
-    server, port = create_server(config)
-    await server.start()
-    if on_started is not None:
-        on_started(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log.info("draining (grace %.1fs)", config.grace_s)
-    finally:
-        await server.stop(config.grace_s)
-
-
 def serve(config: LeafConfig, on_started: Callable[[int], None] | None = None) -> None:
     """Run a leaf until SIGTERM/SIGINT, then drain gracefully. ``on_started(port)`` is called
     once the server is serving."""
-    tune_allocator()
-    asyncio.run(_serve(config, on_started))
+    run_until_signalled(lambda: create_server(config), config.grace_s, on_started)

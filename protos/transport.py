@@ -9,11 +9,13 @@ as 128 KiB lie free at its top, so each request pays page faults for its payload
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
 import os
-from typing import Final
+import signal
+from typing import Any, Callable, Final, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +59,38 @@ def tune_allocator(
     )
     log.debug("glibc mallopt mmap=%d trim=%d applied=%s", mmap_threshold, trim_threshold, ok)
     return ok
+
+
+class Servable(Protocol):
+    """What ``run_until_signalled`` drives: a built server (``grpc.aio.Server`` fits)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float | None) -> Any: ...
+
+
+def run_until_signalled(
+    create: Callable[[], tuple[Servable, int]],
+    grace_s: float,
+    on_started: Callable[[int], None] | None = None,
+) -> None:
+    """Tune the allocator, build the server on a new event loop, serve until SIGTERM/SIGINT,
+    then drain for up to ``grace_s``. ``on_started(port)`` runs once the server is serving."""
+    tune_allocator()
+
+    async def serve() -> None:
+        server, port = create()
+        await server.start()
+        if on_started is not None:
+            on_started(port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("draining (grace %.1fs)", grace_s)
+        finally:
+            await server.stop(grace_s)
+
+    asyncio.run(serve())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
@@ -23,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, tune_allocator
+from protos.transport import GRPC_OPTIONS, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
 from root.feature_store import FeatureStore
@@ -193,24 +192,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     return server, port
 
 
-async def _serve(config: RootConfig, on_started: Callable[[int], None] | None) -> None:
-    server, port = create_server(config)
-    await server.start()
-    if on_started is not None:
-        on_started(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log.info("draining (grace %.1fs)", config.shutdown_grace_s)
-    finally:
-        await server.stop(config.shutdown_grace_s)
-
-
 def serve(config: RootConfig, on_started: Callable[[int], None] | None = None) -> None:
     """Run a root until SIGTERM/SIGINT, then drain gracefully. ``on_started(port)`` is called
     once the server is serving."""
-    tune_allocator()
-    asyncio.run(_serve(config, on_started))
+    run_until_signalled(lambda: create_server(config), config.shutdown_grace_s, on_started)
