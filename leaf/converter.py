@@ -158,14 +158,16 @@ def _decode(tensor: Tensor, dtype: int, limits: DecodeLimits) -> np.ndarray:
             encoding = tensor.encoding
             if encoding == _RAW:
                 if len(data) == size:
-                    return np.frombuffer(data, storage[0]).reshape(shape)
+                    # One constructor call instead of frombuffer + reshape: a read-only
+                    # view of the bytes (sizes checked above).
+                    return np.ndarray(shape, storage[0], data)
             elif encoding == _LZ4 and len(data) * 255 + 16 >= size:
                 try:
                     raw = lz4.block.decompress(data, uncompressed_size=size)
                 except lz4.block.LZ4BlockError:
                     raw = b""  # codec.decode below reports it
                 if len(raw) == size:
-                    return np.frombuffer(raw, storage[0]).reshape(shape)
+                    return np.ndarray(shape, storage[0], raw)
     try:
         return codec.decode(tensor, limits)
     except CodecError as exc:
