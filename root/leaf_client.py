@@ -53,7 +53,13 @@ class LeafClient(Protocol):
 
 
 def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
-    return LeafCallError(exc.code(), exc.details() or exc.code().name)
+    code = exc.code()
+    if code == grpc.StatusCode.CANCELLED:
+        # Our own cancellation surfaces as asyncio.CancelledError, never as an RPC error: a
+        # CANCELLED status means the leaf dropped the call (it is shutting down), so for the
+        # client this partition is unavailable, not a call it cancelled.
+        return LeafCallError(grpc.StatusCode.UNAVAILABLE, f"leaf cancelled the call: {exc.details() or 'CANCELLED'}")
+    return LeafCallError(code, exc.details() or code.name)
 
 
 class GrpcLeafClient:

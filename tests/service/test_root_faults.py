@@ -79,3 +79,26 @@ def test_stop_drains_in_flight_calls(cluster: Cluster) -> None:
 
     results = cluster.loop.run(call_then_stop())
     assert results["m_slow"].ok and results["m_slow"].outputs["score"].shape == (50,)
+
+
+def test_leaf_draining_mid_call_gives_unavailable_for_its_models_only(cluster: Cluster) -> None:
+    root, port = cluster.loop.run(cluster.start_root(cluster.base_config()))
+    leaf_slow, _ = cluster.leaves["ps"]
+
+    def leaf_saw(request_id: str) -> bool:
+        with cluster.observed.cond:
+            return cluster.observed.cond.wait_for(lambda: bool(cluster.observed.for_request(request_id)), 10.0)
+
+    async def call_then_stop_leaf() -> dict[str, ModelScores]:
+        async with AsyncRootClient(f"127.0.0.1:{port}") as client:
+            call = asyncio.create_task(
+                client.score(1, np.arange(20, dtype=np.uint64), ["m_a", "m_slow"], request_id="r-leaf-stop")
+            )
+            # The slow leaf holds the call ~300 ms; a drain shorter than that cancels the call.
+            assert await asyncio.to_thread(leaf_saw, "r-leaf-stop")
+            await leaf_slow.stop(0.05)
+            return await call
+
+    results = cluster.loop.run(call_then_stop_leaf())
+    assert results["m_a"].ok
+    assert results["m_slow"].error_code is grpc.StatusCode.UNAVAILABLE, results["m_slow"]

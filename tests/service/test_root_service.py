@@ -356,7 +356,7 @@ def test_allowlist_change_on_disk_applies_without_restart(cluster: Cluster, root
 
 
 def test_slow_leaf_hits_deadline_for_its_models_only(cluster: Cluster, root_target: str) -> None:
-    results = score(cluster, root_target, 1, np.arange(8, dtype=np.uint64), ["m_a", "m_slow"], timeout_s=1.0)
+    results = score(cluster, root_target, 1, np.arange(8, dtype=np.uint64), ["m_a", "m_slow"], timeout_s=2.0)
     assert results["m_a"].ok
     assert results["m_slow"].error_code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "ps" in results["m_slow"].error_message
