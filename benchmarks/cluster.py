@@ -192,7 +192,7 @@ class ClusterBench:
     def run_mode(self, mode: Mode) -> dict[str, Any]:
         opts = self.options
         root = self.cluster.root()
-        if dict(root.settings) != mode.overrides():
+        if {k: root.settings.get(k) for k in mode.overrides()} != mode.overrides():
             root = self.cluster.restart_root("production", mode.overrides())
         target = root.target
         n = len(self.pool)
@@ -300,17 +300,49 @@ def _compare(reference: dict[str, np.ndarray], scores: dict[str, np.ndarray]) ->
     return exact, diff
 
 
+def store_overrides(feature_store: str, cache_max_bytes: int | None) -> dict[str, Any]:
+    """Root config overrides selecting the feature store ("local" or a redis:// URL) and cache size."""
+    overrides: dict[str, Any] = {}
+    if feature_store != "local":
+        if not feature_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--feature-store must be 'local' or a redis:// URL, got {feature_store!r}")
+        overrides |= {"feature_store.kind": "redis", "feature_store.url": feature_store}
+    if cache_max_bytes is not None:
+        if cache_max_bytes < 0:
+            raise ValueError(f"--cache-max-bytes must be >= 0, got {cache_max_bytes}")
+        overrides["cache.max_bytes"] = cache_max_bytes
+    return overrides
+
+
+def load_redis(workload: str | Path, url: str, progress: bool) -> None:
+    """Write the workload's data into Redis: the same rows the local store holds."""
+    from deploy.workload import builtin_workload, load_workload
+    from root.redis_loader import load_generated
+
+    spec = load_workload(builtin_workload(str(workload)))
+    asyncio.run(load_generated(url, spec.catalog(), users=spec.info.users, items=spec.info.items,
+                               seed=spec.info.seed, progress=progress))
+
+
 def run_cluster_bench(
     workload: str | Path, directory: str | Path, modes: Sequence[Mode], options: BenchOptions,
     leaf_args: Sequence[str] = ("--torch-threads", "1"),
+    feature_store: str = "local",
+    cache_max_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Start the workload's cluster, run ``modes``, stop it; returns the JSON document."""
-    cluster = LocalCluster(workload, directory, root_overrides=modes[0].overrides(), leaf_args=leaf_args)
+    base = store_overrides(feature_store, cache_max_bytes)
+    if feature_store != "local":
+        load_redis(workload, feature_store, options.progress)
+    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
     cluster.start()
     try:
-        return ClusterBench(cluster, options).run(modes)
+        doc = ClusterBench(cluster, options).run(modes)
     finally:
         cluster.stop()
+    doc["feature_store"] = "redis" if feature_store != "local" else "local"
+    doc["cache_max_bytes"] = cache_max_bytes
+    return doc
 
 
 def parse_modes(text: str) -> list[Mode]:
@@ -345,6 +377,10 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--probe-requests", type=int, default=defaults.probe_requests)
     p.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
     p.add_argument("--leaf-torch-threads", type=int, default=1, help="intra-op threads per leaf (0 = torch default)")
+    p.add_argument("--feature-store", default="local",
+                   help="'local' (file-backed, default) or a redis:// URL (the workload's data is loaded first)")
+    p.add_argument("--cache-max-bytes", type=int, default=None,
+                   help="root feature cache size (0 = off, so every request reads the store)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -366,8 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        store_overrides(args.feature_store, args.cache_max_bytes)
+    except ValueError as exc:
+        parser.error(str(exc))
     doc = run_cluster_bench(args.workload, args.dir, args.modes, options,
-                            leaf_args=("--torch-threads", str(args.leaf_torch_threads)))
+                            leaf_args=("--torch-threads", str(args.leaf_torch_threads)),
+                            feature_store=args.feature_store, cache_max_bytes=args.cache_max_bytes)
     print_table(doc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
