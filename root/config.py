@@ -18,6 +18,7 @@ from protos.tls import PLAINTEXT, TlsConfig
 
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis")
+STORE_ERROR_POLICIES = ("fail", "defaults")
 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
@@ -83,8 +84,19 @@ class FeatureStoreConfig:
     """Per-fetch timeout of a remote store; a timeout fails the request UNAVAILABLE."""
     key_prefix: str = "rl"
     """Key prefix in Redis."""
+    on_error: str = "fail"
+    """When the store fails or exceeds ``fetch_timeout_ms``: ``fail`` (the request fails
+    UNAVAILABLE) or ``defaults`` (the request is served with every feature's catalog
+    default, counted in ``rootleaf_root_feature_store_degraded_total``)."""
+    fetch_timeout_ms: int = 0
+    """Budget for one request's fetch from the store (any kind); 0 = only the request deadline."""
 
     def __post_init__(self) -> None:
+        if self.on_error not in STORE_ERROR_POLICIES:
+            raise ValueError(
+                f"feature_store.on_error must be one of {STORE_ERROR_POLICIES}, got {self.on_error!r}"
+            )
+        _check_int("feature_store", "fetch_timeout_ms", self.fetch_timeout_ms, 0)
         if self.kind not in STORE_KINDS:
             raise ValueError(f"feature_store.kind must be one of {STORE_KINDS}, got {self.kind!r}")
         if self.kind == "local" and self.path is None:

@@ -39,6 +39,11 @@ FEATURE_STORE_SECONDS = Histogram(
 FEATURE_DEFAULTS = Counter(
     "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
 )
+FEATURE_STORE_DEGRADED = Counter(
+    "rootleaf_root_feature_store_degraded_total",
+    "Fetches answered with catalog defaults because the store failed or was slow (on_error = defaults)",
+    ["entity", "reason"],
+)
 UNKNOWN_ALLOWLIST_FEATURES = Counter(
     "rootleaf_root_unknown_allowlist_features_total",
     "Allowlisted features neither in the catalog nor supplied by the client (skipped)",

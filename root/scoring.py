@@ -227,13 +227,33 @@ class ScoreEngine:
     async def _fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
         if not names:
             return FetchResult({}, 0)
+        store_cfg = self.config.feature_store
         try:
-            result = await self.store.fetch(entity, ids, names)
-        except FeatureStoreError as exc:
-            raise StoreUnavailable(f"feature store: {exc}") from None
+            if store_cfg.fetch_timeout_ms:
+                result = await asyncio.wait_for(
+                    self.store.fetch(entity, ids, names), store_cfg.fetch_timeout_ms / 1000.0
+                )
+            else:
+                result = await self.store.fetch(entity, ids, names)
+        except (FeatureStoreError, TimeoutError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+            detail = f"no answer within fetch_timeout_ms={store_cfg.fetch_timeout_ms}" if reason == "timeout" else str(exc)
+            if store_cfg.on_error != "defaults":
+                raise StoreUnavailable(f"feature store: {detail}") from None
+            log.warning("feature store %s for %d %s ids, serving defaults: %s", reason, len(ids), entity.value, detail)
+            metrics.FEATURE_STORE_DEGRADED.labels(entity.value, reason).inc()
+            return self._defaults(ids, names)
         if result.missing:
             metrics.FEATURE_DEFAULTS.labels(entity.value).inc(result.missing)
         return result
+
+    def _defaults(self, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
+        """Every feature's catalog default for ``ids`` (the ``on_error = "defaults"`` policy)."""
+        columns = {}
+        for name in names:
+            spec = self.catalog[name]
+            columns[name] = np.full((len(ids), *spec.shape), spec.default, dtype=spec.np_dtype)
+        return FetchResult(columns, len(ids))
 
     # ---- the request ----
 

@@ -10,14 +10,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--long",
         action="store_true",
         default=False,
-        help="run long modes: more fuzz cases, longer soaks, tests marked slow",
+        help="long modes: ten times the fuzz cases, a two-minute soak",
     )
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--long"):
-        return
-    skip_slow = pytest.mark.skip(reason="slow: run with --long")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip_slow)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -17,7 +17,8 @@ from protos.rootleaf.v1 import leaf_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
 from root.datagen import generate_local_store
-from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded
+from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded, StoreUnavailable
+from root.feature_store import FeatureStoreError, FetchResult
 from root.leaf_client import InProcessLeafClient
 from root.local_store import LocalFeatureStore
 from root.scoring import ModelRef, ScoreEngine, ScoreInput
@@ -210,3 +211,66 @@ def test_fetch_plans_follow_allowlist_reloads_and_count_unknown_names_per_reques
     assert [{t.name for t in r.features} for r in p1.requests] == [{"u_a", "c_a"}] * 2 + [{"c_c"}] * 2
     assert [{t.name for t in r.features} for r in p2.requests] == [{"c_b"}] * 2 + [{"c_b", "u_a"}] * 2
     assert REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) == ghost + 2
+
+
+class FaultyStore:
+    """The real local store behind a fault switch: "error" raises, "slow" answers after 2 s."""
+
+    def __init__(self, inner: LocalFeatureStore, fault: str) -> None:
+        self.inner, self.fault = inner, fault
+
+    async def fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
+        if self.fault == "error":
+            raise FeatureStoreError("connection refused")
+        if self.fault == "slow":
+            await asyncio.sleep(2.0)
+        return await self.inner.fetch(entity, ids, names)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _engine_with_store(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], fault: str, **store_settings: object
+) -> tuple[ScoreEngine, Leaf]:
+    from dataclasses import replace
+
+    config, catalog, trimmer = setup
+    config = replace(config, feature_store=replace(config.feature_store, **store_settings))  # type: ignore[arg-type]
+    assert config.feature_store.path is not None
+    store = FaultyStore(LocalFeatureStore(config.feature_store.path, catalog), fault)
+    leaf = Leaf()
+    return ScoreEngine(config, catalog, store, trimmer, {"p1": InProcessLeafClient(leaf), "p2": InProcessLeafClient(Leaf())}), leaf
+
+
+@pytest.mark.parametrize("fault", ["error", "slow"])
+def test_store_failure_fails_the_request_unavailable_by_default(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], fault: str
+) -> None:
+    engine, leaf = _engine_with_store(setup, fault, fetch_timeout_ms=200)
+    with pytest.raises(StoreUnavailable, match="connection refused" if fault == "error" else "fetch_timeout_ms=200"):
+        asyncio.run(engine.score(_input(("m1",))))
+    assert leaf.requests == []  # nothing was sent on made-up data
+    assert engine.in_flight == 0
+
+
+@pytest.mark.parametrize(("fault", "reason"), [("error", "error"), ("slow", "timeout")])
+def test_store_failure_serves_defaults_when_configured(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], fault: str, reason: str
+) -> None:
+    engine, leaf = _engine_with_store(setup, fault, fetch_timeout_ms=200, on_error="defaults")
+    labels = {"entity": "candidate", "reason": reason}
+    before = REGISTRY.get_sample_value("rootleaf_root_feature_store_degraded_total", labels) or 0.0
+    outcomes = asyncio.run(engine.score(_input(("m1",))))
+    assert outcomes[0].error_code is grpc.StatusCode.OK
+    sent = decode_all(leaf.requests[0].features)
+    assert set(sent) == {"u_a", "c_a"}
+    assert not sent["c_a"].any() and not sent["u_a"].any()  # catalog defaults (0.0)
+    assert REGISTRY.get_sample_value("rootleaf_root_feature_store_degraded_total", labels) == before + 1
+
+
+def test_store_policy_is_validated() -> None:
+    with pytest.raises(ValueError, match="on_error"):
+        FeatureStoreConfig(path=Path("s"), on_error="retry")
+    with pytest.raises(ValueError, match="fetch_timeout_ms"):
+        FeatureStoreConfig(path=Path("s"), fetch_timeout_ms=-1)
