@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,7 +27,7 @@ from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
 from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
 from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, run_until_signalled
+from protos.transport import GRPC_OPTIONS, ServerWithParts, run_until_signalled
 
 __all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
 
@@ -63,7 +63,7 @@ class _Runtime:
             self.recorder.close()
 
 
-class LeafServer(grpc.aio.Server):
+class LeafServer(ServerWithParts):
     """A ``grpc.aio.Server`` whose ``stop`` also stops the leaf's threads and endpoints."""
 
     def __init__(
@@ -73,20 +73,11 @@ class LeafServer(grpc.aio.Server):
         health_servicer: health.aio.HealthServicer,
         repository: Repository,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._runtime = runtime
         self._health = health_servicer
         self.repository = repository
         self._stopped = False
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._inner.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._inner.add_secure_port(address, server_credentials)
 
     async def start(self) -> None:
         await self._inner.start()
@@ -102,11 +93,6 @@ class LeafServer(grpc.aio.Server):
         with ThreadPoolExecutor(1, thread_name_prefix="leaf-shutdown") as pool:
             await asyncio.get_running_loop().run_in_executor(pool, self._runtime.close)
 
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return await self._inner.wait_for_termination(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def create_server(

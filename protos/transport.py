@@ -1,4 +1,5 @@
-"""Process and channel settings shared by every rootleaf server and client.
+"""What every rootleaf server shares: allocator tuning, message limits, the serve-until-signal
+loop and the server wrapper that starts and stops a tier's other parts.
 
 Python gRPC moves 1-8 MB messages 3-4x faster when glibc does not return freed buffers to
 the kernel after every message: by default buffers above the mmap threshold (128 KiB,
@@ -15,7 +16,9 @@ import ctypes.util
 import logging
 import os
 import signal
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Callable, Final, Protocol, Sequence
+
+import grpc
 
 log = logging.getLogger(__name__)
 
@@ -94,3 +97,27 @@ def run_until_signalled(
             await server.stop(grace_s)
 
     asyncio.run(serve())
+
+
+class ServerWithParts(grpc.aio.Server):
+    """A ``grpc.aio.Server`` wrapping the real one, so that a tier's ``start``/``stop`` can
+    also start and stop its other parts (threads, watchers, endpoints). Subclasses define
+    ``start`` and ``stop``; everything else goes to the wrapped server."""
+
+    def __init__(self, inner: grpc.aio.Server) -> None:
+        self._inner = inner
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._inner.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._inner.add_secure_port(address, server_credentials)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._inner.wait_for_termination(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

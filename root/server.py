@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, run_until_signalled, tune_allocator
+from protos.transport import GRPC_OPTIONS, ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
 from root.feature_store import FeatureStore
@@ -46,7 +46,7 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class RootServer(grpc.aio.Server):
+class RootServer(ServerWithParts):
     """A ``grpc.aio.Server`` whose ``start``/``stop`` also run the root's other parts."""
 
     def __init__(
@@ -61,7 +61,7 @@ class RootServer(grpc.aio.Server):
         health_servicer: health.aio.HealthServicer,
         metrics_server: Any,
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.engine = engine
         self.trimmer = trimmer
         self._store = store
@@ -72,15 +72,6 @@ class RootServer(grpc.aio.Server):
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = False
         self._closed = False
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._inner.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._inner.add_secure_port(address, server_credentials)
 
     async def start(self) -> None:
         await self._inner.start()
@@ -129,11 +120,6 @@ class RootServer(grpc.aio.Server):
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
 
-    async def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return await self._inner.wait_for_termination(timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def create_server(config: RootConfig) -> tuple[RootServer, int]:

@@ -16,7 +16,7 @@ from leaf.export import export_model
 from protos import codec
 from protos.codec import DType, Encoding
 from protos.rootleaf.v1 import leaf_pb2
-from tests.service.test_leaf_server import WIDTHS, Leaf, export_demo, features, make_request, run, sample
+from tests.service.test_leaf_server import Leaf, export_demo, features, make_request, run, sample
 
 
 class Fragile(torch.nn.Module):

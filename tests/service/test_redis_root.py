@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
 import grpc

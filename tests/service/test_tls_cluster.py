@@ -18,7 +18,7 @@ from leaf.config import LeafConfig
 from leaf.server import create_server as create_leaf_server
 from protos.tls import TlsConfig
 from root.client import AsyncRootClient, RootClient
-from root.config import PartitionConfig, load_root_config
+from root.config import load_root_config
 from tests.service.test_root_service import FAST, Cluster, LoopThread, build_cluster, close_cluster
 from tests.tls_certs import CertFiles, make_certs
 
