@@ -227,5 +227,8 @@ class CachedFeatureStore:
         if free < need:
             slab.evict_lru(need - free)
 
+    async def check(self) -> None:
+        await self.store.check()
+
     async def close(self) -> None:
         await self.store.close()

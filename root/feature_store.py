@@ -38,6 +38,11 @@ class FeatureStore(Protocol):
         """Features ``names`` (all of ``entity``) for ``ids`` (uint64, any order, may repeat)."""
         ...
 
+    async def check(self) -> None:
+        """Verify now that the store can answer (the root calls it at start-up); raises
+        ``FeatureStoreError`` naming what is wrong."""
+        ...
+
     async def close(self) -> None:
         """Release connections and files."""
         ...

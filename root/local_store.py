@@ -83,5 +83,8 @@ class LocalFeatureStore:
             missing = max(missing, miss)
         return FetchResult(columns, missing)
 
+    async def check(self) -> None:
+        """Nothing to do: the directory and every column were checked when the store opened."""
+
     async def close(self) -> None:
         self._columns.clear()

@@ -6,7 +6,7 @@ Updated from the root's event loop and its encode thread; prometheus-client is t
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
@@ -38,6 +38,10 @@ FEATURE_STORE_SECONDS = Histogram(
 )
 FEATURE_DEFAULTS = Counter(
     "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
+)
+FEATURE_STORE_READY = Gauge(
+    "rootleaf_root_feature_store_ready",
+    "1 when the feature store passed its start-up check, 0 when it failed (alert on 0)",
 )
 FEATURE_STORE_DEGRADED = Counter(
     "rootleaf_root_feature_store_degraded_total",

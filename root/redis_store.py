@@ -312,6 +312,10 @@ class RedisFeatureStore:
         head, sep, tail = self.url.rpartition("@")
         return f"{self.url.split('://')[0]}://***@{tail}" if sep else self.url
 
+    async def check(self) -> None:
+        """``check_layout``: Redis answers and holds records of the catalog's layout."""
+        await self.check_layout()
+
     async def check_layout(self) -> None:
         """Verify every entity's stored layout now (start-up); raises ``FeatureStoreError``."""
         for layout in self.layouts.values():

@@ -25,7 +25,8 @@ from protos.tls import add_port
 from protos.transport import GRPC_OPTIONS, ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
-from root.feature_store import FeatureStore
+from root import metrics
+from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
@@ -75,7 +76,20 @@ class RootServer(ServerWithParts):
 
     async def start(self) -> None:
         await self._inner.start()
+        await self._check_store()
         self._health_task = asyncio.create_task(self._watch_partitions(), name="root-health")
+
+    async def _check_store(self) -> None:
+        """Report a store that cannot answer at start-up; the root serves anyway (requests
+        then fail UNAVAILABLE or get defaults, per ``feature_store.on_error``) and recovers
+        by itself when the store does."""
+        try:
+            await self._store.check()
+        except FeatureStoreError as exc:
+            metrics.FEATURE_STORE_READY.set(0)
+            log.error("feature store failed its start-up check: %s", exc)
+        else:
+            metrics.FEATURE_STORE_READY.set(1)
 
     async def check_partitions(self) -> bool:
         """Health-check every partition now; True when each has a serving target."""

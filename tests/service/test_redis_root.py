@@ -214,3 +214,31 @@ def test_redis_outage_fails_unavailable_then_recovers(assets: DemoAssets, redis_
                 assert_same_scores(before, after, models)
 
     run(body)
+
+
+def test_start_up_check_reports_an_unloaded_store_and_the_root_still_serves(
+    assets: DemoAssets, redis_server: RedisServer  # noqa: F811
+) -> None:
+    info = assets.workload.info
+    models = models_of(assets)
+    candidates = np.arange(3, 3 + info.candidates_per_request, dtype=np.uint64)
+
+    async def body() -> None:
+        async with leaves(assets) as targets:
+            # A Redis with no data loaded: the layout check fails at start-up.
+            redis_server.stop()
+            redis_server.start()
+            config = root_config(assets, targets, redis_store_config(redis_server.url), NO_CACHE)
+            async with root(config) as client:
+                assert sample("rootleaf_root_feature_store_ready") == 0
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await client.score(11, candidates, models)
+                assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+                # Loading the data later recovers without a restart.
+                await load_redis(redis_server.url, assets)
+                recovered = await client.score(11, candidates, models)
+                assert all(r.ok for r in recovered.values())
+            async with root(config):
+                assert sample("rootleaf_root_feature_store_ready") == 1
+
+    run(body)

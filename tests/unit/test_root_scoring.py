@@ -226,6 +226,9 @@ class FaultyStore:
             await asyncio.sleep(2.0)
         return await self.inner.fetch(entity, ids, names)
 
+    async def check(self) -> None:
+        await self.inner.check()
+
     async def close(self) -> None:
         await self.inner.close()
 
