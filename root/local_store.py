@@ -43,7 +43,9 @@ class LocalFeatureStore:
                     f"{path}: shape {column.shape[1:]} dtype {column.dtype} does not match the catalog "
                     f"({spec.shape}, {spec.dtype})"
                 )
-            self._columns[spec.name] = column
+            # A plain ndarray view of the mapping: indexing it skips np.memmap's Python-level
+            # __getitem__/__array_finalize__ (measured ~7% of the root's CPU on w1).
+            self._columns[spec.name] = np.asarray(column)
         if absent:
             # Served as defaults (counted missing) rather than failing the root.
             log.warning("local feature store %s has no column for %d features: %s", self.directory, len(absent), absent[:10])
@@ -53,16 +55,24 @@ class LocalFeatureStore:
         column = self._columns.get(name)
         return 0 if column is None else int(column.shape[0])
 
-    def _read(self, spec: FeatureSpec, ids: np.ndarray) -> tuple[np.ndarray, int]:
+    def _read(
+        self, spec: FeatureSpec, rows: np.ndarray, present_by_length: dict[int, np.ndarray | None]
+    ) -> tuple[np.ndarray, int]:
+        """Column ``spec`` at ``rows``; ``present_by_length`` memoises, per column length, which
+        rows exist (None = all), since the columns of one entity usually share a length."""
         column = self._columns.get(spec.name)
-        n = len(ids)
+        n = len(rows)
         if column is None:
             return np.full((n, *spec.shape), spec.default, dtype=spec.np_dtype), n
-        present = ids < column.shape[0]
-        if present.all():
-            return np.asarray(column[ids.astype(np.intp)]), 0
+        length = column.shape[0]
+        if length not in present_by_length:
+            present = rows < length
+            present_by_length[length] = None if present.all() else present
+        present = present_by_length[length]
+        if present is None:
+            return column[rows], 0
         out = np.full((n, *spec.shape), spec.default, dtype=spec.np_dtype)
-        out[present] = column[ids[present].astype(np.intp)]
+        out[present] = column[rows[present]]
         return out, int(n - np.count_nonzero(present))
 
     async def fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
@@ -71,6 +81,9 @@ class LocalFeatureStore:
     def fetch_sync(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
         """``fetch`` without the coroutine (the work is synchronous anyway)."""
         ids = np.asarray(ids, dtype=np.uint64)
+        # Ids past the largest intp are clipped to it: no column is that long, so they count missing.
+        rows = np.minimum(ids, np.uint64(np.iinfo(np.intp).max)).astype(np.intp)
+        present_by_length: dict[int, np.ndarray | None] = {}
         columns: dict[str, np.ndarray] = {}
         missing = 0
         for name in names:
@@ -79,7 +92,7 @@ class LocalFeatureStore:
                 raise FeatureStoreError(f"feature {name!r} is not in the catalog")
             if spec.entity is not entity:
                 raise FeatureStoreError(f"feature {name!r} belongs to {spec.entity.value}, not {entity.value}")
-            columns[name], miss = self._read(spec, ids)
+            columns[name], miss = self._read(spec, rows, present_by_length)
             missing = max(missing, miss)
         return FetchResult(columns, missing)
 
