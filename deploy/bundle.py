@@ -13,19 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from deploy.package import PackageInfo, write_package
+from protos.signature import Signature, SignatureError, read_signature
 
 log = logging.getLogger("rootleaf.deploy.bundle")
 
-MODEL_FILE = "model.pt"
-SIGNATURE_FILE = "module_info.json"
 BUNDLE_FILE = "module_info.json"
-MAX_SIGNATURE_BYTES = 8 * 1024 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -79,51 +76,20 @@ def version_key(version: str) -> tuple[int, int, str]:
     return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
-def _parse_signature(raw: bytes, source: str, version: str) -> VersionEntry:
-    if len(raw) > MAX_SIGNATURE_BYTES:
-        raise SignatureUnreadable(f"{source}: larger than {MAX_SIGNATURE_BYTES} bytes")
+def _entry(signature: Signature, version: str, source: str) -> VersionEntry:
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SignatureUnreadable(f"{source}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise SignatureUnreadable(f"{source}: expected a JSON object")
-    names: dict[str, tuple[str, ...]] = {}
-    for key in ("input_names", "output_names"):
-        value = doc.get(key)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SignatureUnreadable(f"{source}: {key!r} must be a list of strings")
-        names[key] = tuple(value)
-    try:
-        return VersionEntry(version, names["input_names"], names["output_names"])
+        return VersionEntry(version, signature.input_names, signature.output_names)
     except SignatureUnreadable as exc:
         raise SignatureUnreadable(f"{source}: {exc}") from None
 
 
 def read_version_signature(version_dir: Path) -> VersionEntry:
     """The signature of one version directory; raises ``SignatureUnreadable``."""
-    version = version_dir.name
-    standalone = version_dir / SIGNATURE_FILE
-    if standalone.is_file():
-        try:
-            raw = standalone.read_bytes()
-        except OSError as exc:
-            raise SignatureUnreadable(f"{standalone}: cannot read ({exc})") from None
-        return _parse_signature(raw, str(standalone), version)
-    archive = version_dir / MODEL_FILE
-    if not archive.exists():
-        raise SignatureUnreadable(f"{version_dir}: no {SIGNATURE_FILE} and no {MODEL_FILE}")
     try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                if info.filename.split("/")[-2:] == ["extra", SIGNATURE_FILE]:
-                    if info.file_size > MAX_SIGNATURE_BYTES:
-                        raise SignatureUnreadable(f"{archive}: embedded signature is too large")
-                    raw = zf.read(info)
-                    return _parse_signature(raw, f"{archive}:{info.filename}", version)
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise SignatureUnreadable(f"{archive}: cannot read archive ({exc})") from None
-    raise SignatureUnreadable(f"{version_dir}: no {SIGNATURE_FILE} beside or inside {MODEL_FILE}")
+        signature = read_signature(version_dir)
+    except SignatureError as exc:
+        raise SignatureUnreadable(str(exc)) from None
+    return _entry(signature, version_dir.name, str(version_dir))
 
 
 def _visible_dirs(path: Path) -> list[Path]:
@@ -171,8 +137,8 @@ def parse_bundle_document(raw: bytes, source: str) -> dict[str, dict[str, Versio
             if not isinstance(item, dict) or not isinstance(item.get("version"), str):
                 raise BundleError(f"{source}: {model!r} has an entry without a string 'version'")
             try:
-                entry = _parse_signature(json.dumps(item).encode(), f"{source}:{model}", item["version"])
-            except SignatureUnreadable as exc:
+                entry = _entry(Signature.from_doc(item, f"{source}:{model}"), item["version"], f"{source}:{model}")
+            except (SignatureError, SignatureUnreadable) as exc:
                 raise BundleError(str(exc)) from None
             out.setdefault(model, {})[entry.version] = entry
     return out
