@@ -11,13 +11,11 @@ Inputs are read-only views of the request's bytes: models must not modify them i
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
-import lz4.block
 import numpy as np
 import torch
 
@@ -27,14 +25,7 @@ from protos import codec
 from protos.codec import CodecError, DecodeLimits, DType, Tensor
 
 _WIRE_DTYPE_BY_NAME = codec.DTYPE_NAMES
-_RAW = int(codec.Encoding.RAW)
-_LZ4 = int(codec.Encoding.LZ4)
 _BFLOAT16 = int(DType.BFLOAT16)
-# Wire dtype -> (numpy storage dtype, itemsize) for the inline RAW path; enum lookups on the
-# generated module cost ~1 us each, which adds up over hundreds of features per request.
-_STORAGE: dict[int, tuple[np.dtype, int]] = {
-    int(d): (codec.numpy_dtype(d), codec.numpy_dtype(d).itemsize) for d in codec.DTYPE_NAMES.values()
-}
 _silenced = False
 _silence_lock = threading.Lock()
 
@@ -115,7 +106,7 @@ class Converter:
                     f"feature {name!r}: dtype {_dtype_name(dtype)}, "
                     f"model expects {DType.Name(expected)}"
                 )
-            array = _decode(found, dtype, limits)
+            array = _decode(found, limits)
             total += array.nbytes
             if total > max_total:
                 raise InvalidRequest(f"feature {name!r}: total size exceeds {max_total} bytes")
@@ -135,39 +126,7 @@ class Converter:
         return ConvertedInputs(out, n, total)
 
 
-def _decode(tensor: Tensor, dtype: int, limits: DecodeLimits) -> np.ndarray:
-    """``codec.decode`` with an inline fast path for well-formed RAW and LZ4 tensors.
-
-    Per feature this reads each field once and skips the generic checks that cannot fail
-    for a name the signature asked for; the size checks are those of ``codec.decode``
-    (declared size from shape and dtype, equal to ``raw_size``, within the limits, and an
-    LZ4 block that can expand to it). Anything unusual (bad sizes, unknown dtype or
-    encoding, corrupt LZ4) goes through ``codec.decode``, which names the problem.
-    """
-    storage = _STORAGE.get(dtype)
-    if storage is not None:
-        shape = tuple(tensor.shape)
-        data = tensor.data
-        size = math.prod(shape) * storage[1]
-        if (
-            0 < len(shape) <= limits.max_rank
-            and min(shape) >= 0
-            and 0 < size <= limits.max_raw_bytes
-            and tensor.raw_size == size
-        ):
-            encoding = tensor.encoding
-            if encoding == _RAW:
-                if len(data) == size:
-                    # One constructor call instead of frombuffer + reshape: a read-only
-                    # view of the bytes (sizes checked above).
-                    return np.ndarray(shape, storage[0], data)
-            elif encoding == _LZ4 and len(data) * 255 + 16 >= size:
-                try:
-                    raw = lz4.block.decompress(data, uncompressed_size=size)
-                except lz4.block.LZ4BlockError:
-                    raw = b""  # codec.decode below reports it
-                if len(raw) == size:
-                    return np.ndarray(shape, storage[0], raw)
+def _decode(tensor: Tensor, limits: DecodeLimits) -> np.ndarray:
     try:
         return codec.decode(tensor, limits)
     except CodecError as exc:
