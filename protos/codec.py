@@ -131,6 +131,10 @@ def wire_dtype(array_dtype: np.dtype) -> int:
         raise ValueError(f"unsupported numpy dtype {array_dtype}") from None
 
 
+_RAW = int(Encoding.RAW)
+_LZ4 = int(Encoding.LZ4)
+
+
 @dataclass(frozen=True, slots=True)
 class Payload:
     """A tensor's encoded payload before it is put in a message (see ``protos.wire``)."""
@@ -169,14 +173,23 @@ def encode_payload(
     contiguous = np.ascontiguousarray(array, dtype=storage)
     # A flat byte view of the array's buffer (memoryview refuses to cast 0-d and empty views).
     raw = memoryview(contiguous.reshape(-1).data).cast("B") if contiguous.size else memoryview(b"")
-    size = len(raw)
+    data, encoding = pack(raw, len(raw), compression)
+    return Payload(dtype, data, encoding, len(raw))
+
+
+def pack(raw: memoryview, size: int, compression: Compression) -> tuple[bytes | memoryview, int]:
+    """The adaptive encoding decision: ``(data, encoding)`` for ``size`` raw bytes in ``raw``.
+
+    LZ4 when it clearly pays (at least ``MIN_COMPRESS_BYTES``, output at most
+    ``MAX_COMPRESSED_RATIO`` of the input) or always with ``LZ4_ALWAYS``; else ``raw`` itself.
+    """
     if compression is not Compression.NONE and (
         compression is Compression.LZ4_ALWAYS or size >= MIN_COMPRESS_BYTES
     ):
         packed = lz4.block.compress(raw, store_size=False)
         if compression is Compression.LZ4_ALWAYS or len(packed) <= MAX_COMPRESSED_RATIO * size:
-            return Payload(dtype, packed, _LZ4, size)
-    return Payload(dtype, raw, _RAW, size)
+            return packed, _LZ4
+    return raw, _RAW
 
 
 def encode(
@@ -227,10 +240,6 @@ def expected_raw_size(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> 
     if tensor.raw_size != size:
         raise CodecError(name, f"raw_size {tensor.raw_size} != {size} implied by shape and dtype")
     return size
-
-
-_RAW = int(Encoding.RAW)
-_LZ4 = int(Encoding.LZ4)
 
 
 def decode(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:

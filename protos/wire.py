@@ -11,16 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-import lz4.block
 import numpy as np
 
 from protos.codec import (
-    MAX_COMPRESSED_RATIO,
-    MIN_COMPRESS_BYTES,
     CodecError,
     Compression,
     Encoding,
     encode_payload,
+    pack,
     numpy_dtype,
     wire_dtype,
 )
@@ -210,20 +208,11 @@ class TensorFramer:
             self._headers[key] = header
         buffer = (array if array.flags.c_contiguous else np.ascontiguousarray(array)).data
         size = header.raw_size
-        compression = self.compression
-        data: bytes | memoryview = buffer
-        length = size
-        tail = header.raw_tail
-        encoding = _RAW
-        if compression is not Compression.NONE and (
-            compression is Compression.LZ4_ALWAYS or size >= MIN_COMPRESS_BYTES
-        ):
-            packed = lz4.block.compress(buffer, store_size=False)
-            if compression is Compression.LZ4_ALWAYS or len(packed) <= MAX_COMPRESSED_RATIO * size:
-                data = packed
-                length = len(packed)
-                tail = header.lz4_tail
-                encoding = _LZ4
+        data, encoding = pack(buffer, size, self.compression)
+        # A RAW buffer is the array's (possibly multi-dimensional) memoryview: its byte
+        # length is the header's size, not len().
+        length = size if encoding == _RAW else len(data)
+        tail = header.lz4_tail if encoding == _LZ4 else header.raw_tail
         length_bytes = _varint(length)
         prefix = header.prefix
         body = len(prefix) + 1 + len(length_bytes) + length + len(tail)
