@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 import grpc
 import numpy as np
 
-from protos.codec import decode
+from wire.codec import decode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from protos.transport import GRPC_OPTIONS
+from transport.server import GRPC_OPTIONS
 
 ProgressFn = Callable[[int, int], None]
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from protos import codec
+from wire import codec
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ import numpy as np
 
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model
-from protos import codec
+from wire import codec
 from protos.rootleaf.v1 import leaf_pb2
 
 MODEL = "bench_demo"

@@ -32,7 +32,7 @@ import grpc
 
 from benchmarks.cluster_load import RequestPool
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from protos.transport import GRPC_OPTIONS
+from transport.server import GRPC_OPTIONS
 
 LOST_GRACE_S = 5.0
 """A call still unanswered this long after its deadline is lost."""

@@ -2,60 +2,32 @@
 
 Reads ``<repo>/<model>/<version>/module_info.json`` (else the copy inside ``model.pt``, a zip
 whose ``*/extra/module_info.json`` member carries it) without importing torch. A version with
-a missing or unreadable signature is logged as a WARNING naming it and skipped; a bundle with
-no signature at all is an error. Output is canonical (sorted models, versions in numeric
-order, fixed JSON formatting), so identical inputs give byte-identical files. Pure functions
-on the caller's thread; no shared state.
+a missing or unreadable signature (or a name the contract refuses) is logged as a WARNING
+naming it and skipped; a bundle with no signature at all is an error. The file format,
+its parsing rules and the version order are the contract's (``contract.bundle_file``,
+``contract.versions``), the same ones every root applies. Pure functions on the caller's
+thread; no shared state.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
+from contract.bundle_file import BUNDLE_FILE, BundleError, ModelVersion, parse_bundle, render_bundle
+from contract.names import bundle_name_problem, name_problem
+from contract.signature import SignatureError, read_signature
+from contract.versions import sort_versions
 from deploy.package import PackageInfo, write_package
-from protos.signature import Signature, SignatureError, read_signature
 
 log = logging.getLogger("rootleaf.deploy.bundle")
 
-BUNDLE_FILE = "module_info.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+__all__ = ["BuildResult", "build_bundle", "merge_deployed", "read_version_signature", "scan_repository"]
 
-
-class BundleError(ValueError):
-    """The bundle cannot be built (no signatures, bad name, unreadable deployed file)."""
-
-
-class SignatureUnreadable(ValueError):
-    """One version's signature is missing or malformed (the build skips that version)."""
-
-
-@dataclass(frozen=True, slots=True)
-class VersionEntry:
-    """One model version's signature as it appears in the bundle file."""
-
-    version: str
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.version, str) or not _NAME_RE.match(self.version):
-            raise SignatureUnreadable(f"version {self.version!r} is not a valid version name")
-        if any(not isinstance(n, str) or not n for n in self.input_names):
-            raise SignatureUnreadable("input_names must be non-empty strings")
-        if not self.output_names or any(not isinstance(n, str) or not n for n in self.output_names):
-            raise SignatureUnreadable("output_names must be a non-empty list of non-empty strings")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "input_names": list(self.input_names),
-            "output_names": list(self.output_names),
-        }
+Entries = dict[str, dict[str, ModelVersion]]
+"""model -> version -> entry, as the build collects them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,48 +43,35 @@ class BuildResult:
     """One line per skipped version, naming it and why."""
 
 
-def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions ascend numerically and sort before non-numeric ones."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
-
-
-def _entry(signature: Signature, version: str, source: str) -> VersionEntry:
-    try:
-        return VersionEntry(version, signature.input_names, signature.output_names)
-    except SignatureUnreadable as exc:
-        raise SignatureUnreadable(f"{source}: {exc}") from None
-
-
-def read_version_signature(version_dir: Path) -> VersionEntry:
-    """The signature of one version directory; raises ``SignatureUnreadable``."""
-    try:
-        signature = read_signature(version_dir)
-    except SignatureError as exc:
-        raise SignatureUnreadable(str(exc)) from None
-    return _entry(signature, version_dir.name, str(version_dir))
+def read_version_signature(version_dir: Path) -> ModelVersion:
+    """The bundle entry of one version directory; ``SignatureError`` or ``BundleError`` when unusable."""
+    return ModelVersion.of(version_dir.name, read_signature(version_dir))
 
 
 def _visible_dirs(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
-def scan_repository(
-    repo: Path, models: Sequence[str] | None = None
-) -> tuple[dict[str, dict[str, VersionEntry]], list[str]]:
+def scan_repository(repo: Path, models: Sequence[str] | None = None) -> tuple[Entries, list[str]]:
     """Signatures of every version in ``repo`` (or of ``models`` only) and the skip lines."""
     if not repo.is_dir():
         raise BundleError(f"model repository {repo} is not a directory")
     wanted = sorted(set(models)) if models else sorted(p.name for p in _visible_dirs(repo))
-    found: dict[str, dict[str, VersionEntry]] = {}
+    found: Entries = {}
     skipped: list[str] = []
     for model in wanted:
         model_dir = repo / model
         if not model_dir.is_dir():
             raise BundleError(f"model {model!r} has no directory in {repo}")
-        for version_dir in sorted(_visible_dirs(model_dir), key=lambda p: version_key(p.name)):
+        problem = name_problem(model)
+        if problem:
+            raise BundleError(f"model {model!r} {problem}")
+        versions = {p.name: p for p in _visible_dirs(model_dir)}
+        for version in sort_versions(versions):
+            version_dir = versions[version]
             try:
                 entry = read_version_signature(version_dir)
-            except SignatureUnreadable as exc:
+            except (SignatureError, BundleError) as exc:
                 line = f"{model} version {version_dir.name}: skipped, {exc}"
                 log.warning("bundle build: %s", line)
                 skipped.append(line)
@@ -121,45 +80,11 @@ def scan_repository(
     return found, skipped
 
 
-def parse_bundle_document(raw: bytes, source: str) -> dict[str, dict[str, VersionEntry]]:
-    """Parse a bundle-level file (the format this module writes)."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{source}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise BundleError(f"{source}: expected an object mapping model -> versions")
-    out: dict[str, dict[str, VersionEntry]] = {}
-    for model, versions in doc.items():
-        if not isinstance(versions, list):
-            raise BundleError(f"{source}: {model!r} must map to a list of versions")
-        for item in versions:
-            if not isinstance(item, dict) or not isinstance(item.get("version"), str):
-                raise BundleError(f"{source}: {model!r} has an entry without a string 'version'")
-            try:
-                entry = _entry(Signature.from_doc(item, f"{source}:{model}"), item["version"], f"{source}:{model}")
-            except (SignatureError, SignatureUnreadable) as exc:
-                raise BundleError(str(exc)) from None
-            out.setdefault(model, {})[entry.version] = entry
-    return out
-
-
-def render_bundle(entries: Mapping[str, Mapping[str, VersionEntry]]) -> bytes:
-    """Canonical bytes of a bundle-level file: models sorted, versions ascending."""
-    doc = {
-        model: [entries[model][v].to_json() for v in sorted(entries[model], key=version_key)]
-        for model in sorted(entries)
-        if entries[model]
-    }
-    return (json.dumps(doc, indent=1, sort_keys=False, ensure_ascii=True) + "\n").encode()
-
-
-def merge_deployed(
-    pending: dict[str, dict[str, VersionEntry]], deployed: Mapping[str, Mapping[str, VersionEntry]]
-) -> None:
+def merge_deployed(pending: Entries, deployed: Mapping[str, Sequence[ModelVersion]]) -> None:
     """Add deployed versions missing from ``pending`` (in place): no rollout gap."""
     for model, versions in deployed.items():
-        for version, entry in versions.items():
+        for entry in versions:
+            version = entry.version
             current = pending.setdefault(model, {}).get(version)
             if current is None:
                 pending[model][version] = entry
@@ -180,8 +105,9 @@ def build_bundle(
     extra_configs: Iterable[str | Path] = (),
 ) -> BuildResult:
     """Build ``<out>/module_info.json`` and the root-config package for bundle ``name``."""
-    if not _NAME_RE.match(name):
-        raise BundleError(f"bundle name {name!r} must match {_NAME_RE.pattern}")
+    problem = bundle_name_problem(name)
+    if problem:
+        raise BundleError(f"bundle name {name!r} {problem}")
     entries, skipped = scan_repository(Path(repo), models)
     if include_deployed is not None:
         deployed_path = Path(include_deployed)
@@ -189,7 +115,11 @@ def build_bundle(
             raw = deployed_path.read_bytes()
         except OSError as exc:
             raise BundleError(f"--include-deployed {deployed_path}: cannot read ({exc})") from None
-        merge_deployed(entries, parse_bundle_document(raw, str(deployed_path)))
+        try:
+            deployed = parse_bundle(raw)
+        except BundleError as exc:
+            raise BundleError(f"--include-deployed {deployed_path}: {exc.reason}") from None
+        merge_deployed(entries, deployed.models)
     if not any(entries.values()):
         raise BundleError(
             f"bundle {name!r}: no model version in {repo} has a readable signature"
@@ -210,6 +140,6 @@ def build_bundle(
             configs[path.name] = path.read_bytes()
         except OSError as exc:
             raise BundleError(f"extra root config {path}: cannot read ({exc})") from None
-    shipped = {m: tuple(sorted(v, key=version_key)) for m, v in sorted(entries.items()) if v}
+    shipped = {m: tuple(sort_versions(v)) for m, v in sorted(entries.items()) if v}
     package = write_package(out_dir, name, bundle_bytes, shipped, configs)
     return BuildResult(name, bundle_file, package, shipped, tuple(skipped))

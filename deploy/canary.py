@@ -28,9 +28,9 @@ from scipy.stats import mannwhitneyu
 
 from deploy.metrics_scrape import Snapshot, delta, histogram_quantile, scrape
 from deploy.plan import AnalysisConfig
-from protos.codec import CodecError, decode
+from wire.codec import CodecError, decode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from protos.transport import GRPC_OPTIONS
+from transport.server import GRPC_OPTIONS
 
 MAX_SAMPLES = 50_000  # per side and model: keeps the U test fast on large windows
 PASS, MARGINAL, FAIL = "PASS", "MARGINAL", "FAIL"

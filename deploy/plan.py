@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from contract.names import bundle_name_problem, name_problem
+
 _TARGET_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class PlanError(ValueError):
@@ -77,8 +78,8 @@ class LeafTarget:
         if not self.repo_dir.is_dir():
             raise PlanError(f"leaf.repo_dir {self.repo_dir} is not a directory")
         for m in self.models:
-            if not isinstance(m, str) or not _NAME_RE.match(m):
-                raise PlanError(f"leaf.models has an invalid model name {m!r}")
+            if name_problem(m):
+                raise PlanError(f"leaf.models: model name {m!r} {name_problem(m)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +193,8 @@ class Plan:
     """Deadline of each verification RPC."""
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.bundle):
-            raise PlanError(f"rollout.bundle {self.bundle!r} is not a valid bundle name")
+        if bundle_name_problem(self.bundle):
+            raise PlanError(f"rollout.bundle {self.bundle!r} {bundle_name_problem(self.bundle)}")
         for name in ("verify_timeout_s", "rpc_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:

@@ -24,13 +24,13 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 
-from deploy.bundle import version_key
+from contract.versions import version_key
 from deploy.canary import FAIL, MARGINAL, report_json, run_analysis
 from deploy.delivery import Change, DeliveryError, atomic_write, deliver_file, deliver_version, revert, tree_sha256
 from deploy.package import Package
 from deploy.plan import LeafTarget, Plan, PlanError, Role, RootTarget
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
-from protos.transport import GRPC_OPTIONS
+from transport.server import GRPC_OPTIONS
 
 STATE_FILE = "state.json"
 Printer = Callable[[str], None]

@@ -25,11 +25,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from root.catalog import DTYPES, KINDS, Entity, FeatureCatalog, FeatureSpec
+from contract.dtypes import NUMPY_DTYPES
+from root.catalog import KINDS, Entity, FeatureCatalog, FeatureSpec
 
 # Bumped whenever generation changes meaning, so cached assets of older runs are rebuilt.
 GENERATOR_VERSION = 1
-WORKLOAD_DTYPES = ("float32", "float16", "int64", "int32", "uint8")
 MAX_FEATURES = 100_000
 MAX_ENTITIES = 100_000_000
 
@@ -83,7 +83,7 @@ class FeatureGroup:
     count: int
     """How many features the group has."""
     dtype: str
-    """Value dtype (one of ``WORKLOAD_DTYPES``)."""
+    """Value dtype (one of ``contract.dtypes.NUMPY_DTYPES``)."""
     shape: tuple[int, ...] = ()
     """Per-entity shape: [] scalar, [64] embedding, [32] padded id list."""
     kind: str = "scalar"
@@ -101,8 +101,8 @@ class FeatureGroup:
             raise WorkloadError(f"{where}.entity must be 'request' or 'candidate', got {self.entity!r}")
         if not isinstance(self.count, int) or isinstance(self.count, bool) or not 1 <= self.count <= MAX_FEATURES:
             raise WorkloadError(f"{where}.count must be a positive int, got {self.count!r}")
-        if self.dtype not in WORKLOAD_DTYPES or self.dtype not in DTYPES:
-            raise WorkloadError(f"{where}.dtype must be one of {WORKLOAD_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in NUMPY_DTYPES:
+            raise WorkloadError(f"{where}.dtype must be one of {NUMPY_DTYPES}, got {self.dtype!r}")
         if not isinstance(self.shape, (tuple, list)) or any(
             not isinstance(d, int) or isinstance(d, bool) or d <= 0 for d in self.shape
         ):

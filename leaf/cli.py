@@ -9,7 +9,7 @@ from pathlib import Path
 
 from leaf.config import LeafConfig, VersionPolicy
 from leaf.server import serve
-from protos.tls import TlsConfig
+from transport.tls import TlsConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,24 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from protos.codec import DecodeLimits
-from protos.tls import PLAINTEXT, TlsConfig
+from contract.names import name_problem
+from wire.codec import DecodeLimits
+from transport.tls import PLAINTEXT, TlsConfig
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-def name_problem(name: object) -> str:
-    """Why ``name`` cannot be a model or version directory name ("" when it can): one plain
-    UTF-8 path component, never ``.``/``..``, hidden, or containing a separator or NUL."""
-    if not isinstance(name, str) or not name:
-        return "must be a non-empty string"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8"
-    if name.startswith(".") or any(c in name for c in "/\\\0"):
-        return "must be one plain path component (no '/', '\\', NUL, '.' or '..', not hidden)"
-    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +35,9 @@ class VersionPolicy:
             raise ValueError(f"VersionPolicy.count must be a positive int, got {self.count!r}")
         if self.kind == "specific" and not self.versions:
             raise ValueError("VersionPolicy.versions must not be empty for kind 'specific'")
-        if any(not v or "/" in v for v in self.versions):
-            raise ValueError(f"VersionPolicy.versions has an invalid name: {self.versions!r}")
+        for v in self.versions:
+            if name_problem(v):
+                raise ValueError(f"VersionPolicy.versions: {v!r} {name_problem(v)}")
 
     @classmethod
     def parse(cls, text: str) -> "VersionPolicy":

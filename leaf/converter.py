@@ -21,10 +21,10 @@ import torch
 
 from leaf.errors import InvalidRequest
 from leaf.export import Signature
-from protos import codec
-from protos.codec import CodecError, DecodeLimits, DType, Tensor
+from wire import codec
+from wire.codec import CodecError, DecodeLimits, DType, Tensor
 
-_WIRE_DTYPE_BY_NAME = codec.DTYPE_NAMES
+_WIRE_DTYPE_BY_NAME = codec.DTYPE_BY_NAME
 _BFLOAT16 = int(DType.BFLOAT16)
 _silenced = False
 _silence_lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Model artifacts: export a TorchScript model with its signature (``protos.signature``).
+"""Model artifacts: export a TorchScript model with its signature (``contract.signature``).
 
 A version directory holds ``model.pt`` (a TorchScript archive whose extra file
 ``module_info.json`` carries the signature) and the same ``module_info.json`` beside it.
@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 
 from leaf import torchscript
-from protos.signature import (  # the leaf's view of the shared contract
+from contract.signature import (  # the leaf's view of the shared contract
     MODEL_FILE,
     SIGNATURE_FILE,
     Signature,

@@ -17,7 +17,7 @@ import torch
 from leaf import torchscript
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model, read_signature
-from protos.codec import DTYPE_NAMES
+from contract.dtypes import DTYPES
 
 
 def _csv(text: str) -> list[str]:
@@ -37,7 +37,7 @@ def _parse_inputs(text: str) -> tuple[dict[str, int], dict[str, str]]:
         except ValueError:
             raise ValueError(f"--inputs item {item!r}: width must be an int") from None
         if len(parts) == 3:
-            if parts[2] not in DTYPE_NAMES:
+            if parts[2] not in DTYPES:
                 raise ValueError(f"--inputs item {item!r}: unknown dtype {parts[2]!r}")
             dtypes[name] = parts[2]
     if not widths:

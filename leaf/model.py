@@ -19,7 +19,7 @@ from leaf.converter import Converter
 from leaf.device import Placement
 from leaf.errors import ModelFailed
 from leaf.export import MODEL_FILE, Signature, SignatureError, check_calling_convention, read_signature
-from protos.codec import DecodeLimits
+from wire.codec import DecodeLimits
 
 
 class ModelLoadError(Exception):

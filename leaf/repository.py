@@ -21,8 +21,10 @@ from typing import Callable, Mapping
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from contract.names import name_problem
+from contract.versions import version_key
 from leaf import metrics
-from leaf.config import LeafConfig, name_problem
+from leaf.config import LeafConfig
 from leaf.device import Placement
 from leaf.errors import ModelNotFound, ModelUnavailable
 from leaf.export import MODEL_FILE
@@ -38,11 +40,6 @@ _SETTLE_S = 0.05
 _SETTLE_MAX_ROUNDS = 40
 # Metric label for refused repository entries (unsafe names, symlinks out of the repository).
 UNSAFE_LABEL = "_refused"
-
-
-def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions sort numerically and before any non-numeric ones."""
-    return (0, int(version), version) if version.isdigit() else (1, 0, version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
 from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
-from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, ServerWithParts, run_until_signalled
+from transport.tls import add_port
+from transport.server import GRPC_OPTIONS, ServerWithParts, run_until_signalled
 
 __all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
 

@@ -21,7 +21,7 @@ from leaf import metrics
 from leaf.batcher import Batcher
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.repository import Repository
-from protos import codec
+from wire import codec
 from protos.rootleaf.v1 import leaf_pb2
 
 log = logging.getLogger(__name__)

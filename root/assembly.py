@@ -2,7 +2,7 @@
 
 Every fetched feature becomes one tensor, encoded (and compressed) once and serialised once
 (``EncodedTensor``); each model's ``LeafRequest`` is then its header followed by the byte
-blocks of the tensors its allowlist selects, joined without re-encoding (``protos.wire``).
+blocks of the tensors its allowlist selects, joined without re-encoding (``wire.frames``).
 Request-level features travel once as ``[1, ...]`` (or tiled to ``[N, ...]`` when dedup is
 off, the benchmark baseline). Pure functions, run in the root's encode thread.
 """
@@ -14,9 +14,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from protos.codec import Compression
+from wire.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
-from protos.wire import EncodedTensor, TensorFramer, assemble_leaf_request
+from wire.frames import EncodedTensor, TensorFramer, assemble_leaf_request
 
 
 @dataclass(frozen=True, slots=True)

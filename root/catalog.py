@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from contract.dtypes import NUMPY_DTYPES
+
 ENTITIES = ("request", "candidate")
-DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 KINDS = ("scalar", "ratio", "counter", "embedding", "ids")
 
 
@@ -36,7 +37,7 @@ class FeatureSpec:
     entity: Entity
     """Which entity the value belongs to."""
     dtype: str
-    """numpy dtype name (one of ``DTYPES``)."""
+    """numpy dtype name (one of ``contract.dtypes.NUMPY_DTYPES``)."""
     shape: tuple[int, ...] = ()
     """Per-entity shape: () scalar, (64,) embedding, (32,) padded id list."""
     default: float = 0.0
@@ -50,8 +51,8 @@ class FeatureSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"FeatureSpec.name must be a non-empty string, got {self.name!r}")
         object.__setattr__(self, "entity", Entity(self.entity))
-        if self.dtype not in DTYPES:
-            raise ValueError(f"feature {self.name!r}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in NUMPY_DTYPES:
+            raise ValueError(f"feature {self.name!r}: dtype must be one of {NUMPY_DTYPES}, got {self.dtype!r}")
         shape = tuple(self.shape)
         if any((not isinstance(d, int)) or d <= 0 for d in shape):
             raise ValueError(f"feature {self.name!r}: shape dims must be positive ints, got {list(shape)}")

@@ -16,10 +16,10 @@ from typing import Any, Mapping, Sequence
 import grpc
 import numpy as np
 
-from protos.codec import decode, encode
+from wire.codec import decode, encode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from protos.tls import PLAINTEXT, TlsConfig, aio_channel, sync_channel
-from protos.transport import GRPC_OPTIONS
+from transport.tls import PLAINTEXT, TlsConfig, aio_channel, sync_channel
+from transport.server import GRPC_OPTIONS
 
 ModelSpec = str | tuple[str, str | None]
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

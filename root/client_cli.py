@@ -8,7 +8,7 @@ import sys
 import grpc
 import numpy as np
 
-from protos.tls import TlsConfig
+from transport.tls import TlsConfig
 from root.client import ModelScores, RootClient
 
 

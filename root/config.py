@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from protos.tls import PLAINTEXT, TlsConfig
+from transport.tls import PLAINTEXT, TlsConfig
 
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis")

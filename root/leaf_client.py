@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.rootleaf.v1 import leaf_pb2
-from protos.tls import PLAINTEXT, TlsConfig, aio_channel
-from protos.transport import GRPC_OPTIONS
+from transport.tls import PLAINTEXT, TlsConfig, aio_channel
+from transport.server import GRPC_OPTIONS
 from root.errors import LeafCallError
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from typing import Mapping, Protocol, Sequence
 import grpc
 import numpy as np
 
-from protos.codec import decode as decode_tensor
-from protos.wire import TensorFramer
+from wire.codec import decode as decode_tensor
+from wire.frames import TensorFramer
 from protos.rootleaf.v1 import tensor_pb2
 from root import metrics
 from root.assembly import EncodedFeatures, LeafPayload, build_payload, encode_features, feature_union

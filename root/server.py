@@ -21,8 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from protos.tls import add_port
-from protos.transport import GRPC_OPTIONS, ServerWithParts, run_until_signalled, tune_allocator
+from transport.tls import add_port
+from transport.server import GRPC_OPTIONS, ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
 from root import metrics

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from prometheus_client import REGISTRY
 
-from protos.codec import encode
+from wire.codec import encode
 from protos.rootleaf.v1 import leaf_pb2
 from root.cache import CachedFeatureStore
 from root.catalog import Entity, FeatureCatalog, FeatureSpec

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Callable, Mapping, Sequence, TypeVar, overload
 
 from trimmer import metrics
-from trimmer.bundle import BundleError, BundleMap, parse_bundle
+from contract.bundle_file import BundleError, BundleMap, parse_bundle
 from trimmer.config import TrimmerConfig
 from trimmer.rwlock import RWLock
 from trimmer.snapshot import EMPTY_SNAPSHOT, UNTRIMMED, Snapshot, TrimDecision, _Named, build_snapshot

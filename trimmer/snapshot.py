@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Mapping, Protocol, Sequence, TypeVar, overload
 
-from trimmer.bundle import BundleMap
+from contract.bundle_file import BundleMap
 
 __all__ = ["Conflict", "DecisionKind", "ModelEntry", "Snapshot", "TrimDecision", "UNTRIMMED", "build_snapshot"]
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model
-from protos import codec
+from wire import codec
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ import grpc
 import pytest
 import torch
 
-from deploy.bundle import build_bundle, version_key
+from contract.versions import version_key
+from deploy.bundle import build_bundle
 from deploy.delivery import tree_sha256
 from deploy.local_cluster import LocalCluster
 from deploy.rollout_cli import rollback_main, rollout_main

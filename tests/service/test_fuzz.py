@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protos import codec
+from wire import codec
 from protos.rootleaf.v1 import leaf_pb2, root_pb2, tensor_pb2
 from tests.service.test_root_service import Cluster, LoopThread, build_cluster, close_cluster
 

@@ -13,8 +13,8 @@ import torch
 
 from leaf.config import LeafConfig
 from leaf.export import export_model
-from protos import codec
-from protos.codec import DType, Encoding
+from wire import codec
+from wire.codec import DType, Encoding
 from protos.rootleaf.v1 import leaf_pb2
 from tests.service.test_leaf_server import Leaf, export_demo, features, make_request, run, sample
 

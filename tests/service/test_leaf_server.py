@@ -16,8 +16,8 @@ from leaf.config import LeafConfig
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model
 from leaf.server import ObservedRequest, create_server
-from protos import codec
-from protos.codec import DType
+from wire import codec
+from wire.codec import DType
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 
 T = TypeVar("T")

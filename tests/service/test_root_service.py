@@ -31,7 +31,7 @@ from leaf import torchscript
 from leaf.export import export_model
 from leaf.server import ObservedRequest
 from leaf.server import create_server as create_leaf_server
-from protos.codec import encode
+from wire.codec import encode
 from protos.rootleaf.v1 import root_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.client import AsyncRootClient

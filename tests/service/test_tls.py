@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from protos.tls import PLAINTEXT, TlsConfig, add_port, aio_channel
+from transport.tls import PLAINTEXT, TlsConfig, add_port, aio_channel
 from tests.tls_certs import CertFiles, make_certs
 
 

@@ -16,7 +16,7 @@ import pytest
 from deploy.local_cluster import free_port
 from leaf.config import LeafConfig
 from leaf.server import create_server as create_leaf_server
-from protos.tls import TlsConfig
+from transport.tls import TlsConfig
 from root.client import AsyncRootClient, RootClient
 from root.config import load_root_config
 from tests.service.test_root_service import FAST, Cluster, LoopThread, build_cluster, close_cluster

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from protos import codec
-from protos.codec import CodecError, Compression, DecodeLimits, DType, Encoding, Tensor
+from wire import codec
+from wire.codec import CodecError, Compression, DecodeLimits, DType, Encoding, Tensor
 
 NUMPY_DTYPES = ["<f4", "<f2", "<f8", "<i8", "<i4", "i1", "u1", "?"]
 

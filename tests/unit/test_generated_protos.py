@@ -39,7 +39,7 @@ def test_generated_code_imports_from_an_installed_wheel(tmp_path: Path) -> None:
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # a wheel's purelib installs by unpacking
     code = (
-        "import protos.rootleaf.v1.leaf_pb2_grpc as g, protos.rootleaf.v1.root_pb2 as r, protos.codec;"
+        "import protos.rootleaf.v1.leaf_pb2_grpc as g, protos.rootleaf.v1.root_pb2 as r, wire.codec;"
         "print(r.ScoreRequest.DESCRIPTOR.full_name, g.LeafStub.__name__, g.__file__)"
     )
     out = subprocess.run(

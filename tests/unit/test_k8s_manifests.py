@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.bundle import parse_bundle_document
+from contract.bundle_file import parse_bundle
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 K8S_VERSION = "1.33.0"
@@ -123,7 +123,7 @@ def test_topology(overlay: str, namespace: str) -> None:
         bundle_path = Path(root_cfg["bundles"][partition])
         volume = next(n for n, p in mounts.items() if p == str(bundle_path.parent))
         cm_name = volumes[volume]["configMap"]["name"]
-        parse_bundle_document(configmaps[cm_name]["data"][bundle_path.name].encode(), cm_name)
+        parse_bundle(configmaps[cm_name]["data"][bundle_path.name].encode())
     assert deployments["root"]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["service"] == "rootleaf.v1.Root"
     labels = {d["metadata"]["labels"]["rootleaf.io/track"] for d in docs if d["kind"] != "Namespace"}
     assert labels == {overlay}

@@ -9,8 +9,8 @@ import torch
 from leaf.converter import Converter
 from leaf.errors import InvalidRequest
 from leaf.export import Signature
-from protos import codec
-from protos.codec import DecodeLimits, DType
+from wire import codec
+from wire.codec import DecodeLimits, DType
 
 LIMITS = DecodeLimits()
 

@@ -14,7 +14,8 @@ import torch
 
 from deploy.package import PackageError, read_package
 from leaf.cli import build_parser, config_from_args
-from leaf.config import LeafConfig, VersionPolicy, name_problem
+from contract.names import name_problem
+from leaf.config import LeafConfig, VersionPolicy
 from leaf.device import Placement
 from leaf.repository import Repository
 from root.config import load_root_config

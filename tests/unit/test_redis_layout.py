@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from root.catalog import DTYPES, Entity, FeatureCatalog, FeatureSpec
+from contract.dtypes import NUMPY_DTYPES
+from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.feature_store import FeatureStoreError
 from root.redis_loader import LoadOptions, Progress
 from root.redis_store import RecordLayout, RedisFeatureStore, entity_key_prefix, entity_keys, valid_key_prefix
@@ -15,7 +16,7 @@ from root.redis_store import RecordLayout, RedisFeatureStore, entity_key_prefix,
 
 def every_dtype_catalog() -> FeatureCatalog:
     specs = []
-    for i, dtype in enumerate(DTYPES):
+    for i, dtype in enumerate(NUMPY_DTYPES):
         specs.append(FeatureSpec(f"c_{dtype}", Entity.CANDIDATE, dtype, (), default=1.0))
         specs.append(FeatureSpec(f"c_{dtype}_v", Entity.CANDIDATE, dtype, (3,), default=float(i % 2)))
         specs.append(FeatureSpec(f"u_{dtype}_m", Entity.REQUEST, dtype, (2, 4)))

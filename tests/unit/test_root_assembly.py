@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protos.codec import decode_all
+from wire.codec import decode_all
 from protos.rootleaf.v1 import leaf_pb2
 from root.assembly import build_payload, encode_features, feature_union
 

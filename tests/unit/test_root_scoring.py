@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from protos.codec import decode_all, encode
+from wire.codec import decode_all, encode
 from protos.rootleaf.v1 import leaf_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig

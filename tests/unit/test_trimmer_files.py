@@ -10,7 +10,9 @@ from typing import Any, Mapping
 
 import pytest
 
-from trimmer import BundleError, TrimmerConfig, parse_bundle, version_sort_key
+from contract.bundle_file import BundleError, parse_bundle
+from contract.versions import version_key as version_sort_key
+from trimmer import TrimmerConfig
 
 Models = Mapping[str, Mapping[str, list[str]]]
 
@@ -70,15 +72,15 @@ INVALID: dict[str, tuple[bytes, str]] = {
     "entry_not_object": (raw({"m": ["1"]}), "must be an object"),
     "missing_key": (raw({"m": [{"version": "1", "input_names": []}]}), "missing key(s) ['output_names']"),
     "unknown_key": (raw({"m": [_entry(extra=1)]}), "unknown key(s) ['extra']"),
-    "version_int": (raw({"m": [_entry(version=1)]}), "'version' must be a non-empty string"),
-    "version_empty": (raw({"m": [_entry(version="")]}), "'version' must be a non-empty string"),
+    "version_int": (raw({"m": [_entry(version=1)]}), "must be a non-empty string"),
+    "version_empty": (raw({"m": [_entry(version="")]}), "must be a non-empty string"),
     "duplicate_version": (raw({"m": [_entry(), _entry(input_names=["g"])]}), "duplicate version"),
     "inputs_not_list": (raw({"m": [_entry(input_names="f1")]}), "'input_names' must be a list"),
     "input_empty_name": (raw({"m": [_entry(input_names=["a", ""])]}), "input_names[1] must be a non-empty string"),
     "input_not_string": (raw({"m": [_entry(input_names=["a", 3])]}), "input_names[1] must be a non-empty string"),
     "duplicate_input": (raw({"m": [_entry(input_names=["a", "b", "a"])]}), "duplicate name 'a' in 'input_names'"),
     "outputs_wrong_type": (raw({"m": [_entry(output_names=[None])]}), "output_names[0]"),
-    "empty_model_name": (raw({"": [_entry()]}), "model name must be a non-empty string"),
+    "empty_model_name": (raw({"": [_entry()]}), "must be a non-empty string"),
     "duplicate_model_key": (b'{"m": [' + raw(_entry()) + b'], "m": []}', "duplicate key 'm'"),
     "latin1": ('{"m\xe9": []}'.encode("latin-1"), "not UTF-8"),
     "deep_nesting": (b"[" * 100_000 + b"]" * 100_000, "invalid JSON"),

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from protos import codec
-from protos.wire import EncodedTensor
+from wire import codec
+from wire.frames import EncodedTensor
 from tests.unit.test_trimmer_files import bundle_bytes, write_in_place
 from trimmer import UNTRIMMED, FeatureTrimmer, ReloadResult, TrimDecision
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protos import codec
+from wire import codec
 from protos.rootleaf.v1 import leaf_pb2
-from protos.wire import EncodedTensor, TensorFramer, assemble_leaf_request, encode_framed
+from wire.frames import EncodedTensor, TensorFramer, assemble_leaf_request, encode_framed
 
 
 def test_assembled_bytes_parse_to_the_same_request() -> None:

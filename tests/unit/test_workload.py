@@ -117,7 +117,7 @@ def test_unknown_keys_are_named(doc: dict[str, Any], key: str) -> None:
         ({"workload__candidates_per_request": 21}, "exceeds items"),
         ({"workload__users": "many"}, "workload.users"),
         ({"features__0__entity": "session"}, "entity"),
-        ({"features__0__dtype": "float64"}, "dtype"),
+        ({"features__0__dtype": "bfloat16"}, "dtype"),
         ({"features__0__count": 0}, "count"),
         ({"features__1__zero_fraction": 1.5}, "zero_fraction"),
         ({"features__1__kind": "gaussian"}, "kind"),

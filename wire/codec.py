@@ -1,7 +1,7 @@
 """Tensor codec: numpy arrays <-> ``rootleaf.v1.Tensor``, with adaptive per-tensor LZ4.
 
 Encoding happens once per tensor per request; the resulting message (or its serialised
-bytes, see ``protos.wire``) is reused for every model that needs it. Decoding treats the
+bytes, see ``wire.frames``) is reused for every model that needs it. Decoding treats the
 message as untrusted: every size is checked against ``DecodeLimits`` before anything is
 allocated or decompressed, and every violation raises ``CodecError`` naming the tensor.
 
@@ -21,40 +21,21 @@ from typing import Iterable, Sequence, cast
 import lz4.block
 import numpy as np
 
+from contract.dtypes import DTYPES
 from protos.rootleaf.v1 import tensor_pb2
 
 Tensor = tensor_pb2.Tensor
 DType = tensor_pb2.DType
 Encoding = tensor_pb2.Encoding
 
-# Wire dtype -> numpy storage dtype (always little-endian). bfloat16 has no numpy type: it
-# travels as 16-bit words and the leaf reinterprets them with ``torch.Tensor.view``.
-_NUMPY_BY_DTYPE: dict[int, np.dtype] = {
-    DType.FLOAT32: np.dtype("<f4"),
-    DType.FLOAT16: np.dtype("<f2"),
-    DType.BFLOAT16: np.dtype("<u2"),
-    DType.FLOAT64: np.dtype("<f8"),
-    DType.INT64: np.dtype("<i8"),
-    DType.INT32: np.dtype("<i4"),
-    DType.INT8: np.dtype("i1"),
-    DType.UINT8: np.dtype("u1"),
-    DType.BOOL: np.dtype("?"),
-}
+# Wire dtype -> numpy storage dtype, from the contract's dtype table (enum = name upper-cased).
+DTYPE_BY_NAME: dict[str, int] = {name: DType.Value(name.upper()) for name in DTYPES}
+"""Dtype name (``contract.dtypes``) -> ``rootleaf.v1.DType`` value."""
+_NUMPY_BY_DTYPE: dict[int, np.dtype] = {DTYPE_BY_NAME[name]: storage for name, storage in DTYPES.items()}
 _DTYPE_BY_NUMPY: dict[np.dtype, int] = {
     np.dtype(t).newbyteorder("="): d
     for d, t in _NUMPY_BY_DTYPE.items()
     if d != DType.BFLOAT16
-}
-DTYPE_NAMES: dict[str, int] = {
-    "float32": DType.FLOAT32,
-    "float16": DType.FLOAT16,
-    "bfloat16": DType.BFLOAT16,
-    "float64": DType.FLOAT64,
-    "int64": DType.INT64,
-    "int32": DType.INT32,
-    "int8": DType.INT8,
-    "uint8": DType.UINT8,
-    "bool": DType.BOOL,
 }
 
 
@@ -137,7 +118,7 @@ _LZ4 = int(Encoding.LZ4)
 
 @dataclass(frozen=True, slots=True)
 class Payload:
-    """A tensor's encoded payload before it is put in a message (see ``protos.wire``)."""
+    """A tensor's encoded payload before it is put in a message (see ``wire.frames``)."""
 
     dtype: int
     """Wire ``DType``."""

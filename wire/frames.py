@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from protos.codec import (
+from wire.codec import (
     CodecError,
     Compression,
     Encoding,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from protos.codec import DTYPE_NAMES
+from contract.dtypes import DTYPES
 
 MODEL_FILE = "model.pt"
 SIGNATURE_FILE = "module_info.json"
@@ -42,7 +42,7 @@ class Signature:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     input_dtypes: Mapping[str, str] | None = None
-    """Optional declared wire dtype per input (``protos.codec.DTYPE_NAMES`` keys); inputs not
+    """Optional declared wire dtype per input (``contract.dtypes.DTYPES`` keys); inputs not
     named here accept any dtype."""
 
     def __post_init__(self) -> None:
@@ -52,7 +52,7 @@ class Signature:
             for name, dtype in self.input_dtypes.items():
                 if name not in self.input_names:
                     raise SignatureError(f"input_dtypes names {name!r}, which is not an input")
-                if dtype not in DTYPE_NAMES:
+                if dtype not in DTYPES:
                     raise SignatureError(f"input_dtypes[{name!r}] = {dtype!r} is not a known dtype")
 
     def to_json(self) -> str:

@@ -1,54 +1,38 @@
-"""Bundle-level allowlist files: strict parsing, validation and version ordering.
+"""The bundle-level allowlist file: one set of rules to parse it and one way to write it.
 
-A bundle file is the bundle build's output::
+A bundle file is the bundle build's output and the root trimmer's input::
 
     {"model_A": [{"version": "1", "input_names": ["f1"], "output_names": ["score"]}, ...], ...}
 
 ``parse_bundle`` turns its bytes into an immutable ``BundleMap`` or raises ``BundleError``
-naming the first problem. Pure functions; no state, safe from any thread.
-
-Version order ("latest" = the greatest): versions compare in *natural order*. A version is
-split into runs of digits and runs of other characters; digit runs compare as integers,
-other runs as strings, and a digit run sorts before a text run at the same position. So
-integer versions compare numerically ("10" > "9"), "1.10" > "1.9", "2.0" > "2", and
-"v2" > "v10" is false. Ties (e.g. "01" vs "1") fall back to plain string order.
+naming the first problem (duplicate keys or versions, bad names, unknown keys);
+``render_bundle`` writes the canonical bytes (models sorted, versions oldest first, fixed
+formatting), so identical content gives byte-identical files. Versions are ordered by
+``contract.versions`` (the latest is last). Pure functions; safe from any thread.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = [
-    "BundleError",
-    "BundleMap",
-    "ModelVersion",
-    "parse_bundle",
-    "version_sort_key",
-]
+from contract.names import name_problem
+from contract.signature import Signature
+from contract.versions import version_key
 
-_RUNS = re.compile(r"\d+|\D+")
+__all__ = ["BUNDLE_FILE", "BundleError", "BundleMap", "ModelVersion", "parse_bundle", "render_bundle"]
+
+BUNDLE_FILE = "module_info.json"
 _ENTRY_KEYS = frozenset({"version", "input_names", "output_names"})
-
-VersionKey = tuple[tuple[tuple[int, int, str], ...], str]
 
 
 class BundleError(ValueError):
-    """A bundle file that cannot be used; ``reason`` says why (file, model, version, field)."""
+    """A bundle file that cannot be used or built; ``reason`` says why (file, model, version, field)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def version_sort_key(version: str) -> VersionKey:
-    """Natural-order key: digit runs numerically, text runs as strings (module docstring)."""
-    parts = tuple(
-        (0, int(run), "") if run.isdigit() else (1, 0, run) for run in _RUNS.findall(version)
-    )
-    return parts, version
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +48,17 @@ class ModelVersion:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", frozenset(self.input_names))
+
+    @classmethod
+    def of(cls, version: str, signature: Signature) -> "ModelVersion":
+        """The bundle entry of ``version`` with ``signature``; a bad version name raises ``BundleError``."""
+        problem = name_problem(version)
+        if problem:
+            raise BundleError(f"version {version!r} {problem}")
+        return cls(version, signature.input_names, signature.output_names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "input_names": list(self.input_names), "output_names": list(self.output_names)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +85,11 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _names(value: object, where: str, key: str) -> tuple[str, ...]:
+def _names(value: object, where: str, key: str, *, allow_empty: bool) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise BundleError(f"{where}: {key!r} must be a list of strings, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise BundleError(f"{where}: {key!r} must not be empty")
     # Fast path for the common, valid case (bundles hold thousands of names).
     if all(type(n) is str and n and not n.isspace() for n in value) and len(set(value)) == len(value):
         return tuple(value)
@@ -123,17 +120,18 @@ def _model_versions(model: str, entries: object) -> tuple[ModelVersion, ...]:
         if unknown:
             raise BundleError(f"{where}: unknown key(s) {unknown}")
         version = entry["version"]
-        if not isinstance(version, str) or not version.strip():
-            raise BundleError(f"{where}: 'version' must be a non-empty string, got {version!r}")
+        problem = name_problem(version)
+        if problem:
+            raise BundleError(f"{where}: version {version!r} {problem}")
         where = f"model {model!r} version {version!r}"
         if version in versions:
             raise BundleError(f"{where}: duplicate version")
         versions[version] = ModelVersion(
             version=version,
-            input_names=_names(entry["input_names"], where, "input_names"),
-            output_names=_names(entry["output_names"], where, "output_names"),
+            input_names=_names(entry["input_names"], where, "input_names", allow_empty=True),
+            output_names=_names(entry["output_names"], where, "output_names", allow_empty=False),
         )
-    return tuple(versions[v] for v in sorted(versions, key=version_sort_key))
+    return tuple(versions[v] for v in sorted(versions, key=version_key))
 
 
 def parse_bundle(data: bytes) -> BundleMap:
@@ -154,7 +152,19 @@ def parse_bundle(data: bytes) -> BundleMap:
         raise BundleError(f"top level must be an object of model -> versions, got {type(doc).__name__}")
     models: dict[str, tuple[ModelVersion, ...]] = {}
     for model, entries in doc.items():
-        if not model.strip():
-            raise BundleError(f"model name must be a non-empty string, got {model!r}")
+        problem = name_problem(model)
+        if problem:
+            raise BundleError(f"model name {model!r} {problem}")
         models[model] = _model_versions(model, entries)
     return BundleMap(models=models)
+
+
+def render_bundle(models: Mapping[str, Mapping[str, ModelVersion]]) -> bytes:
+    """Canonical bytes of a bundle file: models sorted, versions oldest first; models without
+    versions are left out. ``parse_bundle(render_bundle(m))`` gives ``m`` back."""
+    doc = {
+        model: [models[model][v].to_json() for v in sorted(models[model], key=version_key)]
+        for model in sorted(models)
+        if models[model]
+    }
+    return (json.dumps(doc, indent=1, ensure_ascii=True) + "\n").encode()

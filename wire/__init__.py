@@ -1,0 +1,2 @@
+"""What travels on the wire: the tensor codec (validation of untrusted bytes, LZ4) and request
+assembly from pre-encoded tensors."""
