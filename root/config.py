@@ -158,6 +158,11 @@ class RootConfig:
     """Most models in one request."""
     max_in_flight: int = 256
     """Concurrent Score calls; more are rejected RESOURCE_EXHAUSTED."""
+    max_request_features: int = 1024
+    """Most client-supplied request features (``request_features``) in one request."""
+    max_request_feature_bytes: int = 4 * 1024 * 1024
+    """Most decoded bytes of all client-supplied request features of one request (declared
+    sizes are checked before anything is decompressed; real ones are a few KB)."""
     shutdown_grace_s: float = 5.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
     bundles: Mapping[str, Path] = field(default_factory=dict)
@@ -194,6 +199,8 @@ class RootConfig:
         _check_int("root", "max_candidates", self.max_candidates, 1)
         _check_int("root", "max_models", self.max_models, 1)
         _check_int("root", "max_in_flight", self.max_in_flight, 1)
+        _check_int("root", "max_request_features", self.max_request_features, 1)
+        _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
         bundles: dict[str, Path] = {}
@@ -236,6 +243,8 @@ class RootConfig:
             "max_candidates": str(self.max_candidates),
             "max_models": str(self.max_models),
             "max_in_flight": str(self.max_in_flight),
+            "max_request_features": str(self.max_request_features),
+            "max_request_feature_bytes": str(self.max_request_feature_bytes),
             "feature_store": self.feature_store.kind,
             "cache_max_bytes": str(self.cache.max_bytes),
             "cache_ttl_s": str(self.cache.ttl_s),

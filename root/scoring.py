@@ -26,7 +26,7 @@ import numpy as np
 from wire.codec import decode as decode_tensor
 from wire.frames import TensorFramer
 from protos.rootleaf.v1 import tensor_pb2
-from root import metrics
+from root import client_features, metrics
 from root.assembly import EncodedFeatures, LeafPayload, build_payload, encode_features, feature_union
 from root.catalog import Entity, FeatureCatalog
 from root.config import RootConfig
@@ -83,6 +83,9 @@ class ScoreInput:
     models: tuple[ModelRef, ...]
     request_features: Mapping[str, np.ndarray] = field(default_factory=dict)
     """Client-supplied request features, each ``[1, ...]``; override or add to the store's."""
+    request_tensors: Sequence[tensor_pb2.Tensor] = ()
+    """More client-supplied request features as received (untrusted): decoded by the engine
+    after admission and validation, under the request's budget (``root.client_features``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,20 +97,6 @@ class ModelOutcome:
     outputs: tuple[tensor_pb2.Tensor, ...]
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
-
-
-def decode_client_features(tensors: Sequence[tensor_pb2.Tensor]) -> dict[str, np.ndarray]:
-    """Client tensors -> arrays; any codec violation is an ``InvalidRequest`` naming the tensor."""
-    out: dict[str, np.ndarray] = {}
-    for tensor in tensors:
-        try:
-            array = decode_tensor(tensor)
-        except ValueError as exc:
-            raise InvalidRequest(f"request_features: {exc}") from None
-        if tensor.name in out:
-            raise InvalidRequest(f"request_features: tensor {tensor.name!r} given twice")
-        out[tensor.name] = array
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +171,32 @@ class ScoreEngine:
             seen.add(ref.name)
             if ref.name not in self._partition_of:
                 raise ModelNotFound(ref.name)
-        for name, array in request.request_features.items():
-            if array.ndim == 0 or array.shape[0] != 1:
-                raise InvalidRequest(f"request feature {name!r} must have leading dim 1, got shape {list(array.shape)}")
+
+    async def _client_features(self, request: ScoreInput) -> dict[str, np.ndarray]:
+        """The client's request features, decoded under the budget and checked.
+
+        Declared sizes are checked before anything is decompressed; above
+        ``DECODE_ON_LOOP_BYTES`` decoding runs in the encode executor, never on the loop.
+        """
+        cfg = self.config
+        tensors = request.request_tensors
+        features = dict(request.request_features)
+        if tensors:
+            budget = cfg.max_request_feature_bytes
+            copies = 1 if cfg.dedup_request_features else len(request.candidate_ids)
+            declared = client_features.declared_bytes(
+                tensors, max_count=cfg.max_request_features, max_bytes=budget, copies=copies
+            )
+            if declared > client_features.DECODE_ON_LOOP_BYTES:
+                loop = asyncio.get_running_loop()
+                decoded = await loop.run_in_executor(self._executor, client_features.decode, tensors, budget)
+            else:
+                decoded = client_features.decode(tensors, budget)
+            for name in decoded.keys() & features.keys():
+                raise InvalidRequest(f"request_features: tensor {name!r} given twice")
+            features.update(decoded)
+        client_features.check_passable(features)
+        for name, array in features.items():
             spec = self.catalog.features.get(name)
             if spec is None:
                 continue
@@ -195,6 +207,7 @@ class ScoreEngine:
                     f"request feature {name!r}: got {array.dtype}{list(array.shape[1:])}, "
                     f"catalog says {spec.dtype}{list(spec.shape)}"
                 )
+        return features
 
     # ---- what to fetch ----
 
@@ -274,8 +287,8 @@ class ScoreEngine:
         timeout = self.config.default_deadline_ms / 1000.0 if timeout_s is None else timeout_s
         deadline = loop.time() + timeout
         self._validate(request)
+        client = await self._client_features(request)
         cfg = self.config
-        client = dict(request.request_features)
         if cfg.trim:
             allow = [self.allowlists.lookup(ref.name, ref.version).features for ref in request.models]
         else:

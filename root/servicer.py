@@ -21,7 +21,7 @@ from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from root import metrics
 from root.config import RootConfig
 from root.errors import InvalidRequest, status_of
-from root.scoring import ModelRef, ScoreEngine, ScoreInput, decode_client_features
+from root.scoring import ModelRef, ScoreEngine, ScoreInput
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class RootServicer(root_pb2_grpc.RootServicer):
                 models=tuple(
                     ModelRef(m.name, m.version if m.HasField("version") else None) for m in request.models
                 ),
-                request_features=decode_client_features(request.request_features),
+                request_tensors=tuple(request.request_features),
             )
             outcomes = await self._engine.score(score_input, context.time_remaining())
             response = root_pb2.ScoreResponse(request_id=request_id)

@@ -64,6 +64,10 @@ class CodecError(ValueError):
         self.reason = reason
 
 
+class OverLimit(CodecError):
+    """A well-formed header declares more than a ``DecodeLimits`` bound allows."""
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
     """Bounds applied to untrusted tensors before any allocation."""
@@ -214,7 +218,7 @@ def expected_raw_size(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> 
         count *= dim
         # Python ints do not overflow, but stop early on absurd shapes.
         if count * itemsize > limits.max_raw_bytes:
-            raise CodecError(
+            raise OverLimit(
                 name, f"shape {list(tensor.shape)} exceeds the {limits.max_raw_bytes}-byte limit"
             )
     size = count * itemsize
@@ -287,12 +291,12 @@ def decode_all(
 ) -> dict[str, np.ndarray]:
     """Decode a message's tensors by name, enforcing count, total size and unique names."""
     if len(tensors) > limits.max_tensors:
-        raise CodecError("*", f"{len(tensors)} tensors exceed the limit of {limits.max_tensors}")
+        raise OverLimit("*", f"{len(tensors)} tensors exceed the limit of {limits.max_tensors}")
     total = 0
     for tensor in tensors:
         total += expected_raw_size(tensor, limits)
         if total > limits.max_total_raw_bytes:
-            raise CodecError(tensor.name, f"total size exceeds {limits.max_total_raw_bytes} bytes")
+            raise OverLimit(tensor.name, f"total size exceeds {limits.max_total_raw_bytes} bytes")
     out: dict[str, np.ndarray] = {}
     for tensor in tensors:
         if tensor.name in out:

@@ -31,8 +31,8 @@ from leaf import torchscript
 from leaf.export import export_model
 from leaf.server import ObservedRequest
 from leaf.server import create_server as create_leaf_server
-from wire.codec import encode
-from protos.rootleaf.v1 import root_pb2
+from wire.codec import DType, Encoding, encode
+from protos.rootleaf.v1 import root_pb2, tensor_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.client import AsyncRootClient
 from root.config import CacheConfig, FeatureStoreConfig, PartitionConfig, RootConfig
@@ -382,6 +382,18 @@ def _request(models: list[str], cands: list[int], features: list[Any] | None = N
     return req
 
 
+def _lz4_zeros(name: str, shape: tuple[int, ...]) -> Any:
+    """A small LZ4 tensor that decodes to ``shape`` float32 zeros (a decompression bomb)."""
+    return encode(name, np.zeros(shape, np.float32), "lz4_always")
+
+
+def _declared(name: str, shape: tuple[int, ...]) -> Any:
+    """A float32 tensor header declaring ``shape``, with 1 KiB of payload."""
+    return tensor_pb2.Tensor(
+        name=name, dtype=DType.FLOAT32, shape=shape, raw_size=4 * math.prod(shape), encoding=Encoding.LZ4, data=bytes(1024)
+    )
+
+
 def _corrupt_tensor() -> Any:
     t = encode("u_s0", np.array([1.0], dtype=np.float32), "none")
     t.raw_size = 8
@@ -400,8 +412,22 @@ def _corrupt_tensor() -> Any:
         (_request(["m_a"], [1], [encode("u_s0", np.zeros((2,), np.float32))]), grpc.StatusCode.INVALID_ARGUMENT, "leading dim"),
         (_request(["m_a"], [1], [encode("u_s0", np.zeros((1, 3), np.float32))]), grpc.StatusCode.INVALID_ARGUMENT, "catalog"),
         (_request(["m_a"], [1], [encode("c_r0", np.zeros((1,), np.float32))]), grpc.StatusCode.INVALID_ARGUMENT, "candidate"),
+        # A dtype the root cannot re-encode for the leaves is the client's error, not INTERNAL.
+        (_request(["m_full"], [1], [encode("x_bf", np.zeros((1, 2), np.uint16), dtype=DType.BFLOAT16)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "x_bf"),
+        # Models and candidates are checked before any client tensor is decompressed.
+        (_request([], [1], [_declared("x_bomb", (1, 80 * 1024 * 1024))]), grpc.StatusCode.INVALID_ARGUMENT, "models"),
+        (_request(["nope_model"], [1], [_declared("x_bomb", (1, 80 * 1024 * 1024))]), grpc.StatusCode.NOT_FOUND, "nope_model"),
+        # The per-request budget on declared sizes: bytes (one big tensor, or many) and count.
+        (_request(["m_a"], [1], [_lz4_zeros("x_big", (1, 2 * 1024 * 1024))]), grpc.StatusCode.INVALID_ARGUMENT, "max_request_feature_bytes"),
+        (_request(["m_a"], [1], [_lz4_zeros(f"x{i}", (1, 300 * 1024)) for i in range(4)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "max_request_feature_bytes"),
+        (_request(["m_a"], [1], [encode(f"x{i}", np.ones((1,), np.float32)) for i in range(1025)]),
+         grpc.StatusCode.INVALID_ARGUMENT, "max_request_features"),
     ],
-    ids=["no-models", "no-candidates", "too-many-candidates", "unknown-model", "duplicate-model", "corrupt-tensor", "bad-leading-dim", "bad-shape", "candidate-feature"],
+    ids=["no-models", "no-candidates", "too-many-candidates", "unknown-model", "duplicate-model", "corrupt-tensor",
+         "bad-leading-dim", "bad-shape", "candidate-feature", "bfloat16-feature", "bomb-without-models",
+         "bomb-unknown-model", "over-byte-budget", "over-byte-budget-total", "over-count-budget"],
 )
 def test_bad_requests_get_their_codes(
     cluster: Cluster, root_target: str, request_: root_pb2.ScoreRequest, code: grpc.StatusCode, fragment: str
@@ -410,6 +436,11 @@ def test_bad_requests_get_their_codes(
     err = _call_raw(cluster, root_target, request_)
     assert err.code() is code
     assert fragment in (err.details() or "")
+    # The root counts the call after the status has gone out: poll (bounded) for the count.
+    for _ in range(1000):
+        if metric("rootleaf_root_requests_total", {"code": code.name}) > before:
+            break
+        cluster.loop.run(asyncio.sleep(0.005))
     assert metric("rootleaf_root_requests_total", {"code": code.name}) == before + 1
 
 
@@ -432,3 +463,29 @@ def test_requested_version_reaches_the_leaf(cluster: Cluster, root_target: str) 
     # The leaf serves an unknown version with its latest and says so; the trimmer falls back alike.
     assert results["m_a"].version == "1" and results["m_c"].version == "1"
     assert set(seen["m_c"].feature_names) == set(cluster.inputs("m_c"))
+
+
+def test_admission_comes_before_decoding_client_features(cluster: Cluster) -> None:
+    """A root at max_in_flight answers RESOURCE_EXHAUSTED without touching the request's
+    tensors: a full root does no decoding work for requests it will not serve."""
+    server, port = cluster.loop.run(cluster.start_root(cluster.base_config(max_in_flight=1)))
+
+    async def go() -> grpc.StatusCode:
+        async with AsyncRootClient(f"127.0.0.1:{port}") as client:
+            slow = asyncio.ensure_future(client.score(1, np.arange(2, dtype=np.uint64), ["m_slow"], timeout_s=WAIT_S))
+            try:
+                for _ in range(2000):  # the slow call enters the engine (bounded poll)
+                    if server.engine.in_flight:
+                        break
+                    await asyncio.sleep(0.005)
+                assert server.engine.in_flight == 1
+                try:
+                    await client.score_raw(_request(["m_a"], [1], [_corrupt_tensor()]))
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                raise AssertionError("call succeeded")
+            finally:
+                slow.cancel()
+                await asyncio.gather(slow, return_exceptions=True)
+
+    assert cluster.loop.run(go()) is grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -56,6 +56,7 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert cfg.cache.ttl_s == 5.0 and cfg.cache.max_bytes == 1048576
     assert cfg.metrics_port == 0 and cfg.metrics_host == "127.0.0.1"
     assert cfg.settings()["trim"] == "false"
+    assert cfg.max_request_features == 1024 and cfg.max_request_feature_bytes == 4 * 1024 * 1024
 
 
 def test_absolute_paths_stay(tmp_path: Path) -> None:
@@ -74,6 +75,8 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
         ('trim = false', 'trim = "yes"', "trim"),
         ('default_deadline_ms = 250', 'default_deadline_ms = 0', "default_deadline_ms"),
         ('max_candidates = 1000', 'max_candidates = -1', "max_candidates"),
+        ('max_candidates = 1000', 'max_candidates = 1000\nmax_request_features = 0', "max_request_features"),
+        ('max_candidates = 1000', 'max_candidates = 1000\nmax_request_feature_bytes = 0', "max_request_feature_bytes"),
         ('ttl_s = 5', 'ttl_s = 0', "ttl_s"),
         ('max_bytes = 1048576', 'max_bytes = -5', "max_bytes"),
         ('targets = ["dns:///leaf-eng:5000"]', 'targets = []', "partitions.eng.targets"),

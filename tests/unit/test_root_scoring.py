@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from wire.codec import decode_all, encode
+from wire.codec import DType, decode_all, encode
 from protos.rootleaf.v1 import leaf_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
@@ -21,6 +22,7 @@ from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded
 from root.feature_store import FeatureStoreError, FetchResult
 from root.leaf_client import InProcessLeafClient
 from root.local_store import LocalFeatureStore
+from root.client_features import DECODE_ON_LOOP_BYTES
 from root.scoring import ModelRef, ScoreEngine, ScoreInput
 from trimmer import FeatureTrimmer
 
@@ -180,11 +182,57 @@ def test_client_features_override_and_add(setup: tuple[RootConfig, FeatureCatalo
         (_input(("m1", "zz")), ModelNotFound, "'zz'"),
         (_input(("m1",), request_features={"u_a": np.zeros((1,), np.float64)}), InvalidRequest, "u_a"),
         (_input(("m1",), request_features={"c_a": np.zeros((1,), np.float32)}), InvalidRequest, "candidate"),
+        # A dtype the root cannot pass on to the leaves (none encodes uint16) is the client's error.
+        (_input(("m1",), request_features={"u_x": np.zeros((1, 2), np.uint16)}), InvalidRequest, "u_x"),
+        (_input(("m1",), request_tensors=(encode("u_x", np.zeros((1, 2), np.uint16), dtype=DType.BFLOAT16),)),
+         InvalidRequest, "u_x.*bfloat16"),
+        (_input(("m1",), request_tensors=(encode("u_a", np.zeros((1,), np.float32)),) * 2), InvalidRequest, "twice"),
+        (_input(("m1",), request_tensors=tuple(encode(f"x{i}", np.zeros((1, 64), np.float32)) for i in range(3))),
+         InvalidRequest, "max_request_features=2"),
+        (_input(("m1",), request_tensors=(encode("x", np.zeros((1, 300), np.float32)),)),
+         InvalidRequest, "max_request_feature_bytes=1024"),
     ],
 )
 def test_validation(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], inp: ScoreInput, exc: type, text: str) -> None:
+    engine = _engine(setup, Leaf(), Leaf(), max_request_features=2, max_request_feature_bytes=1024)
     with pytest.raises(exc, match=text):
-        asyncio.run(_engine(setup, Leaf(), Leaf()).score(inp))
+        asyncio.run(engine.score(inp))
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A real thread pool that counts the calls it runs."""
+
+    def __init__(self) -> None:
+        super().__init__(1, thread_name_prefix="test-encode")
+        self.calls = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super().submit(*args, **kwargs)
+
+
+def test_client_tensors_are_decoded_and_large_ones_off_the_loop(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    config, catalog, trimmer = setup
+    p1 = Leaf()
+    executor = CountingExecutor()
+    store = LocalFeatureStore(tmp_store(config), catalog)
+    engine = ScoreEngine(config, catalog, store, trimmer, {"p1": InProcessLeafClient(p1), "p2": InProcessLeafClient(Leaf())}, executor)
+    try:
+        small = encode("u_a", np.array([9.0], np.float32))
+        asyncio.run(engine.score(_input(("m1",), request_tensors=(small,))))
+        assert executor.calls == 1  # request assembly only: a small tensor decodes on the loop
+        assert decode_all(p1.requests[-1].features)["u_a"].tolist() == [9.0]
+        large = np.arange(DECODE_ON_LOOP_BYTES // 4 + 1, dtype=np.float32).reshape(1, -1)
+        asyncio.run(engine.score(_input(("m3",), request_tensors=(encode("u_big", large),))))
+        assert executor.calls == 3  # decoding, then assembly, each in the executor
+        np.testing.assert_array_equal(decode_all(p1.requests[-1].features)["u_big"], large)
+    finally:
+        executor.shutdown()
+
+
+def tmp_store(config: RootConfig) -> Path:
+    assert config.feature_store.path is not None
+    return config.feature_store.path
 
 
 def test_fetch_plans_follow_allowlist_reloads_and_count_unknown_names_per_request(
