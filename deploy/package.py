@@ -1,8 +1,10 @@
 """Root-config package: one deterministic ``.tar.gz`` holding a bundle file, other root
 configs and a manifest (bundle name, content-derived build id, per-model versions, sha256 of
 every file). Writing fixes every timestamp, owner and mode, so a rebuild from the same inputs
-is byte-identical; reading checks every hash and rejects unsafe member names. Pure functions
-on the caller's thread.
+is byte-identical; reading checks every hash, rejects unsafe member names, invalid model and
+version names and a config that would shadow the bundle file, and stops decompressing at a
+bound (a small gzip bomb fails before it fills memory or disk). Pure functions on the
+caller's thread.
 """
 
 from __future__ import annotations
@@ -12,14 +14,24 @@ import hashlib
 import io
 import json
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Mapping
+from typing import Any, Mapping
+
+from contract.bundle_file import BUNDLE_FILE
+from contract.names import bundle_name_problem, name_problem
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 PACKAGE_SUFFIX = ".rootcfg.tar.gz"
-MAX_PACKAGE_BYTES = 256 * 1024 * 1024
+MAX_PACKAGE_BYTES = 64 * 1024 * 1024
+"""Largest package file accepted (compressed)."""
+MAX_UNPACKED_BYTES = 64 * 1024 * 1024
+"""Largest decompressed archive accepted (bundle files and root configs are kilobytes to a
+few megabytes); reading stops at this bound."""
+MAX_MEMBERS = 4096
+"""Most archive members accepted."""
 
 
 class PackageError(ValueError):
@@ -58,7 +70,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 def bundle_member(name: str) -> str:
-    return f"bundles/{name}/module_info.json"
+    return f"bundles/{name}/{BUNDLE_FILE}"
 
 
 def _tar_bytes(members: Mapping[str, bytes]) -> bytes:
@@ -112,22 +124,67 @@ def _safe_member(member: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts and member == str(p)
 
 
-def read_package(path: str | Path) -> Package:
+class _BoundedReader(io.RawIOBase):
+    """A decompressed stream that raises once more than ``limit`` bytes have come out."""
+
+    def __init__(self, source: gzip.GzipFile, limit: int, where: Path) -> None:
+        self._source, self._limit, self._where, self.read_total = source, limit, where, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = self._source.readinto(view)
+        self.read_total += n
+        if self.read_total > self._limit:
+            raise PackageError(f"{self._where}: decompresses to more than {self._limit} bytes")
+        return n
+
+
+def _read_members(path: Path, max_unpacked: int) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    with gzip.open(path, "rb") as gz:
+        stream = io.BufferedReader(_BoundedReader(gz, max_unpacked, path), 1 << 16)  # type: ignore[arg-type]
+        # Streaming mode ("r|"): members are read in order from the bounded stream, never by
+        # seeking, so the bound holds however the archive was built.
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for info in tar:
+                if len(files) >= MAX_MEMBERS:
+                    raise PackageError(f"{path}: more than {MAX_MEMBERS} members")
+                if not info.isfile() or not _safe_member(info.name) or info.name in files:
+                    raise PackageError(f"{path}: unexpected member {info.name!r}")
+                if info.size > max_unpacked:
+                    raise PackageError(f"{path}: member {info.name!r} declares {info.size} bytes")
+                handle = tar.extractfile(info)
+                if handle is None:
+                    raise PackageError(f"{path}: cannot read member {info.name!r}")
+                files[info.name] = handle.read()
+    return files
+
+
+def _check_models(path: Path, models: Mapping[Any, Any]) -> dict[str, tuple[str, ...]]:
+    shipped: dict[str, tuple[str, ...]] = {}
+    for model, versions in models.items():
+        if problem := name_problem(model):
+            raise PackageError(f"{path}: manifest names an invalid model {model!r}: it {problem}")
+        if not isinstance(versions, list) or not versions:
+            raise PackageError(f"{path}: manifest model {model!r} needs a non-empty list of versions")
+        for version in versions:
+            if problem := name_problem(version):
+                raise PackageError(f"{path}: manifest model {model!r} has an invalid version {version!r}: it {problem}")
+        shipped[model] = tuple(versions)
+    return shipped
+
+
+def read_package(path: str | Path, *, max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> Package:
     """Read and verify a package; raises ``PackageError`` naming what is wrong."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_PACKAGE_BYTES:
             raise PackageError(f"{path}: larger than {MAX_PACKAGE_BYTES} bytes")
-        files: dict[str, bytes] = {}
-        with tarfile.open(path, mode="r:gz") as tar:
-            for info in tar.getmembers():
-                if not info.isfile() or not _safe_member(info.name):
-                    raise PackageError(f"{path}: unexpected member {info.name!r}")
-                handle = tar.extractfile(info)
-                if handle is None:
-                    raise PackageError(f"{path}: cannot read member {info.name!r}")
-                files[info.name] = handle.read()
-    except (OSError, tarfile.TarError, EOFError) as exc:
+        files = _read_members(path, max_unpacked_bytes)
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise PackageError(f"{path}: not a readable package ({exc})") from None
     try:
         manifest = json.loads(files.pop(MANIFEST))
@@ -141,8 +198,11 @@ def read_package(path: str | Path) -> Package:
     hashes, models = manifest.get("files"), manifest.get("models")
     if not isinstance(name, str) or not isinstance(build_id, str):
         raise PackageError(f"{path}: manifest lacks 'bundle' or 'build_id'")
+    if problem := bundle_name_problem(name):
+        raise PackageError(f"{path}: manifest names an invalid bundle {name!r}: it {problem}")
     if not isinstance(hashes, dict) or not isinstance(models, dict):
         raise PackageError(f"{path}: manifest lacks 'files' or 'models'")
+    shipped = _check_models(path, models)
     if set(hashes) != set(files):
         raise PackageError(
             f"{path}: manifest lists {sorted(hashes)} but the archive holds {sorted(files)}"
@@ -152,10 +212,14 @@ def read_package(path: str | Path) -> Package:
             raise PackageError(f"{path}: sha256 mismatch for {member}")
     if bundle_member(name) not in files:
         raise PackageError(f"{path}: no bundle file {bundle_member(name)}")
-    configs = {
-        member.removeprefix("configs/"): data
-        for member, data in files.items()
-        if member.startswith("configs/")
-    }
-    shipped = {str(m): tuple(str(v) for v in vs) for m, vs in models.items()}
+    configs: dict[str, bytes] = {}
+    for member, data in files.items():
+        if not member.startswith("configs/"):
+            continue
+        fname = member.removeprefix("configs/")
+        # Configs are written beside the bundle file on each root (rollout config_dir defaults
+        # to the bundle file's directory): one named like the bundle file would replace it.
+        if "/" in fname or not fname or fname == BUNDLE_FILE or fname.startswith("."):
+            raise PackageError(f"{path}: config {member!r} is not a plain file name or would overwrite the bundle")
+        configs[fname] = data
     return Package(name, build_id, shipped, files[bundle_member(name)], configs)

@@ -162,7 +162,10 @@ class Rollout:
         files = []
         for root in role.roots:
             files.append(FileDelivery(root, root.bundle_file, self.package.bundle_bytes))
-            files += [FileDelivery(root, root.config_dir / n, d) for n, d in sorted(self.package.configs.items())]
+            for n, d in sorted(self.package.configs.items()):
+                if (root.config_dir / n).resolve() == root.bundle_file.resolve():
+                    raise PlanError(f"package config {n!r} would overwrite root {root.target}'s bundle file")
+                files.append(FileDelivery(root, root.config_dir / n, d))
         return files
 
     def leaf_versions(self, role: Role) -> list[VersionDelivery]:
