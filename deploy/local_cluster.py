@@ -264,13 +264,37 @@ def wait_serving(target: str, deadline: float, proc: _Proc | None = None, servic
 
 def stop_process(popen: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """terminate -> wait (bounded) -> kill -> wait."""
-    if popen.poll() is None:
-        popen.terminate()
+    stop_processes([popen], grace_s)
+
+
+def stop_processes(popens: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """Stop several processes together: terminate all, wait (one shared bound), kill the rest.
+
+    Every process is signalled and waited for even when handling another one raises; the
+    first error is raised once all of them had their turn."""
+    errors: list[BaseException] = []
+
+    def each(action: Any, targets: Sequence[subprocess.Popen[bytes]]) -> None:
+        for popen in targets:
+            try:
+                action(popen)
+            except Exception as exc:  # keep going: the next process must still be stopped
+                log.error("stopping pid %d: %s", popen.pid, exc)
+                errors.append(exc)
+
+    each(lambda p: p.poll() is None and p.terminate(), popens)
+    deadline = time.monotonic() + grace_s
+
+    def wait_or_kill(popen: subprocess.Popen[bytes]) -> None:
         try:
-            popen.wait(timeout=grace_s)
+            popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             popen.kill()
             popen.wait(timeout=grace_s)
+
+    each(wait_or_kill, popens)
+    if errors:
+        raise errors[0]
 
 
 class LocalCluster:
@@ -297,6 +321,8 @@ class LocalCluster:
         self.assets: DemoAssets | None = None
         self._leaves: dict[str, list[tuple[LeafInfo, _Proc]]] = {}
         self._roots: dict[str, tuple[RootInfo, _Proc]] = {}
+        self._state = "starting"
+        """cluster.json "state": "starting" until every process serves, then "running"."""
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -327,6 +353,7 @@ class LocalCluster:
                         (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
                                   models, proc.popen.pid, str(proc.log_path)), proc)
                     )
+            self._write_description()  # early, so `rootleaf down` can stop a cluster still starting
             for role in self.roles:
                 ready = []
                 for info, proc in self._leaves[role]:
@@ -338,23 +365,32 @@ class LocalCluster:
                 self._leaves[role] = ready
             for role in self.roles:
                 self._start_root(role, self.root_overrides, deadline)
+            self._state = "running"
             self._write_description()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Stop roots first (they drain), then leaves; remove cluster.json. Idempotent."""
-        for role in list(self._roots):
-            stop_process(self._roots.pop(role)[1].popen)
-        for role in list(self._leaves):
-            for _, proc in self._leaves.pop(role):
-                stop_process(proc.popen)
+        """Stop roots first (they drain), then leaves; remove cluster.json. Idempotent.
+
+        Every process is stopped even when stopping another raises; the first error is
+        raised at the end, after cluster.json is gone."""
+        roots = [self._roots.pop(role)[1].popen for role in list(self._roots)]
+        leaves = [proc.popen for role in list(self._leaves) for _, proc in self._leaves.pop(role)]
+        errors: list[BaseException] = []
+        for group in (roots, leaves):
+            try:
+                stop_processes(group)
+            except Exception as exc:
+                errors.append(exc)
         try:
             if self.cluster_json.is_file() and json.loads(self.cluster_json.read_text()).get("launcher_pid") == os.getpid():
                 self.cluster_json.unlink()
         except (OSError, ValueError):
             pass
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> "LocalCluster":
         self.start()
@@ -429,16 +465,17 @@ class LocalCluster:
             "dir": str(self.directory),
             "launcher": self.launcher,
             "launcher_pid": os.getpid(),
+            "state": self._state,
             "catalog": str(self.assets.catalog),
             "feature_store": str(self.assets.store),
             "models_dir": str(self.assets.models_dir),
             "roles": {
                 role: {
-                    "root": self._roots[role][0].to_json(),
+                    "root": self._roots[role][0].to_json() if role in self._roots else None,
                     "leaves": [info.to_json() for info in self.leaves(role)],
                 }
                 for role in self.roles
-                if role in self._roots
+                if role in self._roots or role in self._leaves
             },
         }
 
@@ -448,7 +485,7 @@ class LocalCluster:
         """Live pids of a cluster another launcher described in this directory."""
         try:
             doc = json.loads(self.cluster_json.read_text(encoding="utf-8"))
-            pids = [int(r["root"]["pid"]) for r in doc["roles"].values()]
+            pids = [int(r["root"]["pid"]) for r in doc["roles"].values() if r["root"]]
             pids += [int(l["pid"]) for r in doc["roles"].values() for l in r["leaves"]]
         except (OSError, ValueError, KeyError, TypeError):
             return []
@@ -518,6 +555,7 @@ class LocalCluster:
             base / "root.port",
         )
         self._roots[role] = (RootInfo("", "", "", "", {}, proc.popen.pid, str(proc.log_path)), proc)
+        self._write_description()  # the new pid, before waiting on it
         port = _wait_port(proc, deadline)
         target = f"127.0.0.1:{port}"
         wait_serving(target, deadline, proc)
@@ -555,6 +593,10 @@ def _up_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived while ``rootleaf up`` was starting the cluster."""
+
+
 def up_main(argv: list[str]) -> int:
     args = _up_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -566,14 +608,26 @@ def up_main(argv: list[str]) -> int:
         print(f"rootleaf up: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
+    starting = [True]
 
     def _on_signal(signum: int, frame: object) -> None:
         stop.set()
+        if starting[0]:
+            # Start-up waits on processes for minutes: interrupt it now. Raised once only,
+            # so the clean-up that follows (``start`` stops what it started) runs in peace.
+            starting[0] = False
+            raise _Interrupted(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        cluster.start()
+        try:
+            cluster.start()
+        finally:
+            starting[0] = False
+    except _Interrupted as exc:
+        print(f"rootleaf up: {exc} during start-up; stopped what had started", file=sys.stderr)
+        return 130
     except (ClusterError, WorkloadError, OSError, ValueError) as exc:
         print(f"rootleaf up: {exc}", file=sys.stderr)
         return 1
@@ -612,7 +666,8 @@ def stop_from_description(doc: Mapping[str, Any], grace_s: float = 15.0) -> list
         _wait_gone([launcher_pid], grace_s * 2)
     pids: list[int] = []
     for role in doc.get("roles", {}).values():
-        pids.append(int(role["root"]["pid"]))
+        if role.get("root"):
+            pids.append(int(role["root"]["pid"]))
     for role in doc.get("roles", {}).values():
         pids += [int(leaf["pid"]) for leaf in role["leaves"]]
     if doc.get("launcher") == "up" and isinstance(launcher_pid, int):

@@ -140,21 +140,16 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     """Load everything, bind ``config.listen`` and return ``(server, port)``.
 
     Call from the event loop that will run the server; then ``await server.start()``.
+    Everything that can fail for outside reasons (catalog, bundles, TLS files, ports) runs
+    before the feature store and the leaf channels are opened: their ``close`` is a
+    coroutine this synchronous builder cannot await, so a failed build never opens them.
     """
     tune_allocator()
     catalog = FeatureCatalog.load(config.catalog)
     trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        store = open_feature_store(config.feature_store, config.cache, catalog)
-        leaves: dict[str, LeafClient] = {
-            name: GrpcLeafClient(part.targets, tls=config.leaf_tls) for name, part in config.partitions.items()
-        }
-        executor = ThreadPoolExecutor(2, thread_name_prefix="root-encode")
-        closers.append(lambda: executor.shutdown(wait=False))
-        engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
         inner = grpc.aio.server(options=GRPC_OPTIONS)
-        inner.add_generic_rpc_handlers((RootServicer(engine, config, trimmer.status).handler(),))
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
@@ -164,10 +159,23 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         metrics_server = None
         if config.metrics_port:
             metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
+            closers.append(metrics_server.shutdown)
+            closers.append(metrics_server.server_close)
+        executor = ThreadPoolExecutor(2, thread_name_prefix="root-encode")
+        closers.append(lambda: executor.shutdown(wait=False))
+        if config.leaf_tls.enabled:
+            config.leaf_tls.channel_credentials()  # reads the files: fails here, not below
+        store = open_feature_store(config.feature_store, config.cache, catalog)  # opened last
     except BaseException:
         for close in closers:
             close()
         raise
+    # From here on nothing reads files or binds ports; the constructors only build objects.
+    leaves: dict[str, LeafClient] = {
+        name: GrpcLeafClient(part.targets, tls=config.leaf_tls) for name, part in config.partitions.items()
+    }
+    engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
+    inner.add_generic_rpc_handlers((RootServicer(engine, config, trimmer.status).handler(),))
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",
         port,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,12 +18,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from deploy.local_cluster import (
     REPO_ROOT,
     ClusterError,
+    LeafInfo,
     LocalCluster,
+    RootInfo,
     apply_overrides,
     down_main,
     parse_override,
     pid_alive,
     render_toml,
+    _Proc,
 )
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 
@@ -52,22 +56,27 @@ def _status(target: str) -> root_pb2.RootStatusResponse:
         return reply
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float) -> dict[str, Any]:
+def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float, state: str = "running") -> dict[str, Any]:
+    """The cluster description once it says ``state`` ("starting" or "running")."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"rootleaf up exited early with {proc.returncode}")
-        if path.is_file():
+        try:
             doc: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if doc.get("state") == state:
             return doc
-        time.sleep(0.1)  # polling a file the launcher writes once, bounded by the deadline
-    raise AssertionError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.1)  # polling a file the launcher rewrites, bounded by the deadline
+    raise AssertionError(f"{path} did not say state {state!r} within {timeout_s} s")
 
 
 def _all_pids(doc: dict[str, Any]) -> list[int]:
     pids = []
     for role in doc["roles"].values():
-        pids.append(role["root"]["pid"])
+        if role["root"]:
+            pids.append(role["root"]["pid"])
         pids += [leaf["pid"] for leaf in role["leaves"]]
     return pids
 
@@ -155,3 +164,71 @@ def test_overrides_and_toml_rendering() -> None:
 
     rendered = {"a": 1, "s": "x\"y", "l": ["p", "q"], "t": {"b": True}, "parts": {"p1": {"targets": ["h:1"]}}}
     assert tomllib.loads(render_toml(rendered)) == rendered
+
+
+def _start_up(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Any]:
+    log = open(tmp_path / "up.log", "wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rootleaf.cli", "up", "--workload", "ci", "--dir", str(tmp_path / "c"), *extra],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+    )
+    return proc, log
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("how", ["sigint", "down"])
+def test_interrupt_during_start_up_stops_everything(tmp_path: Path, how: str) -> None:
+    """cluster.json names the leaves while they start; Ctrl-C (or ``rootleaf down``) then
+    stops the launcher and every process it started without waiting for start-up to end."""
+    proc, log = _start_up(tmp_path)
+    try:
+        doc = _wait_for_file(tmp_path / "c" / "cluster.json", proc, WAIT_S, state="starting")
+        leaves = [leaf["pid"] for role in doc["roles"].values() for leaf in role["leaves"]]
+        assert len(leaves) == 2 and all(pid_alive(p) for p in leaves)
+        if how == "sigint":
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        else:
+            assert down_main(["--dir", str(tmp_path / "c")]) == 0
+            assert proc.wait(timeout=60) == 130
+        assert not [p for p in leaves if pid_alive(p)]
+        assert not (tmp_path / "c" / "cluster.json").exists()
+        assert not (tmp_path / "c" / "production" / "root" / "root.log").exists()  # never got that far
+        assert "during start-up" in (tmp_path / "up.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
+
+
+class _Unstoppable(subprocess.Popen[bytes]):
+    """A child this launcher may not signal (as if it belonged to another user)."""
+
+    def terminate(self) -> None:
+        raise PermissionError(f"pid {self.pid}: operation not permitted")
+
+
+def test_stop_stops_every_process_even_when_one_raises(tmp_path: Path) -> None:
+    cluster = LocalCluster("ci", tmp_path)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    stubborn = _Unstoppable(sleeper)
+    others = [subprocess.Popen(sleeper) for _ in range(3)]
+    try:
+        def proc(name: str, popen: subprocess.Popen[bytes]) -> _Proc:
+            return _Proc(name, popen, tmp_path / f"{name}.log", tmp_path / f"{name}.port")
+
+        cluster._roots["production"] = (RootInfo("", "", "", "", {}, stubborn.pid, ""), proc("root", stubborn))
+        cluster._leaves["production"] = [
+            (LeafInfo(f"p{i}", "", "", "", (), p.pid, ""), proc(f"leaf{i}", p)) for i, p in enumerate(others)
+        ]
+        with pytest.raises(PermissionError):
+            cluster.stop()
+        assert [p.poll() for p in others] == [-signal.SIGTERM] * 3
+        assert cluster.check_alive() == []  # nothing left registered
+    finally:
+        for p in (stubborn, *others):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)

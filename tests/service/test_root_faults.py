@@ -4,6 +4,8 @@ across a partition's targets, health reporting, and a graceful drain."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +15,10 @@ import numpy as np
 import pytest
 
 from root.client import AsyncRootClient, ModelScores
+from root.cache import CachedFeatureStore
 from root.config import PartitionConfig
+from root.leaf_client import GrpcLeafClient
+from root.server import create_server as create_root_server
 from tests.service.test_root_service import FAST, Cluster, LoopThread, build_cluster, close_cluster, score, start_leaf
 
 
@@ -102,3 +107,32 @@ def test_leaf_draining_mid_call_gives_unavailable_for_its_models_only(cluster: C
     results = cluster.loop.run(call_then_stop_leaf())
     assert results["m_a"].ok
     assert results["m_slow"].error_code is grpc.StatusCode.UNAVAILABLE, results["m_slow"]
+
+
+@pytest.mark.parametrize("taken", ["listen", "metrics_port"])
+def test_failed_build_leaves_no_leaf_channel_or_store_open(cluster: Cluster, taken: str) -> None:
+    """A root whose port cannot be bound fails before it opens what only a coroutine can close."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no SO_REUSEPORT: gRPC cannot share it
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        overrides = {"listen": f"127.0.0.1:{port}"} if taken == "listen" else {"metrics_port": port}
+        config = cluster.base_config(**overrides)
+
+        async def build() -> None:
+            create_root_server(config)
+
+        before = _live(GrpcLeafClient) | _live(CachedFeatureStore)
+        with pytest.raises((OSError, RuntimeError)) as failure:
+            cluster.loop.run(build())
+        gc.collect()
+        # The failure's traceback (kept here) still references the builder's frame.
+        assert failure.value.__traceback__ is not None
+        assert (_live(GrpcLeafClient) | _live(CachedFeatureStore)) - before == set()
+    # The same config builds and serves once the port is free (nothing half-built lingers).
+    root, root_port = cluster.loop.run(cluster.start_root(cluster.base_config()))
+    assert cluster.loop.run(root.check_partitions()) is True
+
+
+def _live(kind: type) -> set[int]:
+    return {id(o) for o in gc.get_objects() if type(o) is kind}
