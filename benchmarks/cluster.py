@@ -13,6 +13,10 @@ measures on one fixed request pool:
    mode's max throughput): p50/p99 latency and root/leaf CPU ms per request
    (``/proc/<pid>/stat``).
 
+Several root variants can be compared in one run on the same leaves, pool and open-loop
+rate: ``--feature-store`` given more than once (``local``, ``redis://...``,
+``redis-cluster://...``) runs the modes once per store, restarting only the root.
+
 The benchmark process runs on its main thread; each phase is one ``asyncio.run`` of the
 ``cluster_load`` drivers, bounded in requests and time.
 """
@@ -189,11 +193,12 @@ class ClusterBench:
     def _progress(self, mode: Mode, phase: str) -> Progress:
         return Progress(f"{mode.label}: {phase}", self.options.progress)
 
-    def run_mode(self, mode: Mode) -> dict[str, Any]:
+    def run_mode(self, mode: Mode, variant: "Variant | None" = None) -> dict[str, Any]:
         opts = self.options
         root = self.cluster.root()
-        if {k: root.settings.get(k) for k in mode.overrides()} != mode.overrides():
-            root = self.cluster.restart_root("production", mode.overrides())
+        wanted = {**(variant.overrides if variant else {}), **mode.overrides()}
+        if {k: root.settings.get(k) for k in wanted} != wanted:
+            root = self.cluster.restart_root("production", wanted)
         target = root.target
         n = len(self.pool)
 
@@ -239,7 +244,8 @@ class ClusterBench:
             "trim": mode.trim,
             "lz4": mode.lz4,
             "dedup": mode.dedup,
-            "label": mode.label,
+            "label": f"{variant.name}/{mode.label}" if variant and variant.name else mode.label,
+            "variant": variant.name if variant else "",
             "wire_bytes_per_request": delta.root_wire / sent,
             "floor_bytes_per_request": self.floor,
             "wire_over_floor": (delta.root_wire / sent) / self.floor if self.floor else math.nan,
@@ -266,15 +272,17 @@ class ClusterBench:
             "scores_max_abs_diff": max_diff,
         }
 
-    def run(self, modes: Sequence[Mode]) -> dict[str, Any]:
+    def run(self, modes: Sequence[Mode], variants: Sequence["Variant"] = ()) -> dict[str, Any]:
+        """Every mode, once per root variant (one unnamed variant when none is given)."""
         started = time.perf_counter()
         self.floor = compute_floor(self.assets, self.pool)
         results = []
-        for mode in modes:
-            results.append(self.run_mode(mode))
-            r = results[-1]
-            log.info("%s: %.0f B/req wire, p99 %.1f ms, %.1f req/s max, %d errors", mode.label,
-                     r["wire_bytes_per_request"], r["p99_ms"], r["max_rps"], r["errors"])
+        for variant in variants or (None,):
+            for mode in modes:
+                results.append(self.run_mode(mode, variant))
+                r = results[-1]
+                log.info("%s: %.0f B/req wire, p99 %.1f ms, %.1f req/s max, %d errors", r["label"],
+                         r["wire_bytes_per_request"], r["p99_ms"], r["max_rps"], r["errors"])
         workload = self.assets.workload
         doc = {
             "workload": workload.name,
@@ -300,13 +308,37 @@ def _compare(reference: dict[str, np.ndarray], scores: dict[str, np.ndarray]) ->
     return exact, diff
 
 
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One root setting compared beside others in the same run (same leaves, pool, rate)."""
+
+    name: str
+    overrides: dict[str, Any]
+
+
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
+
+
+def store_kind(feature_store: str) -> str:
+    """``local``, ``redis`` or ``redis-cluster`` for a ``--feature-store`` value."""
+    if feature_store == "local":
+        return "local"
+    if feature_store.startswith(REDIS_URL_SCHEMES):
+        return "redis"
+    if feature_store.startswith(CLUSTER_URL_SCHEMES):
+        return "redis-cluster"
+    raise ValueError(
+        f"--feature-store must be 'local', a redis:// URL or a redis-cluster:// URL, got {feature_store!r}"
+    )
+
+
 def store_overrides(feature_store: str, cache_max_bytes: int | None) -> dict[str, Any]:
-    """Root config overrides selecting the feature store ("local" or a redis:// URL) and cache size."""
+    """Root config overrides selecting the feature store (see ``store_kind``) and cache size."""
     overrides: dict[str, Any] = {}
-    if feature_store != "local":
-        if not feature_store.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"--feature-store must be 'local' or a redis:// URL, got {feature_store!r}")
-        overrides |= {"feature_store.kind": "redis", "feature_store.url": feature_store}
+    kind = store_kind(feature_store)
+    if kind != "local":
+        overrides |= {"feature_store.kind": kind, "feature_store.url": feature_store}
     if cache_max_bytes is not None:
         if cache_max_bytes < 0:
             raise ValueError(f"--cache-max-bytes must be >= 0, got {cache_max_bytes}")
@@ -315,7 +347,7 @@ def store_overrides(feature_store: str, cache_max_bytes: int | None) -> dict[str
 
 
 def load_redis(workload: str | Path, url: str, progress: bool) -> None:
-    """Write the workload's data into Redis: the same rows the local store holds."""
+    """Write the workload's data into Redis or a Redis Cluster: the rows the local store holds."""
     from deploy.workload import builtin_workload, load_workload
     from root.redis_loader import load_generated
 
@@ -324,23 +356,43 @@ def load_redis(workload: str | Path, url: str, progress: bool) -> None:
                                seed=spec.info.seed, progress=progress))
 
 
+def store_variants(feature_stores: Sequence[str], cache_max_bytes: int | None) -> list[Variant]:
+    """One variant per store (named by kind); a single store is the unnamed variant."""
+    kinds = [store_kind(s) for s in feature_stores]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"--feature-store: one store per kind, got {kinds}")
+    if len(kinds) == 1:
+        return [Variant("", store_overrides(feature_stores[0], cache_max_bytes))]
+    return [
+        Variant(k, {"feature_store.kind": k, **store_overrides(s, cache_max_bytes)})
+        for s, k in zip(feature_stores, kinds)
+    ]
+
+
 def run_cluster_bench(
     workload: str | Path, directory: str | Path, modes: Sequence[Mode], options: BenchOptions,
     leaf_args: Sequence[str] = ("--torch-threads", "1"),
-    feature_store: str = "local",
+    feature_store: str | Sequence[str] = "local",
     cache_max_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """Start the workload's cluster, run ``modes``, stop it; returns the JSON document."""
-    base = store_overrides(feature_store, cache_max_bytes)
-    if feature_store != "local":
-        load_redis(workload, feature_store, options.progress)
+    """Start the workload's cluster, run ``modes`` (per feature store when several are given),
+    stop it; returns the JSON document."""
+    stores = [feature_store] if isinstance(feature_store, str) else list(feature_store)
+    variants = store_variants(stores, cache_max_bytes)
+    for store in stores:
+        if store_kind(store) != "local":
+            load_redis(workload, store, options.progress)
+    # With several stores the cluster's own overrides hold none of them: each variant's root
+    # is started with its store on top of the cluster's (the default local) config.
+    base = variants[0].overrides if len(variants) == 1 else store_overrides("local", cache_max_bytes)
     cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
     cluster.start()
     try:
-        doc = ClusterBench(cluster, options).run(modes)
+        doc = ClusterBench(cluster, options).run(modes, variants if len(variants) > 1 else ())
     finally:
         cluster.stop()
-    doc["feature_store"] = "redis" if feature_store != "local" else "local"
+    kinds = [store_kind(s) for s in stores]
+    doc["feature_store"] = kinds[0] if len(kinds) == 1 else kinds
     doc["cache_max_bytes"] = cache_max_bytes
     return doc
 
@@ -377,8 +429,9 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--probe-requests", type=int, default=defaults.probe_requests)
     p.add_argument("--timeout-s", type=float, default=defaults.timeout_s)
     p.add_argument("--leaf-torch-threads", type=int, default=1, help="intra-op threads per leaf (0 = torch default)")
-    p.add_argument("--feature-store", default="local",
-                   help="'local' (file-backed, default) or a redis:// URL (the workload's data is loaded first)")
+    p.add_argument("--feature-store", action="append", default=None, metavar="STORE",
+                   help="'local' (file-backed, default), a redis:// or a redis-cluster://host:port,... URL (the "
+                        "workload's data is loaded first); repeat to compare stores in one run")
     p.add_argument("--cache-max-bytes", type=int, default=None,
                    help="root feature cache size (0 = off, so every request reads the store)")
     p.add_argument("--no-progress", action="store_true")
@@ -402,13 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    stores = args.feature_store or ["local"]
     try:
-        store_overrides(args.feature_store, args.cache_max_bytes)
+        store_variants(stores, args.cache_max_bytes)
     except ValueError as exc:
         parser.error(str(exc))
     doc = run_cluster_bench(args.workload, args.dir, args.modes, options,
                             leaf_args=("--torch-threads", str(args.leaf_torch_threads)),
-                            feature_store=args.feature_store, cache_max_bytes=args.cache_max_bytes)
+                            feature_store=stores, cache_max_bytes=args.cache_max_bytes)
     print_table(doc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,9 @@ def print_table(doc: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
     modes = doc["modes"]
     base = _find(modes, False, False, False) or modes[0]
     base_bytes = base["wire_bytes_per_request"] or 1.0
+    width = max(16, *(len(m["label"]) for m in modes))
     header = (
-        f"{'mode':<16} {'wire KB/req':>12} {'leaf KB/req':>12} {'vs base':>8} {'/floor':>7} "
+        f"{'mode':<{width}} {'wire KB/req':>12} {'leaf KB/req':>12} {'vs base':>8} {'/floor':>7} "
         f"{'root ms':>8} {'leaf ms':>8} {'p50 ms':>8} {'p99 ms':>8} {'max rps':>8} {'errors':>6} {'scores':>7}"
     )
     print(
@@ -72,7 +73,7 @@ def print_table(doc: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
     for m in modes:
         saving = 1.0 - m["wire_bytes_per_request"] / base_bytes
         print(
-            f"{m['label']:<16} {_kb(m['wire_bytes_per_request']):>12} {_kb(m['leaf_received_bytes_per_request']):>12} "
+            f"{m['label']:<{width}} {_kb(m['wire_bytes_per_request']):>12} {_kb(m['leaf_received_bytes_per_request']):>12} "
             f"{-saving * 100:>+7.1f}% {m['wire_over_floor']:>7.2f} {m['root_cpu_ms_per_request']:>8.2f} "
             f"{m['leaf_cpu_ms_per_request']:>8.2f} {m['p50_ms']:>8.1f} {m['p99_ms']:>8.1f} {m['max_rps']:>8.1f} "
             f"{m['errors']:>6} {'same' if m['scores_match_baseline'] else 'DIFF':>7}",

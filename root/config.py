@@ -17,7 +17,8 @@ from typing import Any, Mapping
 from transport.tls import PLAINTEXT, TlsConfig
 
 COMPRESSIONS = ("lz4", "none")
-STORE_KINDS = ("local", "redis")
+STORE_KINDS = ("local", "redis", "redis-cluster")
+CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
 STORE_ERROR_POLICIES = ("fail", "defaults")
 
 
@@ -73,13 +74,14 @@ class FeatureStoreConfig:
     """Where feature values come from."""
 
     kind: str = "local"
-    """``local`` (memory-mapped column files) or ``redis``."""
+    """``local`` (memory-mapped column files), ``redis`` or ``redis-cluster``."""
     path: Path | None = None
     """Directory of the local store (required for ``local``)."""
     url: str | None = None
-    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (required for ``redis``)."""
+    """Redis URL, e.g. ``redis://127.0.0.1:6379/0`` (required for ``redis``); for
+    ``redis-cluster`` the startup nodes, ``redis-cluster://[user:pass@]host:port,host:port``."""
     pool_size: int = 16
-    """Connections in the Redis pool."""
+    """Connections in the Redis pool (per master for a cluster)."""
     timeout_ms: int = 100
     """Per-fetch timeout of a remote store; a timeout fails the request UNAVAILABLE."""
     key_prefix: str = "rl"
@@ -101,8 +103,13 @@ class FeatureStoreConfig:
             raise ValueError(f"feature_store.kind must be one of {STORE_KINDS}, got {self.kind!r}")
         if self.kind == "local" and self.path is None:
             raise ValueError("feature_store.path is required when kind = 'local', got None")
-        if self.kind == "redis" and not self.url:
-            raise ValueError(f"feature_store.url is required when kind = 'redis', got {self.url!r}")
+        if self.kind in ("redis", "redis-cluster") and not self.url:
+            raise ValueError(f"feature_store.url is required when kind = {self.kind!r}, got {self.url!r}")
+        if self.url and (self.kind == "redis-cluster") != str(self.url).startswith(CLUSTER_URL_SCHEMES):
+            raise ValueError(
+                f"feature_store.url {self.url!r} does not fit kind = {self.kind!r}: "
+                f"redis-cluster takes {' or '.join(CLUSTER_URL_SCHEMES)}, redis takes redis://"
+            )
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         _check_int("feature_store", "pool_size", self.pool_size, 1)

@@ -1,4 +1,4 @@
-"""``rootleaf features load``: write a workload's feature data into Redis.
+"""``rootleaf features load``: write a workload's feature data into Redis or a Redis Cluster.
 
 The data is what the local store holds for the same workload (``root.datagen``), so a root
 scores identically on either store. Either ``--workload`` (a TOML file or a shipped name:
@@ -17,7 +17,9 @@ from redis.exceptions import RedisError
 
 from root.catalog import FeatureCatalog
 from root.feature_store import FeatureStoreError
+from root.redis_cluster_store import CLUSTER_SCHEMES, RedisClusterFeatureStore
 from root.redis_loader import DEFAULT_BATCH_ROWS, LoadOptions, load_generated
+from root.redis_records import PackedRecordStore
 from root.redis_store import RedisFeatureStore
 
 
@@ -31,7 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--users", type=int, help="request entities (ids 0..users-1); overrides the workload")
     load.add_argument("--items", type=int, help="candidate entities (ids 0..items-1); overrides the workload")
     load.add_argument("--seed", type=int, help="data seed; overrides the workload")
-    load.add_argument("--redis", required=True, metavar="URL", help="redis://HOST:PORT/DB")
+    dest = load.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB")
+    dest.add_argument("--redis-cluster", metavar="URL",
+                      help="redis-cluster://HOST:PORT[,HOST:PORT...] (startup nodes of a Redis Cluster)")
     load.add_argument("--key-prefix", default="rl", help="key namespace (the root's feature_store.key_prefix)")
     load.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="records per MSET")
     load.add_argument("--flush", action="store_true", help="delete the entities' existing records first")
@@ -60,12 +65,19 @@ def _source(args: argparse.Namespace) -> tuple[FeatureCatalog, int, int, int]:
 async def _load(args: argparse.Namespace) -> int:
     catalog, users, items, seed = _source(args)
     options = LoadOptions(key_prefix=args.key_prefix, batch_rows=args.batch_rows, flush=args.flush)
+    url = args.redis if args.redis is not None else args.redis_cluster
+    if args.redis_cluster is not None and not url.startswith(CLUSTER_SCHEMES):
+        url = f"redis-cluster://{url}"  # plain host:port,host:port also accepted
     results = await load_generated(
-        args.redis, catalog, users=users, items=items, seed=seed, options=options,
+        url, catalog, users=users, items=items, seed=seed, options=options,
         progress=not args.quiet,
     )
     # Read back through the store: proves the layout a root will check is in place.
-    store = RedisFeatureStore(args.redis, catalog, key_prefix=args.key_prefix, timeout_s=5.0)
+    store: PackedRecordStore
+    if args.redis is not None:
+        store = RedisFeatureStore(url, catalog, key_prefix=args.key_prefix, timeout_s=5.0)
+    else:
+        store = RedisClusterFeatureStore(url, catalog, key_prefix=args.key_prefix, timeout_s=5.0)
     try:
         await store.check_layout()
     finally:

@@ -1,9 +1,13 @@
-"""Writes feature data into Redis in the record layout ``root.redis_store`` reads.
+"""Writes feature data into Redis or a Redis Cluster in the record layout ``root.redis_records`` reads.
 
 Order of writes keeps readers safe: a load whose layout differs from the stored one first
 deletes the stored layout digest (readers then fail with "no layout" instead of misreading)
 and every old record of that entity, then writes records in batched pipelines (MSET), and
 sets the layout digest last. Reloading with the same layout overwrites records in place.
+
+A cluster gets the same keys: redis-py's cluster client splits each batch by hash slot
+(``mset_nonatomic``: one MSET per slot, pipelined per master, masters concurrently); the
+layout digest is still written last, once every record is acknowledged.
 
 Runs on the caller's event loop (one asyncio client, closed before returning); packing
 records is vectorised numpy per batch of rows.
@@ -19,9 +23,11 @@ from typing import Mapping, TextIO
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from root.catalog import Entity, FeatureCatalog
-from root.redis_store import (
+from root.redis_cluster_store import CLUSTER_SCHEMES, ClusterUrl
+from root.redis_records import (
     KEY_PREFIX_RULE,
     RecordLayout,
     entity_key_prefix,
@@ -99,8 +105,23 @@ class Progress:
         self.stream.flush()
 
 
+Client = aioredis.Redis | RedisCluster
+
+
+def open_client(url: str) -> Client:
+    """A writing client for ``url``: ``redis://...`` (one server) or ``redis-cluster://...``."""
+    if url.startswith(CLUSTER_SCHEMES):
+        address = ClusterUrl.parse(url)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+            username=address.username,
+            password=address.password,
+        )
+    return aioredis.Redis.from_url(url)
+
+
 async def load_entity(
-    client: aioredis.Redis,
+    client: Client,
     catalog: FeatureCatalog,
     entity: Entity,
     columns: Mapping[str, np.ndarray],
@@ -140,11 +161,15 @@ async def load_entity(
     step = options.batch_rows
     per_pipe = step * options.batches_per_pipeline
     for start in range(0, count, per_pipe):
-        async with client.pipeline(transaction=False) as pipe:
-            for lo in range(start, min(start + per_pipe, count), step):
-                rows = slice(lo, min(lo + step, count))
-                pipe.mset(dict(zip(entity_keys(prefix, ids[rows]), layout.pack(columns, rows))))
-            await pipe.execute()
+        if isinstance(client, RedisCluster):
+            rows = slice(start, min(start + per_pipe, count))
+            await client.mset_nonatomic(dict(zip(entity_keys(prefix, ids[rows]), layout.pack(columns, rows))))
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                for lo in range(start, min(start + per_pipe, count), step):
+                    rows = slice(lo, min(lo + step, count))
+                    pipe.mset(dict(zip(entity_keys(prefix, ids[rows]), layout.pack(columns, rows))))
+                await pipe.execute()
         if bar is not None:
             bar.advance(min(per_pipe, count - start))
     if bar is not None:
@@ -154,7 +179,7 @@ async def load_entity(
     return EntityLoad(entity, count, layout.record_size, deleted, layout.digest)
 
 
-async def delete_records(client: aioredis.Redis, key_prefix: str, entity: Entity, batch: int = 1000) -> int:
+async def delete_records(client: Client, key_prefix: str, entity: Entity, batch: int = 1000) -> int:
     """UNLINK every ``{prefix}:{entity}:*`` record (SCAN, bounded by the key count)."""
     deleted = 0
     pattern = entity_key_prefix(key_prefix, entity) + b"*"
@@ -186,12 +211,13 @@ async def load_generated(
     options: LoadOptions = LoadOptions(),
     progress: TextIO | bool = True,
 ) -> list[EntityLoad]:
-    """Generate a workload's data (users = request entities, items = candidates) and load it."""
+    """Generate a workload's data (users = request entities, items = candidates) and load it
+    into ``url`` (``redis://...`` or ``redis-cluster://host:port,...``)."""
     counts = {Entity.REQUEST: users, Entity.CANDIDATE: items}
     for entity, count in counts.items():
         if count < 0:
             raise ValueError(f"{'users' if entity is Entity.REQUEST else 'items'} must be >= 0, got {count}")
-    client = aioredis.Redis.from_url(url)
+    client = open_client(url)
     try:
         results = []
         for entity, count in counts.items():

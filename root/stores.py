@@ -1,6 +1,6 @@
 """Builds the root's feature store from its config: backend, then the cache in front.
 
-The Redis backend is imported only when configured, so a root on the local store never
+The Redis backends are imported only when configured, so a root on the local store never
 loads the Redis client.
 """
 
@@ -20,8 +20,11 @@ def open_backend(config: FeatureStoreConfig, catalog: FeatureCatalog) -> Feature
     if config.kind == "local":
         assert config.path is not None  # validated by FeatureStoreConfig
         return LocalFeatureStore(config.path, catalog)
-    redis_store = importlib.import_module("root.redis_store")
-    store: FeatureStore = redis_store.RedisFeatureStore(
+    if config.kind == "redis-cluster":
+        cls = importlib.import_module("root.redis_cluster_store").RedisClusterFeatureStore
+    else:
+        cls = importlib.import_module("root.redis_store").RedisFeatureStore
+    store: FeatureStore = cls(
         config.url,
         catalog,
         pool_size=config.pool_size,

@@ -1,9 +1,14 @@
-"""A real ``redis-server`` process for tests: free loopback port, temporary directory, no persistence.
+"""Real ``redis-server`` processes for tests: free loopback ports, temporary directories, no persistence.
 
-Import the fixture into a test module (``from tests.redis_server import redis_server``).
+Import a fixture into a test module (``from tests.redis_server import redis_server``).
 Readiness is a PING answered (bounded wait); teardown is terminate -> wait -> kill by pid.
 ``stop()`` / ``start()`` restart the server on the same port and ``pause()`` / ``resume()``
 freeze it (outage and timeout tests).
+
+``LocalRedisCluster`` starts several ``cluster-enabled`` servers and joins them with
+``redis-cli --cluster create`` (masters with one replica each); it can kill a master and
+wait for the replica's promotion, and move slots between masters (``redis-cli --cluster
+reshard``). Every wait polls ``CLUSTER`` state with a bound.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Sequence
 
 import pytest
 
@@ -42,13 +47,14 @@ def ping(port: int, timeout_s: float = 0.2) -> bool:
 class RedisServer:
     """One redis-server process; ``url`` stays valid across stop/start."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: install the Debian package redis-server (./run test does)")
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
 
@@ -65,6 +71,7 @@ class RedisServer:
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
+                *self.extra_args,
             ],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -86,6 +93,16 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL (a crash: no shutdown, connections reset)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -115,3 +132,173 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+CLUSTER_TIMEOUT_S = 30.0
+NODE_TIMEOUT_MS = 1000
+"""``cluster-node-timeout``: a master unreachable this long is failed over to its replica."""
+
+
+class LocalRedisCluster:
+    """``masters`` masters with ``replicas`` replicas each, on loopback ports, joined by redis-cli."""
+
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 1) -> None:
+        self.cli = shutil.which("redis-cli")
+        if self.cli is None:
+            raise RuntimeError("redis-cli not found: install the Debian package redis-server (./run test does)")
+        self.replicas = replicas
+        self.nodes: list[RedisServer] = []
+        for i in range(masters * (1 + replicas)):
+            bus_port = free_port()  # explicit: the default port + 10000 may be taken or > 65535
+            self.nodes.append(RedisServer(
+                workdir / f"node{i}",
+                extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                            "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-port", str(bus_port),
+                            "--repl-diskless-sync-delay", "0"),  # replicas sync at once (default waits 5 s)
+            ))
+
+    @property
+    def url(self) -> str:
+        """The startup nodes: every node, so any one still up answers the slot map."""
+        return "redis-cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            self._run_cli(
+                "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas", str(self.replicas), "--cluster-yes",
+            )
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def _run_cli(self, *args: str) -> str:
+        assert self.cli is not None
+        done = subprocess.run([self.cli, *args], capture_output=True, text=True, timeout=CLUSTER_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(args[:2])} failed: {done.stdout[-1500:]} {done.stderr[-500:]}")
+        return done.stdout
+
+    def command(self, node: RedisServer, *args: str) -> str:
+        """One command through redis-cli (raw text reply)."""
+        return self._run_cli("-h", "127.0.0.1", "-p", str(node.port), *args)
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None]
+
+    def topology(self) -> list[dict[str, str]]:
+        """``CLUSTER NODES`` of a live node: id, port, flags, master id, slots per node."""
+        out = []
+        for line in self.command(self.live()[0], "CLUSTER", "NODES").splitlines():
+            parts = line.split()
+            if len(parts) < 8:
+                continue
+            out.append({
+                "id": parts[0], "port": parts[1].split("@")[0].rsplit(":", 1)[1], "flags": parts[2],
+                "master": parts[3], "slots": " ".join(parts[8:]),
+            })
+        return out
+
+    def masters(self) -> list[RedisServer]:
+        """Live nodes that are masters serving slots."""
+        ports = {int(n["port"]) for n in self.topology() if "master" in n["flags"] and n["slots"] and "fail" not in n["flags"]}
+        return [n for n in self.live() if n.port in ports]
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.command(node, "CLUSTER", "MYID").strip()
+
+    def wait_healthy(self, timeout_s: float = CLUSTER_TIMEOUT_S) -> None:
+        """Every live node sees ``cluster_state:ok``, every master has its replicas in sync."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                states_ok = all("cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in self.live())
+                synced = states_ok and all(
+                    self._replicas_in_sync(m) for m in self.masters()
+                )
+                if synced:
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis cluster not healthy after {timeout_s} s: {self.topology()}")
+            time.sleep(0.05)
+
+    def _replicas_in_sync(self, master: RedisServer) -> bool:
+        if len(self.live()) < len(self.nodes):
+            return True  # after a kill the promoted master has no replica left
+        info = self.command(master, "INFO", "replication")
+        return sum("state=online" in line for line in info.splitlines() if line.startswith("slave")) >= self.replicas
+
+    def wait_replicated(self) -> None:
+        """Block until every master's writes so far reached a replica (``WAIT``)."""
+        for master in self.masters():
+            acked = int(self.command(master, "WAIT", "1", str(int(CLUSTER_TIMEOUT_S * 1000))).strip())
+            if acked < 1:
+                raise RuntimeError(f"master {master.port}: no replica acknowledged the writes")
+
+    def kill_master(self, master: RedisServer) -> None:
+        """SIGKILL a master and wait until its replica serves its slots (bounded)."""
+        dead_id = self.node_id(master)
+        master.kill()
+        deadline = time.monotonic() + CLUSTER_TIMEOUT_S
+        while True:
+            try:
+                nodes = self.topology()
+                promoted = not any(n["id"] == dead_id and n["slots"] for n in nodes) and all(
+                    "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in self.live()
+                )
+                if promoted:
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica promoted for {master.port} after {CLUSTER_TIMEOUT_S} s")
+            time.sleep(0.05)
+
+    def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
+        """Move ``slots`` slots (and their keys) from ``source`` to ``target`` (redis-cli, MIGRATE)."""
+        self._run_cli(
+            "--cluster", "reshard", f"127.0.0.1:{source.port}",
+            "--cluster-from", self.node_id(source), "--cluster-to", self.node_id(target),
+            "--cluster-slots", str(slots), "--cluster-yes",
+        )
+
+    def slot_owner(self, slot: int) -> int:
+        """Port of the master serving ``slot`` now."""
+        for entry in self.topology():
+            for part in entry["slots"].split():
+                if part.startswith("["):
+                    continue
+                lo, _, hi = part.partition("-")
+                if int(lo) <= slot <= int(hi or lo):
+                    return int(entry["port"])
+        raise RuntimeError(f"no master serves slot {slot}")
+
+
+def _cluster(workdir: Path) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(workdir)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A 3-master, 3-replica cluster shared by a module's tests that leave its topology alone."""
+    yield from _cluster(tmp_path_factory.mktemp("redis-cluster"))
+
+
+@pytest.fixture
+def fresh_redis_cluster(tmp_path: Path) -> Iterator[LocalRedisCluster]:
+    """A cluster of the test's own (for tests that kill masters or move slots)."""
+    yield from _cluster(tmp_path / "redis-cluster")

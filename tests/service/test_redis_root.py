@@ -52,13 +52,17 @@ async def load_redis(url: str, assets: DemoAssets) -> None:
 
 
 @contextlib.asynccontextmanager
-async def leaves(assets: DemoAssets) -> AsyncIterator[dict[str, str]]:
-    """One in-process leaf per partition; yields partition -> target."""
+async def leaves(assets: DemoAssets, max_batch_candidates: int = 4096) -> AsyncIterator[dict[str, str]]:
+    """One in-process leaf per partition; yields partition -> target. ``max_batch_candidates=0``
+    runs every request alone, so concurrent requests score bit-identically to serial ones."""
     started = []
     try:
         targets = {}
         for partition, models in assets.partitions.items():
-            config = LeafConfig(assets.models_dir, models=models, device="cpu", max_queue_delay_ms=0.0)
+            config = LeafConfig(
+                assets.models_dir, models=models, device="cpu", max_queue_delay_ms=0.0,
+                max_batch_candidates=max_batch_candidates,
+            )
             server, port = create_leaf(config)
             await server.start()
             started.append(server)

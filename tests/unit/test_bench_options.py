@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.cluster import build_parser, store_overrides
+from benchmarks.cluster import build_parser, store_overrides, store_variants
 
 
 def test_local_store_changes_nothing_and_cache_size_is_passed_on() -> None:
@@ -27,4 +27,21 @@ def test_bad_values_are_rejected(store: str, cache: int | None, fragment: str) -
 
 def test_cli_parses_the_switches() -> None:
     args = build_parser().parse_args(["--feature-store", "redis://127.0.0.1:1/0", "--cache-max-bytes", "0"])
-    assert (args.feature_store, args.cache_max_bytes) == ("redis://127.0.0.1:1/0", 0)
+    assert (args.feature_store, args.cache_max_bytes) == (["redis://127.0.0.1:1/0"], 0)
+
+
+def test_cluster_url_selects_the_cluster_store_and_stores_become_variants() -> None:
+    url = "redis-cluster://127.0.0.1:7000,127.0.0.1:7001"
+    assert store_overrides(url, None) == {"feature_store.kind": "redis-cluster", "feature_store.url": url}
+    variants = store_variants(["local", "redis://127.0.0.1:1/0", url], 0)
+    assert [v.name for v in variants] == ["local", "redis", "redis-cluster"]
+    assert variants[0].overrides == {"feature_store.kind": "local", "cache.max_bytes": 0}
+    assert variants[2].overrides["feature_store.url"] == url
+    assert [v.name for v in store_variants(["local"], None)] == [""]  # one store: labels stay plain
+    with pytest.raises(ValueError, match="one store per kind"):
+        store_variants(["local", "local"], None)
+
+
+def test_cli_repeats_feature_store() -> None:
+    args = build_parser().parse_args(["--feature-store", "local", "--feature-store", "redis-cluster://h:1"])
+    assert args.feature_store == ["local", "redis-cluster://h:1"]

@@ -11,7 +11,8 @@ from contract.dtypes import NUMPY_DTYPES
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.feature_store import FeatureStoreError
 from root.redis_loader import LoadOptions, Progress
-from root.redis_store import RecordLayout, RedisFeatureStore, entity_key_prefix, entity_keys, valid_key_prefix
+from root.redis_records import RecordLayout, entity_key_prefix, entity_keys, valid_key_prefix
+from root.redis_store import RedisFeatureStore
 
 
 def every_dtype_catalog() -> FeatureCatalog:

@@ -83,6 +83,9 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
         ('models = ["m3"]', 'models = ["m1"]', "'m1' is already hosted"),
         ('kind = "local"', 'kind = "memcached"', "'memcached'"),
         ('kind = "local"', 'kind = "redis"', "feature_store.url"),
+        ('kind = "local"', 'kind = "redis-cluster"', "feature_store.url"),
+        ('kind = "local"\npath = "store"', 'kind = "redis-cluster"\nurl = "redis://h:1/0"', "does not fit"),
+        ('kind = "local"\npath = "store"', 'kind = "redis"\nurl = "redis-cluster://h:1"', "does not fit"),
         ('catalog = "catalog.json"', '', "catalog"),
     ],
 )
@@ -97,6 +100,13 @@ def test_redis_config(tmp_path: Path) -> None:
     text = GOOD.replace('kind = "local"\npath = "store"', 'kind = "redis"\nurl = "redis://127.0.0.1:6379/0"\npool_size = 4\ntimeout_ms = 20')
     cfg = load_root_config(_write(tmp_path, text))
     assert cfg.feature_store.kind == "redis" and cfg.feature_store.pool_size == 4 and cfg.feature_store.timeout_ms == 20
+
+
+def test_redis_cluster_config(tmp_path: Path) -> None:
+    url = "redis-cluster://10.0.0.1:7000,10.0.0.2:7000"
+    text = GOOD.replace('kind = "local"\npath = "store"', f'kind = "redis-cluster"\nurl = "{url}"')
+    cfg = load_root_config(_write(tmp_path, text))
+    assert (cfg.feature_store.kind, cfg.feature_store.url) == ("redis-cluster", url)
 
 
 def test_unparsable_file(tmp_path: Path) -> None:
