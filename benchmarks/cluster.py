@@ -1,24 +1,28 @@
 """``rootleaf bench [cluster] --workload W --json OUT``: what trimming, LZ4 and dedup cost and save.
 
-Starts the workload's local cluster once (leaves stay up) and, per mode of the root's
-switches (trim x lz4 x request-feature dedup), restarts only the root with that config and
-measures on one fixed request pool:
+Starts the workload's local cluster once (leaves stay up) and runs every mode of the root's
+switches (trim x lz4 x request-feature dedup) once per round, interleaved (forward order,
+then reversed: ABBA), each run on a freshly started root with that config and the same
+request pool:
 
-1. bytes: one pass over the pool; root->leaf wire bytes from the root's counters, checked
-   against the leaves' received-bytes counters; the floor (each model gets exactly its
-   features, each tensor at min(raw, LZ4) payload size, request features once);
-2. scores of the first pool requests, sent one at a time, compared with the first mode's;
+1. bytes: one pass over the pool (also the warm-up, the same for every run); root->leaf
+   wire bytes from the root's counters, checked against the leaves' received-bytes
+   counters, beside two floors (``benchmarks.floors``): per model and per partition;
+2. scores of the first pool requests, sent one at a time, compared with the first run's;
 3. closed loop: max throughput with ``--concurrency`` callers;
 4. open loop at one fixed rate for every mode (``--rate``, default a fraction of the first
-   mode's max throughput): p50/p99 latency and root/leaf CPU ms per request
-   (``/proc/<pid>/stat``).
+   run's max throughput): p50/p99 latency, root/leaf CPU per request (``/proc/<pid>/stat``),
+   leaf ingress and root egress MB/s.
 
 Several root variants can be compared in one run on the same leaves, pool and open-loop
 rate: ``--feature-store`` given more than once (``local``, ``redis://...``,
 ``redis-cluster://...``) runs the modes once per store, restarting only the root.
 
-The benchmark process runs on its main thread; each phase is one ``asyncio.run`` of the
-``cluster_load`` drivers, bounded in requests and time.
+During the load phases the host's busy CPU outside the cluster and the load generator is
+recorded per run. Each figure is reported as the median over rounds with its spread, and
+each target ratio is flagged when its spread over rounds exceeds the difference it claims
+(``benchmarks.cluster_rounds``). The benchmark process runs on its main thread; each phase
+is one ``asyncio.run`` of the ``cluster_load`` drivers, bounded in requests and time.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import lz4.block
 import numpy as np
 
 from benchmarks.cluster_load import LoadClient, PhaseResult, Progress, RequestPool
 from benchmarks.cluster_metrics import Snapshot, snapshot
 from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
+from benchmarks.cluster_rounds import aggregate, round_orders
+from benchmarks.floors import Floors, compute_floors
 from deploy.demo_assets import DemoAssets
 from deploy.local_cluster import LocalCluster
 from deploy.workload import Workload
@@ -106,9 +111,11 @@ class BenchOptions:
     """Client deadline of each Score call."""
     progress: bool = True
     """Draw stderr progress bars."""
+    rounds: int = 2
+    """Interleaved rounds: every mode runs once per round, reversed order in odd rounds."""
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "closed_max_requests", "pool_size", "probe_requests", "open_min_requests"):
+        for name in ("rounds", "concurrency", "closed_max_requests", "pool_size", "probe_requests", "open_min_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("closed_s", "open_s", "timeout_s"):
@@ -118,35 +125,6 @@ class BenchOptions:
             raise ValueError(f"rate must be > 0, got {self.rate}")
         if not 0 < self.rate_fraction <= 1:
             raise ValueError(f"rate_fraction must be in (0, 1], got {self.rate_fraction}")
-
-
-def compute_floor(assets: DemoAssets, pool: RequestPool) -> float:
-    """Mean over the pool of sum over models of sum over the model's inputs of
-    min(raw, LZ4) payload bytes; request features counted once per model ([1, ...])."""
-    from root.catalog import Entity
-    from root.local_store import LocalFeatureStore
-
-    workload = assets.workload
-    catalog = workload.catalog()
-    store = LocalFeatureStore(assets.store, catalog)
-    inputs = {m: workload.model_inputs(m) for m in pool.models}
-    needed = sorted({n for names in inputs.values() for n in names})
-    req_names = [n for n in needed if catalog[n].entity is Entity.REQUEST]
-    cand_names = [n for n in needed if catalog[n].entity is Entity.CANDIDATE]
-    totals = []
-    for request in pool.requests:
-        columns: dict[str, np.ndarray] = {}
-        if req_names:
-            columns.update(store.fetch_sync(Entity.REQUEST, np.array([request.user_id], np.uint64), req_names).columns)
-        if cand_names:
-            ids = np.array(request.candidate_ids, np.uint64)
-            columns.update(store.fetch_sync(Entity.CANDIDATE, ids, cand_names).columns)
-        size: dict[str, int] = {}
-        for name in needed:
-            raw = np.ascontiguousarray(columns[name]).tobytes()
-            size[name] = min(len(raw), len(lz4.block.compress(raw, store_size=False))) if raw else 0
-        totals.append(sum(size[n] for names in inputs.values() for n in names))
-    return float(np.mean(totals))
 
 
 def _run(coro_fn: Callable[[LoadClient], Any], target: str, timeout_s: float) -> Any:
@@ -182,7 +160,8 @@ class ClusterBench:
             options.pool_size, info.seed,
         )
         self.rate = options.rate
-        self.floor = 0.0
+        self.floors = Floors(0.0, 0.0)
+        self._fresh_root = True
         self.reference: dict[str, np.ndarray] | None = None
 
     def _snapshot(self) -> Snapshot:
@@ -197,8 +176,11 @@ class ClusterBench:
         opts = self.options
         root = self.cluster.root()
         wanted = {**(variant.overrides if variant else {}), **mode.overrides()}
-        if {k: root.settings.get(k) for k in wanted} != wanted:
+        # Every run gets a root started for it (the cluster's first one is fresh already),
+        # so no mode inherits a warm root from the run before it.
+        if not self._fresh_root or {k: root.settings.get(k) for k in wanted} != wanted:
             root = self.cluster.restart_root("production", wanted)
+        self._fresh_root = False
         target = root.target
         n = len(self.pool)
 
@@ -216,12 +198,14 @@ class ClusterBench:
         scores: dict[str, np.ndarray] = _run(lambda c: c.scores(self.pool, opts.probe_requests), target, opts.timeout_s)
 
         # 3. closed loop: max throughput
+        before_closed = self._snapshot()
         bar = self._progress(mode, f"closed loop x{opts.concurrency}")
         closed: PhaseResult = _run(
             lambda c: c.closed_loop(self.pool, opts.concurrency, opts.closed_s, opts.closed_max_requests, bar),
             target, opts.timeout_s,
         )
         bar.done(f"{closed.sent} requests, {closed.rps:.1f} req/s")
+        busy_closed = self._snapshot().minus(before_closed)
         if self.rate is None:
             self.rate = max(0.5, round(opts.rate_fraction * closed.rps, 1))
             log.info("open-loop rate for every mode: %.1f req/s (%.0f%% of %s max)", self.rate,
@@ -236,6 +220,9 @@ class ClusterBench:
         bar.done(f"{opened.sent} requests, p50 {opened.percentile(50):.1f} ms, p99 {opened.percentile(99):.1f} ms")
         cpu = self._snapshot().minus(before_open)
         handled = max(cpu.root_requests, 1.0)
+        load_s = max(closed.elapsed_s + opened.elapsed_s, 1e-9)
+        cells = self.assets.workload.info.candidates_per_request * len(self.pool.models)
+        floors = self.floors
 
         if self.reference is None:
             self.reference = scores
@@ -247,8 +234,12 @@ class ClusterBench:
             "label": f"{variant.name}/{mode.label}" if variant and variant.name else mode.label,
             "variant": variant.name if variant else "",
             "wire_bytes_per_request": delta.root_wire / sent,
-            "floor_bytes_per_request": self.floor,
-            "wire_over_floor": (delta.root_wire / sent) / self.floor if self.floor else math.nan,
+            "floor_bytes_per_request": floors.per_model,
+            "wire_over_floor": (delta.root_wire / sent) / floors.per_model if floors.per_model else math.nan,
+            "partition_floor_bytes_per_request": floors.per_partition,
+            "wire_over_partition_floor": (
+                (delta.root_wire / sent) / floors.per_partition if floors.per_partition else math.nan
+            ),
             "leaf_received_bytes_per_request": delta.leaf_wire / sent,
             "trimmed_bytes_per_request": delta.root_trimmed / sent,
             "untrimmed_bytes_per_request": delta.root_untrimmed / sent,
@@ -256,6 +247,11 @@ class ClusterBench:
             "wire_bytes_per_partition": {k: v / sent for k, v in sorted(delta.root_by_partition.items())},
             "root_cpu_ms_per_request": 1e3 * cpu.root_cpu_s / handled,
             "leaf_cpu_ms_per_request": 1e3 * cpu.leaf_cpu_s / handled,
+            "root_cpu_us_per_candidate_model": 1e6 * cpu.root_cpu_s / handled / cells,
+            "outside_cpu_cores": (busy_closed.outside_cpu_s + cpu.outside_cpu_s) / load_s,
+            "load_generator_cpu_cores": (busy_closed.bench_cpu_s + cpu.bench_cpu_s) / load_s,
+            "leaf_ingress_mb_s": cpu.leaf_wire / max(opened.elapsed_s, 1e-9) / 1e6,
+            "root_egress_mb_s": cpu.root_wire / max(opened.elapsed_s, 1e-9) / 1e6,
             "offered_rps": self.rate,
             "achieved_rps": opened.rps,
             "p50_ms": opened.percentile(50),
@@ -275,14 +271,19 @@ class ClusterBench:
     def run(self, modes: Sequence[Mode], variants: Sequence["Variant"] = ()) -> dict[str, Any]:
         """Every mode, once per root variant (one unnamed variant when none is given)."""
         started = time.perf_counter()
-        self.floor = compute_floor(self.assets, self.pool)
-        results = []
-        for variant in variants or (None,):
-            for mode in modes:
-                results.append(self.run_mode(mode, variant))
-                r = results[-1]
-                log.info("%s: %.0f B/req wire, p99 %.1f ms, %.1f req/s max, %d errors", r["label"],
-                         r["wire_bytes_per_request"], r["p99_ms"], r["max_rps"], r["errors"])
+        self.floors = compute_floors(self.assets, self.pool)
+        units = [(variant, mode) for variant in variants or (None,) for mode in modes]
+        orders = round_orders(len(units), self.options.rounds)
+        per_round: list[list[dict[str, Any]]] = []
+        for number, order in enumerate(orders):
+            runs: dict[int, dict[str, Any]] = {}
+            for index in order:
+                variant, mode = units[index]
+                r = runs[index] = self.run_mode(mode, variant)
+                log.info("round %d %s: %.0f B/req wire, p99 %.1f ms, %.1f req/s max, %d errors", number + 1,
+                         r["label"], r["wire_bytes_per_request"], r["p99_ms"], r["max_rps"], r["errors"])
+            per_round.append([runs[i] for i in range(len(units))])
+        results = [aggregate([runs[i] for runs in per_round]) for i in range(len(units))]
         workload = self.assets.workload
         doc = {
             "workload": workload.name,
@@ -291,12 +292,14 @@ class ClusterBench:
             "partitions": workload.partitions(),
             "pool_size": len(self.pool),
             "offered_rps": self.rate,
+            "rounds": self.options.rounds,
+            "round_orders": [[results[i]["label"] for i in order] for order in orders],
             "options": {k: getattr(self.options, k) for k in self.options.__dataclass_fields__},
             "host": {"cpus": os.cpu_count(), "platform": sys.platform},
             "elapsed_s": time.perf_counter() - started,
             "modes": results,
         }
-        doc["targets"] = evaluate_targets(results)
+        doc["targets"] = evaluate_targets(results, per_round)
         return doc
 
 
@@ -434,6 +437,8 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
                         "workload's data is loaded first); repeat to compare stores in one run")
     p.add_argument("--cache-max-bytes", type=int, default=None,
                    help="root feature cache size (0 = off, so every request reads the store)")
+    p.add_argument("--rounds", type=int, default=defaults.rounds,
+                   help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -444,6 +449,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s,
         open_min_requests=args.open_min_requests, pool_size=args.pool_size,
         probe_requests=args.probe_requests, timeout_s=args.timeout_s, progress=not args.no_progress,
+        rounds=args.rounds,
     )
 
 

@@ -64,6 +64,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def host_busy_seconds() -> float:
+    """CPU seconds the whole host has spent busy (not idle, not waiting on I/O) since boot,
+    summed over cores (``/proc/stat``)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()
+    # cpu user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+    values = [int(v) for v in fields[1:9]]
+    return (sum(values) - values[3] - values[4]) / _CLK_TCK
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Counters and CPU of the whole cluster at one instant."""
@@ -81,6 +91,16 @@ class Snapshot:
     """Score calls the root finished (all codes)."""
     root_cpu_s: float
     leaf_cpu_s: float
+    bench_cpu_s: float = 0.0
+    """CPU of the benchmark process itself (the load generator)."""
+    host_busy_s: float = 0.0
+    """Busy CPU of the whole host (see ``host_busy_seconds``)."""
+
+    @property
+    def outside_cpu_s(self) -> float:
+        """Host CPU used by processes outside the cluster and the load generator (in a
+        difference of snapshots: how busy the rest of the machine was)."""
+        return max(0.0, self.host_busy_s - self.root_cpu_s - self.leaf_cpu_s - self.bench_cpu_s)
 
     def minus(self, before: "Snapshot") -> "Snapshot":
         return Snapshot(
@@ -95,6 +115,8 @@ class Snapshot:
             root_requests=self.root_requests - before.root_requests,
             root_cpu_s=self.root_cpu_s - before.root_cpu_s,
             leaf_cpu_s=self.leaf_cpu_s - before.leaf_cpu_s,
+            bench_cpu_s=self.bench_cpu_s - before.bench_cpu_s,
+            host_busy_s=self.host_busy_s - before.host_busy_s,
         )
 
 
@@ -114,4 +136,6 @@ def snapshot(root_metrics: str, root_pid: int, leaf_metrics: Iterable[str], leaf
         root_requests=total(root, "rootleaf_root_requests_total"),
         root_cpu_s=cpu_seconds(root_pid),
         leaf_cpu_s=sum(cpu_seconds(pid) for pid in leaf_pids),
+        bench_cpu_s=cpu_seconds(os.getpid()),
+        host_busy_s=host_busy_seconds(),
     )
