@@ -180,6 +180,11 @@ class RootConfig:
     """``[tls]``: the root's server side (cert_file + key_file; client_ca_file = mutual TLS)."""
     leaf_tls: TlsConfig = PLAINTEXT
     """``[leaf_tls]``: the root's channels to every leaf (ca_file; cert_file + key_file for mTLS)."""
+    status_detail: bool = False
+    """``Root/Status`` also reports leaf targets, per-address health, bundle file paths and
+    load errors (off: names, counts, hashes and switches only; see the trust model)."""
+    reflection: bool = False
+    """Serve gRPC server reflection (service and proto file descriptors)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
@@ -199,6 +204,8 @@ class RootConfig:
         if not isinstance(self.metrics_host, str) or not self.metrics_host:
             raise ValueError(f"metrics_host must be a non-empty string, got {self.metrics_host!r}")
         _check_bool("root", "trim", self.trim)
+        _check_bool("root", "status_detail", self.status_detail)
+        _check_bool("root", "reflection", self.reflection)
         _check_bool("root", "dedup_request_features", self.dedup_request_features)
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
@@ -257,6 +264,8 @@ class RootConfig:
             "cache_ttl_s": str(self.cache.ttl_s),
             "tls": _tls_mode(self.tls, self.tls.client_ca_file),
             "leaf_tls": _tls_mode(self.leaf_tls, self.leaf_tls.cert_file),
+            "status_detail": str(self.status_detail).lower(),
+            "reflection": str(self.reflection).lower(),
         }
 
 

@@ -39,6 +39,12 @@ FEATURE_STORE_SECONDS = Histogram(
 FEATURE_DEFAULTS = Counter(
     "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
 )
+PARTITION_TARGETS = Gauge(
+    "rootleaf_root_partition_addresses", "Leaf addresses of a partition (every resolved one) at the last health round", ["partition"]
+)
+PARTITION_SERVING_TARGETS = Gauge(
+    "rootleaf_root_partition_serving_addresses", "Leaf addresses of a partition serving at the last health round", ["partition"]
+)
 FEATURE_STORE_READY = Gauge(
     "rootleaf_root_feature_store_ready",
     "1 when the feature store passed its start-up check, 0 when it failed (alert on 0)",

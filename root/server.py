@@ -1,12 +1,14 @@
 """Root server assembly: build (``create_server``), serve until a signal (``serve``), drain.
 
 ``create_server`` runs on the caller's event loop thread: it applies the allocator
-settings, loads the catalog, starts the trimmer (its watchdog threads), opens the feature
-store and one gRPC channel per leaf target, binds the port and returns. ``start`` launches
-the "root-health" task, which health-checks every partition's targets and reports SERVING
-while each partition has at least one serving target. Stopping the returned server drains
-in-flight calls for the grace period, then closes channels, store, trimmer and the
-"root-encode" threads, so one process can create and close several roots.
+settings, loads the catalog, starts the trimmer (its watchdog threads), binds the port,
+then opens the feature store and one gRPC channel per leaf target and returns. ``start``
+reports SERVING (gRPC health, ``""`` and ``rootleaf.v1.Root``): the root is live and ready
+while its process serves, whatever its partitions do; it launches the "root-health" task,
+which checks every partition (each resolved leaf address) for ``Status``, metrics and logs.
+Stopping the returned server reports NOT_SERVING, drains in-flight calls for the grace
+period, then closes channels, store, trimmer and the "root-encode" threads, so one process
+can create and close several roots.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from root.config import RootConfig
 from root import metrics
 from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
+from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
 from root.stores import open_feature_store
@@ -44,7 +47,6 @@ HEALTH_INTERVAL_SERVING_S = 2.0
 HEALTH_TIMEOUT_S = 1.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
-_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class RootServer(ServerWithParts):
@@ -61,6 +63,7 @@ class RootServer(ServerWithParts):
         executor: ThreadPoolExecutor,
         health_servicer: health.aio.HealthServicer,
         metrics_server: Any,
+        prober: PartitionProber,
     ) -> None:
         super().__init__(inner)
         self.engine = engine
@@ -70,6 +73,7 @@ class RootServer(ServerWithParts):
         self._executor = executor
         self._health = health_servicer
         self._metrics_server = metrics_server
+        self.prober = prober
         self._health_task: asyncio.Task[None] | None = None
         self._stopped = False
         self._closed = False
@@ -77,6 +81,10 @@ class RootServer(ServerWithParts):
     async def start(self) -> None:
         await self._inner.start()
         await self._check_store()
+        # Ready and live while the process serves: a partition without a serving leaf fails
+        # its own models (Status, metrics and logs say which); every other model is served.
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, _SERVING)
         self._health_task = asyncio.create_task(self._watch_partitions(), name="root-health")
 
     async def _check_store(self) -> None:
@@ -92,13 +100,16 @@ class RootServer(ServerWithParts):
             metrics.FEATURE_STORE_READY.set(1)
 
     async def check_partitions(self) -> bool:
-        """Health-check every partition now; True when each has a serving target."""
-        counts = await asyncio.gather(*(c.check_ready(HEALTH_TIMEOUT_S) for c in self._leaves.values()))
-        ready = all(n > 0 for n in counts)
-        if not self._stopped:
-            for service in ("", SERVICE_NAME):
-                await self._health.set(service, _SERVING if ready else _NOT_SERVING)
-        return ready
+        """Health-check every partition now; True when each has a serving address.
+
+        Two views, one round: the leaf clients refresh the targets they route to, and the
+        prober checks every resolved address for ``Status``, metrics and logs. Neither
+        changes the root's own health."""
+        _, health = await asyncio.gather(
+            asyncio.gather(*(c.check_ready(HEALTH_TIMEOUT_S) for c in self._leaves.values())),
+            self.prober.check(HEALTH_TIMEOUT_S),
+        )
+        return all(p.serving > 0 for p in health.values())
 
     async def _watch_partitions(self) -> None:
         while not self._stopped:
@@ -120,7 +131,7 @@ class RootServer(ServerWithParts):
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
-        await asyncio.gather(*(c.close() for c in self._leaves.values()))
+        await asyncio.gather(*(c.close() for c in self._leaves.values()), self.prober.close())
         await self._store.close()
         loop = asyncio.get_running_loop()
         # Joining threads blocks: do it off the loop, in a named thread.
@@ -152,7 +163,8 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         inner = grpc.aio.server(options=GRPC_OPTIONS)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
+        if config.reflection:
+            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
         port = add_port(inner, config.listen, config.tls)
         if port == 0:
             raise OSError(f"cannot bind {config.listen}")
@@ -174,8 +186,11 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     leaves: dict[str, LeafClient] = {
         name: GrpcLeafClient(part.targets, tls=config.leaf_tls) for name, part in config.partitions.items()
     }
+    prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
-    inner.add_generic_rpc_handlers((RootServicer(engine, config, trimmer.status).handler(),))
+    inner.add_generic_rpc_handlers(
+        (RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),)
+    )
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",
         port,
@@ -196,6 +211,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         executor=executor,
         health_servicer=health_servicer,
         metrics_server=metrics_server,
+        prober=prober,
     )
     return server, port
 

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from root import metrics
 from root.config import RootConfig
+from root.partition_health import PartitionHealth
 from root.errors import InvalidRequest, status_of
 from root.scoring import ModelRef, ScoreEngine, ScoreInput
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "rootleaf.v1.Root"
 
 BundleStatuses = Callable[[], Mapping[str, object]]
+PartitionHealthView = Callable[[], Mapping[str, PartitionHealth]]
 
 
 def deserialize_score_request(data: bytes) -> root_pb2.ScoreRequest | str:
@@ -39,14 +41,19 @@ def deserialize_score_request(data: bytes) -> root_pb2.ScoreRequest | str:
         return f"malformed ScoreRequest: {exc}"
 
 
-def _bundle_status(name: str, status: object) -> root_pb2.BundleStatus:
+REDACTED_ERROR = "load failed (the root's log has the detail; status_detail = true reports it here)"
+
+
+def _bundle_status(name: str, status: object, detail: bool) -> root_pb2.BundleStatus:
+    """A bundle's status; without ``detail`` no file path or error text (they name files)."""
+    error = str(getattr(status, "last_error") or "")
     return root_pb2.BundleStatus(
         name=name,
-        path=str(getattr(status, "path")),
+        path=str(getattr(status, "path")) if detail else "",
         model_count=int(getattr(status, "model_count")),
         version_count=int(getattr(status, "version_count")),
         last_good_load_unix=float(getattr(status, "last_good_load_unix") or 0.0),
-        last_error=str(getattr(status, "last_error") or ""),
+        last_error=error if detail or not error else REDACTED_ERROR,
         content_hash=str(getattr(status, "content_hash") or ""),
     )
 
@@ -54,10 +61,17 @@ def _bundle_status(name: str, status: object) -> root_pb2.BundleStatus:
 class RootServicer(root_pb2_grpc.RootServicer):
     """gRPC face of a ``ScoreEngine``."""
 
-    def __init__(self, engine: ScoreEngine, config: RootConfig, bundle_statuses: BundleStatuses) -> None:
+    def __init__(
+        self,
+        engine: ScoreEngine,
+        config: RootConfig,
+        bundle_statuses: BundleStatuses,
+        partition_health: PartitionHealthView = dict,
+    ) -> None:
         self._engine = engine
         self._config = config
         self._bundle_statuses = bundle_statuses
+        self._partition_health = partition_health
 
     async def Score(  # noqa: N802 (gRPC method name)
         self, request: root_pb2.ScoreRequest | str, context: grpc.aio.ServicerContext
@@ -125,9 +139,19 @@ class RootServicer(root_pb2_grpc.RootServicer):
     async def Status(  # noqa: N802 (gRPC method name)
         self, request: root_pb2.RootStatusRequest, context: grpc.aio.ServicerContext
     ) -> root_pb2.RootStatusResponse:
+        detail = self._config.status_detail
         response = root_pb2.RootStatusResponse(settings=self._config.settings())
         for name, status in sorted(self._bundle_statuses().items()):
-            response.bundles.append(_bundle_status(name, status))
+            response.bundles.append(_bundle_status(name, status, detail))
+        health = self._partition_health()
         for part in self._config.partitions.values():
-            response.partitions.add(name=part.name, targets=list(part.targets), models=list(part.models))
+            out = response.partitions.add(name=part.name, models=list(part.models))
+            checked = health.get(part.name)
+            if checked is not None:
+                out.addresses = len(checked.targets)
+                out.serving_addresses = checked.serving
+            if detail:
+                out.targets.extend(part.targets)
+                for t in checked.targets if checked is not None else ():
+                    out.health.add(target=t.target, address=t.address, serving=t.serving, detail=t.detail)
         return response

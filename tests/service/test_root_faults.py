@@ -13,11 +13,16 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from root.client import AsyncRootClient, ModelScores
 from root.cache import CachedFeatureStore
 from root.config import PartitionConfig
 from root.leaf_client import GrpcLeafClient
+from root.partition_health import PartitionHealth, PartitionProber
+from protos.rootleaf.v1 import root_pb2
 from root.server import create_server as create_root_server
 from tests.service.test_root_service import FAST, Cluster, LoopThread, build_cluster, close_cluster, score, start_leaf
 
@@ -136,3 +141,93 @@ def test_failed_build_leaves_no_leaf_channel_or_store_open(cluster: Cluster, tak
 
 def _live(kind: type) -> set[int]:
     return {id(o) for o in gc.get_objects() if type(o) is kind}
+
+
+def _health(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        return int(reply.status)
+
+
+def test_root_stays_ready_with_a_partition_down_and_reports_it(cluster: Cluster) -> None:
+    """Readiness is the root's own: a dead partition shows in Status and metrics, and only its
+    models fail; the root keeps reporting SERVING so it stays in its Service."""
+    root, port = cluster.loop.run(cluster.start_root(cluster.base_config()))
+    target = f"127.0.0.1:{port}"
+    leaf_b, _ = cluster.leaves["pb"]
+    cluster.loop.run(leaf_b.stop(0))
+    assert cluster.loop.run(root.check_partitions()) is False
+    for service in ("", "rootleaf.v1.Root"):
+        assert _health(target, service) == health_pb2.HealthCheckResponse.SERVING
+    status = cluster.loop.run(_status(target))
+    by_name = {p.name: p for p in status.partitions}
+    assert (by_name["pb"].serving_addresses, by_name["pb"].addresses) == (0, 1)
+    assert (by_name["pa"].serving_addresses, by_name["pa"].addresses) == (1, 1)
+    assert REGISTRY.get_sample_value("rootleaf_root_partition_serving_addresses", {"partition": "pb"}) == 0
+    assert REGISTRY.get_sample_value("rootleaf_root_partition_serving_addresses", {"partition": "pa"}) == 1
+    results = score(cluster, target, 1, np.arange(5, dtype=np.uint64), FAST)
+    assert results["m_a"].ok and results["m_c"].error_code is grpc.StatusCode.UNAVAILABLE
+
+
+async def _status(target: str) -> root_pb2.RootStatusResponse:
+    async with AsyncRootClient(target) as client:
+        return await client.status()
+
+
+def test_partition_health_checks_every_resolved_address(cluster: Cluster) -> None:
+    """A ``dns:///`` target stands for every address its name resolves to (pods behind a
+    headless Service): each is checked on its own, not one Check through the balancer."""
+    _, pa_port = cluster.leaves["pa"]
+    names = {"leaves.pa.test": ["127.0.0.1", "127.0.0.2"], "gone.test": []}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in names:
+            raise OSError(f"unknown host {host}")
+        return names[host]
+
+    async def round_() -> dict[str, PartitionHealth]:
+        prober = PartitionProber(
+            {"pa": [f"dns:///leaves.pa.test:{pa_port}"], "pz": ["dns:///nowhere.test:1", "dns:///gone.test:2"]},
+            resolve=resolve,
+        )
+        try:
+            return await prober.check(2.0)
+        finally:
+            await prober.close()
+
+    health = cluster.loop.run(round_())
+    pa = {t.address: t for t in health["pa"].targets}
+    assert set(pa) == {f"127.0.0.1:{pa_port}", f"127.0.0.2:{pa_port}"}
+    assert pa[f"127.0.0.1:{pa_port}"].serving and not pa[f"127.0.0.2:{pa_port}"].serving
+    assert pa[f"127.0.0.2:{pa_port}"].detail == "UNAVAILABLE"
+    assert health["pa"].serving == 1
+    assert health["pz"].serving == 0 and len(health["pz"].targets) == 2
+    assert {t.detail.split(":")[0] for t in health["pz"].targets} == {"cannot resolve nowhere.test", "resolved to no address"}
+
+
+@pytest.mark.parametrize("detail", [False, True])
+def test_status_detail_and_reflection_are_opt_in(cluster: Cluster, detail: bool) -> None:
+    config = replace(cluster.base_config(), status_detail=detail, reflection=detail)
+    root, port = cluster.loop.run(cluster.start_root(config))
+    target = f"127.0.0.1:{port}"
+    cluster.loop.run(root.check_partitions())
+    status = cluster.loop.run(_status(target))
+    paths = [b.path for b in status.bundles]
+    targets = [t for p in status.partitions for t in p.targets]
+    per_address = [h for p in status.partitions for h in p.health]
+    assert all(b.content_hash for b in status.bundles)  # rollout verification needs only this
+    assert all(p.addresses == 1 for p in status.partitions)
+    if detail:
+        assert all(paths) and len(targets) == 3 and len(per_address) == 3
+    else:
+        assert paths == [""] and targets == [] and per_address == []
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        if detail:
+            reply = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+            assert "rootleaf.v1.Root" in {s.name for s in reply.list_services_response.service}
+        else:
+            with pytest.raises(grpc.RpcError) as refused:
+                next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+            assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED

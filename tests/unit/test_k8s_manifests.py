@@ -132,3 +132,42 @@ def test_topology(overlay: str, namespace: str) -> None:
 def test_manifests_are_json_serialisable_for_kubectl() -> None:
     for tree in TREES.values():
         json.dumps(render(tree))
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return bool(selector.get("matchLabels")) and selector["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("overlay", ["canary", "production"])
+def test_only_roots_and_the_scraper_reach_leaves(overlay: str) -> None:
+    docs = render(TREES[overlay])
+    deployments, policies = _by(docs, "Deployment"), _by(docs, "NetworkPolicy")
+    root_labels = deployments["root"]["spec"]["template"]["metadata"]["labels"]
+    leaves = [d for name, d in deployments.items() if name.startswith("leaf-")]
+    assert leaves
+    for leaf in leaves:
+        labels = leaf["spec"]["template"]["metadata"]["labels"]
+        ports = {p["name"]: p["containerPort"] for p in leaf["spec"]["template"]["spec"]["containers"][0]["ports"]}
+        applying = [p for p in policies.values() if _selects(p["spec"]["podSelector"], labels)]
+        assert applying, f"{leaf['metadata']['name']}: no NetworkPolicy selects its pods"
+        for policy in applying:
+            assert "Ingress" in policy["spec"]["policyTypes"]
+            for rule in policy["spec"].get("ingress", []):
+                # Every rule names its peers (no "from" = everyone) and its ports.
+                assert rule.get("from") and rule.get("ports"), f"{policy['metadata']['name']}: open rule {rule}"
+                rule_ports = {p["port"] for p in rule["ports"]}
+                for peer in rule["from"]:
+                    assert "ipBlock" not in peer
+                    if "namespaceSelector" in peer:  # the scraper: metrics only
+                        assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+                        assert rule_ports == {ports["metrics"]}
+                    else:  # same namespace: roots only, gRPC only
+                        assert _selects(peer["podSelector"], root_labels)
+                        assert rule_ports == {ports["grpc"]}
+
+
+def test_root_probes_follow_the_process_not_the_partitions() -> None:
+    root = _by(render(TREES["production"]), "Deployment")["root"]["spec"]["template"]["spec"]["containers"][0]
+    assert root["readinessProbe"]["grpc"] == {"port": 50051, "service": "rootleaf.v1.Root"}
+    assert root["livenessProbe"]["grpc"] == {"port": 50051}
+    assert root["startupProbe"]["grpc"]["service"] == "rootleaf.v1.Root"

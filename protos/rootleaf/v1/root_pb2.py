@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.rootleaf.v1 import tensor_pb2 as protos_dot_rootleaf_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/rootleaf/v1/root.proto\x12\x0brootleaf.v1\x1a\x1fprotos/rootleaf/v1/tensor.proto\":\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"\xa0\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\x15\n\rcandidate_ids\x18\x03 \x03(\x04\x12%\n\x06models\x18\x04 \x03(\x0b\x32\x15.rootleaf.v1.ModelRef\x12-\n\x10request_features\x18\x05 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"~\n\x0bModelResult\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x07outputs\x18\x03 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\"N\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.rootleaf.v1.ModelResult\"\x9d\x01\n\x0c\x42undleStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0bmodel_count\x18\x03 \x01(\r\x12\x15\n\rversion_count\x18\x04 \x01(\r\x12\x1b\n\x13last_good_load_unix\x18\x05 \x01(\x01\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\"@\n\x0fPartitionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x03(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\"\x13\n\x11RootStatusRequest\"\xe4\x01\n\x12RootStatusResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.rootleaf.v1.BundleStatus\x12\x30\n\npartitions\x18\x02 \x03(\x0b\x32\x1c.rootleaf.v1.PartitionStatus\x12?\n\x08settings\x18\x03 \x03(\x0b\x32-.rootleaf.v1.RootStatusResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x91\x01\n\x04Root\x12>\n\x05Score\x12\x19.rootleaf.v1.ScoreRequest\x1a\x1a.rootleaf.v1.ScoreResponse\x12I\n\x06Status\x12\x1e.rootleaf.v1.RootStatusRequest\x1a\x1f.rootleaf.v1.RootStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/rootleaf/v1/root.proto\x12\x0brootleaf.v1\x1a\x1fprotos/rootleaf/v1/tensor.proto\":\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x07version\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_version\"\xa0\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x04\x12\x15\n\rcandidate_ids\x18\x03 \x03(\x04\x12%\n\x06models\x18\x04 \x03(\x0b\x32\x15.rootleaf.v1.ModelRef\x12-\n\x10request_features\x18\x05 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"~\n\x0bModelResult\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x07outputs\x18\x03 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\"N\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x07results\x18\x02 \x03(\x0b\x32\x18.rootleaf.v1.ModelResult\"\x9d\x01\n\x0c\x42undleStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0bmodel_count\x18\x03 \x01(\r\x12\x15\n\rversion_count\x18\x04 \x01(\r\x12\x1b\n\x13last_good_load_unix\x18\x05 \x01(\x01\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\"\x99\x01\n\x0fPartitionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07targets\x18\x02 \x03(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x19\n\x11serving_addresses\x18\x04 \x01(\r\x12\x11\n\taddresses\x18\x05 \x01(\r\x12)\n\x06health\x18\x06 \x03(\x0b\x32\x19.rootleaf.v1.TargetHealth\"P\n\x0cTargetHealth\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07serving\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x13\n\x11RootStatusRequest\"\xe4\x01\n\x12RootStatusResponse\x12*\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x19.rootleaf.v1.BundleStatus\x12\x30\n\npartitions\x18\x02 \x03(\x0b\x32\x1c.rootleaf.v1.PartitionStatus\x12?\n\x08settings\x18\x03 \x03(\x0b\x32-.rootleaf.v1.RootStatusResponse.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x91\x01\n\x04Root\x12>\n\x05Score\x12\x19.rootleaf.v1.ScoreRequest\x1a\x1a.rootleaf.v1.ScoreResponse\x12I\n\x06Status\x12\x1e.rootleaf.v1.RootStatusRequest\x1a\x1f.rootleaf.v1.RootStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,14 +44,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESPONSE']._serialized_end=508
   _globals['_BUNDLESTATUS']._serialized_start=511
   _globals['_BUNDLESTATUS']._serialized_end=668
-  _globals['_PARTITIONSTATUS']._serialized_start=670
-  _globals['_PARTITIONSTATUS']._serialized_end=734
-  _globals['_ROOTSTATUSREQUEST']._serialized_start=736
-  _globals['_ROOTSTATUSREQUEST']._serialized_end=755
-  _globals['_ROOTSTATUSRESPONSE']._serialized_start=758
-  _globals['_ROOTSTATUSRESPONSE']._serialized_end=986
-  _globals['_ROOTSTATUSRESPONSE_SETTINGSENTRY']._serialized_start=939
-  _globals['_ROOTSTATUSRESPONSE_SETTINGSENTRY']._serialized_end=986
-  _globals['_ROOT']._serialized_start=989
-  _globals['_ROOT']._serialized_end=1134
+  _globals['_PARTITIONSTATUS']._serialized_start=671
+  _globals['_PARTITIONSTATUS']._serialized_end=824
+  _globals['_TARGETHEALTH']._serialized_start=826
+  _globals['_TARGETHEALTH']._serialized_end=906
+  _globals['_ROOTSTATUSREQUEST']._serialized_start=908
+  _globals['_ROOTSTATUSREQUEST']._serialized_end=927
+  _globals['_ROOTSTATUSRESPONSE']._serialized_start=930
+  _globals['_ROOTSTATUSRESPONSE']._serialized_end=1158
+  _globals['_ROOTSTATUSRESPONSE_SETTINGSENTRY']._serialized_start=1111
+  _globals['_ROOTSTATUSRESPONSE_SETTINGSENTRY']._serialized_end=1158
+  _globals['_ROOT']._serialized_start=1161
+  _globals['_ROOT']._serialized_end=1306
 # @@protoc_insertion_point(module_scope)

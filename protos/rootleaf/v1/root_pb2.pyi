@@ -70,14 +70,32 @@ class BundleStatus(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., model_count: _Optional[int] = ..., version_count: _Optional[int] = ..., last_good_load_unix: _Optional[float] = ..., last_error: _Optional[str] = ..., content_hash: _Optional[str] = ...) -> None: ...
 
 class PartitionStatus(_message.Message):
-    __slots__ = ("name", "targets", "models")
+    __slots__ = ("name", "targets", "models", "serving_addresses", "addresses", "health")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     name: str
     targets: _containers.RepeatedScalarFieldContainer[str]
     models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ...) -> None: ...
+    serving_addresses: int
+    addresses: int
+    health: _containers.RepeatedCompositeFieldContainer[TargetHealth]
+    def __init__(self, name: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[str]] = ..., serving_addresses: _Optional[int] = ..., addresses: _Optional[int] = ..., health: _Optional[_Iterable[_Union[TargetHealth, _Mapping]]] = ...) -> None: ...
+
+class TargetHealth(_message.Message):
+    __slots__ = ("target", "address", "serving", "detail")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    address: str
+    serving: bool
+    detail: str
+    def __init__(self, target: _Optional[str] = ..., address: _Optional[str] = ..., serving: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RootStatusRequest(_message.Message):
     __slots__ = ()
