@@ -79,6 +79,19 @@ class Batcher:
 
     # -- event loop side ----------------------------------------------------------------
 
+    def check_capacity(self, version: LoadedVersion) -> None:
+        """Raise what ``submit`` would for a full queue or a closed batcher, before the caller
+        spends anything on the request (``submit`` checks again)."""
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("leaf is shutting down")
+            queue = self._queues.get(version)
+            if queue is not None and len(queue) >= self._policy.max_queue_requests:
+                metrics.ADMISSION_REJECTED.labels("queue_full").inc()
+                raise Overloaded(
+                    f"model {version.model!r}: queue full ({self._policy.max_queue_requests} requests)"
+                )
+
     def submit(
         self,
         version: LoadedVersion,

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-host", default=defaults.metrics_host)
     p.add_argument("--recheck-interval-s", type=float, default=defaults.recheck_interval_s)
     p.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
+    p.add_argument("--max-inflight-bytes", type=int, default=defaults.max_inflight_bytes,
+                   help="bytes of admitted requests at once; beyond: RESOURCE_EXHAUSTED before decoding")
     p.add_argument("--inject-delay-ms", type=float, default=defaults.inject_delay_ms,
                    help="fault injection: delay added before each request runs")
     p.add_argument("--record-requests", type=Path, default=None,
@@ -58,6 +60,7 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         max_batch_candidates=args.max_batch_candidates,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_requests=args.max_queue_requests,
+        max_inflight_bytes=args.max_inflight_bytes,
         torch_threads=args.torch_threads,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,

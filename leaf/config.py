@@ -101,6 +101,10 @@ class LeafConfig:
     """Bounds applied to untrusted request tensors."""
     max_candidates: int = 1_000_000
     """Largest ``num_candidates`` accepted in one request."""
+    max_inflight_bytes: int = 2 * 1024**3
+    """Most bytes of admitted requests at once (inputs at ``num_candidates`` rows, declared
+    sizes), queued or running; beyond it requests get RESOURCE_EXHAUSTED before decoding.
+    At least ``decode_limits.max_total_raw_bytes``, so any valid request fits alone."""
     inject_delay_ms: float = 0.0
     """Fault injection: extra delay before each request is queued (reliability tests)."""
     record_requests: Path | None = None
@@ -138,6 +142,17 @@ class LeafConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"LeafConfig.{name} must be an int >= 0, got {value!r}")
+        if not isinstance(self.decode_limits, DecodeLimits):
+            raise ValueError(f"LeafConfig.decode_limits must be a DecodeLimits, got {self.decode_limits!r}")
+        if (
+            isinstance(self.max_inflight_bytes, bool)
+            or not isinstance(self.max_inflight_bytes, int)
+            or self.max_inflight_bytes < self.decode_limits.max_total_raw_bytes
+        ):
+            raise ValueError(
+                "LeafConfig.max_inflight_bytes must be an int >= decode_limits.max_total_raw_bytes "
+                f"({self.decode_limits.max_total_raw_bytes}), got {self.max_inflight_bytes!r}"
+            )
         for name in ("max_queue_requests", "max_candidates"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

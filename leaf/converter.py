@@ -4,7 +4,9 @@ Decodes exactly the signature's ``input_names`` (in order); other features in th
 are never decoded. Request-level tensors (leading dim 1) are broadcast to ``N`` rows with
 ``expand`` (a view, no copy). RAW payloads become torch tensors without copying
 (``numpy.frombuffer`` -> ``torch.from_numpy``); bfloat16 arrives as 16-bit words and is
-reinterpreted with ``Tensor.view``. Runs on the event loop; a converter is immutable.
+reinterpreted with ``Tensor.view``. ``admit`` checks a request on its tensor headers (names,
+dtypes, declared sizes) before ``decode`` touches any payload, so a request is refused
+before it costs memory. Runs on the event loop; a converter is immutable.
 
 Inputs are read-only views of the request's bytes: models must not modify them in place.
 """
@@ -19,6 +21,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from leaf.admission import Cost, declared_cost
 from leaf.errors import InvalidRequest
 from leaf.export import Signature
 from wire import codec
@@ -56,6 +59,16 @@ class ConvertedInputs:
     """Raw bytes of the decoded (used) features."""
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """One request's inputs, checked on their headers, not yet decoded."""
+
+    tensors: tuple[Tensor, ...]
+    """The signature's inputs, in signature order."""
+    num_candidates: int
+    cost: Cost
+
+
 class Converter:
     """Builds a model's input dict from one request's tensors, per its signature."""
 
@@ -74,7 +87,9 @@ class Converter:
             (name, self._dtypes.get(name)) for name in self.input_names
         )
 
-    def convert(self, features: Iterable[Tensor], num_candidates: int) -> ConvertedInputs:
+    def admit(self, features: Iterable[Tensor], num_candidates: int) -> Admitted:
+        """Pick the signature's inputs and check them on their headers alone: no payload is
+        decompressed and nothing is allocated (see ``leaf.admission``)."""
         n = num_candidates
         if not 1 <= n <= self._max_candidates:
             raise InvalidRequest(
@@ -93,37 +108,37 @@ class Converter:
                 chosen[name] = tensor
         if count > limits.max_tensors:
             raise InvalidRequest(f"{count} tensors exceed the limit of {limits.max_tensors}")
-        out: dict[str, torch.Tensor] = {}
-        total = 0
-        max_total = limits.max_total_raw_bytes
+        inputs: list[Tensor] = []
         for name, expected in self._checks:
             found = chosen.get(name)
             if found is None:
                 raise InvalidRequest(f"feature {name!r}: missing (required by the model)")
-            dtype = found.dtype
-            if expected is not None and dtype != expected:
+            if expected is not None and found.dtype != expected:
                 raise InvalidRequest(
-                    f"feature {name!r}: dtype {_dtype_name(dtype)}, "
+                    f"feature {name!r}: dtype {_dtype_name(found.dtype)}, "
                     f"model expects {DType.Name(expected)}"
                 )
+            inputs.append(found)
+        return Admitted(tuple(inputs), n, declared_cost(inputs, n, limits))
+
+    def convert(self, features: Iterable[Tensor], num_candidates: int) -> ConvertedInputs:
+        """``admit`` then ``decode``."""
+        return self.decode(self.admit(features, num_candidates))
+
+    def decode(self, admitted: Admitted) -> ConvertedInputs:
+        """Decode admitted inputs into the model's input dict."""
+        limits = self._limits
+        n = admitted.num_candidates
+        out: dict[str, torch.Tensor] = {}
+        for name, found in zip(self.input_names, admitted.tensors):
             array = _decode(found, limits)
-            total += array.nbytes
-            if total > max_total:
-                raise InvalidRequest(f"feature {name!r}: total size exceeds {max_total} bytes")
-            if array.ndim == 0:
-                raise InvalidRequest(f"feature {name!r}: rank 0, expected a leading dim of 1 or {n}")
-            lead = array.shape[0]
-            if lead != n and lead != 1:
-                raise InvalidRequest(
-                    f"feature {name!r}: leading dim {lead} is neither 1 nor num_candidates {n}"
-                )
             value = torch.from_numpy(array)
-            if dtype == _BFLOAT16:
+            if found.dtype == _BFLOAT16:
                 value = value.view(torch.bfloat16)
-            if lead != n:
+            if array.shape[0] != n:
                 value = value.expand(n, *array.shape[1:])
             out[name] = value
-        return ConvertedInputs(out, n, total)
+        return ConvertedInputs(out, n, admitted.cost.raw_bytes)
 
 
 def _decode(tensor: Tensor, limits: DecodeLimits) -> np.ndarray:

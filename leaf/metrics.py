@@ -47,6 +47,15 @@ QUEUE_DEPTH = Gauge(
     "Requests waiting for the inference thread",
     ["model"],
 )
+INFLIGHT_BYTES = Gauge(
+    "rootleaf_leaf_inflight_bytes",
+    "Declared bytes (inputs at num_candidates rows) of admitted requests not yet answered",
+)
+ADMISSION_REJECTED = Counter(
+    "rootleaf_leaf_admission_rejected_total",
+    "Requests refused RESOURCE_EXHAUSTED before decoding (reason=queue_full|inflight_bytes)",
+    ["reason"],
+)
 RECEIVED_BYTES = Counter(
     "rootleaf_leaf_received_bytes_total",
     "Request bytes: stage=wire (serialised request), stage=decoded (raw bytes of used features)",

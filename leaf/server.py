@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from leaf.admission import InflightBytes
 from leaf.batcher import Batcher, BatchPolicy
 from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
@@ -129,6 +130,7 @@ def create_server(
         servicer = LeafServicer(
             repository,
             runtime.batcher,
+            inflight=InflightBytes(config.max_inflight_bytes),
             inject_delay_s=config.inject_delay_ms / 1000.0,
             observers=tuple(observers),
         )

@@ -1,8 +1,11 @@
 """gRPC servicer for ``rootleaf.v1.Leaf``: protobuf <-> domain translation and the one
 boundary where leaf errors become gRPC status codes.
 
-Runs on the server's event loop. Decoding and conversion happen on the loop (zero-copy
-views, cheap); the forward runs on the batcher's inference thread.
+Runs on the server's event loop. A request is admitted before any payload is decoded: queue
+capacity first, then its inputs' declared sizes (``Converter.admit``), then the server-wide
+bound on bytes in flight (``leaf.admission.InflightBytes``), held until it is answered.
+Decoding and conversion happen on the loop (zero-copy views, cheap); the forward runs on the
+batcher's inference thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from leaf import metrics
+from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.repository import Repository
@@ -88,11 +92,13 @@ class LeafServicer:
         repository: Repository,
         batcher: Batcher,
         *,
+        inflight: InflightBytes,
         inject_delay_s: float = 0.0,
         observers: tuple[Callable[[ObservedRequest], None], ...] = (),
     ) -> None:
         self._repository = repository
         self._batcher = batcher
+        self._inflight = inflight
         self._inject_delay_s = inject_delay_s
         self._observers = observers
 
@@ -110,18 +116,21 @@ class LeafServicer:
             version_served = loaded.version
             metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
             try:
-                inputs = loaded.converter.convert(request.features, request.num_candidates)
+                self._batcher.check_capacity(loaded)
+                admitted = loaded.converter.admit(request.features, request.num_candidates)
             finally:
                 observed = True
                 self._observe(wire, version_served)
-            metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
-            if self._inject_delay_s:
-                await asyncio.sleep(self._inject_delay_s)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            if remaining is not None and remaining <= 0:
-                raise DeadlineExpired("deadline passed before the request was queued")
-            outputs = await self._batcher.submit(loaded, inputs, deadline, request.request_id)
+            with self._inflight.hold(admitted.cost.row_bytes):
+                inputs = loaded.converter.decode(admitted)
+                metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
+                if self._inject_delay_s:
+                    await asyncio.sleep(self._inject_delay_s)
+                remaining = context.time_remaining()
+                deadline = None if remaining is None else time.monotonic() + remaining
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExpired("deadline passed before the request was queued")
+                outputs = await self._batcher.submit(loaded, inputs, deadline, request.request_id)
             response = leaf_pb2.LeafResponse(model=loaded.model, version=loaded.version)
             response.outputs.extend(
                 codec.encode(name, column, codec.Compression.NONE) for name, column in outputs.items()

@@ -167,3 +167,66 @@ def test_injected_delay_delays_and_expires_requests(tmp_path: Path) -> None:
         assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
 
     run(body)
+
+
+def _lz4_corrupt(name: str, array: np.ndarray) -> codec.Tensor:
+    """A tensor whose header is well formed and whose LZ4 payload does not decode."""
+    tensor = codec.encode(name, array, "lz4_always")
+    tensor.data = b"\xff" * len(tensor.data)
+    return tensor
+
+
+def test_declared_sizes_are_checked_before_any_decoding(tmp_path: Path) -> None:
+    export_demo(tmp_path, "sized", "1")
+    labels = {"model": "sized"}
+    limits = codec.DecodeLimits(max_total_raw_bytes=1024 * 1024)
+
+    async def body() -> None:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0, decode_limits=limits)) as leaf:
+            forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
+            # A few hundred bytes of [1, ...] inputs at a million candidates: 52 MB once broadcast.
+            tiny = {"user_age": np.ones((1, 1), np.int64), "user_emb": np.ones((1, 4), np.float32),
+                    "item_price": np.ones((1, 1), np.float32), "item_ids": np.ones((1, 3), np.int64)}
+            await expect(leaf.stub.Score(make_request("sized", tiny, 1_000_000)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "1000000 candidates", "max_total_raw_bytes")
+            # Over the total on declared sizes: rejected before the (corrupt) first input is decoded.
+            big = {**features(4), "user_age": np.ones((1, 1), np.int64), "item_ids": np.ones((4, 40_000), np.int64)}
+            request = make_request("sized", big, 4)
+            request.features[0].CopyFrom(_lz4_corrupt("user_age", np.ones((1, 100), np.int64)))
+            await expect(leaf.stub.Score(request), grpc.StatusCode.INVALID_ARGUMENT, "max_total_raw_bytes")
+            assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
+
+    run(body)
+
+
+def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Path) -> None:
+    export_demo(tmp_path, "gated", "1")
+    labels = {"model": "gated"}
+
+    async def body() -> None:
+        # The first request waits 400 ms in the queue for company; the queue holds one.
+        config = LeafConfig(tmp_path, max_queue_delay_ms=400, max_queue_requests=1)
+        async with Leaf(config) as leaf:
+            first = leaf.stub.Score(make_request("gated", features(2), 2))
+            while sample("rootleaf_leaf_queue_depth", labels) < 1:
+                await asyncio.sleep(0.005)
+            corrupt = make_request("gated", features(2), 2)
+            corrupt.features[3].CopyFrom(_lz4_corrupt("item_ids", np.ones((2, 3), np.int64)))
+            await expect(leaf.stub.Score(corrupt), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            assert (await first).version == "1"
+        # Bytes in flight: the queued request holds its declared bytes until it is answered.
+        request_bytes = 2 * (8 + 16 + 4 + 24)  # each input at 2 rows
+        limits = codec.DecodeLimits(max_total_raw_bytes=request_bytes)
+        config = LeafConfig(tmp_path, max_queue_delay_ms=400, decode_limits=limits, max_inflight_bytes=request_bytes + 1)
+        async with Leaf(config) as leaf:
+            rejected = sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"})
+            first = leaf.stub.Score(make_request("gated", features(2), 2))
+            while sample("rootleaf_leaf_inflight_bytes", {}) < request_bytes:
+                await asyncio.sleep(0.005)
+            await expect(leaf.stub.Score(corrupt), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_inflight_bytes")
+            assert sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"}) == rejected + 1
+            assert (await first).version == "1"
+            assert (await leaf.stub.Score(make_request("gated", features(2), 2))).version == "1"
+            assert sample("rootleaf_leaf_inflight_bytes", {}) == 0
+
+    run(body)

@@ -78,8 +78,12 @@ def test_limits_apply_to_the_request() -> None:
     with pytest.raises(InvalidRequest, match="exceed the limit"):
         convert(Signature(("f0",), ("s",)), tensors, 2, DecodeLimits(max_tensors=4))
     big = [codec.encode("f0", np.ones((2, 100), np.float32)), codec.encode("f1", np.ones((2, 100), np.float32))]
-    with pytest.raises(InvalidRequest, match="'f1'.*total size"):
+    with pytest.raises(InvalidRequest, match="1600 bytes at 2 candidates.*max_total_raw_bytes=1000"):
         convert(Signature(("f0", "f1"), ("s",)), big, 2, DecodeLimits(max_total_raw_bytes=1000))
+    # A [1, ...] input counts at num_candidates rows: what a merged batch materialises.
+    wide = [codec.encode("f0", np.ones((1, 100), np.float32))]
+    with pytest.raises(InvalidRequest, match="4000 bytes at 10 candidates"):
+        convert(Signature(("f0",), ("s",)), wide, 10, DecodeLimits(max_total_raw_bytes=1000))
     duplicate = [codec.encode("f0", np.ones((2, 1), np.float32))] * 2
     with pytest.raises(InvalidRequest, match="'f0'.*more than once"):
         convert(Signature(("f0",), ("s",)), duplicate, 2)

@@ -1,0 +1,109 @@
+"""Admission of leaf requests on declared sizes, before anything is decompressed or allocated.
+
+A request's cost is what its inputs occupy once every input has ``num_candidates`` rows:
+that is what a merged batch materialises at ``torch.cat`` (a ``[1, ...]`` input broadcast to
+N rows costs N times its width), and it bounds what decoding allocates. ``declared_cost``
+computes it from tensor headers alone; ``InflightBytes`` bounds the sum of the costs of the
+requests a leaf holds at once (decoded, queued or running). Any leaf RPC admits its requests
+through these two. ``InflightBytes`` is owned by the server's event loop (no lock).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from leaf import metrics
+from leaf.errors import InvalidRequest, Overloaded
+from wire import codec
+from wire.codec import CodecError, DecodeLimits, Tensor
+
+_ITEMSIZE: dict[int, int] = {
+    codec.DTYPE_BY_NAME[name]: codec.numpy_dtype(codec.DTYPE_BY_NAME[name]).itemsize for name in codec.DTYPE_BY_NAME
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Declared sizes of a set of input tensors at ``num_candidates`` rows."""
+
+    raw_bytes: int
+    """Decoded bytes (sum of ``raw_size``): what decoding allocates."""
+    row_bytes: int
+    """Bytes once every input has ``num_candidates`` rows: what a merged batch holds."""
+
+
+def declared_size(tensor: Tensor, limits: DecodeLimits) -> int:
+    """A tensor's decoded size from its header (validated), without touching its payload."""
+    itemsize = _ITEMSIZE.get(tensor.dtype)
+    shape = tensor.shape
+    name = tensor.name
+    # Fast path for well-formed headers; anything else gets the codec's checked diagnosis.
+    if (
+        itemsize is not None
+        and 0 < len(name) <= limits.max_name_length
+        and 0 < len(shape) <= limits.max_rank
+        and min(shape) >= 0
+    ):
+        size = math.prod(shape) * itemsize
+        if size <= limits.max_raw_bytes and tensor.raw_size == size:
+            return size
+    try:
+        return codec.expected_raw_size(tensor, limits)
+    except CodecError as exc:
+        raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+
+
+def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: DecodeLimits) -> Cost:
+    """Validate the headers of ``tensors`` (leading dim 1 or ``num_candidates``) and return
+    their cost; over ``limits.max_total_raw_bytes`` is ``InvalidRequest`` naming the limit."""
+    n = num_candidates
+    raw = rows = 0
+    for tensor in tensors:
+        size = declared_size(tensor, limits)
+        shape = tensor.shape
+        if not shape:
+            raise InvalidRequest(f"feature {tensor.name!r}: rank 0, expected a leading dim of 1 or {n}")
+        lead = shape[0]
+        if lead == n:
+            rows += size
+        elif lead == 1:
+            rows += size * n
+        else:
+            raise InvalidRequest(
+                f"feature {tensor.name!r}: leading dim {lead} is neither 1 nor num_candidates {n}"
+            )
+        raw += size
+    if rows > limits.max_total_raw_bytes:
+        raise InvalidRequest(
+            f"inputs take {rows} bytes at {n} candidates, over "
+            f"decode_limits.max_total_raw_bytes={limits.max_total_raw_bytes}"
+        )
+    return Cost(raw, rows)
+
+
+class InflightBytes:
+    """The server-wide bound on bytes of admitted requests (``LeafConfig.max_inflight_bytes``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` for the block; ``Overloaded`` (RESOURCE_EXHAUSTED) when they do not fit."""
+        if self.held + nbytes > self.limit:
+            metrics.ADMISSION_REJECTED.labels("inflight_bytes").inc()
+            raise Overloaded(
+                f"{self.held} bytes of requests in flight, {nbytes} more would exceed "
+                f"max_inflight_bytes={self.limit}"
+            )
+        self.held += nbytes
+        metrics.INFLIGHT_BYTES.inc(nbytes)
+        try:
+            yield
+        finally:
+            self.held -= nbytes
+            metrics.INFLIGHT_BYTES.dec(nbytes)
