@@ -16,7 +16,9 @@ request pool:
 
 Several root variants can be compared in one run on the same leaves, pool and open-loop
 rate: ``--feature-store`` given more than once (``local``, ``redis://...``,
-``redis-cluster://...``) runs the modes once per store, restarting only the root.
+``redis-cluster://...``) runs the modes once per store, ``--root-workers 1,2`` once per
+number of root worker processes (root CPU is then the supervisor's and its workers'),
+restarting only the root.
 
 During the load phases the host's busy CPU outside the cluster and the load generator is
 recorded per run. Each figure is reported as the median over rounds with its spread, and
@@ -359,16 +361,38 @@ def load_redis(workload: str | Path, url: str, progress: bool) -> None:
                                seed=spec.info.seed, progress=progress))
 
 
-def store_variants(feature_stores: Sequence[str], cache_max_bytes: int | None) -> list[Variant]:
+STORE_TIMEOUT_MS = 1000
+"""Fetch timeout of remote stores in the benchmark: it measures what a fetch costs, and a
+closed loop on a small machine easily holds a fetch past the 100 ms production default."""
+
+
+def store_variants(
+    feature_stores: Sequence[str], cache_max_bytes: int | None, timeout_ms: int = STORE_TIMEOUT_MS
+) -> list[Variant]:
     """One variant per store (named by kind); a single store is the unnamed variant."""
     kinds = [store_kind(s) for s in feature_stores]
     if len(set(kinds)) != len(kinds):
         raise ValueError(f"--feature-store: one store per kind, got {kinds}")
+
+    def overrides(store: str, kind: str) -> dict[str, Any]:
+        timeout = {"feature_store.timeout_ms": timeout_ms} if kind != "local" else {}
+        return {**store_overrides(store, cache_max_bytes), **timeout}
+
     if len(kinds) == 1:
-        return [Variant("", store_overrides(feature_stores[0], cache_max_bytes))]
+        return [Variant("", overrides(feature_stores[0], kinds[0]))]
+    return [Variant(k, {"feature_store.kind": k, **overrides(s, k)}) for s, k in zip(feature_stores, kinds)]
+
+
+def worker_variants(stores: list[Variant], root_workers: Sequence[int]) -> list[Variant]:
+    """Every store variant once per worker count (``workers=N`` in the names when several)."""
+    if any(n < 1 for n in root_workers):
+        raise ValueError(f"--root-workers must be >= 1, got {list(root_workers)}")
+    if len(root_workers) <= 1:
+        n = root_workers[0] if root_workers else 1
+        return [Variant(v.name, {**v.overrides, "workers": n}) for v in stores]
     return [
-        Variant(k, {"feature_store.kind": k, **store_overrides(s, cache_max_bytes)})
-        for s, k in zip(feature_stores, kinds)
+        Variant("/".join(p for p in (v.name, f"workers={n}") if p), {**v.overrides, "workers": n})
+        for v in stores for n in root_workers
     ]
 
 
@@ -377,27 +401,37 @@ def run_cluster_bench(
     leaf_args: Sequence[str] = ("--torch-threads", "1"),
     feature_store: str | Sequence[str] = "local",
     cache_max_bytes: int | None = None,
+    root_workers: Sequence[int] = (1,),
+    store_timeout_ms: int = STORE_TIMEOUT_MS,
 ) -> dict[str, Any]:
-    """Start the workload's cluster, run ``modes`` (per feature store when several are given),
-    stop it; returns the JSON document."""
+    """Start the workload's cluster, run ``modes`` (per feature store and root worker count
+    when several are given), stop it; returns the JSON document."""
     stores = [feature_store] if isinstance(feature_store, str) else list(feature_store)
-    variants = store_variants(stores, cache_max_bytes)
+    variants = worker_variants(store_variants(stores, cache_max_bytes, store_timeout_ms), root_workers)
     for store in stores:
         if store_kind(store) != "local":
             load_redis(workload, store, options.progress)
     # With several stores the cluster's own overrides hold none of them: each variant's root
     # is started with its store on top of the cluster's (the default local) config.
-    base = variants[0].overrides if len(variants) == 1 else store_overrides("local", cache_max_bytes)
+    base = variants[0].overrides if len(variants) == 1 else {**store_overrides("local", cache_max_bytes), "workers": 1}
     cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
     cluster.start()
     try:
-        doc = ClusterBench(cluster, options).run(modes, variants if len(variants) > 1 else ())
+        doc = ClusterBench(cluster, options).run(modes, variants)
     finally:
         cluster.stop()
     kinds = [store_kind(s) for s in stores]
     doc["feature_store"] = kinds[0] if len(kinds) == 1 else kinds
     doc["cache_max_bytes"] = cache_max_bytes
+    doc["root_workers"] = list(root_workers)
     return doc
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def parse_modes(text: str) -> list[Mode]:
@@ -435,6 +469,10 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--feature-store", action="append", default=None, metavar="STORE",
                    help="'local' (file-backed, default), a redis:// or a redis-cluster://host:port,... URL (the "
                         "workload's data is loaded first); repeat to compare stores in one run")
+    p.add_argument("--store-timeout-ms", type=int, default=STORE_TIMEOUT_MS,
+                   help="feature_store.timeout_ms of redis/redis-cluster roots in the benchmark")
+    p.add_argument("--root-workers", type=_int_list, default=[1], metavar="N[,N...]",
+                   help="root worker processes (rootleaf root --workers); several = one run each, e.g. 1,2")
     p.add_argument("--cache-max-bytes", type=int, default=None,
                    help="root feature cache size (0 = off, so every request reads the store)")
     p.add_argument("--rounds", type=int, default=defaults.rounds,
@@ -463,12 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     stores = args.feature_store or ["local"]
     try:
-        store_variants(stores, args.cache_max_bytes)
+        worker_variants(store_variants(stores, args.cache_max_bytes, args.store_timeout_ms), args.root_workers)
     except ValueError as exc:
         parser.error(str(exc))
     doc = run_cluster_bench(args.workload, args.dir, args.modes, options,
                             leaf_args=("--torch-threads", str(args.leaf_torch_threads)),
-                            feature_store=stores, cache_max_bytes=args.cache_max_bytes)
+                            feature_store=stores, cache_max_bytes=args.cache_max_bytes,
+                            root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms)
     print_table(doc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

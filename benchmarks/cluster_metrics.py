@@ -74,6 +74,26 @@ def host_busy_seconds() -> float:
     return (sum(values) - values[3] - values[4]) / _CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every live descendant (a root's supervisor and its workers)."""
+    seconds = cpu_seconds(pid)
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return seconds
+    for task in tasks:
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for kid in kids:
+            try:
+                seconds += tree_cpu_seconds(int(kid))
+            except OSError:
+                pass  # exited between the listing and the read
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """Counters and CPU of the whole cluster at one instant."""
@@ -134,7 +154,7 @@ def snapshot(root_metrics: str, root_pid: int, leaf_metrics: Iterable[str], leaf
         leaf_wire=total(leaves, received, stage="wire"),
         leaf_decoded=total(leaves, received, stage="decoded"),
         root_requests=total(root, "rootleaf_root_requests_total"),
-        root_cpu_s=cpu_seconds(root_pid),
+        root_cpu_s=tree_cpu_seconds(root_pid),
         leaf_cpu_s=sum(cpu_seconds(pid) for pid in leaf_pids),
         bench_cpu_s=cpu_seconds(os.getpid()),
         host_busy_s=host_busy_seconds(),

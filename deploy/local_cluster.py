@@ -536,6 +536,7 @@ class LocalCluster:
                 info.partition: {"targets": [info.target], "models": list(info.models)} for info in self.leaves(role)
             },
             "feature_store": {"kind": "local", "path": str(self.assets.store)},
+            "workers": 1,  # one root process unless overridden (bench --root-workers, tests)
         }
         return apply_overrides(doc, overrides)
 

@@ -172,6 +172,9 @@ class RootConfig:
     sizes are checked before anything is decompressed; real ones are a few KB)."""
     shutdown_grace_s: float = 5.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
+    workers: int = 0
+    """Server processes sharing the port (``root.supervisor``); 0 = one per available core,
+    at most 8; 1 = a single process, no supervisor."""
     bundles: Mapping[str, Path] = field(default_factory=dict)
     """Bundle name -> path of its bundle-level ``module_info.json``."""
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -213,6 +216,7 @@ class RootConfig:
         _check_int("root", "max_candidates", self.max_candidates, 1)
         _check_int("root", "max_models", self.max_models, 1)
         _check_int("root", "max_in_flight", self.max_in_flight, 1)
+        _check_int("root", "workers", self.workers, 0)
         _check_int("root", "max_request_features", self.max_request_features, 1)
         _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
@@ -257,6 +261,7 @@ class RootConfig:
             "max_candidates": str(self.max_candidates),
             "max_models": str(self.max_models),
             "max_in_flight": str(self.max_in_flight),
+            "workers": str(self.workers),
             "max_request_features": str(self.max_request_features),
             "max_request_feature_bytes": str(self.max_request_feature_bytes),
             "feature_store": self.feature_store.kind,

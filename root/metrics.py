@@ -48,6 +48,7 @@ PARTITION_SERVING_TARGETS = Gauge(
 FEATURE_STORE_READY = Gauge(
     "rootleaf_root_feature_store_ready",
     "1 when the feature store passed its start-up check, 0 when it failed (alert on 0)",
+    multiprocess_mode="livemin",  # several workers: 0 when any live one failed
 )
 FEATURE_STORE_DEGRADED = Counter(
     "rootleaf_root_feature_store_degraded_total",

@@ -72,7 +72,9 @@ RETRIES_TOTAL = Counter(
 REFRESHES_TOTAL = Counter(
     "rootleaf_root_redis_cluster_refreshes_total", "Slot-map reads from the cluster, by result", ["result"]
 )
-MASTERS = Gauge("rootleaf_root_redis_cluster_masters", "Masters in the slot map in use")
+MASTERS = Gauge(
+    "rootleaf_root_redis_cluster_masters", "Masters in the slot map in use", multiprocess_mode="livemax"
+)
 
 
 @dataclass(frozen=True, slots=True)

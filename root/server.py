@@ -160,7 +160,9 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        inner = grpc.aio.server(options=GRPC_OPTIONS)
+        # SO_REUSEPORT (gRPC's default on Linux, stated): the workers of one root share the
+        # port (``root.supervisor``).
+        inner = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 1)])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
         if config.reflection:

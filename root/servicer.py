@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from typing import Callable, Mapping
@@ -140,7 +141,8 @@ class RootServicer(root_pb2_grpc.RootServicer):
         self, request: root_pb2.RootStatusRequest, context: grpc.aio.ServicerContext
     ) -> root_pb2.RootStatusResponse:
         detail = self._config.status_detail
-        response = root_pb2.RootStatusResponse(settings=self._config.settings())
+        # pid: which of a root's worker processes answered (``rootleaf root --workers N``).
+        response = root_pb2.RootStatusResponse(settings={**self._config.settings(), "pid": str(os.getpid())})
         for name, status in sorted(self._bundle_statuses().items()):
             response.bundles.append(_bundle_status(name, status, detail))
         health = self._partition_health()

@@ -1,0 +1,124 @@
+"""``rootleaf root --workers 2`` as a real process tree: both workers serve on one port, the
+metrics endpoint sums them, a killed worker is replaced, SIGTERM drains every process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import pytest
+
+from benchmarks.cluster_metrics import scrape, total
+from deploy.local_cluster import LocalCluster, free_port, render_toml
+from root.client import RootClient
+from root.supervisor import available_cores, resolve_workers
+from tests.cluster.test_root_process import REPO_ROOT, _wait_port, _wait_serving
+
+T = TypeVar("T")
+WAIT_S = 60.0
+
+
+def poll(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
+    """``probe()`` until it returns something other than None/False (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(c) for c in (task / "children").read_text().split()}
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The ci workload's leaves (and a one-process root the test does not use)."""
+    with LocalCluster("ci", tmp_path_factory.mktemp("workers")) as started:
+        yield started
+
+
+def test_default_workers_follow_the_cores() -> None:
+    assert resolve_workers(3) == 3
+    assert resolve_workers(0) == min(available_cores(), 8) >= 1
+
+
+@pytest.mark.cluster
+def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
+    doc = tomllib.loads(Path(cluster.root().config_file).read_text())
+    metrics_port = free_port()
+    doc |= {"metrics_port": metrics_port, "workers": 1}  # --workers on the command line wins
+    (tmp_path / "root.toml").write_text(render_toml(doc))
+    log = open(tmp_path / "root.log", "wb")  # noqa: SIM115 - closed below
+    root = subprocess.Popen(
+        [sys.executable, "-m", "root.cli", "--config", str(tmp_path / "root.toml"), "--workers", "2",
+         "--port-file", str(tmp_path / "root.port")],
+        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        target = f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}"
+        _wait_serving(target, "rootleaf.v1.Root")
+        workers = children(root.pid)
+        assert len(workers) == 2
+        models = [m.name for m in cluster.assets.workload.models]  # type: ignore[union-attr]
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        ok0 = total(scrape(metrics_url), "rootleaf_root_requests_total", code="OK")
+
+        # Each new channel is a new connection, which the kernel hands to either worker.
+        seen: set[int] = set()
+        calls = 0
+
+        def both_answer() -> bool:
+            nonlocal calls
+            with RootClient(target) as client:
+                status = client.status()
+                assert status.settings["workers"] == "2"
+                seen.add(int(status.settings["pid"]))
+                assert all(r.ok for r in client.score(3, [1, 2, 3], models).values())
+                calls += 1
+            return seen == workers
+
+        poll("both workers to answer", both_answer)
+        assert seen == workers
+        # The supervisor's endpoint sums every worker's counters.
+        assert total(scrape(metrics_url), "rootleaf_root_requests_total", code="OK") - ok0 == calls
+
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        replaced = poll("a replacement worker", lambda: (children(root.pid) - workers) or None)
+        assert victim not in children(root.pid) and len(children(root.pid)) == 2
+        seen.clear()
+        poll("the replacement to answer", lambda: both_answer() or (replaced & seen))
+        assert root.poll() is None
+
+        # SIGTERM: the supervisor forwards it, workers drain, every process exits.
+        final = children(root.pid)
+        root.send_signal(signal.SIGTERM)
+        assert root.wait(WAIT_S) == 0
+        poll("every worker to exit", lambda: not any(alive(pid) for pid in final))
+    finally:
+        if root.poll() is None:
+            root.kill()
+            root.wait()
+        log.close()
+    assert b"Traceback" not in (tmp_path / "root.log").read_bytes()
