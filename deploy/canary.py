@@ -31,6 +31,7 @@ from deploy.plan import AnalysisConfig
 from wire.codec import CodecError, decode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from transport.server import GRPC_OPTIONS
+from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 
 MAX_SAMPLES = 50_000  # per side and model: keeps the U test fast on large windows
 PASS, MARGINAL, FAIL = "PASS", "MARGINAL", "FAIL"
@@ -120,9 +121,13 @@ def make_requests(cfg: AnalysisConfig, models: Sequence[str]) -> list[root_pb2.S
 
 
 async def _drive(
-    target: str, requests: Sequence[root_pb2.ScoreRequest], cfg: AnalysisConfig, side: SideObservation
+    target: str,
+    requests: Sequence[root_pb2.ScoreRequest],
+    cfg: AnalysisConfig,
+    side: SideObservation,
+    tls: TlsConfig = PLAINTEXT,
 ) -> None:
-    async with grpc.aio.insecure_channel(target, options=GRPC_OPTIONS) as channel:
+    async with aio_channel(target, tls, list(GRPC_OPTIONS)) as channel:
         stub = root_pb2_grpc.RootStub(channel)
         gate = asyncio.Semaphore(cfg.concurrency)
 
@@ -176,19 +181,20 @@ async def run_analysis(
     baseline_metrics: Sequence[str],
     canary_leaf_metrics: Sequence[str] = (),
     baseline_leaf_metrics: Sequence[str] = (),
+    tls: TlsConfig = PLAINTEXT,
 ) -> AnalysisReport:
-    """Drive the same requests through both roots at once, scrape, and judge."""
+    """Drive the same requests through both roots at once (over ``tls``), scrape, and judge."""
     requests = make_requests(cfg, models)
     if cfg.warmup_requests:
         warm = make_requests(replace(cfg, requests=cfg.warmup_requests, seed=cfg.seed + 1), models)
-        await asyncio.gather(_drive(canary_target, warm, cfg, SideObservation()),
-                             _drive(baseline_target, warm, cfg, SideObservation()))
+        await asyncio.gather(_drive(canary_target, warm, cfg, SideObservation(), tls),
+                             _drive(baseline_target, warm, cfg, SideObservation(), tls))
     canary, baseline = SideObservation(), SideObservation()
     urls = [list(canary_metrics), list(baseline_metrics), list(canary_leaf_metrics), list(baseline_leaf_metrics)]
     before = [await _scrape_all(u) for u in urls]
     start = time.monotonic()
     await asyncio.gather(
-        _drive(canary_target, requests, cfg, canary), _drive(baseline_target, requests, cfg, baseline)
+        _drive(canary_target, requests, cfg, canary, tls), _drive(baseline_target, requests, cfg, baseline, tls)
     )
     window = time.monotonic() - start
     after = [await _scrape_all(u) for u in urls]

@@ -36,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from deploy.demo_assets import DemoAssets, copy_tree, ensure_assets
 from deploy.workload import WorkloadError, builtin_workload
+from transport.tls import PLAINTEXT, TlsConfig, sync_channel
 
 log = logging.getLogger("rootleaf.deploy.local_cluster")
 
@@ -61,9 +62,50 @@ class LeafInfo:
     models: tuple[str, ...]
     pid: int
     log: str
+    replica: int = 0
+    """Which of the partition's replicas (0-based); replicas share the repository."""
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "models": list(self.models)}
+
+
+TLS_FILES = {"ca_file": "ca.pem", "server_cert": "server.pem", "server_key": "server.key",
+             "client_cert": "client.pem", "client_key": "client.key"}
+"""``ClusterTls`` field -> file name in a ``--tls-dir`` (what ``tests/tls_certs.make_certs`` writes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTls:
+    """Certificates of a mutual-TLS local cluster: one CA; every root and leaf serves with
+    the server pair and requires a client certificate from the CA; roots (towards leaves)
+    and tools present the client pair."""
+
+    ca_file: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "ClusterTls":
+        """The five PEM files of ``directory`` by their conventional names (``TLS_FILES``)."""
+        base = Path(directory).resolve()
+        missing = [name for name in TLS_FILES.values() if not (base / name).is_file()]
+        if missing:
+            raise ClusterError(f"TLS directory {base} lacks {', '.join(missing)}")
+        return cls(**{f: str(base / name) for f, name in TLS_FILES.items()})
+
+    def server(self) -> TlsConfig:
+        return TlsConfig(cert_file=self.server_cert, key_file=self.server_key, client_ca_file=self.ca_file)
+
+    def client(self) -> TlsConfig:
+        return TlsConfig(ca_file=self.ca_file, cert_file=self.client_cert, key_file=self.client_key)
+
+
+def tls_json(tls: TlsConfig) -> dict[str, str]:
+    """A client ``TlsConfig`` as cluster.json carries it (only the fields that are set)."""
+    fields = ("ca_file", "cert_file", "key_file", "server_name")
+    return {f: getattr(tls, f) for f in fields if getattr(tls, f)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,9 +279,11 @@ def _wait_port(proc: _Proc, deadline: float) -> int:
     raise ClusterError(f"{proc.name}: no port file {proc.port_file} in time:\n{proc.log_tail()}")
 
 
-def wait_serving(target: str, deadline: float, proc: _Proc | None = None, service: str = "") -> None:
+def wait_serving(
+    target: str, deadline: float, proc: _Proc | None = None, service: str = "", tls: TlsConfig = PLAINTEXT
+) -> None:
     """Block until ``target`` reports SERVING for ``service`` (gRPC health Watch), or raise."""
-    with grpc.insecure_channel(target) as channel:
+    with sync_channel(target, tls, []) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             remaining = deadline - time.monotonic()
@@ -310,7 +354,11 @@ class LocalCluster:
         leaf_args: Sequence[str] = ("--torch-threads", "1"),
         startup_timeout_s: float = 180.0,
         launcher: str = "api",
+        replicas: int = 1,
+        tls: ClusterTls | None = None,
     ) -> None:
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 16:
+            raise ClusterError(f"replicas must be an integer in [1, 16], got {replicas!r}")
         self.workload_path = builtin_workload(str(workload)).resolve()
         self.directory = Path(directory).resolve()
         self.roles: tuple[str, ...] = ROLES if canary else ROLES[:1]
@@ -318,6 +366,11 @@ class LocalCluster:
         self.leaf_args = tuple(leaf_args)
         self.startup_timeout_s = startup_timeout_s
         self.launcher = launcher
+        self.replicas = replicas
+        """Leaf processes per partition (the root lists every one as a target)."""
+        self.tls = tls
+        self.client_tls = tls.client() if tls is not None else PLAINTEXT
+        """What a client of this cluster (root or leaf) connects with."""
         self.assets: DemoAssets | None = None
         self._leaves: dict[str, list[tuple[LeafInfo, _Proc]]] = {}
         self._roots: dict[str, tuple[RootInfo, _Proc]] = {}
@@ -346,22 +399,23 @@ class LocalCluster:
                 self._prepare_role(role)
                 for partition, models in self.assets.partitions.items():
                     base = self.directory / role / "leaves" / partition
-                    metrics_port = free_port()
-                    proc = self._spawn_leaf(role, partition, models, 0, metrics_port, ())
-                    pending.append((role, partition, proc, base, models))
-                    self._leaves.setdefault(role, []).append(
-                        (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
-                                  models, proc.popen.pid, str(proc.log_path)), proc)
-                    )
+                    for replica in range(self.replicas):
+                        metrics_port = free_port()
+                        proc = self._spawn_leaf(role, partition, models, 0, metrics_port, (), replica)
+                        pending.append((role, partition, proc, base, models))
+                        self._leaves.setdefault(role, []).append(
+                            (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
+                                      models, proc.popen.pid, str(proc.log_path), replica), proc)
+                        )
             self._write_description()  # early, so `rootleaf down` can stop a cluster still starting
             for role in self.roles:
                 ready = []
                 for info, proc in self._leaves[role]:
                     port = _wait_port(proc, deadline)
                     target = f"127.0.0.1:{port}"
-                    wait_serving(target, deadline, proc)
+                    wait_serving(target, deadline, proc, tls=self.client_tls)
                     ready.append((LeafInfo(info.partition, target, info.metrics_url, info.repo_dir, info.models,
-                                           info.pid, info.log), proc))
+                                           info.pid, info.log, info.replica), proc))
                 self._leaves[role] = ready
             for role in self.roles:
                 self._start_root(role, self.root_overrides, deadline)
@@ -409,32 +463,34 @@ class LocalCluster:
         self._write_description()
         return info
 
-    def kill_leaf(self, partition: str, role: str = "production") -> LeafInfo:
-        """SIGKILL ``partition``'s leaf (fault injection) and reap it; returns what ran."""
-        info, proc = self._leaf(partition, role)
+    def kill_leaf(self, partition: str, role: str = "production", replica: int = 0) -> LeafInfo:
+        """SIGKILL ``partition``'s leaf (that replica; fault injection) and reap it; returns what ran."""
+        info, proc = self._leaf(partition, role, replica)
         if proc.popen.poll() is None:
             proc.popen.kill()
         proc.popen.wait(timeout=30)
         log.info("killed %s (pid %d)", proc.name, proc.popen.pid)
         return info
 
-    def restart_leaf(self, partition: str, role: str = "production", extra_args: Sequence[str] = ()) -> LeafInfo:
+    def restart_leaf(
+        self, partition: str, role: str = "production", extra_args: Sequence[str] = (), replica: int = 0
+    ) -> LeafInfo:
         """Start ``partition``'s leaf again on the same gRPC and metrics ports (stopping it
         first if it runs), so the root's channel reconnects to it; ``extra_args`` go after
         the cluster's leaf arguments (e.g. ``["--inject-delay-ms", "500"]``). Waits for
         SERVING; returns the new leaf (new pid)."""
-        info, proc = self._leaf(partition, role)
+        info, proc = self._leaf(partition, role, replica)
         stop_process(proc.popen)
         port = int(info.target.rsplit(":", 1)[1])
         metrics_port = int(info.metrics_url.rsplit(":", 1)[1].split("/", 1)[0])
-        new_proc = self._spawn_leaf(role, partition, info.models, port, metrics_port, extra_args)
+        new_proc = self._spawn_leaf(role, partition, info.models, port, metrics_port, extra_args, replica)
         deadline = time.monotonic() + self.startup_timeout_s
         _wait_port(new_proc, deadline)
         new_info = LeafInfo(info.partition, info.target, info.metrics_url, info.repo_dir, info.models,
-                            new_proc.popen.pid, info.log)
+                            new_proc.popen.pid, info.log, replica)
         self._leaves[role] = [(new_info, new_proc) if i is info else (i, p) for i, p in self._leaves[role]]
         try:
-            wait_serving(info.target, deadline, new_proc)
+            wait_serving(info.target, deadline, new_proc, tls=self.client_tls)
         finally:
             if self.assets is not None and role in self._roots:
                 self._write_description()
@@ -466,6 +522,8 @@ class LocalCluster:
             "launcher": self.launcher,
             "launcher_pid": os.getpid(),
             "state": self._state,
+            "replicas": self.replicas,
+            "tls": tls_json(self.client_tls),
             "catalog": str(self.assets.catalog),
             "feature_store": str(self.assets.store),
             "models_dir": str(self.assets.models_dir),
@@ -491,22 +549,28 @@ class LocalCluster:
             return []
         return [p for p in pids if pid_alive(p) and _is_ours(p)]
 
-    def _leaf(self, partition: str, role: str) -> tuple[LeafInfo, _Proc]:
+    def _leaf(self, partition: str, role: str, replica: int = 0) -> tuple[LeafInfo, _Proc]:
         for info, proc in self._leaves.get(role, []):
-            if info.partition == partition:
+            if info.partition == partition and info.replica == replica:
                 return info, proc
-        raise ClusterError(f"no {role} leaf for partition {partition!r}")
+        raise ClusterError(f"no {role} leaf for partition {partition!r} replica {replica}")
 
     def _spawn_leaf(
-        self, role: str, partition: str, models: Sequence[str], port: int, metrics_port: int, extra: Sequence[str]
+        self, role: str, partition: str, models: Sequence[str], port: int, metrics_port: int, extra: Sequence[str],
+        replica: int = 0,
     ) -> _Proc:
         base = self.directory / role / "leaves" / partition
+        stem = "leaf" if replica == 0 else f"leaf-{replica}"
+        tls_args: list[str] = []
+        if self.tls is not None:
+            tls_args = ["--tls-cert", self.tls.server_cert, "--tls-key", self.tls.server_key,
+                        "--tls-client-ca", self.tls.ca_file]
         return _spawn(
-            f"{role} leaf {partition}",
-            ["leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / "leaf.port"),
-             "--models", ",".join(models), "--metrics-port", str(metrics_port), *self.leaf_args, *extra],
-            base / "leaf.log",
-            base / "leaf.port",
+            f"{role} leaf {partition}" + (f" replica {replica}" if self.replicas > 1 else ""),
+            ["leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / f"{stem}.port"),
+             "--models", ",".join(models), "--metrics-port", str(metrics_port), *tls_args, *self.leaf_args, *extra],
+            base / f"{stem}.log",
+            base / f"{stem}.port",
         )
 
     def _prepare_role(self, role: str) -> None:
@@ -533,11 +597,20 @@ class LocalCluster:
             "dedup_request_features": True,
             "bundles": {p: str(base / "bundles" / p / "module_info.json") for p in self.assets.partitions},
             "partitions": {
-                info.partition: {"targets": [info.target], "models": list(info.models)} for info in self.leaves(role)
+                partition: {
+                    "targets": [i.target for i in self.leaves(role) if i.partition == partition],
+                    "models": list(models),
+                }
+                for partition, models in self.assets.partitions.items()
             },
             "feature_store": {"kind": "local", "path": str(self.assets.store)},
             "workers": 1,  # one root process unless overridden (bench --root-workers, tests)
         }
+        if self.tls is not None:
+            server, client = self.tls.server(), self.tls.client()
+            doc["tls"] = {"cert_file": server.cert_file, "key_file": server.key_file,
+                          "client_ca_file": server.client_ca_file}
+            doc["leaf_tls"] = {"ca_file": client.ca_file, "cert_file": client.cert_file, "key_file": client.key_file}
         return apply_overrides(doc, overrides)
 
     def _start_root(self, role: str, overrides: Mapping[str, Any], deadline: float) -> RootInfo:
@@ -559,7 +632,7 @@ class LocalCluster:
         self._write_description()  # the new pid, before waiting on it
         port = _wait_port(proc, deadline)
         target = f"127.0.0.1:{port}"
-        wait_serving(target, deadline, proc)
+        wait_serving(target, deadline, proc, tls=self.client_tls)
         assert self.assets is not None
         info = RootInfo(
             target=target,
@@ -591,6 +664,9 @@ def _up_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root-config-override", action="append", default=[], metavar="KEY=VALUE",
                         help="set a root config key (dotted for sections), e.g. trim=false, compression=none")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for SERVING")
+    parser.add_argument("--replicas", type=int, default=1, help="leaf processes per partition (default 1)")
+    parser.add_argument("--tls-dir", default=None,
+                        help="serve mutual TLS everywhere with ca.pem, server.pem/.key, client.pem/.key from DIR")
     return parser
 
 
@@ -603,8 +679,10 @@ def up_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         overrides = dict(parse_override(o) for o in args.root_config_override)
+        tls = ClusterTls.from_dir(args.tls_dir) if args.tls_dir else None
         cluster = LocalCluster(args.workload, args.dir, canary=args.canary, root_overrides=overrides,
-                               startup_timeout_s=args.startup_timeout, launcher="up")
+                               startup_timeout_s=args.startup_timeout, launcher="up", replicas=args.replicas,
+                               tls=tls)
     except (ClusterError, WorkloadError) as exc:
         print(f"rootleaf up: {exc}", file=sys.stderr)
         return 2

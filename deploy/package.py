@@ -145,7 +145,7 @@ class _BoundedReader(io.RawIOBase):
 def _read_members(path: Path, max_unpacked: int) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     with gzip.open(path, "rb") as gz:
-        stream = io.BufferedReader(_BoundedReader(gz, max_unpacked, path), 1 << 16)  # type: ignore[arg-type]
+        stream = io.BufferedReader(_BoundedReader(gz, max_unpacked, path), 1 << 16)
         # Streaming mode ("r|"): members are read in order from the bounded stream, never by
         # seeking, so the bound holds however the archive was built.
         with tarfile.open(fileobj=stream, mode="r|") as tar:

@@ -2,7 +2,9 @@
 
 Targets come either from a cluster description written by ``rootleaf up``
 (``[targets] cluster_file``) or from explicit ``[[canary.roots]]`` / ``[[canary.leaves]]`` /
-``[[production.*]]`` tables. Relative paths resolve against the plan file's directory.
+``[[production.*]]`` tables. ``[tls]`` (client side: ca_file, cert_file + key_file for
+mutual TLS, server_name) is how every rollout RPC reaches roots and leaves; without it a
+cluster description's own ``tls`` is used, else plaintext. Relative paths resolve against the plan file's directory.
 Unknown keys are rejected at every level; each error names the bad field. Pure parsing on the
 caller's thread.
 """
@@ -16,6 +18,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+
+from transport.tls import PLAINTEXT, TlsConfig
 
 from contract.names import bundle_name_problem, name_problem
 
@@ -191,8 +195,12 @@ class Plan:
     """How long a delivery may take to show up on every host before it counts as failed."""
     rpc_timeout_s: float = 5.0
     """Deadline of each verification RPC."""
+    tls: TlsConfig = PLAINTEXT
+    """Client TLS for every RPC to roots and leaves (verification, canary traffic)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tls, TlsConfig) or self.tls.client_ca_file:
+            raise PlanError("tls: client settings only (ca_file, cert_file, key_file, server_name)")
         if bundle_name_problem(self.bundle):
             raise PlanError(f"rollout.bundle {self.bundle!r} {bundle_name_problem(self.bundle)}")
         for name in ("verify_timeout_s", "rpc_timeout_s"):
@@ -291,7 +299,7 @@ def load_plan(path: str | Path) -> Plan:
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan {path}: not valid TOML ({exc})") from None
     base = path.parent.resolve()
-    top = _take(doc, "plan", {"rollout", "targets", "canary", "production", "analysis"})
+    top = _take(doc, "plan", {"rollout", "targets", "canary", "production", "analysis", "tls"})
     rollout = _take(top.get("rollout", {}), "rollout", {"bundle", "state_dir", "verify_timeout_s", "rpc_timeout_s"})
     if "bundle" not in rollout or "state_dir" not in rollout:
         raise PlanError("rollout: 'bundle' and 'state_dir' are required")
@@ -309,11 +317,16 @@ def load_plan(path: str | Path) -> Plan:
             raise PlanError(f"targets.cluster_file {cluster_path}: cannot read ({exc})") from None
         canary = _role_from_cluster(cluster, "canary", bundle, cluster_path)
         production = _role_from_cluster(cluster, "production", bundle, cluster_path)
+        cluster_tls = cluster.get("tls") if isinstance(cluster, dict) else None
+        tls = _tls(cluster_tls or {}, cluster_path.parent, f"{cluster_path}: tls")
     else:
         if "canary" not in top or "production" not in top:
             raise PlanError("plan needs [targets] cluster_file or both [canary] and [production]")
         canary = _role_from_tables(base, top["canary"], "canary")
         production = _role_from_tables(base, top["production"], "production")
+        tls = PLAINTEXT
+    if "tls" in top:
+        tls = _tls(top["tls"], base, "tls")
     known = {f.name for f in fields(AnalysisConfig)}
     analysis_raw = _take(top.get("analysis", {}), "analysis", known)
     for key in _ANALYSIS_TUPLES & set(analysis_raw):
@@ -327,9 +340,18 @@ def load_plan(path: str | Path) -> Plan:
     extra = {k: rollout[k] for k in ("verify_timeout_s", "rpc_timeout_s") if k in rollout}
     state_dir = _path(base, rollout["state_dir"], "rollout.state_dir")
     try:
-        return Plan(path.resolve(), bundle, state_dir, canary, production, analysis, **extra)
+        return Plan(path.resolve(), bundle, state_dir, canary, production, analysis, tls=tls, **extra)
     except TypeError as exc:
         raise PlanError(f"rollout: {exc}") from None
+
+
+def _tls(table: object, base: Path, where: str) -> TlsConfig:
+    if not isinstance(table, Mapping):
+        raise PlanError(f"{where} must be a table")
+    try:
+        return TlsConfig.from_mapping(table, where).resolve(base)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def _analysis(values: Mapping[str, Any]) -> AnalysisConfig:

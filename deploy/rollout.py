@@ -31,6 +31,7 @@ from deploy.package import Package
 from deploy.plan import LeafTarget, Plan, PlanError, Role, RootTarget
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
 from transport.server import GRPC_OPTIONS
+from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 
 STATE_FILE = "state.json"
 Printer = Callable[[str], None]
@@ -112,9 +113,10 @@ async def _poll(what: str, timeout_s: float, probe: Callable[[], Awaitable[tuple
         delay = min(delay * 2, 0.5)
 
 
-async def verify_root(root: RootTarget, bundle: str, sha: str | None, timeout_s: float, rpc_s: float) -> None:
+async def verify_root(root: RootTarget, bundle: str, sha: str | None, timeout_s: float, rpc_s: float,
+                      tls: TlsConfig = PLAINTEXT) -> None:
     """Wait until the root reports bundle ``bundle`` loaded with content hash ``sha``."""
-    async with grpc.aio.insecure_channel(root.target, options=GRPC_OPTIONS) as channel:
+    async with aio_channel(root.target, tls, list(GRPC_OPTIONS)) as channel:
         stub = root_pb2_grpc.RootStub(channel)
 
         async def probe() -> tuple[bool, str]:
@@ -129,9 +131,9 @@ async def verify_root(root: RootTarget, bundle: str, sha: str | None, timeout_s:
 
 
 async def verify_leaf(leaf: LeafTarget, want: dict[str, set[str]], gone: dict[str, set[str]],
-                      timeout_s: float, rpc_s: float) -> None:
+                      timeout_s: float, rpc_s: float, tls: TlsConfig = PLAINTEXT) -> None:
     """Wait until the leaf lists every version in ``want`` and none in ``gone``."""
-    async with grpc.aio.insecure_channel(leaf.target, options=GRPC_OPTIONS) as channel:
+    async with aio_channel(leaf.target, tls, list(GRPC_OPTIONS)) as channel:
         stub = leaf_pb2_grpc.LeafStub(channel)
 
         async def probe() -> tuple[bool, str]:
@@ -241,7 +243,8 @@ class Rollout:
                 self._record(change)
                 count += 1
         await asyncio.gather(*(
-            verify_root(r, self.plan.bundle, self.package.bundle_sha256, self.plan.verify_timeout_s, self.plan.rpc_timeout_s)
+            verify_root(r, self.plan.bundle, self.package.bundle_sha256, self.plan.verify_timeout_s,
+                        self.plan.rpc_timeout_s, self.plan.tls)
             for r in role.roots))
         return f"{count} file(s) written, {len(role.roots)} root(s) report {self.package.bundle_sha256[:12]}"
 
@@ -258,7 +261,8 @@ class Rollout:
                 if v.leaf is leaf:
                     want.setdefault(v.model, set()).add(v.version)
             if want:
-                waits.append(verify_leaf(leaf, want, {}, self.plan.verify_timeout_s, self.plan.rpc_timeout_s))
+                waits.append(verify_leaf(leaf, want, {}, self.plan.verify_timeout_s, self.plan.rpc_timeout_s,
+                                         self.plan.tls))
         await asyncio.gather(*waits)
         names = ", ".join(f"{v.model}/{v.version}" for v in deliveries) or "none new"
         return f"{len(deliveries)} version(s) delivered and listed ({names})"
@@ -271,6 +275,7 @@ class Rollout:
             [canary.roots[0].metrics_url or ""], [base.roots[0].metrics_url or ""],
             [lf.metrics_url for lf in canary.leaves if lf.metrics_url],
             [lf.metrics_url for lf in base.leaves if lf.metrics_url],
+            tls=plan.tls,
         )
         report_path = plan.state_dir / f"analysis-{self.state['id']}.json"
         await asyncio.to_thread(atomic_write, report_path, report_json(report).encode())
@@ -356,10 +361,10 @@ async def rollback_state(plan: Plan, store: StateStore, out: Printer) -> bool:
                 gone = leaves_touched.setdefault(str(leaf.repo_dir), (leaf, {}))[1]
                 gone.setdefault(target.parent.name, set()).add(target.name)
     checks = [
-        verify_root(root, plan.bundle, old, plan.verify_timeout_s, plan.rpc_timeout_s)
+        verify_root(root, plan.bundle, old, plan.verify_timeout_s, plan.rpc_timeout_s, plan.tls)
         for root, old in roots_touched.values() if old is not None
     ] + [
-        verify_leaf(leaf, {}, gone, plan.verify_timeout_s, plan.rpc_timeout_s)
+        verify_leaf(leaf, {}, gone, plan.verify_timeout_s, plan.rpc_timeout_s, plan.tls)
         for leaf, gone in leaves_touched.values()
     ]
     for result in await asyncio.gather(*checks, return_exceptions=True):

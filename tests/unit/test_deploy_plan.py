@@ -145,3 +145,35 @@ def test_cluster_file_plan(tmp_path: Path) -> None:
     (tmp_path / "plan.toml").write_text('[rollout]\nbundle = "news"\nstate_dir = "s"\n[targets]\ncluster_file = "cluster.json"\n')
     with pytest.raises(PlanError, match="no bundle 'news'"):
         load_plan(tmp_path / "plan.toml")
+
+
+def test_plan_tls_section_resolves_paths_and_accepts_client_settings_only(tmp_path: Path) -> None:
+    d = _host_dirs(tmp_path)
+    text = _plan_text(d) + '[tls]\nca_file = "certs/ca.pem"\ncert_file = "certs/me.pem"\nkey_file = "certs/me.key"\n'
+    (tmp_path / "plan.toml").write_text(text)
+    plan = load_plan(tmp_path / "plan.toml")
+    assert (plan.tls.ca_file, plan.tls.cert_file) == (str(tmp_path / "certs/ca.pem"), str(tmp_path / "certs/me.pem"))
+    for bad, message in (('client_ca_file = "ca.pem"', "client settings only"), ('colour = "x"', "unknown keys")):
+        (tmp_path / "plan.toml").write_text(_plan_text(d) + f"[tls]\n{bad}\n")
+        with pytest.raises(PlanError, match=message):
+            load_plan(tmp_path / "plan.toml")
+
+
+def test_plan_takes_tls_from_the_cluster_description(tmp_path: Path) -> None:
+    d = _host_dirs(tmp_path)
+    roles = {}
+    for role, port in (("canary", 7001), ("production", 7002)):
+        roles[role] = {
+            "root": {"target": f"127.0.0.1:{port}", "bundle_files": {"ads": str(d[f"{role}_cfg"] / "module_info.json")},
+                     "config_dir": str(d[f"{role}_cfg"]), "metrics_url": f"http://127.0.0.1:{port + 100}/metrics"},
+            "leaves": [{"partition": "ads", "target": f"127.0.0.1:{port + 10}", "repo_dir": str(d[f"{role}_repo"]),
+                        "models": ["ctr"]}],
+        }
+    cluster = {"roles": roles, "tls": {"ca_file": "/pki/ca.pem", "cert_file": "/pki/c.pem", "key_file": "/pki/c.key"}}
+    (tmp_path / "cluster.json").write_text(json.dumps(cluster))
+    (tmp_path / "plan.toml").write_text('[rollout]\nbundle = "ads"\nstate_dir = "s"\n[targets]\ncluster_file = "cluster.json"\n')
+    plan = load_plan(tmp_path / "plan.toml")
+    assert (plan.tls.ca_file, plan.tls.cert_file, plan.tls.key_file) == ("/pki/ca.pem", "/pki/c.pem", "/pki/c.key")
+    cluster["tls"] = {}
+    (tmp_path / "cluster.json").write_text(json.dumps(cluster))
+    assert not load_plan(tmp_path / "plan.toml").tls.enabled
