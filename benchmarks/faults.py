@@ -124,9 +124,22 @@ class AllowlistStorm:
             self.write(bundle)
 
     def restore(self) -> None:
-        """Put the original files back (atomically)."""
-        for name, data in self.originals.items():
-            _atomic_write(self.bundle_files[name], data)
+        """Put the current documents (the originals plus any version added since) back."""
+        for name, original in self.originals.items():
+            same = json.loads(original) == self._docs[name]
+            _atomic_write(self.bundle_files[name], original if same else json.dumps(self._docs[name], indent=1).encode())
+
+    def add_version(self, bundle: str, model: str, version: str) -> None:
+        """List ``version`` of ``model`` in ``bundle`` (a copy of its latest entry: a model's
+        signature does not change across versions) and write the file atomically."""
+        entries = self._docs[bundle][model]
+        entries.append({**entries[-1], "version": version})
+        _atomic_write(self.bundle_files[bundle], json.dumps(self._docs[bundle], indent=1).encode())
+
+    def remove_version(self, bundle: str, model: str, version: str) -> None:
+        """Stop listing ``version`` of ``model`` in ``bundle`` (atomic write)."""
+        self._docs[bundle][model] = [e for e in self._docs[bundle][model] if e["version"] != version]
+        _atomic_write(self.bundle_files[bundle], json.dumps(self._docs[bundle], indent=1).encode())
 
     def check_records(self, records: Sequence[Mapping[str, Any]]) -> list[str]:
         """Problems in leaf request records (``--record-requests`` lines): each request for a

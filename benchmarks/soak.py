@@ -4,11 +4,14 @@ Starts a ``LocalCluster`` (ci workload by default), drives it with a ``LoadProce
 closed-loop client in its own process) for M minutes while the fault schedule runs: a leaf SIGKILLed and
 restarted on its port, an allowlist reload storm (10% of rewrites corrupt or half-written),
 a slow-leaf phase (the leaf restarted with an injected delay longer than the deadline, then
-restored), with steady gaps between them. Afterwards it prints a table (requests sent,
-succeeded, failed by code, reloads, corrupt reloads, leaf kills, lost) and checks, from the
-leaves' request records, that every leaf request carried exactly the features of an
-allowlist that was valid at some point. Exit code 0 only when nothing was lost, no
-allowlist was violated and the root never died.
+restored), a model version rollout and rollback, with steady gaps between them. Each
+partition runs ``--replicas`` leaf processes (2 by default) and leaf faults hit one replica
+at a time. Afterwards it prints a table (requests sent, succeeded, failed by code, reloads,
+corrupt reloads, leaf kills, lost), the same per fault kind (success rate, failures by code,
+p50/p99, share of other partitions' results served), and checks, from the leaves' request
+records, that every leaf request carried exactly the features of an allowlist that was
+valid at some point. Exit code 0 only when the availability targets are met
+(``benchmarks.soak_report.targets``).
 
 The calling thread owns the cluster, the bundle files and the fault schedule; the load's
 state lives in its own process.
@@ -17,8 +20,10 @@ state lives in its own process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import sys
@@ -26,15 +31,21 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.faults import AllowlistStorm, read_records
 from benchmarks.soak_load import LoadProcess
+from benchmarks.soak_report import Phase, by_fault, targets
+from contract.versions import latest_version
 from deploy.local_cluster import ClusterError, LocalCluster
+from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
+from transport.tls import TlsConfig, sync_channel
 
 log = logging.getLogger("rootleaf.soak")
 
-FAULTS = ("leaf_kill", "storm", "slow_leaf")
+FAULTS = ("leaf_kill", "storm", "slow_leaf", "rollout")
+WAIT_S = 60.0
+"""Bound on every wait of the schedule (a leaf listing a version, the root reporting a hash)."""
 
 
 @dataclass(slots=True)
@@ -44,7 +55,9 @@ class FaultLog:
     leaf_kills: int = 0
     slow_phases: int = 0
     storms: int = 0
+    rollouts: int = 0
     events: list[str] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
 
     def note(self, started: float, text: str) -> None:
         self.events.append(f"{time.monotonic() - started:7.1f}s {text}")
@@ -66,17 +79,19 @@ class SoakOptions:
     down_s: float = 2.0
     """How long a killed leaf stays down."""
     slow_s: float = 3.0
-    """How long a slow-leaf phase lasts."""
+    """How long a slow-leaf phase (and a rolled-out version) lasts."""
     gap_s: float = 3.0
     """Steady load between faults."""
     seed: int = 0
     rate: float = 100.0
     """Offered requests per second (0 = closed loop, as fast as answers come back)."""
+    replicas: int = 2
+    """Leaf processes per partition; faults hit one replica at a time."""
 
     def __post_init__(self) -> None:
         if not self.minutes > 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes!r}")
-        for name in ("concurrency", "deadline_ms", "storm_rewrites"):
+        for name in ("concurrency", "deadline_ms", "storm_rewrites", "replicas"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("down_s", "slow_s", "gap_s"):
@@ -84,18 +99,73 @@ class SoakOptions:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
 
+def _poll(what: str, done: Callable[[], bool]) -> None:
+    """Wait until ``done()`` (bounded by ``WAIT_S``)."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"soak: {what} did not happen within {WAIT_S:.0f} s")
+        time.sleep(0.1)  # polling servers' reports, bounded by the deadline
+
+
+def _listed(target: str, tls: TlsConfig, model: str) -> set[str]:
+    with sync_channel(target, tls, []) as channel:
+        reply = leaf_pb2_grpc.LeafStub(channel).ListModels(leaf_pb2.ListModelsRequest(), timeout=5)
+    return {v for m in reply.models if m.name == model for v in m.versions}
+
+
+def _root_hash(target: str, tls: TlsConfig, bundle: str) -> str:
+    with sync_channel(target, tls, []) as channel:
+        status = root_pb2_grpc.RootStub(channel).Status(root_pb2.RootStatusRequest(), timeout=5)
+    return next((b.content_hash for b in status.bundles if b.name == bundle), "")
+
+
+def _rollout(cluster: LocalCluster, storm: AllowlistStorm, partition: str, hold_s: float, note: Callable[[str], None]) -> None:
+    """A new version of the partition's first model: delivered to its repository (every
+    replica loads it), listed in the bundle, held, then rolled back in reverse order: out of
+    the bundle (the root confirms the hash), out of the repository (no replica lists it)."""
+    leaves = [leaf for leaf in cluster.leaves() if leaf.partition == partition]
+    model = sorted(leaves[0].models)[0]
+    model_dir = Path(leaves[0].repo_dir) / model
+    latest = latest_version(p.name for p in model_dir.iterdir() if not p.name.startswith("."))
+    assert latest is not None and latest.isdigit(), f"{model_dir}: no numeric version"
+    version = str(int(latest) + 1)
+    staging = model_dir / f".{version}.incoming"
+    shutil.copytree(model_dir / latest, staging)
+    os.rename(staging, model_dir / version)
+    tls = cluster.client_tls
+    _poll(f"{model}/{version} loaded", lambda: all(version in _listed(l.target, tls, model) for l in leaves))
+    storm.add_version(partition, model, version)
+    note(f"rollout: {model}/{version} on {len(leaves)} leaf replica(s) and in bundle {partition}")
+    time.sleep(hold_s)  # the new version serves this long
+    storm.remove_version(partition, model, version)
+    bundle_file = Path(cluster.root().bundle_files[partition])
+    want = hashlib.sha256(bundle_file.read_bytes()).hexdigest()
+    _poll("root reports the rolled-back bundle", lambda: _root_hash(cluster.root().target, tls, partition) == want)
+    # Requests resolved against the new version just before the swap may still be in flight.
+    time.sleep(1.0)
+    graveyard = model_dir / f".{version}.removed"
+    os.rename(model_dir / version, graveyard)
+    shutil.rmtree(graveyard)
+    _poll(f"{model}/{version} unloaded", lambda: not any(version in _listed(l.target, tls, model) for l in leaves))
+    note(f"rollback: {model}/{version} out of bundle {partition} and every replica")
+
+
 def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float) -> FaultLog:
     """The fault schedule: cycles through FAULTS with steady gaps until ``until`` (monotonic),
-    each fault at least once; the fault in progress at that time finishes, so every leaf is
-    up when it returns."""
+    each fault at least once, each leaf fault on one replica (rotating); the fault in
+    progress at that time finishes, so every leaf is up when it returns."""
     faults = FaultLog()
     rng = random.Random(opts.seed)
-    partitions = [leaf.partition for leaf in cluster.leaves()]
+    partitions = sorted({leaf.partition for leaf in cluster.leaves()})
     started = time.monotonic()
     delay_ms = str(2 * opts.deadline_ms)
 
     def pause(seconds: float) -> None:  # pacing the schedule, not synchronisation
         time.sleep(max(0.0, min(seconds, until - time.monotonic())))
+
+    def note(text: str) -> None:
+        faults.note(started, text)
 
     for i in range(1_000_000):
         pause(opts.gap_s)
@@ -103,24 +173,31 @@ def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions,
             break
         fault = FAULTS[i % len(FAULTS)]
         partition = rng.choice(partitions)
+        replica = (i // len(FAULTS)) % opts.replicas
+        begin = time.monotonic()
         if fault == "leaf_kill":
-            faults.note(started, f"SIGKILL leaf {partition}")
-            cluster.kill_leaf(partition)
+            note(f"SIGKILL leaf {partition} replica {replica}")
+            cluster.kill_leaf(partition, replica=replica)
             faults.leaf_kills += 1
-            time.sleep(opts.down_s)  # the partition stays down this long
-            cluster.restart_leaf(partition)
-            faults.note(started, f"leaf {partition} restarted on its port")
+            time.sleep(opts.down_s)  # the replica stays down this long
+            cluster.restart_leaf(partition, replica=replica)
+            note(f"leaf {partition} replica {replica} restarted on its port")
         elif fault == "storm":
-            faults.note(started, f"reload storm: {opts.storm_rewrites} rewrites")
+            note(f"reload storm: {opts.storm_rewrites} rewrites")
             storm.storm(opts.storm_rewrites, corrupt_fraction=0.1)
             faults.storms += 1
-        else:
-            faults.note(started, f"leaf {partition} slow ({delay_ms} ms per request)")
-            cluster.restart_leaf(partition, extra_args=["--inject-delay-ms", delay_ms])
+            partition = ""
+        elif fault == "slow_leaf":
+            note(f"leaf {partition} replica {replica} slow ({delay_ms} ms per request)")
+            cluster.restart_leaf(partition, extra_args=["--inject-delay-ms", delay_ms], replica=replica)
             faults.slow_phases += 1
             pause(opts.slow_s)
-            cluster.restart_leaf(partition)
-            faults.note(started, f"leaf {partition} fast again")
+            cluster.restart_leaf(partition, replica=replica)
+            note(f"leaf {partition} replica {replica} fast again")
+        else:
+            _rollout(cluster, storm, partition, opts.slow_s, note)
+            faults.rollouts += 1
+        faults.phases.append(Phase(fault, partition or None, begin, time.monotonic()))
     return faults
 
 
@@ -129,7 +206,8 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
     records = directory / "leaf-requests.jsonl"
     records.unlink(missing_ok=True)
     cluster = LocalCluster(
-        workload, directory, leaf_args=("--torch-threads", "1", "--record-requests", str(records))
+        workload, directory, leaf_args=("--torch-threads", "1", "--record-requests", str(records)),
+        replicas=opts.replicas,
     )
     with cluster:
         assert cluster.assets is not None
@@ -138,12 +216,12 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
         storm = AllowlistStorm({b: Path(p) for b, p in cluster.root().bundle_files.items()}, names, seed=opts.seed)
         root_pid = cluster.root().pid
         info = cluster.assets.workload.info
-        models = [m for ms in cluster.assets.partitions.values() for m in ms]
+        partition_of = {m: p for p, ms in cluster.assets.partitions.items() for m in ms}
         started = time.monotonic()
         with LoadProcess(
             cluster.root().target, directory / "load-outcomes.jsonl", users=info.users, items=info.items,
             candidates=info.candidates_per_request, concurrency=opts.concurrency, deadline_ms=opts.deadline_ms,
-            models=models, seed=opts.seed, rate=opts.rate,
+            models=list(partition_of), seed=opts.seed, rate=opts.rate,
         ) as load:
             try:
                 faults = _run_faults(cluster, storm, opts, started + opts.minutes * 60)
@@ -155,16 +233,20 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
         root_alive = not dead and cluster.root().pid == root_pid
     leaf_records = read_records(records)
     violations = storm.check_records(leaf_records)
-    return {
+    report: dict[str, Any] = {
+        "replicas": opts.replicas,
         "sent": stats.sent,
         "succeeded": stats.succeeded,
+        "success_rate": round(stats.succeeded / stats.sent, 6) if stats.sent else 0.0,
         "failed_by_code": dict(sorted(stats.failed_by_code.items())),
+        "by_fault": by_fault(load.outcomes, faults.phases, partition_of),
         "reloads": storm.counts.reloads,
         "corrupt_reloads": storm.counts.corrupt_reloads,
         "leaf_kills": faults.leaf_kills,
         "lost": stats.lost,
         "slow_phases": faults.slow_phases,
         "storms": faults.storms,
+        "rollouts": faults.rollouts,
         "model_results": dict(sorted(stats.model_results.items())),
         "leaf_requests_recorded": len(leaf_records),
         "allowlist_violations": len(violations),
@@ -174,17 +256,22 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
         "requests_per_second": round(stats.sent / elapsed, 1) if elapsed else 0.0,
         "events": faults.events,
     }
+    report["targets"] = targets(report, opts.replicas)
+    return report
 
 
 def format_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, Any]] = [
+        ("leaf replicas", report["replicas"]),
         ("requests sent", report["sent"]),
         ("succeeded", report["succeeded"]),
+        ("success rate", f"{100 * report['success_rate']:.3f}%"),
         *((f"failed {code}", n) for code, n in report["failed_by_code"].items()),
         ("reloads", report["reloads"]),
         ("corrupt reloads", report["corrupt_reloads"]),
         ("leaf kills", report["leaf_kills"]),
         ("slow-leaf phases", report["slow_phases"]),
+        ("version rollouts", report["rollouts"]),
         ("lost", report["lost"]),
         ("leaf requests checked", report["leaf_requests_recorded"]),
         ("allowlist violations", report["allowlist_violations"]),
@@ -193,7 +280,17 @@ def format_table(report: dict[str, Any]) -> str:
         ("requests/s", report["requests_per_second"]),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value:>10}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value:>10}" for name, value in rows]
+    lines.append("")
+    lines.append(f"{'phase':<10} {'requests':>8} {'success':>9} {'p50 ms':>7} {'p99 ms':>7} {'others':>8}  failed")
+    for kind, row in report["by_fault"].items():
+        others = row["other_partitions_served_rate"]
+        lines.append(
+            f"{kind:<10} {row['requests']:>8} {100 * row['success_rate']:>8.3f}% {row['p50_ms']:>7} {row['p99_ms']:>7} "
+            f"{'-' if others is None else f'{100 * others:.2f}%':>8}  {row['failed_by_code'] or ''}"
+        )
+    lines.append("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in report["targets"].items()))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storm-rewrites", type=int, default=100, help="bundle rewrites per storm")
     p.add_argument("--gap-s", type=float, default=3.0, help="steady load between faults")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replicas", type=int, default=2, help="leaf processes per partition (default 2)")
     return p
 
 
@@ -216,7 +314,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         opts = SoakOptions(args.minutes, args.concurrency, args.deadline_ms, args.storm_rewrites,
-                           gap_s=args.gap_s, seed=args.seed, rate=args.rate)
+                           gap_s=args.gap_s, seed=args.seed, rate=args.rate, replicas=args.replicas)
     except ValueError as exc:
         print(f"rootleaf soak: {exc}", file=sys.stderr)
         return 2
@@ -232,5 +330,4 @@ def main(argv: list[str]) -> int:
     print(format_table(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    ok = report["lost"] == 0 and report["allowlist_violations"] == 0 and report["root_alive"]
-    return 0 if ok else 1
+    return 0 if all(report["targets"].values()) else 1
