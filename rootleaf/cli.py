@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "root": ("root.cli:main", "run a root server"),
     "score": ("root.client_cli:main", "score candidates through a root and print a table"),
     "features": ("root.features_cli:main", "load workload features into a feature store"),
+    "health": ("transport.health_cli:main", "gRPC health check of a root or leaf (exit 0 = SERVING)"),
     "leaf": ("leaf.cli:main", "run a leaf partition server"),
     "model": ("leaf.export_cli:main", "export a TorchScript model with its signature"),
     "bundle": ("deploy.bundle_cli:main", "build a bundle-level module_info.json and root-config package"),

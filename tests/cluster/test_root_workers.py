@@ -18,6 +18,7 @@ from benchmarks.cluster_metrics import scrape, total
 from deploy.local_cluster import LocalCluster, free_port, render_toml
 from root.client import RootClient
 from root.supervisor import available_cores, resolve_workers
+from transport import health_cli
 from tests.cluster.test_root_process import REPO_ROOT, _wait_port, _wait_serving
 
 T = TypeVar("T")
@@ -100,6 +101,8 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
 
         poll("both workers to answer", both_answer)
         assert seen == workers
+        # The image's probe command agrees.
+        assert health_cli.main(["--target", target, "--service", "rootleaf.v1.Root", "--quiet"]) == 0
         # The supervisor's endpoint sums every worker's counters.
         assert total(scrape(metrics_url), "rootleaf_root_requests_total", code="OK") - ok0 == calls
 
