@@ -44,6 +44,9 @@ class Signature:
     input_dtypes: Mapping[str, str] | None = None
     """Optional declared wire dtype per input (``contract.dtypes.DTYPES`` keys); inputs not
     named here accept any dtype."""
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None
+    """Optional declared shape per input of one candidate's value (the dims after the
+    leading candidate dim; ``()`` for a scalar); inputs not named here accept any shape."""
 
     def __post_init__(self) -> None:
         _check_names("input_names", self.input_names, allow_empty=True)
@@ -54,6 +57,17 @@ class Signature:
                     raise SignatureError(f"input_dtypes names {name!r}, which is not an input")
                 if dtype not in DTYPES:
                     raise SignatureError(f"input_dtypes[{name!r}] = {dtype!r} is not a known dtype")
+        if self.input_shapes is not None:
+            shapes: dict[str, tuple[int, ...]] = {}
+            for name, shape in self.input_shapes.items():
+                if name not in self.input_names:
+                    raise SignatureError(f"input_shapes names {name!r}, which is not an input")
+                if isinstance(shape, (str, bytes)) or not all(
+                    isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+                ):
+                    raise SignatureError(f"input_shapes[{name!r}] = {shape!r} is not a list of dims >= 0")
+                shapes[name] = tuple(shape)
+            object.__setattr__(self, "input_shapes", shapes)
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
@@ -62,6 +76,8 @@ class Signature:
         }
         if self.input_dtypes:
             doc["input_dtypes"] = dict(self.input_dtypes)
+        if self.input_shapes:
+            doc["input_shapes"] = {name: list(shape) for name, shape in self.input_shapes.items()}
         return json.dumps(doc, indent=1) + "\n"
 
     @classmethod
@@ -78,8 +94,13 @@ class Signature:
             not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values())
         ):
             raise SignatureError(f"{source}: 'input_dtypes' must map names to dtype names")
+        shapes = doc.get("input_shapes")
+        if shapes is not None and (
+            not isinstance(shapes, dict) or not all(isinstance(v, list) for v in shapes.values())
+        ):
+            raise SignatureError(f"{source}: 'input_shapes' must map names to lists of dims")
         try:
-            return cls(tuple(doc["input_names"]), tuple(doc["output_names"]), dtypes or None)
+            return cls(tuple(doc["input_names"]), tuple(doc["output_names"]), dtypes or None, shapes or None)
         except SignatureError as exc:
             raise SignatureError(f"{source}: {exc}") from None
 

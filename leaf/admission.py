@@ -25,31 +25,23 @@ _ITEMSIZE: dict[int, int] = {
 }
 
 
+Layout = tuple[tuple[int, tuple[int, ...]], ...]
+"""Per input: (wire dtype, shape of one candidate's value, i.e. the dims after the first)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """Declared sizes of a set of input tensors at ``num_candidates`` rows."""
+    """Declared sizes and layout of a set of input tensors at ``num_candidates`` rows."""
 
     raw_bytes: int
     """Decoded bytes (sum of ``raw_size``): what decoding allocates."""
     row_bytes: int
     """Bytes once every input has ``num_candidates`` rows: what a merged batch holds."""
+    layout: Layout
+    """Each tensor's dtype and per-candidate shape, in the order given."""
 
 
-def declared_size(tensor: Tensor, limits: DecodeLimits) -> int:
-    """A tensor's decoded size from its header (validated), without touching its payload."""
-    itemsize = _ITEMSIZE.get(tensor.dtype)
-    shape = tensor.shape
-    name = tensor.name
-    # Fast path for well-formed headers; anything else gets the codec's checked diagnosis.
-    if (
-        itemsize is not None
-        and 0 < len(name) <= limits.max_name_length
-        and 0 < len(shape) <= limits.max_rank
-        and min(shape) >= 0
-    ):
-        size = math.prod(shape) * itemsize
-        if size <= limits.max_raw_bytes and tensor.raw_size == size:
-            return size
+def _checked_size(tensor: Tensor, limits: DecodeLimits) -> int:
     try:
         return codec.expected_raw_size(tensor, limits)
     except CodecError as exc:
@@ -58,12 +50,24 @@ def declared_size(tensor: Tensor, limits: DecodeLimits) -> int:
 
 def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: DecodeLimits) -> Cost:
     """Validate the headers of ``tensors`` (leading dim 1 or ``num_candidates``) and return
-    their cost; over ``limits.max_total_raw_bytes`` is ``InvalidRequest`` naming the limit."""
+    their cost without touching a payload; over ``limits.max_total_raw_bytes`` is
+    ``InvalidRequest`` naming the limit."""
     n = num_candidates
     raw = rows = 0
+    layout: list[tuple[int, tuple[int, ...]]] = []
+    max_name, max_rank, max_bytes = limits.max_name_length, limits.max_rank, limits.max_raw_bytes
     for tensor in tensors:
-        size = declared_size(tensor, limits)
-        shape = tensor.shape
+        dtype = tensor.dtype
+        shape = tuple(tensor.shape)
+        itemsize = _ITEMSIZE.get(dtype)
+        # Fast path for well-formed headers; anything else gets the codec's diagnosis.
+        size = -1
+        if itemsize is not None and 0 < len(tensor.name) <= max_name and 0 < len(shape) <= max_rank and min(shape) >= 0:
+            size = math.prod(shape) * itemsize
+            if size > max_bytes or tensor.raw_size != size:
+                size = -1
+        if size < 0:
+            size = _checked_size(tensor, limits)
         if not shape:
             raise InvalidRequest(f"feature {tensor.name!r}: rank 0, expected a leading dim of 1 or {n}")
         lead = shape[0]
@@ -76,12 +80,13 @@ def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: Decode
                 f"feature {tensor.name!r}: leading dim {lead} is neither 1 nor num_candidates {n}"
             )
         raw += size
+        layout.append((dtype, shape[1:]))
     if rows > limits.max_total_raw_bytes:
         raise InvalidRequest(
             f"inputs take {rows} bytes at {n} candidates, over "
             f"decode_limits.max_total_raw_bytes={limits.max_total_raw_bytes}"
         )
-    return Cost(raw, rows)
+    return Cost(raw, rows, tuple(layout))
 
 
 class InflightBytes:

@@ -4,7 +4,9 @@ The event loop calls ``submit`` (enqueue under a lock, get an ``asyncio.Future``
 inference thread per device ("leaf-infer-<device>") owns the forward: it takes the queue
 whose head is ready (enough candidates queued, or the head waited ``max_queue_delay``, or
 the device was busy while requests piled up), concatenates their inputs, runs the model
-once, splits the outputs back by row ranges and resolves each future on its loop.
+once, splits the outputs back by row ranges and resolves each future on its loop. A merged
+forward that fails is rerun request by request, so only the request at fault fails; the first
+successful forward of a version teaches its converter the inputs' shapes and dtypes.
 Requests whose deadline passed or whose caller went away are dropped before the forward.
 """
 
@@ -205,27 +207,42 @@ class Batcher:
             return
         model = version.model
         rows = sum(item.inputs.num_candidates for item in items)
-        if len(items) == 1:
-            inputs = items[0].inputs.tensors
-        else:
-            inputs = {
-                name: self._placement.merge([item.inputs.tensors[name] for item in items])
-                for name in version.signature.input_names
-            }
         wall = time.perf_counter()
         cpu = time.thread_time()
+        failed: Exception | None = None
         try:
+            if len(items) == 1:
+                inputs = items[0].inputs.tensors
+            else:
+                inputs = {
+                    name: self._placement.merge([item.inputs.tensors[name] for item in items])
+                    for name in version.signature.input_names
+                }
             outputs = version.forward(inputs, rows)
-        except ModelFailed as exc:
-            ids = ", ".join(item.request_id for item in items)
-            log.error("%s (requests: %s)", exc, ids, exc_info=exc.__cause__ or exc)
-            self._fail(items, exc)
-            return
+        except Exception as exc:  # the model's, or a merge of mismatched requests
+            failed = exc
         finally:
             metrics.FORWARD_CPU_SECONDS.labels(model).inc(time.thread_time() - cpu)
             metrics.FORWARD_SECONDS.labels(model).observe(time.perf_counter() - wall)
             metrics.BATCH_CANDIDATES.labels(model).observe(rows)
             metrics.BATCH_REQUESTS.labels(model).observe(len(items))
+        if failed is not None:
+            if len(items) > 1:
+                # One request can break a merged batch (a shape its batch-mates do not share,
+                # values the model rejects): run each alone so only the culprit fails.
+                log.warning(
+                    "merged forward of %d requests for %s/%s failed (%s); running them one by one",
+                    len(items), model, version.version, failed,
+                )
+                for item in items:
+                    self._execute(version, [item])
+                return
+            if not isinstance(failed, ModelFailed):
+                raise failed
+            log.error("%s (request: %s)", failed, items[0].request_id, exc_info=failed.__cause__ or failed)
+            self._fail(items, failed)
+            return
+        version.converter.learn(items[0].inputs.layout)
         first = outputs[version.signature.output_names[0]]
         metrics.SCORE.observe_many((model, version.version), first)
         finite = np.ones(rows, dtype=bool)

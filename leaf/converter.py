@@ -6,7 +6,10 @@ are never decoded. Request-level tensors (leading dim 1) are broadcast to ``N`` 
 (``numpy.frombuffer`` -> ``torch.from_numpy``); bfloat16 arrives as 16-bit words and is
 reinterpreted with ``Tensor.view``. ``admit`` checks a request on its tensor headers (names,
 dtypes, declared sizes) before ``decode`` touches any payload, so a request is refused
-before it costs memory. Runs on the event loop; a converter is immutable.
+before it costs memory, and against each input's dtype and per-candidate shape: declared by
+the signature (``input_dtypes``, ``input_shapes``) or, where it is silent, learned from the
+version's first successful forward. Runs on the event loop; a converter is immutable apart
+from those write-once learned expectations.
 
 Inputs are read-only views of the request's bytes: models must not modify them in place.
 """
@@ -21,7 +24,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from leaf.admission import Cost, declared_cost
+from leaf.admission import Cost, Layout, declared_cost
 from leaf.errors import InvalidRequest
 from leaf.export import Signature
 from wire import codec
@@ -57,6 +60,8 @@ class ConvertedInputs:
     num_candidates: int
     decoded_bytes: int
     """Raw bytes of the decoded (used) features."""
+    layout: Layout = ()
+    """Each input's wire dtype and per-candidate shape, in signature order."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +81,38 @@ class Converter:
         _silence_readonly_warning()
         self.input_names = signature.input_names
         self._wanted = frozenset(signature.input_names)
-        self._dtypes: dict[str, int] = {
-            name: _WIRE_DTYPE_BY_NAME[dtype] for name, dtype in (signature.input_dtypes or {}).items()
-        }
+        declared_dtypes = signature.input_dtypes or {}
+        declared_shapes = signature.input_shapes or {}
         self._limits = limits
         self._max_candidates = max_candidates
-        # (name, declared wire dtype or None) in signature order: one tuple per input read
-        # per request instead of a dict lookup.
-        self._checks: tuple[tuple[str, int | None], ...] = tuple(
-            (name, self._dtypes.get(name)) for name in self.input_names
+        # What each input must look like, in signature order: (wire dtype, per-candidate
+        # shape), None where neither the signature declares it nor a forward has shown it.
+        # A request whose layout equals this tuple passes with one comparison.
+        self._expected: tuple[tuple[int | None, tuple[int, ...] | None], ...] = tuple(
+            (
+                _WIRE_DTYPE_BY_NAME[declared_dtypes[name]] if name in declared_dtypes else None,
+                declared_shapes.get(name),
+            )
+            for name in self.input_names
+        )
+
+    @property
+    def expected(self) -> tuple[tuple[int | None, tuple[int, ...] | None], ...]:
+        """Per input, in signature order: (wire dtype, per-candidate shape), None = unknown."""
+        return self._expected
+
+    def learn(self, layout: Layout) -> None:
+        """Fill what the signature leaves open from a request the model ran successfully.
+
+        Called by the inference thread; the one attribute assignment is atomic, so the
+        event loop reads either the old or the new expectations.
+        """
+        expected = self._expected
+        if len(layout) != len(expected) or all(d is not None and s is not None for d, s in expected):
+            return
+        self._expected = tuple(
+            (d if d is not None else seen_d, s if s is not None else seen_s)
+            for (d, s), (seen_d, seen_s) in zip(expected, layout)
         )
 
     def admit(self, features: Iterable[Tensor], num_candidates: int) -> Admitted:
@@ -109,17 +137,27 @@ class Converter:
         if count > limits.max_tensors:
             raise InvalidRequest(f"{count} tensors exceed the limit of {limits.max_tensors}")
         inputs: list[Tensor] = []
-        for name, expected in self._checks:
+        for name in self.input_names:
             found = chosen.get(name)
             if found is None:
                 raise InvalidRequest(f"feature {name!r}: missing (required by the model)")
-            if expected is not None and found.dtype != expected:
-                raise InvalidRequest(
-                    f"feature {name!r}: dtype {_dtype_name(found.dtype)}, "
-                    f"model expects {DType.Name(expected)}"
-                )
             inputs.append(found)
-        return Admitted(tuple(inputs), n, declared_cost(inputs, n, limits))
+        cost = declared_cost(inputs, n, limits)
+        if cost.layout != self._expected:
+            self._check_layout(cost.layout)
+        return Admitted(tuple(inputs), n, cost)
+
+    def _check_layout(self, layout: Layout) -> None:
+        """Raise for the first input whose dtype or shape differs from the expected one."""
+        for name, (dtype, shape), (want_dtype, want_shape) in zip(self.input_names, layout, self._expected):
+            if want_dtype is not None and dtype != want_dtype:
+                raise InvalidRequest(
+                    f"feature {name!r}: dtype {_dtype_name(dtype)}, model expects {DType.Name(want_dtype)}"
+                )
+            if want_shape is not None and shape != want_shape:
+                raise InvalidRequest(
+                    f"feature {name!r}: shape {list(shape)} per candidate, model expects {list(want_shape)}"
+                )
 
     def convert(self, features: Iterable[Tensor], num_candidates: int) -> ConvertedInputs:
         """``admit`` then ``decode``."""
@@ -138,7 +176,7 @@ class Converter:
             if array.shape[0] != n:
                 value = value.expand(n, *array.shape[1:])
             out[name] = value
-        return ConvertedInputs(out, n, admitted.cost.raw_bytes)
+        return ConvertedInputs(out, n, admitted.cost.raw_bytes, admitted.cost.layout)
 
 
 def _decode(tensor: Tensor, limits: DecodeLimits) -> np.ndarray:

@@ -55,13 +55,15 @@ def export_model(
     output_names: Sequence[str],
     *,
     input_dtypes: Mapping[str, str] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
     """Script ``module`` if needed and save it as ``directory/model.pt`` with its signature.
 
     Files are written under temporary names and renamed into place, signature first, so a
     leaf watching the repository never sees a half-written archive. Returns the model path.
     """
-    signature = Signature(tuple(input_names), tuple(output_names), input_dtypes)
+    shapes = None if input_shapes is None else {name: tuple(dims) for name, dims in input_shapes.items()}
+    signature = Signature(tuple(input_names), tuple(output_names), input_dtypes, shapes)
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torchscript.script(module)
     check_calling_convention(scripted, where=type(module).__name__)
     directory = Path(directory)

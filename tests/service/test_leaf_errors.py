@@ -230,3 +230,37 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
             assert sample("rootleaf_leaf_inflight_bytes", {}) == 0
 
     run(body)
+
+
+def test_a_bad_request_fails_alone_and_shapes_are_checked_per_request(tmp_path: Path) -> None:
+    export_model(Fragile(), tmp_path / "fresh" / "1", ["x"], ["score"])
+    export_model(Fragile(), tmp_path / "shaped" / "1", ["x"], ["score"], input_dtypes={"x": "float32"}, input_shapes={"x": [1]})
+    good = {"x": np.full((4, 1), np.e, np.float32)}
+
+    async def body() -> None:
+        # Three 4-row requests fill a batch of 12 at once: they always run as one merged forward.
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=5000, max_batch_candidates=12)) as leaf:
+            score = leaf.stub.Score
+            # Before anything is known of "fresh": one request's trailing dim breaks the merge,
+            # and one makes the merged forward raise; each reruns alone and only it fails.
+            for bad, words in (({"x": np.ones((4, 2), np.float32)}, ("fresh",)),
+                               ({"x": np.full((4, 1), -5000.0, np.float32)}, ("fresh", "input rejected"))):
+                calls = [score(make_request("fresh", good, 4, rid="g1")), score(make_request("fresh", bad, 4, rid="bad")),
+                         score(make_request("fresh", good, 4, rid="g2"))]
+                first, _, last = await asyncio.gather(calls[0], expect(calls[1], grpc.StatusCode.INTERNAL, *words), calls[2])
+                np.testing.assert_allclose(codec.decode(first.outputs[0]), np.ones(4), rtol=1e-6)
+                np.testing.assert_allclose(codec.decode(last.outputs[0]), np.ones(4), rtol=1e-6)
+            # Shapes and dtypes learned from the first successful forward are checked per request.
+            await expect(score(make_request("fresh", {"x": np.ones((4, 2), np.float32)}, 4)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "'x'", "[2]", "[1]")
+            await expect(score(make_request("fresh", {"x": np.ones((1, 3), np.float32)}, 4)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "'x'", "[3]")
+            await expect(score(make_request("fresh", {"x": np.ones((4, 1), np.float64)}, 4)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "'x'", "FLOAT64", "FLOAT32")
+            # Declared shapes are checked before the first forward.
+            await expect(score(make_request("shaped", {"x": np.ones((4, 2), np.float32)}, 4)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "'x'", "[2]", "[1]")
+            await expect(score(make_request("shaped", {"x": np.ones((4,), np.float32)}, 4)),
+                         grpc.StatusCode.INVALID_ARGUMENT, "'x'", "[]", "[1]")
+
+    run(body)

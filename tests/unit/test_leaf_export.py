@@ -44,11 +44,11 @@ def test_export_writes_archive_and_standalone_signature(tmp_path: Path) -> None:
 
 
 def test_read_signature_prefers_standalone_then_archive(tmp_path: Path) -> None:
-    path = export_model(TwoOutputs(), tmp_path, ["x"], ["a", "b"], input_dtypes={"x": "float32"})
+    path = export_model(TwoOutputs(), tmp_path, ["x"], ["a", "b"], input_dtypes={"x": "float32"}, input_shapes={"x": [4]})
     (tmp_path / "module_info.json").write_text(json.dumps({"input_names": ["x", "y"], "output_names": ["a"]}))
     assert read_signature(tmp_path) == Signature(("x", "y"), ("a",))
     (tmp_path / "module_info.json").unlink()
-    assert read_signature(tmp_path) == Signature(("x",), ("a", "b"), {"x": "float32"})
+    assert read_signature(tmp_path) == Signature(("x",), ("a", "b"), {"x": "float32"}, {"x": (4,)})
     path.write_bytes(b"garbage")
     with pytest.raises(SignatureError, match="cannot read archive"):
         read_signature(tmp_path)
@@ -57,7 +57,11 @@ def test_read_signature_prefers_standalone_then_archive(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text",
     ["[]", "{", '{"input_names": "x", "output_names": ["a"]}', '{"input_names": ["x", "x"], "output_names": ["a"]}',
-     '{"input_names": ["x"], "output_names": []}', '{"input_names": ["x"], "output_names": ["a"], "input_dtypes": {"x": "complex"}}'],
+     '{"input_names": ["x"], "output_names": []}', '{"input_names": ["x"], "output_names": ["a"], "input_dtypes": {"x": "complex"}}',
+     '{"input_names": ["x"], "output_names": ["a"], "input_shapes": {"y": [1]}}',
+     '{"input_names": ["x"], "output_names": ["a"], "input_shapes": {"x": [-1]}}',
+     '{"input_names": ["x"], "output_names": ["a"], "input_shapes": {"x": 3}}',
+     '{"input_names": ["x"], "output_names": ["a"], "input_shapes": {"x": [true]}}'],
 )
 def test_malformed_signatures_are_rejected(tmp_path: Path, text: str) -> None:
     (tmp_path / "module_info.json").write_text(text)
