@@ -39,6 +39,10 @@ class Cost:
     """Bytes once every input has ``num_candidates`` rows: what a merged batch holds."""
     layout: Layout
     """Each tensor's dtype and per-candidate shape, in the order given."""
+    shapes: tuple[tuple[int, ...], ...]
+    """Each tensor's validated shape, in the order given."""
+    sizes: tuple[int, ...]
+    """Each tensor's decoded size in bytes, in the order given."""
 
 
 def _checked_size(tensor: Tensor, limits: DecodeLimits) -> int:
@@ -55,6 +59,8 @@ def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: Decode
     n = num_candidates
     raw = rows = 0
     layout: list[tuple[int, tuple[int, ...]]] = []
+    shapes: list[tuple[int, ...]] = []
+    sizes: list[int] = []
     max_name, max_rank, max_bytes = limits.max_name_length, limits.max_rank, limits.max_raw_bytes
     for tensor in tensors:
         dtype = tensor.dtype
@@ -81,12 +87,14 @@ def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: Decode
             )
         raw += size
         layout.append((dtype, shape[1:]))
+        shapes.append(shape)
+        sizes.append(size)
     if rows > limits.max_total_raw_bytes:
         raise InvalidRequest(
             f"inputs take {rows} bytes at {n} candidates, over "
             f"decode_limits.max_total_raw_bytes={limits.max_total_raw_bytes}"
         )
-    return Cost(raw, rows, tuple(layout))
+    return Cost(raw, rows, tuple(layout), tuple(shapes), tuple(sizes))
 
 
 class InflightBytes:

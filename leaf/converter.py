@@ -164,26 +164,23 @@ class Converter:
         return self.decode(self.admit(features, num_candidates))
 
     def decode(self, admitted: Admitted) -> ConvertedInputs:
-        """Decode admitted inputs into the model's input dict."""
+        """Decode admitted inputs into the model's input dict (headers are not re-checked)."""
         limits = self._limits
         n = admitted.num_candidates
+        cost = admitted.cost
         out: dict[str, torch.Tensor] = {}
-        for name, found in zip(self.input_names, admitted.tensors):
-            array = _decode(found, limits)
+        for name, found, shape, size in zip(self.input_names, admitted.tensors, cost.shapes, cost.sizes):
+            try:
+                array = codec.decode_payload(found, shape, size, limits)
+            except CodecError as exc:
+                raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
             value = torch.from_numpy(array)
             if found.dtype == _BFLOAT16:
                 value = value.view(torch.bfloat16)
-            if array.shape[0] != n:
-                value = value.expand(n, *array.shape[1:])
+            if shape[0] != n:
+                value = value.expand(n, *shape[1:])
             out[name] = value
-        return ConvertedInputs(out, n, admitted.cost.raw_bytes, admitted.cost.layout)
-
-
-def _decode(tensor: Tensor, limits: DecodeLimits) -> np.ndarray:
-    try:
-        return codec.decode(tensor, limits)
-    except CodecError as exc:
-        raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+        return ConvertedInputs(out, n, cost.raw_bytes, cost.layout)
 
 
 def _dtype_name(value: int) -> str:
