@@ -30,6 +30,13 @@ class ModelNotFound(LeafError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class VersionNotLoaded(LeafError):
+    """The request names a version this leaf has not loaded (never served by another version:
+    the caller trimmed its features for the version it named)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ModelUnavailable(LeafError):
     """The model is hosted but no version of it is loaded (every load failed so far)."""
 

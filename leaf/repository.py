@@ -26,7 +26,7 @@ from contract.versions import version_key
 from leaf import metrics
 from leaf.config import LeafConfig
 from leaf.device import Placement
-from leaf.errors import ModelNotFound, ModelUnavailable
+from leaf.errors import ModelNotFound, ModelUnavailable, VersionNotLoaded
 from leaf.export import MODEL_FILE
 from leaf.model import FileStamp, LoadedVersion, ModelLoadError, load_version
 
@@ -101,7 +101,9 @@ class Repository:
         return self._slots
 
     def resolve(self, model: str, version: str) -> LoadedVersion:
-        """The version to serve: the one asked for if loaded, else the latest loaded."""
+        """The version to serve: the one asked for, or the latest loaded when ``version`` is
+        empty. A named version that is not loaded raises ``VersionNotLoaded``: the caller
+        built the request for that version's signature, so no other version may serve it."""
         slot = self._slots.get(model)
         if slot is None:
             raise ModelNotFound(f"model {model!r} is not hosted by this leaf")
@@ -109,6 +111,10 @@ class Repository:
             loaded = slot.get(version)
             if loaded is not None:
                 return loaded
+            raise VersionNotLoaded(
+                f"model {model!r} version {version!r} is not loaded here "
+                f"(loaded: {[v.version for v in slot.versions]})"
+            )
         latest = slot.latest
         if latest is None:
             reasons = "; ".join(f"{v}: {r}" for v, r in sorted(slot.errors.items()))

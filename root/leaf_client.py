@@ -3,9 +3,14 @@
 ``GrpcLeafClient`` keeps one ``grpc.aio`` channel per target (TLS when configured), sends
 the pre-assembled request bytes as they are (identity request serializer), round-robins over
 the targets that passed the last health check, and retries once on another target when a
-call finds its target UNAVAILABLE and time remains. ``InProcessLeafClient`` hands the same bytes to an
-async callable, so root logic is testable without sockets. Both raise ``LeafCallError``.
-State is owned by the root's event loop.
+call finds its target UNAVAILABLE and time remains. It also knows which model versions each
+target has loaded (``Leaf/ListModels`` at every health round) and sends a request naming a
+version only to targets that have it, so replicas that briefly disagree during a rollout
+never get a request trimmed for a version they do not run; a target that answers
+FAILED_PRECONDITION (version not loaded) is struck off for that version at once.
+``InProcessLeafClient`` hands the same bytes to an async callable, so root logic is
+testable without sockets. Both raise ``LeafCallError``. State is owned by the root's event
+loop.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,9 +31,13 @@ from root.errors import LeafCallError
 log = logging.getLogger(__name__)
 
 LEAF_SCORE_METHOD = "/rootleaf.v1.Leaf/Score"
+LEAF_LIST_MODELS_METHOD = "/rootleaf.v1.Leaf/ListModels"
 LEAF_SERVICE = "rootleaf.v1.Leaf"
 # A restarted leaf is reconnected to within about a second: gRPC's default backoff grows to
 # 120 s, which would keep a partition failing long after its leaf came back.
+# Requests that find the root's view of loaded versions stale trigger a ListModels round;
+# rounds closer together than this are shared.
+MIN_REFRESH_INTERVAL_S = 0.05
 RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
@@ -39,12 +48,25 @@ RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
 class LeafClient(Protocol):
     """Sends serialised ``LeafRequest`` bytes to one partition."""
 
-    async def score(self, payload: bytes, timeout_s: float) -> leaf_pb2.LeafResponse:
-        """The leaf's response; raises ``LeafCallError`` (with the status code) on failure."""
+    async def score(
+        self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
+    ) -> leaf_pb2.LeafResponse:
+        """The leaf's response; raises ``LeafCallError`` (with the status code) on failure.
+
+        ``model``/``version`` (as named in the payload) restrict the call to targets known
+        to have that version loaded."""
+        ...
+
+    def served_versions(self, model: str) -> frozenset[str] | None:
+        """Versions of ``model`` loaded by the partition's serving targets; None = not known."""
         ...
 
     async def check_ready(self, timeout_s: float) -> int:
-        """How many of the partition's targets are serving now."""
+        """Health-check every target and refresh its loaded versions; how many are serving."""
+        ...
+
+    async def refresh_versions(self, timeout_s: float) -> None:
+        """Ask every target which versions it has loaded now (one round shared by callers)."""
         ...
 
     async def close(self) -> None:
@@ -85,38 +107,111 @@ class GrpcLeafClient:
             )
             for ch in self._channels
         ]
+        self._list_models = [
+            ch.unary_unary(
+                LEAF_LIST_MODELS_METHOD,
+                request_serializer=leaf_pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=leaf_pb2.ListModelsResponse.FromString,
+            )
+            for ch in self._channels
+        ]
         self._health = [health_pb2_grpc.HealthStub(ch) for ch in self._channels]
         self._healthy = list(range(len(self.targets)))
         self._next = 0
+        # Per target: model -> versions it has loaded (None until its ListModels answered).
+        self._loaded: list[dict[str, frozenset[str]] | None] = [None] * len(self.targets)
+        self._served: dict[str, frozenset[str]] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
 
-    def _pick(self, exclude: int | None = None) -> int:
-        pool = [i for i in self._healthy if i != exclude] or [
-            i for i in range(len(self.targets)) if i != exclude
-        ]
+    def _has(self, index: int, model: str, version: str) -> bool:
+        loaded = self._loaded[index]
+        # A target whose versions are not known yet may be tried: it refuses what it lacks.
+        return loaded is None or version in loaded.get(model, ())
+
+    def _pick(self, exclude: int | None = None, model: str = "", version: str = "") -> int | None:
+        """A target for the call, round-robin: a serving one that has ``version`` if any,
+        else any that has it; None when no target has it."""
+        others = [i for i in range(len(self.targets)) if i != exclude]
+        if version:
+            others = [i for i in others if self._has(i, model, version)]
+        pool = [i for i in others if i in self._healthy] or others
+        if not pool:
+            return None
         index = pool[self._next % len(pool)]
         self._next += 1
         return index
 
-    async def score(self, payload: bytes, timeout_s: float) -> leaf_pb2.LeafResponse:
+    def _unroutable(self, model: str, version: str) -> LeafCallError:
+        return LeafCallError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"no target has model {model!r} version {version!r} loaded"
+        )
+
+    async def score(
+        self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
+    ) -> leaf_pb2.LeafResponse:
         deadline = time.monotonic() + timeout_s
-        index = self._pick()
+        index = self._pick(model=model, version=version)
+        if index is None:
+            raise self._unroutable(model, version)
         try:
             response: leaf_pb2.LeafResponse = await self._score[index](payload, timeout=timeout_s)
             return response
         except grpc.aio.AioRpcError as exc:
             error = _error_of(exc)
             remaining = deadline - time.monotonic()
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
+                self._strike(index, model, version)
             if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.targets) == 1 or remaining <= 0:
                 raise error from None
         # One retry on another target: the first was unreachable, the request never ran there.
         if index in self._healthy:
             self._healthy.remove(index)
-        index = self._pick(exclude=index)
+            self._update_served()
+        index = self._pick(exclude=index, model=model, version=version)
+        if index is None:
+            raise error
         try:
             response = await self._score[index](payload, timeout=remaining)
             return response
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
+                self._strike(index, model, version)
             raise _error_of(exc) from None
+
+    def _strike(self, index: int, model: str, version: str) -> None:
+        """Target ``index`` said it has not loaded ``version``: stop routing it there."""
+        loaded = self._loaded[index]
+        self._refreshed_at = 0.0  # what the last round said is out of date: refresh again
+        if loaded is None:
+            return  # nothing known to correct; the caller refreshes before re-resolving
+        loaded[model] = loaded.get(model, frozenset()) - {version}
+        self._update_served()
+
+    def _update_served(self) -> None:
+        known = [i for i in range(len(self.targets)) if self._loaded[i] is not None]
+        if not known:
+            self._served = None
+            return
+        serving = [i for i in known if i in self._healthy] or known
+        served: dict[str, set[str]] = {}
+        for i in serving:
+            for model, versions in (self._loaded[i] or {}).items():
+                served.setdefault(model, set()).update(versions)
+        self._served = {model: frozenset(versions) for model, versions in served.items()}
+
+    def served_versions(self, model: str) -> frozenset[str] | None:
+        served = self._served
+        if served is None:
+            return None
+        return served.get(model, frozenset())
+
+    async def _list_one(self, index: int, timeout_s: float) -> None:
+        try:
+            reply = await self._list_models[index](leaf_pb2.ListModelsRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return  # keep what was known: an unreachable target is routed around by health
+        self._loaded[index] = {m.name: frozenset(m.versions) for m in reply.models}
 
     async def _check_one(self, index: int, timeout_s: float) -> bool:
         try:
@@ -127,12 +222,39 @@ class GrpcLeafClient:
             return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
+    async def refresh_versions(self, timeout_s: float) -> None:
+        task = self._refreshing
+        if task is not None and task.done() and time.monotonic() - self._refreshed_at < MIN_REFRESH_INTERVAL_S:
+            return  # just refreshed: a burst of stale requests shares one round
+        if task is None or task.done():
+            indices = range(len(self.targets))
+            task = self._refreshing = asyncio.create_task(
+                self._list_all(indices, timeout_s), name="root-leaf-versions"
+            )
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            pass  # routing goes on with what is known; the round finishes in the background
+
+    async def _list_all(self, indices: Sequence[int], timeout_s: float) -> None:
+        await asyncio.gather(*(self._list_one(i, timeout_s) for i in indices))
+        self._refreshed_at = time.monotonic()
+        self._update_served()
+
     async def check_ready(self, timeout_s: float) -> int:
-        results = await asyncio.gather(*(self._check_one(i, timeout_s) for i in range(len(self.targets))))
+        indices = range(len(self.targets))
+        results, _ = await asyncio.gather(
+            asyncio.gather(*(self._check_one(i, timeout_s) for i in indices)),
+            asyncio.gather(*(self._list_one(i, timeout_s) for i in indices)),
+        )
         self._healthy = [i for i, ok in enumerate(results) if ok]
+        self._update_served()
         return len(self._healthy)
 
     async def close(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         await asyncio.gather(*(ch.close() for ch in self._channels))
 
 
@@ -140,23 +262,42 @@ LeafHandler = Callable[[leaf_pb2.LeafRequest], Awaitable[leaf_pb2.LeafResponse]]
 
 
 class InProcessLeafClient:
-    """A partition served by an async callable in this process (same bytes as on the wire)."""
+    """A partition served by an async callable in this process (same bytes as on the wire).
 
-    def __init__(self, handler: LeafHandler) -> None:
+    ``versions`` (model -> loaded versions) is what the partition reports as loaded; None
+    means not known (every version may be tried)."""
+
+    def __init__(self, handler: LeafHandler, versions: Mapping[str, Sequence[str]] | None = None) -> None:
         self._handler = handler
+        self.versions = versions
         self.received: int = 0
         """Requests handed to the handler."""
 
-    async def score(self, payload: bytes, timeout_s: float) -> leaf_pb2.LeafResponse:
+    def served_versions(self, model: str) -> frozenset[str] | None:
+        if self.versions is None:
+            return None
+        return frozenset(self.versions.get(model, ()))
+
+    async def score(
+        self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
+    ) -> leaf_pb2.LeafResponse:
         request = leaf_pb2.LeafRequest.FromString(payload)
         self.received += 1
         try:
             return await asyncio.wait_for(self._handler(request), timeout=max(timeout_s, 0.0))
         except TimeoutError:
             raise LeafCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "in-process leaf deadline exceeded") from None
+        except LeafCallError as exc:
+            if exc.code == grpc.StatusCode.FAILED_PRECONDITION and version and self.versions is not None:
+                # As the gRPC client does: a version the leaf says it lacks is struck off.
+                self.versions = {**self.versions, model: [v for v in self.versions.get(model, ()) if v != version]}
+            raise
 
     async def check_ready(self, timeout_s: float) -> int:
         return 1
+
+    async def refresh_versions(self, timeout_s: float) -> None:
+        return None
 
     async def close(self) -> None:
         return None

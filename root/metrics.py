@@ -18,6 +18,18 @@ REQUEST_SECONDS = Histogram(
 MODEL_RESULTS = Counter(
     "rootleaf_root_model_results_total", "Per-model results returned, by status code", ["model", "code"]
 )
+MODEL_REQUESTS = Counter(
+    "rootleaf_root_model_requests_total",
+    "Per-model requests by the version resolved and how: exact, latest (omitted or unknown "
+    "version: the newest bundle version a leaf serves), untrimmed (no allowlist), unserved "
+    "(the bundle's version is served by no leaf: not sent)",
+    ["model", "version", "decision"],
+)
+UNSERVED_VERSIONS = Gauge(
+    "rootleaf_root_unserved_versions",
+    "Versions a model's bundle lists that no leaf of its partition serves (nonzero during a rollout)",
+    ["partition", "model"],
+)
 MODEL_SCORE = Histogram(
     "rootleaf_root_model_score",
     "Sampled values of each model's first output (up to SCORE_SAMPLES per result)",

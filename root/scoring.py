@@ -18,11 +18,12 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Container, Mapping, Protocol, Sequence
 
 import grpc
 import numpy as np
 
+from contract.versions import latest_version, version_key
 from wire.codec import decode as decode_tensor
 from wire.frames import TensorFramer
 from protos.rootleaf.v1 import tensor_pb2
@@ -57,11 +58,23 @@ class Decision(Protocol):
     @property
     def features(self) -> frozenset[str] | None: ...
 
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def kind(self) -> str: ...
+
 
 class Allowlists(Protocol):
     """Per-model allowlists (``trimmer.FeatureTrimmer`` fits)."""
 
-    def lookup(self, model: str, version: str | None = None) -> Decision: ...
+    def lookup(
+        self, model: str, version: str | None = None, servable: Container[str] | None = None
+    ) -> Decision: ...
+
+
+# Longest wait for a partition's loaded versions before routing on what is known.
+VERSIONS_REFRESH_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,21 @@ class ScoreInput:
     request_tensors: Sequence[tensor_pb2.Tensor] = ()
     """More client-supplied request features as received (untrusted): decoded by the engine
     after admission and validation, under the request's budget (``root.client_features``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One model of a request, resolved: the version to run and the features it gets."""
+
+    ref: ModelRef
+    partition: str
+    version: str
+    """The version named to the leaf ("" only when the partition's versions are unknown and
+    the model is untrimmed: the leaf then runs its latest)."""
+    features: frozenset[str] | None
+    """The allowlist of ``version``; None = untrimmed."""
+    kind: str
+    """How the version was chosen: exact | latest | untrimmed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,21 +310,103 @@ class ScoreEngine:
         finally:
             self._in_flight -= 1
 
+    # ---- versions ----
+
+    def _resolve(self, ref: ModelRef) -> Route | ModelOutcome:
+        """The version ``ref`` runs on and its allowlist, among the versions its partition
+        serves; an error outcome when the version asked for is known but served nowhere."""
+        partition = self._partition_of[ref.name]
+        served = self.leaves[partition].served_versions(ref.name)
+        if self.config.trim:
+            decision = self.allowlists.lookup(ref.name, ref.version, servable=served)
+            if decision.kind == "unserved" and decision.version is not None:
+                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, "unserved").inc()
+                return ModelOutcome(
+                    ref.name, decision.version, (), grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model {ref.name!r}: no leaf of partition {partition!r} serves version {decision.version!r} "
+                    f"(served: {sorted(served or (), key=version_key)})",
+                )
+            if decision.version is not None:
+                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, decision.kind).inc()
+                return Route(ref, partition, decision.version, decision.features, decision.kind)
+            # No allowlist, or no version of the bundle is served (the leaves run only versions
+            # the bundle does not list, e.g. mid-rollback): those versions have no allowlist,
+            # so they get every feature.
+        # Untrimmed: every feature goes, so any loaded version can run it.
+        if served is None:
+            version = ref.version or ""
+        elif ref.version is not None and ref.version in served:
+            version = ref.version
+        else:
+            version = latest_version(served) or ""
+            if not version:
+                return ModelOutcome(
+                    ref.name, "", (), grpc.StatusCode.UNAVAILABLE,
+                    f"model {ref.name!r}: no leaf of partition {partition!r} has a version loaded",
+                )
+        metrics.MODEL_REQUESTS.labels(ref.name, version, "untrimmed").inc()
+        return Route(ref, partition, version, None, "untrimmed")
+
+    async def _refresh_versions(self, partitions: set[str], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = min(VERSIONS_REFRESH_TIMEOUT_S, max(deadline - loop.time(), 0.0) / 2)
+        if timeout > 0:
+            await asyncio.gather(*(self.leaves[p].refresh_versions(timeout) for p in partitions))
+
+    # ---- the request ----
+
     async def _score(self, request: ScoreInput, timeout_s: float | None) -> list[ModelOutcome]:
         loop = asyncio.get_running_loop()
         timeout = self.config.default_deadline_ms / 1000.0 if timeout_s is None else timeout_s
         deadline = loop.time() + timeout
         self._validate(request)
         client = await self._client_features(request)
-        cfg = self.config
-        if cfg.trim:
-            allow = [self.allowlists.lookup(ref.name, ref.version).features for ref in request.models]
-        else:
-            allow = [None] * len(request.models)
+        unknown = {
+            self._partition_of[ref.name]
+            for ref in request.models
+            if self.leaves[self._partition_of[ref.name]].served_versions(ref.name) is None
+        }
+        if unknown:
+            await self._refresh_versions(unknown, deadline)
+        outcomes: dict[str, ModelOutcome] = {}
+        pending = list(request.models)
+        # A leaf that lacks the version it was sent (it unloaded it since the last refresh)
+        # answers FAILED_PRECONDITION: refresh that partition's versions and re-resolve once.
+        # The same holds when the root believes no leaf serves what is asked (its view may be
+        # stale: another request just struck the version off).
+        for attempt in range(2):
+            routes: list[Route] = []
+            retry: list[ModelRef] = []
+            for ref in pending:
+                resolved = self._resolve(ref)
+                if isinstance(resolved, Route):
+                    routes.append(resolved)
+                elif attempt == 0:
+                    retry.append(ref)
+                else:
+                    outcomes[ref.name] = resolved
+            results = await self._run(request, routes, client, deadline) if routes else []
+            pending = retry
+            for route, outcome in zip(routes, results):
+                if attempt == 0 and outcome.error_code == grpc.StatusCode.FAILED_PRECONDITION and route.version:
+                    pending.append(route.ref)
+                else:
+                    outcomes[route.ref.name] = outcome
+            if not pending:
+                break
+            await self._refresh_versions({self._partition_of[ref.name] for ref in pending}, deadline)
+        return [outcomes[ref.name] for ref in request.models]
+
+    async def _run(
+        self, request: ScoreInput, routes: list[Route], client: dict[str, np.ndarray], deadline: float
+    ) -> list[ModelOutcome]:
+        """Fetch the union of the routes' features, encode once, call every leaf."""
+        loop = asyncio.get_running_loop()
+        allow = [route.features for route in routes]
         plan = self._plan(tuple(allow), frozenset(client))
-        for ref, unknown in zip(request.models, plan.unknown):
+        for route, unknown in zip(routes, plan.unknown):
             if unknown:
-                metrics.UNKNOWN_ALLOWLIST_FEATURES.labels(ref.name).inc(unknown)
+                metrics.UNKNOWN_ALLOWLIST_FEATURES.labels(route.ref.name).inc(unknown)
         wanted, request_names, candidate_names = plan.wanted, plan.request_names, plan.candidate_names
         ids = np.asarray(request.candidate_ids, dtype=np.uint64)
         user = np.array([request.user_id], dtype=np.uint64)
@@ -313,7 +423,7 @@ class ScoreEngine:
         request_cols = dict(user_cols.columns)
         request_cols.update((n, a) for n, a in client.items() if n in wanted)
         payloads = await loop.run_in_executor(
-            self._executor, self._prepare, request, request_cols, dict(item_cols.columns), allow
+            self._executor, self._prepare, request, request_cols, dict(item_cols.columns), routes
         )
         remaining = deadline - loop.time()
         leaf_timeout = remaining - min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
@@ -326,7 +436,7 @@ class ScoreEngine:
         request: ScoreInput,
         request_cols: dict[str, np.ndarray],
         candidate_cols: dict[str, np.ndarray],
-        allow: list[frozenset[str] | None],
+        routes: list[Route],
     ) -> list[LeafPayload]:
         encoded: EncodedFeatures = encode_features(
             request_cols,
@@ -337,11 +447,15 @@ class ScoreEngine:
             framer=self._framer,
         )
         payloads = []
-        for ref, features in zip(request.models, allow):
+        for route in routes:
             payload = build_payload(
-                encoded, request_id=request.request_id, model=ref.name, version=ref.version, features=features
+                encoded,
+                request_id=request.request_id,
+                model=route.ref.name,
+                version=route.version,
+                features=route.features,
             )
-            partition = self._partition_of[ref.name]
+            partition = route.partition
             metrics.PARTITION_BYTES.labels(partition, "untrimmed").inc(payload.untrimmed_bytes)
             metrics.PARTITION_BYTES.labels(partition, "trimmed").inc(payload.trimmed_bytes)
             metrics.PARTITION_BYTES.labels(partition, "wire").inc(payload.wire_bytes)
@@ -351,12 +465,14 @@ class ScoreEngine:
     async def _call(self, payload: LeafPayload, timeout_s: float) -> ModelOutcome:
         partition = self._partition_of[payload.model]
         try:
-            response = await self.leaves[partition].score(payload.payload, timeout_s)
+            response = await self.leaves[partition].score(
+                payload.payload, timeout_s, payload.model, payload.version or ""
+            )
         except LeafCallError as exc:
             metrics.LEAF_ERRORS.labels(partition, exc.code.name).inc()
             metrics.MODEL_RESULTS.labels(payload.model, exc.code.name).inc()
             return ModelOutcome(
-                payload.model, "", (), exc.code, f"partition {partition!r}: {exc.message}"
+                payload.model, payload.version or "", (), exc.code, f"partition {partition!r}: {exc.message}"
             )
         metrics.MODEL_RESULTS.labels(payload.model, "OK").inc()
         if response.outputs:

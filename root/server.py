@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL_S = 0.5
 """Partition health-check period while some partition has no serving target."""
-HEALTH_INTERVAL_SERVING_S = 2.0
-"""Period once every partition is reachable."""
+HEALTH_INTERVAL_SERVING_S = 1.0
+"""Period once every partition is reachable (each round also refreshes the versions every
+leaf has loaded, so a version a leaf loads is routed to within about this long)."""
 HEALTH_TIMEOUT_S = 1.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -111,10 +112,21 @@ class RootServer(ServerWithParts):
         )
         return all(p.serving > 0 for p in health.values())
 
+    def report_unserved_versions(self) -> None:
+        """Per partition and model, how many bundle versions no leaf serves (rollout progress)."""
+        bundle_versions = self.trimmer.models()
+        for name, partition in self.engine.config.partitions.items():
+            leaf = self._leaves[name]
+            for model in partition.models:
+                served = leaf.served_versions(model) or frozenset()
+                unserved = [v for v in bundle_versions.get(model, ()) if v not in served]
+                metrics.UNSERVED_VERSIONS.labels(name, model).set(len(unserved))
+
     async def _watch_partitions(self) -> None:
         while not self._stopped:
             try:
                 ready = await self.check_partitions()
+                self.report_unserved_versions()
             except Exception:  # a health round must never end the watcher
                 log.exception("partition health check failed")
                 ready = False

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Container, Sequence
 
 import numpy as np
 from prometheus_client import REGISTRY
@@ -79,26 +79,45 @@ class StaticAllowlists:
 
     allow: dict[str, frozenset[str]]
 
-    def lookup(self, model: str, version: str | None = None) -> "StaticDecision":
-        return StaticDecision(self.allow.get(model))
+    def lookup(
+        self, model: str, version: str | None = None, servable: Container[str] | None = None
+    ) -> "StaticDecision":
+        features = self.allow.get(model)
+        if features is None:
+            return StaticDecision(None, None, "untrimmed")
+        return StaticDecision(features, NullLeaf.VERSION, "exact")
 
 
 @dataclass(frozen=True, slots=True)
 class StaticDecision:
     features: frozenset[str] | None
+    version: str | None
+    kind: str
 
 
 class NullLeaf:
     """A partition that answers at once with fixed scores, without parsing the request."""
 
-    def __init__(self, n: int) -> None:
-        self.response = leaf_pb2.LeafResponse(model="m", version="1", outputs=[encode("score", np.full(n, 0.5, np.float32))])
+    VERSION = "1"
 
-    async def score(self, payload: bytes, timeout_s: float) -> leaf_pb2.LeafResponse:
+    def __init__(self, n: int) -> None:
+        self.response = leaf_pb2.LeafResponse(
+            model="m", version=self.VERSION, outputs=[encode("score", np.full(n, 0.5, np.float32))]
+        )
+
+    async def score(
+        self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
+    ) -> leaf_pb2.LeafResponse:
         return self.response
+
+    def served_versions(self, model: str) -> frozenset[str]:
+        return frozenset({self.VERSION})
 
     async def check_ready(self, timeout_s: float) -> int:
         return 1
+
+    async def refresh_versions(self, timeout_s: float) -> None:
+        return None
 
     async def close(self) -> None:
         return None

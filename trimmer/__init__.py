@@ -7,9 +7,10 @@ receives; ``trim`` selects them. See ``trimmer.feature_trimmer`` for the threadi
 from trimmer.config import TrimmerConfig
 from trimmer.feature_trimmer import BundleStatus, FeatureTrimmer, ReloadResult
 from trimmer.rwlock import RWLock
-from trimmer.snapshot import UNTRIMMED, Conflict, DecisionKind, TrimDecision
+from trimmer.snapshot import UNSERVED, UNTRIMMED, Conflict, DecisionKind, TrimDecision
 
 __all__ = [
+    "UNSERVED",
     "UNTRIMMED",
     "BundleStatus",
     "Conflict",

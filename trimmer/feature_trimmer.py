@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from types import TracebackType
-from typing import Callable, Mapping, Sequence, TypeVar, overload
+from typing import Callable, Container, Mapping, Sequence, TypeVar, overload
 
 from trimmer import metrics
 from contract.bundle_file import BundleError, BundleMap, parse_bundle
 from trimmer.config import TrimmerConfig
 from trimmer.rwlock import RWLock
-from trimmer.snapshot import EMPTY_SNAPSHOT, UNTRIMMED, Snapshot, TrimDecision, _Named, build_snapshot
+from trimmer.snapshot import EMPTY_SNAPSHOT, UNSERVED, UNTRIMMED, Snapshot, TrimDecision, _Named, build_snapshot
 from trimmer.watch import DirectoryWatcher, ReloadScheduler
 
 __all__ = ["BundleStatus", "FeatureTrimmer", "ReloadResult"]
@@ -156,8 +156,16 @@ class FeatureTrimmer:
 
     # ---- lookups (any thread, hot path) ----
 
-    def lookup(self, model: str, version: str | None = None) -> TrimDecision:
-        """The allowlist for ``model``: the exact version, else the latest, else untrimmed."""
+    def lookup(
+        self, model: str, version: str | None = None, servable: Container[str] | None = None
+    ) -> TrimDecision:
+        """The allowlist for ``model``: the exact version, else the latest, else untrimmed.
+
+        With ``servable`` (the versions that some leaf can run now), "latest" means the newest
+        bundle version in ``servable``, and a version the bundle lists but ``servable`` lacks
+        is not substituted: the decision is of kind "unserved" (send nothing). A version the
+        bundle does not list falls back to that latest, as without ``servable``.
+        """
         lock = self._lock
         lock.acquire_read()
         try:
@@ -171,10 +179,20 @@ class FeatureTrimmer:
         if version is not None:
             decision = entry.exact.get(version)
             if decision is not None:
-                metrics.LOOKUP_EXACT.inc()
-                return decision
-        metrics.LOOKUP_LATEST.inc()
-        return entry.latest
+                if servable is None or version in servable:
+                    metrics.LOOKUP_EXACT.inc()
+                    return decision
+                metrics.LOOKUP_UNSERVED.inc()
+                return entry.unserved[version]
+        if servable is None or entry.latest.version in servable:
+            metrics.LOOKUP_LATEST.inc()
+            return entry.latest
+        for candidate in reversed(entry.versions):
+            if candidate in servable:
+                metrics.LOOKUP_LATEST.inc()
+                return entry.latest_of[candidate]
+        metrics.LOOKUP_UNSERVED.inc()
+        return UNSERVED
 
     @overload
     def trim(self, tensors: Mapping[str, V], model: str, version: str | None = None) -> dict[str, V]: ...

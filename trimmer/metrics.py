@@ -17,6 +17,7 @@ __all__ = [
     "LOOKUPS",
     "LOOKUP_EXACT",
     "LOOKUP_LATEST",
+    "LOOKUP_UNSERVED",
     "LOOKUP_UNTRIMMED",
     "MODEL_CONFLICTS",
     "RELOADS",
@@ -24,13 +25,14 @@ __all__ = [
 
 LOOKUPS = Counter(
     "rootleaf_trimmer_lookups",
-    "Trim decisions by kind: exact version, latest-version fallback, untrimmed (no allowlist).",
+    "Trim decisions by kind: exact version, latest-version fallback, untrimmed (no allowlist), unserved (the bundle version asked for, or every one, is served by no leaf).",
     ["kind"],
 )
 # Bound children: ``labels()`` costs more than the increment itself on the lookup path.
 LOOKUP_EXACT = LOOKUPS.labels(kind="exact")
 LOOKUP_LATEST = LOOKUPS.labels(kind="latest")
 LOOKUP_UNTRIMMED = LOOKUPS.labels(kind="untrimmed")
+LOOKUP_UNSERVED = LOOKUPS.labels(kind="unserved")
 
 RELOADS = Counter(
     "rootleaf_trimmer_reloads",

@@ -17,9 +17,11 @@ from typing import Literal, Mapping, Protocol, Sequence, TypeVar, overload
 
 from contract.bundle_file import BundleMap
 
-__all__ = ["Conflict", "DecisionKind", "ModelEntry", "Snapshot", "TrimDecision", "UNTRIMMED", "build_snapshot"]
+__all__ = [
+    "Conflict", "DecisionKind", "ModelEntry", "Snapshot", "TrimDecision", "UNSERVED", "UNTRIMMED", "build_snapshot",
+]
 
-DecisionKind = Literal["exact", "latest", "untrimmed"]
+DecisionKind = Literal["exact", "latest", "untrimmed", "unserved"]
 V = TypeVar("V")
 
 
@@ -67,6 +69,8 @@ class TrimDecision:
 
 
 UNTRIMMED = TrimDecision(features=None, version=None, kind="untrimmed")
+UNSERVED = TrimDecision(features=frozenset(), version=None, kind="unserved")
+"""No version of the model's bundle is served (the caller must not send the request)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,10 @@ class ModelEntry:
     """Decision of kind "latest" for an omitted or unknown version."""
     versions: tuple[str, ...]
     """Known versions, oldest first."""
+    latest_of: Mapping[str, TrimDecision]
+    """version -> decision of kind "latest" for that version (when newer ones are not served)."""
+    unserved: Mapping[str, TrimDecision]
+    """version -> decision of kind "unserved" (the version is known but not served)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +140,14 @@ def build_snapshot(bundles: Mapping[str, BundleMap], generation: int) -> Snapsho
         newest = versions[-1]
         # Share the frozenset between the exact and latest decisions of the newest version.
         latest = TrimDecision(exact[newest.version].features, newest.version, "latest")
+        latest_of = {v.version: TrimDecision(v.features, v.version, "latest") for v in versions}
+        latest_of[newest.version] = latest
         models[model] = ModelEntry(
             bundle=winner,
             exact=exact,
             latest=latest,
             versions=tuple(v.version for v in versions),
+            latest_of=latest_of,
+            unserved={v.version: TrimDecision(frozenset(), v.version, "unserved") for v in versions},
         )
     return Snapshot(models=models, conflicts=tuple(conflicts), generation=generation)

@@ -21,7 +21,8 @@ from tests.service.test_root_service import Cluster, LoopThread, build_cluster, 
 TIMEOUT_S = 5.0
 ROOT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
               grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-LEAF_CODES = ROOT_CODES
+# A leaf also refuses a named version it has not loaded (documented in leaf.proto).
+LEAF_CODES = ROOT_CODES | {grpc.StatusCode.FAILED_PRECONDITION}
 MODELS = ["m_a", "m_b", "m_c", "m_full", "nope", ""]
 
 

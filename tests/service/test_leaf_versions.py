@@ -65,7 +65,7 @@ def test_hot_load_under_load_switches_without_failures(tmp_path: Path) -> None:
     run(body)
 
 
-def test_version_policies_and_fallback_to_latest(tmp_path: Path) -> None:
+def test_version_policies_and_no_substitution(tmp_path: Path) -> None:
     modules = {v: export_demo(tmp_path, "multi", v, seed=int(v)) for v in ("1", "2", "10")}
     arrays = features(3)
 
@@ -80,9 +80,14 @@ def test_version_policies_and_fallback_to_latest(tmp_path: Path) -> None:
                     np.testing.assert_allclose(
                         scores_of(response), expected_scores(modules[version], arrays, 3), rtol=1e-5, atol=1e-6
                     )
-                # A version not loaded is served by the latest, and the response says so.
-                response = await leaf.stub.Score(make_request("multi", arrays, 3, version="7"))
+                # An empty version means the latest loaded; a named version that is not loaded
+                # is refused with FAILED_PRECONDITION, never served by another version.
+                response = await leaf.stub.Score(make_request("multi", arrays, 3))
                 assert response.version == loaded[-1]
+                await expect(
+                    leaf.stub.Score(make_request("multi", arrays, 3, version="7")),
+                    grpc.StatusCode.FAILED_PRECONDITION, "'7' is not loaded",
+                )
 
     run(body)
 

@@ -456,12 +456,13 @@ def test_status_reports_bundles_partitions_settings(cluster: Cluster, root_targe
     assert status.settings["trim"] == "true" and status.settings["compression"] == "lz4"
 
 
-def test_requested_version_reaches_the_leaf(cluster: Cluster, root_target: str) -> None:
-    results = score(cluster, root_target, 1, np.arange(4, dtype=np.uint64), [("m_a", "1"), ("m_c", "9")], request_id="r-version")
+def test_root_names_the_resolved_version_to_the_leaf(cluster: Cluster, root_target: str) -> None:
+    results = score(cluster, root_target, 1, np.arange(4, dtype=np.uint64), [("m_a", "1"), ("m_c", "9"), "m_b"], request_id="r-version")
     seen = cluster.observed.for_request("r-version")
-    assert seen["m_a"].version_requested == "1" and seen["m_c"].version_requested == "9"
-    # The leaf serves an unknown version with its latest and says so; the trimmer falls back alike.
-    assert results["m_a"].version == "1" and results["m_c"].version == "1"
+    # A known version goes as asked; an unknown or omitted one is resolved by the root to the
+    # latest version the partition serves, and the leaf is told that version explicitly.
+    assert {m: seen[m].version_requested for m in ("m_a", "m_b", "m_c")} == {"m_a": "1", "m_b": "1", "m_c": "1"}
+    assert results["m_a"].version == "1" and results["m_c"].version == "1" and results["m_b"].version == "1"
     assert set(seen["m_c"].feature_names) == set(cluster.inputs("m_c"))
 
 

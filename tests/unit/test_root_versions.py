@@ -1,0 +1,163 @@
+"""Version agreement on the root: the version a leaf runs is the version whose allowlist the
+root applied, resolved among the versions the partition serves (no sockets: in-process leaves)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from protos.rootleaf.v1 import leaf_pb2
+from root.catalog import Entity, FeatureCatalog, FeatureSpec
+from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
+from root.datagen import generate_local_store
+from root.errors import LeafCallError
+from root.leaf_client import InProcessLeafClient
+from root.local_store import LocalFeatureStore
+from root.scoring import ModelOutcome, ModelRef, ScoreEngine, ScoreInput
+from trimmer import FeatureTrimmer
+from wire.codec import encode
+
+R, C = Entity.REQUEST, Entity.CANDIDATE
+# v2 drops c_old, which v1 needs, and adds c_new.
+BUNDLE = {
+    "m": [
+        {"version": "1", "input_names": ["u", "c_old"], "output_names": ["score"]},
+        {"version": "2", "input_names": ["u", "c_new"], "output_names": ["score"]},
+    ]
+}
+SIGNATURES = {v["version"]: set(v["input_names"]) for v in BUNDLE["m"]}
+ALL = {"u", "c_old", "c_new"}
+
+
+class VersionedLeaf:
+    """Serves exactly the versions in ``loaded``; refuses others as a real leaf does, and
+    checks that every request carries exactly its version's features."""
+
+    def __init__(self, loaded: set[str], untrimmed: bool = False) -> None:
+        self.loaded = loaded
+        self.untrimmed = untrimmed
+        self.served: list[tuple[str, frozenset[str]]] = []
+
+    async def __call__(self, request: leaf_pb2.LeafRequest) -> leaf_pb2.LeafResponse:
+        if request.version not in self.loaded:
+            raise LeafCallError(grpc.StatusCode.FAILED_PRECONDITION, f"version {request.version!r} is not loaded")
+        names = frozenset(t.name for t in request.features)
+        assert names == (ALL if self.untrimmed else SIGNATURES[request.version]), (request.version, names)
+        self.served.append((request.version, names))
+        n = request.num_candidates
+        return leaf_pb2.LeafResponse(
+            model=request.model, version=request.version, outputs=[encode("score", np.zeros(n, np.float32))]
+        )
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> Iterator[tuple[RootConfig, FeatureCatalog, FeatureTrimmer]]:
+    catalog = FeatureCatalog.of(
+        [FeatureSpec("u", R, "float32", ()), FeatureSpec("c_old", C, "float32", ()), FeatureSpec("c_new", C, "float32", ())]
+    )
+    generate_local_store(catalog, tmp_path / "store", users=4, items=20, seed=2)
+    bundle = tmp_path / "module_info.json"
+    bundle.write_text(json.dumps(BUNDLE))
+    config = RootConfig(
+        catalog=tmp_path / "catalog.json",
+        partitions={"p": PartitionConfig("p", ("in-process",), ("m",))},
+        feature_store=FeatureStoreConfig(path=tmp_path / "store"),
+    )
+    trimmer = FeatureTrimmer({"b": bundle}, watch=False)
+    yield config, catalog, trimmer
+    trimmer.close()
+
+
+def _score(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+    leaf: VersionedLeaf,
+    reported: list[str] | None,
+    version: str | None = None,
+    **overrides: object,
+) -> ModelOutcome:
+    config, catalog, trimmer = setup
+    config = replace(config, **overrides)  # type: ignore[arg-type]
+    assert config.feature_store.path is not None
+    store = LocalFeatureStore(config.feature_store.path, catalog)
+    client = InProcessLeafClient(leaf, None if reported is None else {"m": reported})
+    engine = ScoreEngine(config, catalog, store, trimmer, {"p": client})
+    request = ScoreInput("rid", 1, np.arange(3, dtype=np.uint64), (ModelRef("m", version),))
+    (outcome,) = asyncio.run(engine.score(request))
+    return outcome
+
+
+def _requests(model: str, version: str, decision: str) -> float:
+    labels = {"model": model, "version": version, "decision": decision}
+    return REGISTRY.get_sample_value("rootleaf_root_model_requests_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    "loaded, asked, expected",
+    [
+        ({"1"}, None, "1"),  # rollout window: the bundle has v2, no leaf has loaded it yet
+        ({"1", "2"}, None, "2"),
+        ({"2"}, None, "2"),
+        ({"1", "2"}, "1", "1"),  # pinned and served: exact
+        ({"1"}, "7", "1"),  # unknown to the bundle: the latest served
+        ({"1", "2"}, "7", "2"),
+    ],
+)
+def test_the_leaf_runs_the_version_the_root_trimmed_for(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], loaded: set[str], asked: str | None, expected: str
+) -> None:
+    leaf = VersionedLeaf(loaded)
+    kind = "exact" if asked == expected else "latest"
+    before = _requests("m", expected, kind)
+    outcome = _score(setup, leaf, sorted(loaded), asked)
+    assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
+    assert outcome.version == expected
+    assert leaf.served == [(expected, frozenset(SIGNATURES[expected]))]
+    assert _requests("m", expected, kind) == before + 1
+
+
+def test_a_pinned_version_no_leaf_serves_is_a_per_model_error(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+) -> None:
+    leaf = VersionedLeaf({"1"})
+    outcome = _score(setup, leaf, ["1"], "2")
+    assert outcome.error_code is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no leaf of partition 'p' serves version '2'" in outcome.error_message
+    assert leaf.served == []  # nothing was sent with the wrong allowlist
+
+
+def test_a_leaf_that_unloaded_the_version_is_re_resolved_once(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+) -> None:
+    # The root still believes v2 is loaded (its last refresh), the leaf has gone back to v1.
+    leaf = VersionedLeaf({"1"})
+    outcome = _score(setup, leaf, ["1", "2"])
+    assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
+    assert outcome.version == "1"
+    assert leaf.served == [("1", frozenset(SIGNATURES["1"]))]  # re-fetched v1's features
+
+
+def test_unknown_loaded_versions_use_the_bundle_and_the_leaf_refuses_mismatches(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+) -> None:
+    # Nothing known about the partition: the bundle's latest is named, and a leaf without it
+    # refuses (FAILED_PRECONDITION) rather than running v1 on v2's features.
+    leaf = VersionedLeaf({"1"})
+    outcome = _score(setup, leaf, None)
+    assert outcome.error_code is grpc.StatusCode.FAILED_PRECONDITION
+    assert leaf.served == []
+
+
+def test_untrimmed_requests_name_a_served_version(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+    # Every feature goes, so any loaded version can run: v2 is asked for, only v1 is served.
+    leaf = VersionedLeaf({"1"}, untrimmed=True)
+    outcome = _score(setup, leaf, ["1"], "2", trim=False)
+    assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
+    assert leaf.served == [("1", frozenset(ALL))]
