@@ -11,6 +11,8 @@ import asyncio
 import hashlib
 import json
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,6 +24,8 @@ from contract.versions import version_key
 from deploy.bundle import build_bundle
 from deploy.delivery import tree_sha256
 from deploy.local_cluster import LocalCluster
+from benchmarks.soak_load import LoadProcess
+from deploy import rollout_cli
 from deploy.rollout_cli import rollback_main, rollout_main
 from leaf.export import export_model
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
@@ -86,6 +90,50 @@ async def _root_hash(target: str, bundle: str) -> str:
     return next(b.content_hash for b in status.bundles if b.name == bundle)
 
 
+@contextmanager
+def _under_load(
+    desc: dict[str, Any], model: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[list[tuple[float, str]]]:
+    """Unversioned load on both roots from separate processes while the block runs; on exit,
+    every request must have succeeded. Yields the rollout's output lines with their times."""
+    lines: list[tuple[float, str]] = []
+
+    def emit(line: str) -> None:
+        lines.append((time.monotonic(), line))
+        print(line, flush=True)
+
+    monkeypatch.setattr(rollout_cli, "_emit", emit)
+    loads = {
+        role: LoadProcess(desc["roles"][role]["root"]["target"], tmp / f"load-{role}.jsonl", users=200, items=1000,
+                          candidates=16, concurrency=4, deadline_ms=2000, models=(model,), rate=60.0)
+        for role in ("production", "canary")
+    }
+    try:
+        for load in loads.values():
+            assert load.wait_for(lambda o: o.ok, 60.0) is not None
+        started = time.monotonic()
+        yield lines
+        stats = {role: load.stop() for role, load in loads.items()}
+    finally:
+        for load in loads.values():
+            if load.summary is None:
+                load.stop()
+    # Requests by rollout stage (a stage's requests are those sent before its line printed).
+    marks = [(t, line.split(":")[0]) for t, line in lines if line.startswith("[") and (": OK" in line or ": FAILED" in line)]
+    marks += [(t, "rollback") for t, line in lines if line.startswith("rolled back")]
+    for role, load in loads.items():
+        during = [o for o in load.outcomes if o.started >= started]
+        by_stage, previous = {}, started
+        for t, stage in marks:
+            by_stage[stage] = sum(1 for o in during if previous <= o.started < t)
+            previous = t
+        by_stage["after"] = sum(1 for o in during if o.started >= previous)
+        failed = [o for o in load.outcomes if not o.ok]
+        with capsys.disabled():
+            print(f"\n{role} root: {len(during)} requests during the rollout, by stage {by_stage}, failed {len(failed)}")
+        assert stats[role].lost == 0 and failed == [], failed[:3]
+
+
 def _prepare(cluster: LocalCluster, tmp: Path, *, broken: bool) -> tuple[list[str], str, str, str]:
     desc = _desc(cluster)
     bundle, model, latest = _bundle_and_model(desc)
@@ -114,13 +162,14 @@ def _prepare(cluster: LocalCluster, tmp: Path, *, broken: bool) -> tuple[list[st
 
 
 def test_broken_canary_fails_analysis_and_everything_rolls_back(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     desc = _desc(cluster)
     before = _snapshot(desc)
     args, bundle, model, version = _prepare(cluster, tmp_path, broken=True)
     hashes = {r: asyncio.run(_root_hash(desc["roles"][r]["root"]["target"], bundle)) for r in desc["roles"]}
-    assert rollout_main(args) == 1
+    with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+        assert rollout_main(args) == 1
     out = capsys.readouterr().out
     assert "[1/5] root configs -> canary: OK" in out and "[2/5] model configs -> canary: OK" in out
     assert "[3/5] automated canary analysis: FAILED" in out and f"score[{model}]" in out
@@ -168,14 +217,15 @@ def test_delivery_failing_midway_rolls_back(cluster: LocalCluster, tmp_path: Pat
 
 
 def test_full_rollout_passes_then_rollback_on_demand(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     desc = _desc(cluster)
     before = _snapshot(desc)
     args, bundle, model, version = _prepare(cluster, tmp_path, broken=False)
     assert rollout_main(args + ["--dry-run"]) == 0
     assert _snapshot(desc) == before
-    assert rollout_main(args) == 0
+    with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+        assert rollout_main(args) == 0
     out = capsys.readouterr().out
     print(out)  # the stages and verdict of a real run, for the record (-s shows it)
     for n in range(1, 6):
