@@ -113,6 +113,7 @@ class Batcher:
                 queue = self._queues[version] = deque()
                 self._queued_candidates[version] = 0
             if len(queue) >= self._policy.max_queue_requests:
+                metrics.ADMISSION_REJECTED.labels("queue_full").inc()
                 raise Overloaded(
                     f"model {version.model!r}: queue full ({self._policy.max_queue_requests} requests)"
                 )
