@@ -5,10 +5,9 @@ Built once (from CLI flags or a mapping) before the server starts; immutable aft
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 from contract.names import name_problem
 from wire.codec import DecodeLimits
@@ -167,21 +166,3 @@ class LeafConfig:
             )
         if not self.host:
             raise ValueError("LeafConfig.host must not be empty")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "LeafConfig":
-        """Build from a mapping (e.g. a parsed config file); unknown keys are rejected."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown LeafConfig keys: {unknown}")
-        data = dict(values)
-        if isinstance(data.get("versions"), str):
-            data["versions"] = VersionPolicy.parse(data["versions"])
-        if isinstance(data.get("decode_limits"), Mapping):
-            data["decode_limits"] = DecodeLimits(**data["decode_limits"])
-        if isinstance(data.get("tls"), Mapping):
-            data["tls"] = TlsConfig.from_mapping(data["tls"], "LeafConfig.tls")
-        if isinstance(data.get("models"), list):
-            data["models"] = tuple(data["models"])
-        return cls(**data)

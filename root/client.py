@@ -146,11 +146,6 @@ class AsyncRootClient:
         response = await self._stub.Score(request, timeout=timeout_s, wait_for_ready=wait_for_ready)
         return parse_response(response)
 
-    async def score_raw(self, request: root_pb2.ScoreRequest, *, timeout_s: float = 5.0) -> root_pb2.ScoreResponse:
-        """Send a prepared ``ScoreRequest`` (load generators build requests once)."""
-        response: root_pb2.ScoreResponse = await self._stub.Score(request, timeout=timeout_s)
-        return response
-
     async def status(self, timeout_s: float = 5.0) -> root_pb2.RootStatusResponse:
         response: root_pb2.RootStatusResponse = await self._stub.Status(
             root_pb2.RootStatusRequest(), timeout=timeout_s

@@ -244,13 +244,6 @@ class RootConfig:
                 owner[model] = name
         object.__setattr__(self, "partitions", MappingProxyType(partitions))
 
-    def partition_of(self, model: str) -> PartitionConfig | None:
-        """The partition hosting ``model``, or None."""
-        for part in self.partitions.values():
-            if model in part.models:
-                return part
-        return None
-
     def settings(self) -> dict[str, str]:
         """The switches, as strings (reported by ``Root.Status``)."""
         return {

@@ -1,7 +1,8 @@
 """Feature Trimmer: per-model feature allowlists from bundle files, hot-reloaded.
 
-``FeatureTrimmer(bundles).lookup(model, version)`` says which features a model version
-receives; ``trim`` selects them. See ``trimmer.feature_trimmer`` for the threading model.
+``FeatureTrimmer(bundles).lookup(model, version, servable)`` says which version runs and
+which features it receives (the root selects its encoded tensors by that set). See
+``trimmer.feature_trimmer`` for the threading model.
 """
 
 from trimmer.config import TrimmerConfig

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 __all__ = ["TrimmerConfig"]
 
@@ -41,12 +40,3 @@ class TrimmerConfig:
         _positive("recheck_interval_s", self.recheck_interval_s, allow_zero=True)
         if isinstance(self.max_file_bytes, bool) or not isinstance(self.max_file_bytes, int) or self.max_file_bytes <= 0:
             raise ValueError(f"TrimmerConfig.max_file_bytes must be a positive int, got {self.max_file_bytes!r}")
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "TrimmerConfig":
-        """Build from a config-file section; unknown keys are rejected, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown trimmer config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))

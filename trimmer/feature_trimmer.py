@@ -26,21 +26,19 @@ import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from types import TracebackType
-from typing import Callable, Container, Mapping, Sequence, TypeVar, overload
+from typing import Callable, Container, Mapping
 
 from trimmer import metrics
 from contract.bundle_file import BundleError, BundleMap, parse_bundle
 from trimmer.config import TrimmerConfig
 from trimmer.rwlock import RWLock
-from trimmer.snapshot import EMPTY_SNAPSHOT, UNSERVED, UNTRIMMED, Snapshot, TrimDecision, _Named, build_snapshot
+from trimmer.snapshot import EMPTY_SNAPSHOT, UNSERVED, UNTRIMMED, Snapshot, TrimDecision, build_snapshot
 from trimmer.watch import DirectoryWatcher, ReloadScheduler
 
 __all__ = ["BundleStatus", "FeatureTrimmer", "ReloadResult"]
 
 log = logging.getLogger(__name__)
 
-V = TypeVar("V")
-N = TypeVar("N", bound=_Named)
 
 
 class ReloadResult(str, Enum):
@@ -193,18 +191,6 @@ class FeatureTrimmer:
                 return entry.latest_of[candidate]
         metrics.LOOKUP_UNSERVED.inc()
         return UNSERVED
-
-    @overload
-    def trim(self, tensors: Mapping[str, V], model: str, version: str | None = None) -> dict[str, V]: ...
-
-    @overload
-    def trim(self, tensors: Sequence[N], model: str, version: str | None = None) -> list[N]: ...
-
-    def trim(
-        self, tensors: Mapping[str, V] | Sequence[N], model: str, version: str | None = None
-    ) -> dict[str, V] | list[N]:
-        """``lookup`` then ``TrimDecision.apply``: the tensors to send, in input order."""
-        return self.lookup(model, version).apply(tensors)
 
     def models(self) -> dict[str, tuple[str, ...]]:
         """Every model with an allowlist -> its versions, oldest first."""

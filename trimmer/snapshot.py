@@ -13,7 +13,7 @@ are ignored (never merged), and each such shadowing is reported as a ``Conflict`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping, Protocol, Sequence, TypeVar, overload
+from typing import Literal, Mapping
 
 from contract.bundle_file import BundleMap
 
@@ -22,15 +22,6 @@ __all__ = [
 ]
 
 DecisionKind = Literal["exact", "latest", "untrimmed", "unserved"]
-V = TypeVar("V")
-
-
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-N = TypeVar("N", bound=_Named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,24 +39,6 @@ class TrimDecision:
     @property
     def trimmed(self) -> bool:
         return self.features is not None
-
-    @overload
-    def apply(self, tensors: Mapping[str, V]) -> dict[str, V]: ...
-
-    @overload
-    def apply(self, tensors: Sequence[N]) -> list[N]: ...
-
-    def apply(self, tensors: Mapping[str, V] | Sequence[N]) -> dict[str, V] | list[N]:
-        """The subset to send, in input order: a name->value mapping gives a dict, a
-        sequence of items with a ``.name`` gives a list. Cost is per feature, not per candidate."""
-        features = self.features
-        if isinstance(tensors, Mapping):
-            if features is None:
-                return dict(tensors)
-            return {name: value for name, value in tensors.items() if name in features}
-        if features is None:
-            return list(tensors)
-        return [item for item in tensors if item.name in features]
 
 
 UNTRIMMED = TrimDecision(features=None, version=None, kind="untrimmed")
@@ -108,16 +81,6 @@ class Snapshot:
     conflicts: tuple[Conflict, ...]
     generation: int
     """Increases with every swap (0 = nothing loaded yet)."""
-
-    def lookup(self, model: str, version: str | None = None) -> TrimDecision:
-        entry = self.models.get(model)
-        if entry is None:
-            return UNTRIMMED
-        if version is not None:
-            decision = entry.exact.get(version)
-            if decision is not None:
-                return decision
-        return entry.latest
 
 
 EMPTY_SNAPSHOT = Snapshot(models={}, conflicts=(), generation=0)

@@ -136,7 +136,7 @@ def test_tls_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cert_file and key_file"):
         LeafConfig(repo=tmp_path, tls=TlsConfig(client_ca_file="ca.pem"))
     with pytest.raises(ValueError, match="unknown keys"):
-        LeafConfig.from_mapping({"repo": tmp_path, "tls": {"cert": "x"}})
+        TlsConfig.from_mapping({"cert": "x"}, "LeafConfig.tls")
     with pytest.raises(ValueError, match="cannot read"):
         TlsConfig(cert_file=str(tmp_path / "missing.pem"), key_file=str(tmp_path / "k")).server_credentials()
 

@@ -14,7 +14,7 @@ from contract.names import name_problem
 from contract.signature import Signature
 from contract.versions import latest_version, sort_versions
 from deploy.bundle import build_bundle
-from leaf.config import LeafConfig, VersionPolicy
+from leaf.config import LeafConfig
 from leaf.device import Placement
 from leaf.repository import Repository
 from tests.service.test_leaf_server import export_demo

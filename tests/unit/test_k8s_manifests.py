@@ -84,8 +84,22 @@ def test_every_resource_validates_against_kubernetes_schemas(tree: str) -> None:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def _referenced(directory: Path) -> set[Path]:
+    """Every file a kustomization tree reads: itself, its resources and its patches."""
+    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    used = {(directory / "kustomization.yaml").resolve()}
+    for res in kust.get("resources", []):
+        path = (directory / res).resolve()
+        used |= _referenced(path) if path.is_dir() else {path}
+    used |= {(directory / patch["path"]).resolve() for patch in kust.get("patches", [])}
+    return used
+
+
 def test_every_manifest_file_is_used_and_validates() -> None:
-    for path in sorted(K8S.rglob("*.yaml")):
+    used = set().union(*(_referenced(tree) for tree in TREES.values()))
+    files = {path.resolve() for path in K8S.rglob("*.yaml")}
+    assert files - used == set(), "manifest files no kustomization reads"
+    for path in sorted(files):
         for doc in _load_docs(path):
             if doc.get("kind") == "Kustomization":
                 continue
@@ -129,9 +143,15 @@ def test_topology(overlay: str, namespace: str) -> None:
     assert labels == {overlay}
 
 
-def test_manifests_are_json_serialisable_for_kubectl() -> None:
-    for tree in TREES.values():
-        json.dumps(render(tree))
+@pytest.mark.parametrize("tree", sorted(TREES))
+def test_rendered_resources_are_unique_and_survive_json(tree: str) -> None:
+    """What ``kubectl apply`` receives: one object per kind/namespace/name (a duplicate would
+    silently replace another), and YAML values that mean the same in JSON (no dates, no
+    non-string keys)."""
+    docs = render(TREES[tree])
+    identities = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
+    assert len(identities) == len(set(identities)), sorted(i for i in identities if identities.count(i) > 1)
+    assert json.loads(json.dumps(docs)) == docs
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:

@@ -34,13 +34,6 @@ def test_invalid_fields_are_named(field: str, value: object) -> None:
         LeafConfig(Path("."), **{field: value})  # type: ignore[arg-type]
 
 
-def test_from_mapping_rejects_unknown_keys() -> None:
-    config = LeafConfig.from_mapping({"repo": "/r", "versions": "all", "models": ["a"]})
-    assert config.repo == Path("/r") and config.versions.kind == "all" and config.models == ("a",)
-    with pytest.raises(ValueError, match="max_batch"):
-        LeafConfig.from_mapping({"repo": "/r", "max_batch": 3})
-
-
 def test_cli_flags_map_onto_the_config() -> None:
     args = build_parser().parse_args(
         ["--repo", "/r", "--port", "5", "--models", "a,b", "--versions", "1,2", "--max-batch-candidates", "0",

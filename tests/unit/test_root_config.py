@@ -51,8 +51,7 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert cfg.feature_store.path == tmp_path / "store"
     assert (cfg.trim, cfg.compression, cfg.dedup_request_features) == (False, "none", False)
     assert cfg.partitions["ads"].targets == ("127.0.0.1:5001", "127.0.0.1:5002")
-    assert cfg.partition_of("m3") is cfg.partitions["eng"]
-    assert cfg.partition_of("zz") is None
+    assert cfg.partitions["eng"].models == ("m3",)
     assert cfg.cache.ttl_s == 5.0 and cfg.cache.max_bytes == 1048576
     assert cfg.metrics_port == 0 and cfg.metrics_host == "127.0.0.1"
     assert cfg.settings()["trim"] == "false"

@@ -117,9 +117,3 @@ def test_config_defaults_and_validation_name_the_field() -> None:
     ]:
         with pytest.raises(ValueError, match=field):
             TrimmerConfig(**{field: value})
-
-
-def test_config_from_mapping_rejects_unknown_keys() -> None:
-    assert TrimmerConfig.from_mapping({"recheck_interval_s": 5}).recheck_interval_s == 5
-    with pytest.raises(ValueError, match="unknown trimmer config key"):
-        TrimmerConfig.from_mapping({"recheck_interval": 5})

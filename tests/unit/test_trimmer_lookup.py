@@ -8,12 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from wire import codec
-from wire.frames import EncodedTensor
 from tests.unit.test_trimmer_files import bundle_bytes, write_in_place
 from trimmer import UNTRIMMED, FeatureTrimmer, ReloadResult, TrimDecision
 
@@ -69,28 +66,29 @@ def test_empty_allowlist_trims_everything(ads: Path) -> None:
     with FeatureTrimmer({"ads": ads}, watch=False) as t:
         decision = t.lookup("bias_only")
         assert decision.features == frozenset() and decision.trimmed
-        assert t.trim({"f1": 1, "f2": 2}, "bias_only") == {}
 
 
-def test_trim_mapping_keeps_input_order(ads: Path) -> None:
+@pytest.mark.parametrize(
+    "version, servable, expected",
+    [
+        (None, None, ("10", "latest")),  # no knowledge of the leaves: the bundle's latest
+        ("9", None, ("9", "exact")),
+        (None, {"9", "2"}, ("9", "latest")),  # the newest version a leaf serves
+        ("1234", {"2"}, ("2", "latest")),  # unknown to the bundle: the latest served
+        ("9", {"9"}, ("9", "exact")),
+        ("9", {"10"}, ("9", "unserved")),  # known but served nowhere: never substituted
+        (None, {"77"}, (None, "unserved")),  # no bundle version served at all
+        (None, set(), (None, "unserved")),
+    ],
+)
+def test_lookup_among_servable_versions(
+    ads: Path, version: str | None, servable: set[str] | None, expected: tuple[str | None, str]
+) -> None:
     with FeatureTrimmer({"ads": ads}, watch=False) as t:
-        tensors = {"f3": "c", "f9": "x", "f1": "a", "f2": "b"}
-        assert list(t.trim(tensors, "ctr", "10").items()) == [("f3", "c"), ("f1", "a")]
-        assert list(t.trim(tensors, "ctr", "9")) == ["f1", "f2"]
-        untrimmed = t.trim(tensors, "unknown_model")
-        assert untrimmed == tensors and untrimmed is not tensors
-
-
-def test_trim_list_of_named_tensors(ads: Path) -> None:
-    names = ["f9", "f2", "f1", "f3"]
-    tensors = [codec.encode(n, np.arange(4, dtype=np.float32)) for n in names]
-    encoded = [EncodedTensor.from_tensor(x) for x in tensors]
-    with FeatureTrimmer({"ads": ads}, watch=False) as t:
-        assert [x.name for x in t.trim(tensors, "ctr", "9")] == ["f2", "f1"]
-        assert [x.name for x in t.trim(encoded, "ctr")] == ["f1", "f3"]
-        assert [x.name for x in t.trim(encoded, "unknown")] == names
-        decision = t.lookup("ctr", "2")
-        assert [x.name for x in decision.apply(encoded)] == ["f1"]
+        decision = t.lookup("ctr", version, servable=servable)
+        assert (decision.version, decision.kind) == expected
+        if decision.kind != "unserved":
+            assert decision.features == t.lookup("ctr", decision.version).features
 
 
 def test_precedence_first_bundle_name_wins_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -196,7 +194,7 @@ def test_lookups_are_counted_by_kind(ads: Path) -> None:
         t.lookup("ctr", "9")
         t.lookup("ctr", "9")
         t.lookup("ctr")
-        t.trim({}, "ctr", "1234")
+        t.lookup("ctr", "1234")
         t.lookup("nope")
     after = {k: sample("rootleaf_trimmer_lookups_total", {"kind": k}) for k in kinds}
     assert {k: after[k] - before[k] for k in kinds} == {"exact": 2, "latest": 2, "untrimmed": 1}
