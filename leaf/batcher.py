@@ -243,7 +243,11 @@ class Batcher:
             log.error("%s (request: %s)", failed, items[0].request_id, exc_info=failed.__cause__ or failed)
             self._fail(items, failed)
             return
-        version.converter.learn(items[0].inputs.layout)
+        if version.converter.learn(items[0].inputs.layout):
+            log.info(
+                "%s/%s: inputs its signature leaves open learned from its first forward: %s",
+                model, version.version, version.converter.describe_expected(),
+            )
         first = outputs[version.signature.output_names[0]]
         metrics.SCORE.observe_many((model, version.version), first)
         finite = np.ones(rows, dtype=bool)

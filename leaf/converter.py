@@ -101,18 +101,27 @@ class Converter:
         """Per input, in signature order: (wire dtype, per-candidate shape), None = unknown."""
         return self._expected
 
-    def learn(self, layout: Layout) -> None:
-        """Fill what the signature leaves open from a request the model ran successfully.
+    def learn(self, layout: Layout) -> bool:
+        """Fill what the signature leaves open from a request the model ran successfully;
+        True when that changed the expectations (once per version).
 
         Called by the inference thread; the one attribute assignment is atomic, so the
         event loop reads either the old or the new expectations.
         """
         expected = self._expected
         if len(layout) != len(expected) or all(d is not None and s is not None for d, s in expected):
-            return
+            return False
         self._expected = tuple(
             (d if d is not None else seen_d, s if s is not None else seen_s)
             for (d, s), (seen_d, seen_s) in zip(expected, layout)
+        )
+        return True
+
+    def describe_expected(self) -> str:
+        """The expectations, readable (``name: DTYPE[dims]`` per input) for logs."""
+        return ", ".join(
+            f"{name}: {'any' if d is None else _dtype_name(d)}{'[...]' if s is None else list(s)}"
+            for name, (d, s) in zip(self.input_names, self._expected)
         )
 
     def admit(self, features: Iterable[Tensor], num_candidates: int) -> Admitted:

@@ -109,3 +109,16 @@ def test_lz4_inputs_decode_and_broken_blocks_name_the_feature() -> None:
     short.data = codec.encode("ids", ids[:3]).data  # valid LZ4, decodes to fewer bytes
     with pytest.raises(InvalidRequest, match="'ids'"):
         convert(Signature(("ids",), ("s",)), [short], 6)
+
+
+def test_expectations_are_declared_or_learned_once() -> None:
+    declared = Converter(Signature(("a", "b"), ("s",), {"a": "float32"}, {"a": (2,)}), LIMITS, 100)
+    assert declared.expected == ((DType.FLOAT32, (2,)), (None, None))
+    tensors = [codec.encode("a", np.ones((3, 2), np.float32)), codec.encode("b", np.ones((1, 4), np.int64))]
+    out = declared.convert(tensors, 3)
+    assert out.layout == ((DType.FLOAT32, (2,)), (DType.INT64, (4,)))
+    assert declared.learn(out.layout) and not declared.learn(((DType.FLOAT32, (2,)), (DType.INT32, (7,))))
+    assert declared.expected == ((DType.FLOAT32, (2,)), (DType.INT64, (4,)))
+    assert declared.describe_expected() == "a: FLOAT32[2], b: INT64[4]"
+    with pytest.raises(InvalidRequest, match=r"'b': shape \[5\] per candidate, model expects \[4\]"):
+        declared.convert([tensors[0], codec.encode("b", np.ones((3, 5), np.int64))], 3)
