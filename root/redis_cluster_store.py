@@ -17,6 +17,10 @@ bounded number of times within the store's ``timeout_ms``; what is still failing
 ``FeatureStoreError`` (the request fails UNAVAILABLE). Missing keys on the slot's owner are
 genuinely missing (defaults, counted). Reads go to masters only.
 
+A master that hangs instead of refusing (frozen, partitioned) makes fetches time out; a
+timed-out fetch starts a background re-read of the slot map ("redis-cluster-refresh" task),
+so once the cluster has failed that master over, fetches go to its replica.
+
 Concurrency: everything runs on the event loop that first used the store (the root's
 serving loop); one redis-py client (bounded pool) per master; slot-map refreshes are
 serialised by an ``asyncio.Lock`` and skipped when another fetch already refreshed.
@@ -165,6 +169,7 @@ class RedisClusterFeatureStore(PackedRecordStore):
         self._slots: SlotMap | None = None
         self._clients: dict[tuple[str, int], aioredis.Redis] = {}
         self._refresh_lock: asyncio.Lock | None = None
+        self._background: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _client(self, address: tuple[str, int]) -> aioredis.Redis:
@@ -217,20 +222,42 @@ class RedisClusterFeatureStore(PackedRecordStore):
     async def _read(self, layout_key: str, keys: list[bytes]) -> tuple[bytes | None, list[bytes | None]]:
         all_keys = [layout_key.encode(), *keys]
         slots = np.fromiter(map(key_slot, all_keys), dtype=np.int32, count=len(all_keys))
-        for attempt in range(ATTEMPTS):
-            slot_map = await self._slot_map()
-            try:
-                values = await self._read_once(slot_map, all_keys, slots)
-            except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
-                cause = _retry_cause(exc)
-                if cause is None or attempt == ATTEMPTS - 1:
-                    raise
-                RETRIES_TOTAL.labels(cause).inc()
-                await asyncio.sleep(RETRY_PAUSE_S * attempt)
-                await self._refresh(slot_map)
-                continue
-            return values[0], values[1:]
+        slot_map: SlotMap | None = None
+        try:
+            for attempt in range(ATTEMPTS):
+                slot_map = await self._slot_map()
+                try:
+                    values = await self._read_once(slot_map, all_keys, slots)
+                except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+                    cause = _retry_cause(exc)
+                    if cause is None or attempt == ATTEMPTS - 1:
+                        raise
+                    RETRIES_TOTAL.labels(cause).inc()
+                    await asyncio.sleep(RETRY_PAUSE_S * attempt)
+                    await self._refresh(slot_map)
+                    continue
+                return values[0], values[1:]
+        except asyncio.CancelledError:
+            # The fetch ran out of time (or the call was cancelled): a master that hangs
+            # rather than refuses may have been failed over meanwhile. Re-read the map in
+            # the background, so later fetches stop waiting on it once the cluster agrees.
+            if slot_map is not None:
+                RETRIES_TOTAL.labels("timeout").inc()
+                self._refresh_soon(slot_map)
+            raise
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _refresh_soon(self, seen: SlotMap) -> None:
+        """Start one background slot-map refresh unless one is running."""
+        if self._background is not None and not self._background.done():
+            return
+        self._background = asyncio.create_task(self._refresh_quietly(seen), name="redis-cluster-refresh")
+
+    async def _refresh_quietly(self, seen: SlotMap) -> None:
+        try:
+            await self._refresh(seen)
+        except (RedisError, OSError) as exc:
+            log.warning("redis cluster slot map refresh failed: %s", exc)
 
     async def _read_once(self, slot_map: SlotMap, keys: list[bytes], slots: np.ndarray) -> list[bytes | None]:
         node_of = slot_map.owner[slots]
@@ -260,6 +287,10 @@ class RedisClusterFeatureStore(PackedRecordStore):
         return f"redis cluster {self.address.describe()}"
 
     async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            await asyncio.gather(self._background, return_exceptions=True)
+            self._background = None
         clients, self._clients = self._clients, {}
         self._slots = None
         await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)

@@ -140,7 +140,7 @@ class Supervisor:
             spawn = lambda index: self._spawn(index, listen, env, work_dir)  # noqa: E731
             self._children = [spawn(i) for i in range(self.workers)]
             if not self._wait_serving():
-                return 1
+                return 0 if self._stop.is_set() else 1  # a signal during start-up is a stop
             if self.config.metrics_port:
                 metrics_server = _serve_metrics(self.config.metrics_port, self.config.metrics_host, metrics_dir)
             log.info("root supervisor: %d workers on port %d (pids %s)", self.workers, port,

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import pytest
 
@@ -55,6 +55,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.paused = False
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
 
@@ -89,10 +90,12 @@ class RedisServer:
         """Freeze the process (SIGSTOP): connections stay open, nothing answers."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
 
     def resume(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
 
     def kill(self) -> None:
         """SIGKILL (a crash: no shutdown, connections reset)."""
@@ -106,6 +109,7 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        self.paused = False
         if proc is not None:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGCONT)  # a paused server must wake to see SIGTERM
@@ -191,12 +195,16 @@ class LocalRedisCluster:
         return self._run_cli("-h", "127.0.0.1", "-p", str(node.port), *args)
 
     def live(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.proc is not None]
+        """Nodes running and not frozen (a frozen node would hang every command)."""
+        return [n for n in self.nodes if n.proc is not None and not n.paused]
 
     def topology(self) -> list[dict[str, str]]:
         """``CLUSTER NODES`` of a live node: id, port, flags, master id, slots per node."""
+        return self._topology_of(self.live()[0])
+
+    def _topology_of(self, node: RedisServer) -> list[dict[str, str]]:
         out = []
-        for line in self.command(self.live()[0], "CLUSTER", "NODES").splitlines():
+        for line in self.command(node, "CLUSTER", "NODES").splitlines():
             parts = line.split()
             if len(parts) < 8:
                 continue
@@ -246,14 +254,23 @@ class LocalRedisCluster:
 
     def kill_master(self, master: RedisServer) -> None:
         """SIGKILL a master and wait until its replica serves its slots (bounded)."""
+        self._fail_master(master, master.kill)
+
+    def freeze_master(self, master: RedisServer) -> None:
+        """SIGSTOP a master (it hangs, connections stay open) and wait until its replica
+        serves its slots; ``stop()`` wakes it."""
+        self._fail_master(master, master.pause)
+
+    def _fail_master(self, master: RedisServer, fail: Callable[[], None]) -> None:
         dead_id = self.node_id(master)
-        master.kill()
+        fail()
+        others = [n for n in self.live() if n is not master]
         deadline = time.monotonic() + CLUSTER_TIMEOUT_S
         while True:
             try:
-                nodes = self.topology()
+                nodes = self._topology_of(others[0])
                 promoted = not any(n["id"] == dead_id and n["slots"] for n in nodes) and all(
-                    "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in self.live()
+                    "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in others
                 )
                 if promoted:
                     return

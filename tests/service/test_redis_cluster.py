@@ -253,3 +253,31 @@ def test_slots_moved_under_load_without_wrong_scores(
                     assert_same_scores(reference, await client.score(user, candidates, models), models)
 
     run(body)
+
+
+def test_hung_master_is_failed_over_and_the_store_follows(
+    assets: DemoAssets, fresh_redis_cluster: LocalRedisCluster  # noqa: F811
+) -> None:
+    """A master that hangs (SIGSTOP) rather than refuses: fetches time out until the cluster
+    promotes its replica, then a background slot-map refresh sends them there."""
+    models = models_of(assets)
+    redis_cluster = fresh_redis_cluster
+    pool = requests_of(assets, 12, seed=7)
+
+    async def body() -> None:
+        await load_redis(redis_cluster.url, assets)
+        await asyncio.to_thread(redis_cluster.wait_replicated)
+        async with leaves(assets, max_batch_candidates=0) as targets:
+            references = await _references(assets, targets, pool)
+            config = root_config(assets, targets, cluster_store(redis_cluster.url, timeout_ms=300), NO_CACHE)
+            async with root(config) as client:
+                timeouts0 = sample("rootleaf_root_redis_cluster_retries_total", cause="timeout")
+                victim = redis_cluster.masters()[1]
+                load = Load(client, pool, references, models)
+                await load.run_during(lambda: redis_cluster.freeze_master(victim))
+                assert victim.port not in {m.port for m in redis_cluster.masters()}
+                assert sample("rootleaf_root_redis_cluster_retries_total", cause="timeout") > timeouts0
+                for (user, candidates), reference in zip(pool, references):
+                    assert_same_scores(reference, await client.score(user, candidates, models), models)
+
+    run(body)
