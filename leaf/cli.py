@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from leaf.config import LeafConfig, VersionPolicy
 from leaf.server import serve
+from transport.builder import write_port_file
 from transport.tls import TlsConfig
 
 
@@ -71,13 +71,6 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         grace_s=args.grace_s,
         tls=TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
     )
-
-
-def write_port_file(path: Path, port: int) -> None:
-    """Atomically publish the bound port (readers never see a partial file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:

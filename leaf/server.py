@@ -14,12 +14,10 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from grpc_health.v1 import health, health_pb2
 
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher, BatchPolicy
@@ -27,8 +25,8 @@ from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
 from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
-from transport.tls import add_port
-from transport.server import GRPC_OPTIONS, ServerWithParts, run_until_signalled
+from transport.builder import BuiltServer, build_server
+from transport.server import ServerWithParts, run_until_signalled
 
 __all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
 
@@ -44,7 +42,7 @@ class _Runtime:
         self.repository: Repository | None = None
         self.batcher: Batcher | None = None
         self.recorder: RequestRecorder | None = None
-        self.metrics_server: Any = None
+        self.metrics_server: BuiltServer | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -58,8 +56,7 @@ class _Runtime:
         if self.batcher is not None:
             self.batcher.close()
         if self.metrics_server is not None:
-            self.metrics_server.shutdown()
-            self.metrics_server.server_close()
+            self.metrics_server.close_metrics()
         if self.recorder is not None:
             self.recorder.close()
 
@@ -125,8 +122,6 @@ def create_server(
         if config.record_requests is not None:
             runtime.recorder = RequestRecorder(open(config.record_requests, "a", encoding="utf-8"))
             observers.append(runtime.recorder)
-        if config.metrics_port:
-            runtime.metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
         servicer = LeafServicer(
             repository,
             runtime.batcher,
@@ -134,16 +129,16 @@ def create_server(
             inject_delay_s=config.inject_delay_ms / 1000.0,
             observers=tuple(observers),
         )
-        inner = grpc.aio.server(options=GRPC_OPTIONS)
-        inner.add_generic_rpc_handlers((servicer.handler(),))
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner
+        built = build_server(
+            listen=f"{config.host}:{config.port}",
+            tls=config.tls,
+            services=(SERVICE_NAME,),
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
         )
-        port = add_port(inner, f"{config.host}:{config.port}", config.tls)
-        if port == 0:
-            raise OSError(f"cannot bind {config.host}:{config.port}")
+        runtime.metrics_server = built
+        inner, port, health_servicer = built.server, built.port, built.health
+        inner.add_generic_rpc_handlers((servicer.handler(),))
     except BaseException:
         runtime.close()
         raise

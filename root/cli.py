@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 
 from root.config import load_root_config
 from root.server import serve
+from transport.builder import write_port_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _write_port(path: Path, port: int) -> None:
-    # Atomic: a launcher polling the file never reads a partial number.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -50,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rootleaf root: {exc}", file=sys.stderr)
         return 2
     port_file = args.port_file
-    on_started = (lambda port: _write_port(port_file, port)) if port_file else None
+    on_started = (lambda port: write_port_file(port_file, port)) if port_file else None
     from root.supervisor import Supervisor, resolve_workers, worker_config
 
     workers = resolve_workers(config.workers if args.workers is None else args.workers)

@@ -19,12 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
+from grpc_health.v1 import health, health_pb2
 
-from transport.tls import add_port
-from transport.server import GRPC_OPTIONS, ServerWithParts, run_until_signalled, tune_allocator
+from transport.builder import build_server
+from transport.server import ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
 from root.config import RootConfig
 from root import metrics
@@ -172,21 +170,18 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        # SO_REUSEPORT (gRPC's default on Linux, stated): the workers of one root share the
-        # port (``root.supervisor``).
-        inner = grpc.aio.server(options=[*GRPC_OPTIONS, ("grpc.so_reuseport", 1)])
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-        if config.reflection:
-            reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), inner)
-        port = add_port(inner, config.listen, config.tls)
-        if port == 0:
-            raise OSError(f"cannot bind {config.listen}")
-        metrics_server = None
-        if config.metrics_port:
-            metrics_server, _ = start_http_server(config.metrics_port, config.metrics_host)
-            closers.append(metrics_server.shutdown)
-            closers.append(metrics_server.server_close)
+        # The workers of one root share the port (``root.supervisor``).
+        built = build_server(
+            listen=config.listen,
+            tls=config.tls,
+            services=(SERVICE_NAME,),
+            reflection_enabled=config.reflection,
+            metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
+            reuse_port=True,
+        )
+        closers.append(built.close_metrics)
+        inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server
         executor = ThreadPoolExecutor(2, thread_name_prefix="root-encode")
         closers.append(lambda: executor.shutdown(wait=False))
         if config.leaf_tls.enabled:
