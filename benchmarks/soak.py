@@ -121,34 +121,39 @@ def _root_hash(target: str, tls: TlsConfig, bundle: str) -> str:
 
 
 def _rollout(cluster: LocalCluster, storm: AllowlistStorm, partition: str, hold_s: float, note: Callable[[str], None]) -> None:
-    """A new version of the partition's first model: delivered to its repository (every
-    replica loads it), listed in the bundle, held, then rolled back in reverse order: out of
-    the bundle (the root confirms the hash), out of the repository (no replica lists it)."""
+    """A new version of the partition's first model, in the staged rollout's order: listed in
+    the bundle first (the root confirms the hash; requests stay on the served version), then
+    delivered to the repository (every replica loads it), held, then rolled back in reverse:
+    out of the repository (no replica lists it), then out of the bundle. At no point do the
+    leaves serve only versions the bundle does not list."""
     leaves = [leaf for leaf in cluster.leaves() if leaf.partition == partition]
     model = sorted(leaves[0].models)[0]
     model_dir = Path(leaves[0].repo_dir) / model
     latest = latest_version(p.name for p in model_dir.iterdir() if not p.name.startswith("."))
     assert latest is not None and latest.isdigit(), f"{model_dir}: no numeric version"
     version = str(int(latest) + 1)
+    tls = cluster.client_tls
+    bundle_file = Path(cluster.root().bundle_files[partition])
+
+    def root_has_bundle() -> bool:
+        want = hashlib.sha256(bundle_file.read_bytes()).hexdigest()
+        return _root_hash(cluster.root().target, tls, partition) == want
+
+    storm.add_version(partition, model, version)
+    _poll("root reports the bundle with the new version", root_has_bundle)
     staging = model_dir / f".{version}.incoming"
     shutil.copytree(model_dir / latest, staging)
     os.rename(staging, model_dir / version)
-    tls = cluster.client_tls
     _poll(f"{model}/{version} loaded", lambda: all(version in _listed(l.target, tls, model) for l in leaves))
-    storm.add_version(partition, model, version)
-    note(f"rollout: {model}/{version} on {len(leaves)} leaf replica(s) and in bundle {partition}")
+    note(f"rollout: {model}/{version} in bundle {partition} and on {len(leaves)} leaf replica(s)")
     time.sleep(hold_s)  # the new version serves this long
-    storm.remove_version(partition, model, version)
-    bundle_file = Path(cluster.root().bundle_files[partition])
-    want = hashlib.sha256(bundle_file.read_bytes()).hexdigest()
-    _poll("root reports the rolled-back bundle", lambda: _root_hash(cluster.root().target, tls, partition) == want)
-    # Requests resolved against the new version just before the swap may still be in flight.
-    time.sleep(1.0)
     graveyard = model_dir / f".{version}.removed"
     os.rename(model_dir / version, graveyard)
     shutil.rmtree(graveyard)
     _poll(f"{model}/{version} unloaded", lambda: not any(version in _listed(l.target, tls, model) for l in leaves))
-    note(f"rollback: {model}/{version} out of bundle {partition} and every replica")
+    storm.remove_version(partition, model, version)
+    _poll("root reports the rolled-back bundle", root_has_bundle)
+    note(f"rollback: {model}/{version} out of every replica and bundle {partition}")
 
 
 def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float) -> FaultLog:
