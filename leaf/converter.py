@@ -183,13 +183,19 @@ class Converter:
                 array = codec.decode_payload(found, shape, size, limits)
             except CodecError as exc:
                 raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
-            value = torch.from_numpy(array)
-            if found.dtype == _BFLOAT16:
-                value = value.view(torch.bfloat16)
-            if shape[0] != n:
-                value = value.expand(n, *shape[1:])
-            out[name] = value
+            out[name] = to_input(array, found.dtype, n)
         return ConvertedInputs(out, n, cost.raw_bytes, cost.layout)
+
+
+def to_input(array: np.ndarray, dtype: int, num_candidates: int) -> torch.Tensor:
+    """A decoded array as a model input: a torch view (bfloat16 reinterpreted from its
+    16-bit words), a request-level ``[1, ...]`` array broadcast to ``num_candidates`` rows."""
+    value = torch.from_numpy(array)
+    if dtype == _BFLOAT16:
+        value = value.view(torch.bfloat16)
+    if array.shape[0] != num_candidates:
+        value = value.expand(num_candidates, *array.shape[1:])
+    return value
 
 
 def _dtype_name(value: int) -> str:

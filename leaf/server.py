@@ -128,6 +128,7 @@ def create_server(
             inflight=InflightBytes(config.max_inflight_bytes),
             inject_delay_s=config.inject_delay_ms / 1000.0,
             observers=tuple(observers),
+            limits=config.decode_limits,
         )
         built = build_server(
             listen=f"{config.host}:{config.port}",

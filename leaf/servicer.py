@@ -24,8 +24,10 @@ from leaf import metrics
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.partition import PartitionScorer, deserialize_partition
 from leaf.repository import Repository
 from wire import codec
+from wire.codec import DEFAULT_LIMITS, DecodeLimits
 from protos.rootleaf.v1 import leaf_pb2
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,17 @@ class LeafServicer:
         inflight: InflightBytes,
         inject_delay_s: float = 0.0,
         observers: tuple[Callable[[ObservedRequest], None], ...] = (),
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
         self._inject_delay_s = inject_delay_s
         self._observers = observers
+        self._partition = PartitionScorer(
+            repository, batcher, inflight, limits, inject_delay_s=inject_delay_s,
+            observe=self._observe_model if observers else None,
+        )
 
     async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
         started = time.perf_counter()
@@ -168,14 +175,23 @@ class LeafServicer:
         if not self._observers:
             return
         request = wire.message
+        self._observe_model(
+            request.request_id, request.model, request.version, version_served,
+            tuple(t.name for t in request.features), request.num_candidates, wire.size,
+        )
+
+    def _observe_model(
+        self, request_id: str, model: str, version_requested: str, version_served: str,
+        feature_names: tuple[str, ...], num_candidates: int, wire_bytes: int,
+    ) -> None:
         observed = ObservedRequest(
-            request_id=request.request_id,
-            model=request.model,
-            version_requested=request.version,
+            request_id=request_id,
+            model=model,
+            version_requested=version_requested,
             version_served=version_served,
-            feature_names=tuple(t.name for t in request.features),
-            num_candidates=request.num_candidates,
-            wire_bytes=wire.size,
+            feature_names=feature_names,
+            num_candidates=num_candidates,
+            wire_bytes=wire_bytes,
         )
         for observer in self._observers:
             try:
@@ -191,6 +207,11 @@ class LeafServicer:
                     self.score,
                     request_deserializer=deserialize_request,
                     response_serializer=leaf_pb2.LeafResponse.SerializeToString,
+                ),
+                "ScorePartition": grpc.unary_unary_rpc_method_handler(
+                    self._partition.score,
+                    request_deserializer=deserialize_partition,
+                    response_serializer=leaf_pb2.PartitionResponse.SerializeToString,
                 ),
                 "ListModels": grpc.unary_unary_rpc_method_handler(
                     self.list_models,

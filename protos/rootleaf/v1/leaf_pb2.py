@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.rootleaf.v1 import tensor_pb2 as protos_dot_rootleaf_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/rootleaf/v1/leaf.proto\x12\x0brootleaf.v1\x1a\x1fprotos/rootleaf/v1/tensor.proto\"\x80\x01\n\x0bLeafRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0enum_candidates\x18\x04 \x01(\r\x12%\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"T\n\x0cLeafResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x07outputs\x18\x03 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"\x13\n\x11ListModelsRequest\"n\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x13\n\x0binput_names\x18\x03 \x03(\t\x12\x14\n\x0coutput_names\x18\x04 \x03(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rootleaf.v1.ModelInfo2\x93\x01\n\x04Leaf\x12<\n\x05Score\x12\x18.rootleaf.v1.LeafRequest\x1a\x19.rootleaf.v1.LeafResponse\x12M\n\nListModels\x12\x1e.rootleaf.v1.ListModelsRequest\x1a\x1f.rootleaf.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/rootleaf/v1/leaf.proto\x12\x0brootleaf.v1\x1a\x1fprotos/rootleaf/v1/tensor.proto\"\x80\x01\n\x0bLeafRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0enum_candidates\x18\x04 \x01(\r\x12%\n\x08\x66\x65\x61tures\x18\x05 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"T\n\x0cLeafResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x07outputs\x18\x03 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\"F\n\nTensorPack\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05table\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64ims\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"A\n\x0ePartitionModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\r\"\x96\x01\n\x10PartitionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0enum_candidates\x18\x02 \x01(\r\x12+\n\x06models\x18\x03 \x03(\x0b\x32\x1b.rootleaf.v1.PartitionModel\x12)\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x17.rootleaf.v1.TensorPack\"}\n\nModelReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12$\n\x07outputs\x18\x03 \x03(\x0b\x32\x13.rootleaf.v1.Tensor\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\x15\n\rerror_message\x18\x05 \x01(\t\"<\n\x11PartitionResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.rootleaf.v1.ModelReply\"\x13\n\x11ListModelsRequest\"n\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x13\n\x0binput_names\x18\x03 \x03(\t\x12\x14\n\x0coutput_names\x18\x04 \x03(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\t\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.rootleaf.v1.ModelInfo2\xe4\x01\n\x04Leaf\x12<\n\x05Score\x12\x18.rootleaf.v1.LeafRequest\x1a\x19.rootleaf.v1.LeafResponse\x12O\n\x0eScorePartition\x12\x1d.rootleaf.v1.PartitionRequest\x1a\x1e.rootleaf.v1.PartitionResponse\x12M\n\nListModels\x12\x1e.rootleaf.v1.ListModelsRequest\x1a\x1f.rootleaf.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEAFREQUEST']._serialized_end=208
   _globals['_LEAFRESPONSE']._serialized_start=210
   _globals['_LEAFRESPONSE']._serialized_end=294
-  _globals['_LISTMODELSREQUEST']._serialized_start=296
-  _globals['_LISTMODELSREQUEST']._serialized_end=315
-  _globals['_MODELINFO']._serialized_start=317
-  _globals['_MODELINFO']._serialized_end=427
-  _globals['_LISTMODELSRESPONSE']._serialized_start=429
-  _globals['_LISTMODELSRESPONSE']._serialized_end=489
-  _globals['_LEAF']._serialized_start=492
-  _globals['_LEAF']._serialized_end=639
+  _globals['_TENSORPACK']._serialized_start=296
+  _globals['_TENSORPACK']._serialized_end=366
+  _globals['_PARTITIONMODEL']._serialized_start=368
+  _globals['_PARTITIONMODEL']._serialized_end=433
+  _globals['_PARTITIONREQUEST']._serialized_start=436
+  _globals['_PARTITIONREQUEST']._serialized_end=586
+  _globals['_MODELREPLY']._serialized_start=588
+  _globals['_MODELREPLY']._serialized_end=713
+  _globals['_PARTITIONRESPONSE']._serialized_start=715
+  _globals['_PARTITIONRESPONSE']._serialized_end=775
+  _globals['_LISTMODELSREQUEST']._serialized_start=777
+  _globals['_LISTMODELSREQUEST']._serialized_end=796
+  _globals['_MODELINFO']._serialized_start=798
+  _globals['_MODELINFO']._serialized_end=908
+  _globals['_LISTMODELSRESPONSE']._serialized_start=910
+  _globals['_LISTMODELSRESPONSE']._serialized_end=970
+  _globals['_LEAF']._serialized_start=973
+  _globals['_LEAF']._serialized_end=1201
 # @@protoc_insertion_point(module_scope)

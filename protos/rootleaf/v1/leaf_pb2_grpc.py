@@ -39,6 +39,11 @@ class LeafStub:
                 request_serializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafRequest.SerializeToString,
                 response_deserializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafResponse.FromString,
                 _registered_method=True)
+        self.ScorePartition = channel.unary_unary(
+                '/rootleaf.v1.Leaf/ScorePartition',
+                request_serializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionRequest.SerializeToString,
+                response_deserializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/rootleaf.v1.Leaf/ListModels',
                 request_serializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.ListModelsRequest.SerializeToString,
@@ -51,6 +56,13 @@ class LeafServicer:
 
     def Score(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScorePartition(self, request, context):
+        """Every requested model of the partition in one call; a model's failure is its own reply.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -68,6 +80,11 @@ def add_LeafServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafRequest.FromString,
                     response_serializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafResponse.SerializeToString,
+            ),
+            'ScorePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePartition,
+                    request_deserializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionRequest.FromString,
+                    response_serializer=protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionResponse.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -102,6 +119,33 @@ class Leaf:
             '/rootleaf.v1.Leaf/Score',
             protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafRequest.SerializeToString,
             protos_dot_rootleaf_dot_v1_dot_leaf__pb2.LeafResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rootleaf.v1.Leaf/ScorePartition',
+            protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionRequest.SerializeToString,
+            protos_dot_rootleaf_dot_v1_dot_leaf__pb2.PartitionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,265 @@
+"""``Leaf/ScorePartition``: every requested model of the partition in one call.
+
+The request carries the union of the models' features once (a ``TensorPack``) and, per
+model, its explicit version and the indexes of its inputs. The leaf reads the pack's table
+once (every declared size checked before anything is decoded), admits each model on its own
+(a model that is not hosted, not loaded at that version, sent a bad input or whose queue is
+full gets its own error reply), decodes each feature the admitted models use exactly once,
+hands every model views of its inputs, and submits them to the batcher, which merges per
+model version as for ``Leaf/Score``. One reply per model, in request order.
+
+Runs on the server's event loop; a pack whose LZ4 payloads decode to more than
+``OFFLOAD_DECODE_BYTES`` is decoded in the default executor (LZ4 releases the GIL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import grpc
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from leaf import metrics
+from leaf.admission import InflightBytes
+from leaf.batcher import Batcher, Outputs
+from leaf.converter import Admitted, ConvertedInputs, to_input
+from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.model import LoadedVersion
+from leaf.repository import Repository
+from protos.rootleaf.v1 import leaf_pb2
+from wire import codec
+from wire.codec import CodecError, DecodeLimits
+from wire.pack import PackEntry, decode_entry, read_pack
+
+log = logging.getLogger(__name__)
+
+# Metrics label for what a partition call receives as a whole (its wire and decoded bytes
+# are counted once per call, not per model).
+PARTITION_LABEL = "_partition"
+UNKNOWN_MODEL_LABEL = "_unknown"
+# Above this many bytes of LZ4 payload to decompress, decoding leaves the event loop.
+OFFLOAD_DECODE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WirePartition:
+    """A parsed partition request with its serialised size; ``error`` is set when parsing failed."""
+
+    size: int
+    message: leaf_pb2.PartitionRequest
+    error: str = ""
+
+
+def deserialize_partition(data: bytes) -> WirePartition:
+    try:
+        return WirePartition(len(data), leaf_pb2.PartitionRequest.FromString(data))
+    except DecodeError as exc:
+        return WirePartition(len(data), leaf_pb2.PartitionRequest(), f"malformed PartitionRequest: {exc}")
+
+
+@dataclass(slots=True)
+class _Model:
+    """One model of the call while it is served."""
+
+    name: str
+    label: str = UNKNOWN_MODEL_LABEL
+    loaded: LoadedVersion | None = None
+    admitted: Admitted | None = None
+    reply: leaf_pb2.ModelReply | None = None
+
+    def fail(self, exc: BaseException, request_id: str) -> None:
+        status = to_status(exc)
+        if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
+            log.error("request %r to model %r failed", request_id, self.name, exc_info=exc)
+        version = self.loaded.version if self.loaded is not None else ""
+        self.reply = leaf_pb2.ModelReply(
+            model=self.name, version=version, error_code=status.code.value[0], error_message=status.message
+        )
+
+
+def _decode_all(entries: Sequence[PackEntry], data: bytes) -> dict[int, np.ndarray | CodecError]:
+    """Each entry decoded once, keyed by its position; a corrupt one is its error."""
+    out: dict[int, np.ndarray | CodecError] = {}
+    for index, entry in enumerate(entries):
+        try:
+            out[index] = decode_entry(entry, data)
+        except CodecError as exc:
+            out[index] = exc
+    return out
+
+
+class PartitionScorer:
+    """Serves ``ScorePartition`` over the leaf's repository, batcher and in-flight bound."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        batcher: Batcher,
+        inflight: InflightBytes,
+        limits: DecodeLimits,
+        *,
+        inject_delay_s: float = 0.0,
+        observe: Callable[[str, str, str, str, tuple[str, ...], int, int], None] | None = None,
+    ) -> None:
+        self._repository = repository
+        self._batcher = batcher
+        self._inflight = inflight
+        self._limits = limits
+        self._inject_delay_s = inject_delay_s
+        self._observe = observe
+
+    async def score(self, wire: WirePartition, context: grpc.aio.ServicerContext) -> leaf_pb2.PartitionResponse:
+        started = time.perf_counter()
+        request = wire.message
+        try:
+            entries, models = self._admit(wire)
+        except InvalidRequest as exc:  # the call as a whole is malformed
+            metrics.REQUESTS.labels(PARTITION_LABEL, "", grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from None  # abort raises
+        admitted = [m for m in models if m.reply is None]
+        try:
+            if admitted:
+                await self._run(request, entries, admitted, context)
+        except asyncio.CancelledError:
+            for m in admitted:
+                metrics.REQUESTS.labels(m.label, m.loaded.version if m.loaded else "", "CANCELLED").inc()
+            raise
+        elapsed = time.perf_counter() - started
+        response = leaf_pb2.PartitionResponse()
+        for m in models:
+            assert m.reply is not None
+            code = grpc.StatusCode.OK.name if not m.reply.error_code else _code_name(m.reply.error_code)
+            metrics.REQUESTS.labels(m.label, m.reply.version, code).inc()
+            metrics.REQUEST_SECONDS.labels(m.label).observe(elapsed)
+            response.models.append(m.reply)
+        return response
+
+    def _admit(self, wire: WirePartition) -> tuple[list[PackEntry], list[_Model]]:
+        """Read the pack's table and admit each model on headers alone."""
+        if wire.error:
+            raise InvalidRequest(wire.error)
+        request = wire.message
+        if not request.models:
+            raise InvalidRequest("models must not be empty")
+        try:
+            entries = read_pack(request.features, self._limits)
+        except CodecError as exc:
+            raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "wire").inc(wire.size)
+        n = request.num_candidates
+        seen: set[str] = set()
+        models: list[_Model] = []
+        for ref in request.models:
+            model = _Model(ref.name)
+            models.append(model)
+            try:
+                if ref.name in seen:
+                    raise InvalidRequest(f"model {ref.name!r} requested twice")
+                seen.add(ref.name)
+                loaded = model.loaded = self._repository.resolve(ref.name, ref.version)
+                model.label = loaded.model
+                indexes = list(ref.features)
+                if indexes and max(indexes) >= len(entries):
+                    raise InvalidRequest(f"feature index {max(indexes)} outside the {len(entries)}-entry pack")
+                self._batcher.check_capacity(loaded)
+                model.admitted = loaded.converter.admit([entries[i] for i in indexes], n)
+            except LeafError as exc:
+                model.fail(exc, request.request_id)
+            finally:
+                if self._observe is not None:
+                    names = tuple(entries[i].name for i in ref.features if i < len(entries))
+                    served = model.loaded.version if model.loaded is not None else ""
+                    self._observe(request.request_id, ref.name, ref.version, served, names, n, wire.size)
+        return entries, models
+
+    async def _run(
+        self,
+        request: leaf_pb2.PartitionRequest,
+        entries: list[PackEntry],
+        models: list[_Model],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Decode what the admitted models use once, submit each, fill their replies."""
+        cost = sum(m.admitted.cost.row_bytes for m in models if m.admitted is not None)
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(self._inflight.hold(cost))
+            except LeafError as exc:
+                for m in models:
+                    m.fail(exc, request.request_id)
+                return
+            await self._decode_and_submit(request, entries, models, context)
+
+    async def _decode_and_submit(
+        self,
+        request: leaf_pb2.PartitionRequest,
+        entries: list[PackEntry],
+        models: list[_Model],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        position = {id(entry): i for i, entry in enumerate(entries)}
+        used = sorted({position[id(t)] for m in models if m.admitted is not None for t in m.admitted.tensors})
+        wanted = [entries[i] for i in used]
+        data = request.features.data  # read once: each read of a bytes field is a new object
+        compressed = sum(e.raw_size for e in wanted if e.encoding)
+        if compressed > OFFLOAD_DECODE_BYTES:
+            decoded = await asyncio.get_running_loop().run_in_executor(None, _decode_all, wanted, data)
+        else:
+            decoded = _decode_all(wanted, data)
+        n = request.num_candidates
+        inputs: dict[int, torch.Tensor] = {}
+        for slot, index in enumerate(used):
+            value = decoded[slot]
+            if not isinstance(value, CodecError):
+                inputs[index] = to_input(value, entries[index].dtype, n)
+        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(e.raw_size for e in wanted))
+        if self._inject_delay_s:
+            await asyncio.sleep(self._inject_delay_s)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        waiting: list[tuple[_Model, asyncio.Future[Outputs]]] = []
+        for m in models:
+            assert m.admitted is not None and m.loaded is not None
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExpired("deadline passed before the request was queued")
+                tensors: dict[str, torch.Tensor] = {}
+                for name, entry in zip(m.loaded.converter.input_names, m.admitted.tensors):
+                    index = position[id(entry)]
+                    value = inputs.get(index)
+                    if value is None:
+                        error = decoded[used.index(index)]
+                        raise InvalidRequest(f"feature {str(error)[len('tensor '):]}")
+                    tensors[name] = value
+                converted = ConvertedInputs(tensors, n, m.admitted.cost.raw_bytes, m.admitted.cost.layout)
+                waiting.append((m, self._batcher.submit(m.loaded, converted, deadline, request.request_id)))
+            except LeafError as exc:
+                m.fail(exc, request.request_id)
+        results = await asyncio.gather(*(future for _, future in waiting), return_exceptions=True)
+        for (m, _), result in zip(waiting, results):
+            if isinstance(result, BaseException):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                m.fail(result, request.request_id)
+                continue
+            assert m.loaded is not None
+            reply = leaf_pb2.ModelReply(model=m.loaded.model, version=m.loaded.version)
+            reply.outputs.extend(
+                codec.encode(name, column, codec.Compression.NONE) for name, column in result.items()
+            )
+            m.reply = reply
+
+
+def _code_name(value: int) -> str:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code.name
+    return str(value)

@@ -1,0 +1,304 @@
+"""Tensor packs: many tensors in one ``TensorPack`` message, no message per tensor.
+
+A pack is the tensors' names, a fixed-width table (offset, length, dtype, encoding, rank),
+their dims, and one ``data`` field with every payload back to back, each at a multiple of 8
+bytes so a RAW payload is an aligned zero-copy view. The root encodes (and compresses)
+each tensor once per request into a ``PackedTensor`` and assembles every partition's
+``PartitionRequest`` from them by one ``bytes.join`` (``assemble_partition_request``). The
+leaf reads the table in one pass (``read_pack``), checking every declared size against
+``DecodeLimits`` before anything is decompressed or allocated, and decodes each entry once
+(``decode_entry``). Pure functions; ``TensorPacker`` is safe to share between threads (its
+header table is only read and assigned).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+import lz4.block
+import numpy as np
+
+from protos.rootleaf.v1 import leaf_pb2
+from wire.codec import (
+    CodecError,
+    Compression,
+    DecodeLimits,
+    DType,
+    Encoding,
+    encode_payload,
+    numpy_dtype,
+    pack as pack_payload,
+    wire_dtype,
+)
+from wire.frames import _varint, frame_field
+
+RECORD = np.dtype(
+    [("offset", "<u4"), ("length", "<u4"), ("dtype", "u1"), ("encoding", "u1"), ("rank", "u1"), ("reserved", "u1")]
+)
+"""One table record (little-endian, no padding)."""
+RECORD_BYTES = RECORD.itemsize
+_TAIL = struct.Struct("<IBBBB")  # length, dtype, encoding, rank, reserved (after the offset)
+_OFFSET = struct.Struct("<I")
+ALIGN = 8
+_PADDING = tuple(bytes(i) for i in range(ALIGN))
+_RAW = int(Encoding.RAW)
+_LZ4 = int(Encoding.LZ4)
+_ITEMSIZE = {int(d): np.dtype(numpy_dtype(int(d))).itemsize for d in DType.values() if d != DType.DTYPE_UNSPECIFIED}
+_STORAGE = {d: numpy_dtype(d) for d in _ITEMSIZE}
+
+_PACK_FIELDS = leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name
+_NAMES_FIELD = _PACK_FIELDS["names"].number
+_TABLE_FIELD = _PACK_FIELDS["table"].number
+_DIMS_FIELD = _PACK_FIELDS["dims"].number
+_DATA_FIELD = _PACK_FIELDS["data"].number
+_FEATURES_FIELD = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["features"].number
+
+
+# ---- root side: encode once, assemble per partition ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackedTensor:
+    """One tensor encoded once, ready to go into any number of packs."""
+
+    name: str
+    name_field: bytes
+    """The serialised ``names`` entry (tag, length, UTF-8 name)."""
+    tail: bytes
+    """The table record after its offset: length, dtype, encoding, rank, reserved."""
+    dims: bytes
+    """Its dims as little-endian uint32."""
+    payload: bytes | memoryview
+    """The LZ4 block, or a byte view of the array's own buffer (RAW)."""
+    length: int
+    """Payload bytes."""
+    raw_size: int
+    """Decoded payload size in bytes."""
+    encoding: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    name_field: bytes
+    dims: bytes
+    rank: int
+    dtype: int
+    raw_size: int
+
+
+class TensorPacker:
+    """Encodes arrays as ``PackedTensor`` with one compression setting.
+
+    The serialised name, dims and dtype of each (name, dtype, shape) are kept between
+    requests (at most ``max_headers``; cleared when full), so a tensor costs a lookup, the
+    LZ4 call and a small ``struct.pack``.
+    """
+
+    def __init__(self, compression: Compression | str = Compression.LZ4, *, max_headers: int = 16384) -> None:
+        if max_headers < 1:
+            raise ValueError(f"max_headers must be >= 1, got {max_headers}")
+        self.compression = Compression(compression)
+        self._max_headers = max_headers
+        self._headers: dict[tuple[str, np.dtype, tuple[int, ...]], _Header] = {}
+
+    def __len__(self) -> int:
+        return len(self._headers)
+
+    def _header(self, name: str, array: np.ndarray) -> _Header:
+        try:
+            dtype = wire_dtype(array.dtype)
+        except ValueError as exc:
+            raise CodecError(name, str(exc)) from None
+        try:
+            name_bytes = name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise CodecError(name, f"name is not valid UTF-8: {exc.reason}") from None
+        if not name_bytes:
+            raise CodecError(name, "empty name")
+        if array.ndim > 255 or any(dim > 0xFFFFFFFF for dim in array.shape):
+            raise CodecError(name, f"shape {list(array.shape)} does not fit a pack (rank <= 255, dims < 2**32)")
+        raw_size = array.size * _ITEMSIZE[dtype]
+        if raw_size > 0xFFFFFFFF:
+            raise CodecError(name, f"{raw_size} bytes do not fit a pack entry (< 4 GiB)")
+        return _Header(
+            frame_field(_NAMES_FIELD, name_bytes),
+            np.asarray(array.shape, dtype="<u4").tobytes(),
+            array.ndim,
+            dtype,
+            raw_size,
+        )
+
+    def pack(self, name: str, array: np.ndarray) -> PackedTensor:
+        """Encode ``array`` once (adaptive LZ4 per ``compression``)."""
+        key = (name, array.dtype, array.shape)
+        header = self._headers.get(key)
+        if header is None:
+            header = self._header(name, array)
+            if len(self._headers) >= self._max_headers:
+                self._headers.clear()
+            self._headers[key] = header
+        storage = _STORAGE[header.dtype]
+        if array.dtype == storage and array.flags.c_contiguous and array.size:
+            size = header.raw_size
+            payload, encoding = pack_payload(array.data, size, self.compression)
+            length = size if encoding == _RAW else len(payload)
+            if encoding == _RAW:
+                payload = memoryview(array.reshape(-1).view(np.uint8))
+        else:  # byte-swapped, strided or empty arrays take the codec's general path
+            encoded = encode_payload(name, array, self.compression, dtype=header.dtype)
+            payload, encoding, length = encoded.data, encoded.encoding, len(encoded.data)
+        tail = _TAIL.pack(length, header.dtype, encoding, header.rank, 0)
+        return PackedTensor(name, header.name_field, tail, header.dims, payload, length, header.raw_size, encoding)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionModelRef:
+    """One model of a partition call: name, explicit version, indexes of its inputs."""
+
+    name: str
+    version: str
+    features: tuple[int, ...]
+
+
+def pack_field(tensors: Sequence[PackedTensor]) -> list[bytes | memoryview]:
+    """The parts of a serialised ``TensorPack`` holding ``tensors`` in order (join them)."""
+    table: list[bytes] = []
+    data: list[bytes | memoryview] = []
+    offset = 0
+    for tensor in tensors:
+        pad = -offset % ALIGN
+        if pad:
+            data.append(_PADDING[pad])
+            offset += pad
+        table.append(_OFFSET.pack(offset))
+        table.append(tensor.tail)
+        data.append(tensor.payload)
+        offset += tensor.length
+    table_bytes = b"".join(table)
+    dims = b"".join([t.dims for t in tensors])
+    parts: list[bytes | memoryview] = [t.name_field for t in tensors]
+    if table_bytes:
+        parts.append(frame_field(_TABLE_FIELD, table_bytes))
+    if dims:
+        parts.append(frame_field(_DIMS_FIELD, dims))
+    if offset:
+        parts += (_varint((_DATA_FIELD << 3) | 2), _varint(offset), *data)
+    return parts
+
+
+def assemble_partition_request(
+    request_id: str, num_candidates: int, models: Sequence[PartitionModelRef], tensors: Sequence[PackedTensor]
+) -> bytes:
+    """The serialised ``PartitionRequest``: ``models`` and one pack of ``tensors``, every
+    payload copied once."""
+    header = leaf_pb2.PartitionRequest(request_id=request_id, num_candidates=num_candidates)
+    for model in models:
+        header.models.add(name=model.name, version=model.version, features=model.features)
+    parts = pack_field(tensors)
+    size = sum([len(p) if isinstance(p, bytes) else p.nbytes for p in parts])
+    return b"".join([header.SerializeToString(), _varint((_FEATURES_FIELD << 3) | 2), _varint(size), *parts])
+
+
+def encode_pack(arrays: dict[str, np.ndarray], compression: Compression | str = Compression.LZ4) -> leaf_pb2.TensorPack:
+    """A ``TensorPack`` message holding ``arrays`` (tests and direct clients)."""
+    packer = TensorPacker(compression)
+    return leaf_pb2.TensorPack.FromString(b"".join(pack_field([packer.pack(n, a) for n, a in arrays.items()])))
+
+
+# ---- leaf side: read the table, decode each entry once ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    """One tensor of a received pack, validated on its header; the payload is untouched."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    raw_size: int
+    encoding: int
+    offset: int
+    length: int
+
+
+def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits) -> list[PackEntry]:
+    """Validate an untrusted pack's table against ``limits`` (sizes, ranks, dtypes, payload
+    bounds and alignment, unique names, total decoded size) without decoding any payload.
+    Raises ``CodecError`` naming the entry."""
+    names = pack.names
+    count = len(names)
+    if count > limits.max_tensors:
+        raise CodecError("*", f"{count} tensors exceed the limit of {limits.max_tensors}")
+    table = pack.table
+    if len(table) != count * RECORD_BYTES:
+        raise CodecError("*", f"table of {len(table)} bytes does not hold {count} records of {RECORD_BYTES}")
+    dims_bytes = pack.dims
+    if len(dims_bytes) % 4:
+        raise CodecError("*", f"dims of {len(dims_bytes)} bytes is not a whole number of uint32")
+    records = np.frombuffer(table, dtype=RECORD).tolist()
+    dims = np.frombuffer(dims_bytes, dtype="<u4").tolist()
+    data_size = len(pack.data)
+    entries: list[PackEntry] = []
+    seen: set[str] = set()
+    position = end = total = 0
+    max_name, max_rank, max_raw = limits.max_name_length, limits.max_rank, limits.max_raw_bytes
+    for name, (offset, length, dtype, encoding, rank, _reserved) in zip(names, records):
+        if not 0 < len(name) <= max_name:
+            shown = name[:64] + "..." if name else name
+            raise CodecError(shown, "empty name" if not name else f"name longer than {max_name} characters")
+        if name in seen:
+            raise CodecError(name, "duplicate tensor name")
+        seen.add(name)
+        itemsize = _ITEMSIZE.get(dtype)
+        if itemsize is None:
+            raise CodecError(name, f"unknown dtype enum value {dtype}")
+        if rank > max_rank:
+            raise CodecError(name, f"rank {rank} exceeds {max_rank}")
+        if position + rank > len(dims):
+            raise CodecError(name, "dims table too short")
+        shape = tuple(dims[position:position + rank])
+        position += rank
+        size = math.prod(shape) * itemsize
+        if size > max_raw:
+            raise CodecError(name, f"shape {list(shape)} exceeds the {max_raw}-byte limit")
+        total += size
+        if total > limits.max_total_raw_bytes:
+            raise CodecError(name, f"total size exceeds {limits.max_total_raw_bytes} bytes")
+        if encoding == _RAW:
+            if length != size:
+                raise CodecError(name, f"data length {length} != raw_size {size}")
+        elif encoding == _LZ4:
+            # LZ4 expands at most ~255x; a tiny block claiming a huge size is a bomb.
+            if length * 255 + 16 < size:
+                raise CodecError(name, f"{length} LZ4 bytes cannot decode to {size} bytes")
+        else:
+            raise CodecError(name, f"unknown encoding enum value {encoding}")
+        if offset % ALIGN or offset < end or offset + length > data_size:
+            raise CodecError(name, f"payload [{offset}, {offset + length}) is misaligned, overlaps or "
+                                   f"lies outside the {data_size}-byte data")
+        end = offset + length
+        entries.append(PackEntry(name, dtype, shape, size, encoding, offset, length))
+    if position != len(dims):
+        raise CodecError("*", f"{len(dims) - position} dims left over after the last tensor")
+    return entries
+
+
+def decode_entry(entry: PackEntry, data: bytes | memoryview) -> np.ndarray:
+    """A read-only array for ``entry`` of a pack validated by ``read_pack``: a view of
+    ``data`` for RAW, the decompressed block for LZ4."""
+    storage = _STORAGE[entry.dtype]
+    if entry.encoding == _RAW:
+        return np.ndarray(entry.shape, storage, data, entry.offset)
+    if entry.raw_size == 0:
+        return np.empty(entry.shape, storage)
+    block = memoryview(data)[entry.offset:entry.offset + entry.length]
+    try:
+        raw = lz4.block.decompress(block, uncompressed_size=entry.raw_size)
+    except lz4.block.LZ4BlockError as exc:
+        raise CodecError(entry.name, f"corrupt LZ4 data: {exc}") from None
+    if len(raw) != entry.raw_size:
+        raise CodecError(entry.name, f"LZ4 data decoded to {len(raw)} bytes, expected {entry.raw_size}")
+    return np.ndarray(entry.shape, storage, raw)
