@@ -62,19 +62,29 @@ class Mode:
     trim: bool
     lz4: bool
     dedup: bool
+    part: bool = False
+    """One ``Leaf/ScorePartition`` call per partition (else one ``Leaf/Score`` per model)."""
 
     @property
     def label(self) -> str:
-        parts = [name for name, on in (("trim", self.trim), ("lz4", self.lz4), ("dedup", self.dedup)) if on]
+        switches = (("trim", self.trim), ("lz4", self.lz4), ("dedup", self.dedup), ("part", self.part))
+        parts = [name for name, on in switches if on]
         return "+".join(parts) if parts else "baseline"
 
     def overrides(self) -> dict[str, Any]:
-        return {"trim": self.trim, "compression": "lz4" if self.lz4 else "none", "dedup_request_features": self.dedup}
+        return {
+            "trim": self.trim,
+            "compression": "lz4" if self.lz4 else "none",
+            "dedup_request_features": self.dedup,
+            "partition_calls": self.part,
+        }
 
 
 BASELINE = Mode(False, False, False)
-FULL = Mode(True, True, True)
-# Baseline first (it sets the open-loop rate and the reference scores), full last.
+FULL = Mode(True, True, True, True)
+# Baseline first (it sets the open-loop rate and the reference scores), full last. The
+# eight trim x lz4 x dedup modes call each model separately (as roots did before partition
+# calls); the last two add one call per partition.
 ALL_MODES: tuple[Mode, ...] = (
     BASELINE,
     Mode(False, False, True),
@@ -83,6 +93,8 @@ ALL_MODES: tuple[Mode, ...] = (
     Mode(True, False, False),
     Mode(True, False, True),
     Mode(True, True, False),
+    Mode(True, True, True),
+    Mode(False, True, True, True),
     FULL,
 )
 
@@ -233,6 +245,7 @@ class ClusterBench:
             "trim": mode.trim,
             "lz4": mode.lz4,
             "dedup": mode.dedup,
+            "part": mode.part,
             "label": f"{variant.name}/{mode.label}" if variant and variant.name else mode.label,
             "variant": variant.name if variant else "",
             "wire_bytes_per_request": delta.root_wire / sent,

@@ -29,18 +29,20 @@ DEMO_MODES: tuple[Mode, ...] = (
     Mode(False, True, True),
     Mode(True, False, True),
     Mode(True, True, True),
+    Mode(True, True, True, True),
 )
 
 
 def summary(doc: Mapping[str, Any]) -> str:
     """Two sentences on the full mode against the baseline."""
-    modes = {(m["trim"], m["lz4"], m["dedup"]): m for m in doc["modes"]}
-    base, full = modes.get((False, False, False)), modes.get((True, True, True))
+    modes = {(m["trim"], m["lz4"], m["dedup"], m.get("part", False)): m for m in doc["modes"]}
+    base = modes.get((False, False, False, False))
+    full = modes.get((True, True, True, True)) or modes.get((True, True, True, False))
     if base is None or full is None:
         return ""
     saved = 1 - full["wire_bytes_per_request"] / base["wire_bytes_per_request"]
     return (
-        f"\nTrim + LZ4 + dedup sent {full['wire_bytes_per_request'] / 1024:,.0f} KB per request to the leaves "
+        f"\nWith {full['label']} the root sent {full['wire_bytes_per_request'] / 1024:,.0f} KB per request to the leaves "
         f"instead of {base['wire_bytes_per_request'] / 1024:,.0f} KB ({saved:.1%} less; "
         f"{full['wire_over_partition_floor']:.2f} x the partition floor: each partition's features once, "
         f"compressed; {full['wire_over_floor']:.2f} x the per-model floor).\n"
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workload", default="w1", help="workload file or shipped name (default w1; 'ci' is tiny)")
     p.add_argument("--dir", type=Path, default=Path(".rootleaf/demo"), help="work directory (cached assets, results)")
     p.add_argument("--modes", type=parse_modes, default=list(DEMO_MODES),
-                   help="all, or comma-separated labels (default: baseline,dedup,lz4+dedup,trim+dedup,trim+lz4+dedup)")
+                   help="all, or comma-separated labels (default: baseline,dedup,lz4+dedup,trim+dedup,trim+lz4+dedup,trim+lz4+dedup+part)")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each load phase per mode")
     p.add_argument("--rate", type=float, default=None, help="open-loop req/s (default: half the baseline's max)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds per mode (medians reported)")

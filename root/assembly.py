@@ -1,22 +1,26 @@
-"""Encode-once assembly of per-model leaf requests.
+"""Encode-once assembly of leaf requests: one per model, or one per partition.
 
 Every fetched feature becomes one tensor, encoded (and compressed) once and serialised once
 (``EncodedTensor``); each model's ``LeafRequest`` is then its header followed by the byte
 blocks of the tensors its allowlist selects, joined without re-encoding (``wire.frames``).
 Request-level features travel once as ``[1, ...]`` (or tiled to ``[N, ...]`` when dedup is
-off, the benchmark baseline). Pure functions, run in the root's encode thread.
+off, the benchmark baseline). For partition calls each tensor is encoded once as a pack
+entry (``wire.pack``) and each partition's ``PartitionRequest`` carries the union of its
+models' features once, with each model's inputs as indexes. Pure functions, run in the
+root's encode thread.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from wire.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
 from wire.frames import EncodedTensor, TensorFramer, assemble_leaf_request
+from wire.pack import PackedTensor, PartitionModelRef, TensorPacker, assemble_partition_request
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +126,110 @@ def feature_union(allowlists: Iterable[frozenset[str] | None], everything: Itera
             return frozenset(everything)
         union |= allow
     return frozenset(union)
+
+
+# ---- one call per partition ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackedFeatures:
+    """All tensors of one request, encoded once as pack entries, in a fixed order."""
+
+    tensors: tuple[PackedTensor, ...]
+    names: tuple[str, ...]
+    num_candidates: int
+    raw_size: int
+    """Raw bytes if every tensor were sent (the 'untrimmed' figure)."""
+
+
+def pack_features(
+    request_columns: Mapping[str, np.ndarray],
+    candidate_columns: Mapping[str, np.ndarray],
+    num_candidates: int,
+    *,
+    dedup_request_features: bool,
+    packer: TensorPacker,
+) -> PackedFeatures:
+    """``encode_features`` for partition calls: each column encoded once by ``packer``."""
+    pack = packer.pack
+    tensors = []
+    for name, array in request_columns.items():
+        if array.shape[:1] != (1,):
+            raise ValueError(f"request feature {name!r} must have leading dim 1, got shape {array.shape}")
+        if not dedup_request_features and num_candidates != 1:
+            array = np.ascontiguousarray(np.broadcast_to(array, (num_candidates, *array.shape[1:])))
+        tensors.append(pack(name, array))
+    for name, array in candidate_columns.items():
+        if array.shape[:1] != (num_candidates,):
+            raise ValueError(
+                f"candidate feature {name!r} must have leading dim {num_candidates}, got shape {array.shape}"
+            )
+        tensors.append(pack(name, array))
+    return PackedFeatures(
+        tuple(tensors), tuple(t.name for t in tensors), num_candidates, sum(t.raw_size for t in tensors)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLayout:
+    """Which tensors one partition call carries and which of them each model takes."""
+
+    sent: tuple[int, ...]
+    """Positions (in ``PackedFeatures.tensors``) of the union of the models' features."""
+    inputs: tuple[tuple[int, ...], ...]
+    """Per model (call order): indexes into ``sent``."""
+
+
+def partition_layout(names: Sequence[str], allowlists: Sequence[frozenset[str] | None]) -> PartitionLayout:
+    """The union of ``allowlists`` (``None`` = every tensor) over ``names``, once, in
+    ``names`` order, and each model's inputs as indexes into it."""
+    everything = any(allow is None for allow in allowlists)
+    union = frozenset().union(*(a for a in allowlists if a is not None)) if not everything else None
+    sent = tuple(i for i, name in enumerate(names) if union is None or name in union)
+    index_of = {names[i]: k for k, i in enumerate(sent)}
+    inputs = []
+    for allow in allowlists:
+        if allow is None:
+            inputs.append(tuple(range(len(sent))))
+        else:
+            inputs.append(tuple(k for name, k in index_of.items() if name in allow))
+    return PartitionLayout(sent, tuple(inputs))
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPayload:
+    """One partition's serialised ``PartitionRequest`` and its byte accounting."""
+
+    partition: str
+    models: tuple[PartitionModelRef, ...]
+    payload: bytes
+    untrimmed_bytes: int
+    """Raw bytes of every fetched feature."""
+    trimmed_bytes: int
+    """Raw bytes of the tensors sent (the union, once)."""
+
+    @property
+    def wire_bytes(self) -> int:
+        return len(self.payload)
+
+
+def build_partition_payload(
+    packed: PackedFeatures,
+    layout: PartitionLayout,
+    *,
+    request_id: str,
+    partition: str,
+    models: Sequence[tuple[str, str]],
+) -> PartitionPayload:
+    """Assemble one partition's request: ``models`` as (name, version), in ``layout``'s order."""
+    tensors = [packed.tensors[i] for i in layout.sent]
+    refs = tuple(
+        PartitionModelRef(name, version, inputs) for (name, version), inputs in zip(models, layout.inputs)
+    )
+    return PartitionPayload(
+        partition=partition,
+        models=refs,
+        payload=assemble_partition_request(request_id, packed.num_candidates, refs, tensors),
+        untrimmed_bytes=packed.raw_size,
+        trimmed_bytes=sum(t.raw_size for t in tensors),
+    )

@@ -157,6 +157,10 @@ class RootConfig:
     """Per-tensor payload compression: ``lz4`` (adaptive) or ``none``."""
     dedup_request_features: bool = True
     """Send request-level features once as ``[1, ...]``; false tiles them to ``[N, ...]``."""
+    partition_calls: bool = True
+    """One ``Leaf/ScorePartition`` call per partition, carrying every requested model it hosts
+    and the union of their features once; false = one ``Leaf/Score`` call per model (leaves
+    that predate ``ScorePartition``)."""
     default_deadline_ms: int = 1000
     """Deadline applied when the client sets none."""
     max_candidates: int = 4096
@@ -210,6 +214,7 @@ class RootConfig:
         _check_bool("root", "status_detail", self.status_detail)
         _check_bool("root", "reflection", self.reflection)
         _check_bool("root", "dedup_request_features", self.dedup_request_features)
+        _check_bool("root", "partition_calls", self.partition_calls)
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
         _check_int("root", "default_deadline_ms", self.default_deadline_ms, 1)
@@ -250,6 +255,7 @@ class RootConfig:
             "trim": str(self.trim).lower(),
             "compression": self.compression,
             "dedup_request_features": str(self.dedup_request_features).lower(),
+            "partition_calls": str(self.partition_calls).lower(),
             "default_deadline_ms": str(self.default_deadline_ms),
             "max_candidates": str(self.max_candidates),
             "max_models": str(self.max_models),

@@ -7,7 +7,10 @@ call finds its target UNAVAILABLE and time remains. It also knows which model ve
 target has loaded (``Leaf/ListModels`` at every health round) and sends a request naming a
 version only to targets that have it, so replicas that briefly disagree during a rollout
 never get a request trimmed for a version they do not run; a target that answers
-FAILED_PRECONDITION (version not loaded) is struck off for that version at once.
+FAILED_PRECONDITION (version not loaded) is struck off for that version at once. A partition
+call (``score_partition``) goes to a target that has every named version if one does (else
+to any: the models it lacks come back FAILED_PRECONDITION in their own replies, and are
+struck off the same way).
 ``InProcessLeafClient`` hands the same bytes to an async callable, so root logic is
 testable without sockets. Both raise ``LeafCallError``. State is owned by the root's event
 loop.
@@ -24,13 +27,18 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.rootleaf.v1 import leaf_pb2
+from wire import codec
+from wire.codec import DEFAULT_LIMITS, CodecError
+from wire.pack import decode_entry, read_pack
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 from transport.server import GRPC_OPTIONS
 from root.errors import LeafCallError
 
 log = logging.getLogger(__name__)
+_FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
 
 LEAF_SCORE_METHOD = "/rootleaf.v1.Leaf/Score"
+LEAF_SCORE_PARTITION_METHOD = "/rootleaf.v1.Leaf/ScorePartition"
 LEAF_LIST_MODELS_METHOD = "/rootleaf.v1.Leaf/ListModels"
 LEAF_SERVICE = "rootleaf.v1.Leaf"
 # A restarted leaf is reconnected to within about a second: gRPC's default backoff grows to
@@ -55,6 +63,14 @@ class LeafClient(Protocol):
 
         ``model``/``version`` (as named in the payload) restrict the call to targets known
         to have that version loaded."""
+        ...
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        """Serialised ``PartitionRequest`` -> one reply per model (``LeafCallError`` when the
+        call as a whole fails). ``models`` (name, version) as named in the payload steer the
+        call to a target that has them all loaded."""
         ...
 
     def served_versions(self, model: str) -> frozenset[str] | None:
@@ -107,6 +123,14 @@ class GrpcLeafClient:
             )
             for ch in self._channels
         ]
+        self._score_partition = [
+            ch.unary_unary(
+                LEAF_SCORE_PARTITION_METHOD,
+                request_serializer=None,  # the payload is already the serialised PartitionRequest
+                response_deserializer=leaf_pb2.PartitionResponse.FromString,
+            )
+            for ch in self._channels
+        ]
         self._list_models = [
             ch.unary_unary(
                 LEAF_LIST_MODELS_METHOD,
@@ -129,12 +153,18 @@ class GrpcLeafClient:
         # A target whose versions are not known yet may be tried: it refuses what it lacks.
         return loaded is None or version in loaded.get(model, ())
 
-    def _pick(self, exclude: int | None = None, model: str = "", version: str = "") -> int | None:
+    def _pick(
+        self, exclude: int | None = None, model: str = "", version: str = "",
+        models: Sequence[tuple[str, str]] = (),
+    ) -> int | None:
         """A target for the call, round-robin: a serving one that has ``version`` if any,
-        else any that has it; None when no target has it."""
+        else any that has it; None when no target has it. With ``models`` (a partition
+        call) targets that have every named version come first, else any target."""
         others = [i for i in range(len(self.targets)) if i != exclude]
         if version:
             others = [i for i in others if self._has(i, model, version)]
+        if models:
+            others = [i for i in others if all(self._has(i, m, v) for m, v in models if v)] or others
         pool = [i for i in others if i in self._healthy] or others
         if not pool:
             return None
@@ -178,6 +208,35 @@ class GrpcLeafClient:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
                 self._strike(index, model, version)
             raise _error_of(exc) from None
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        deadline = time.monotonic() + timeout_s
+        index = self._pick(models=models)
+        assert index is not None  # without a version filter some target is always chosen
+        try:
+            response: leaf_pb2.PartitionResponse = await self._score_partition[index](payload, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            error = _error_of(exc)
+            remaining = deadline - time.monotonic()
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.targets) == 1 or remaining <= 0:
+                raise error from None
+            # One retry on another target: the first was unreachable, the request never ran there.
+            if index in self._healthy:
+                self._healthy.remove(index)
+                self._update_served()
+            index = self._pick(exclude=index, models=models)
+            if index is None:
+                raise error from None
+            try:
+                response = await self._score_partition[index](payload, timeout=remaining)
+            except grpc.aio.AioRpcError as retry_exc:
+                raise _error_of(retry_exc) from None
+        for (model, version), reply in zip(models, response.models):
+            if reply.error_code == _FAILED_PRECONDITION and version:
+                self._strike(index, model, version)
+        return response
 
     def _strike(self, index: int, model: str, version: str) -> None:
         """Target ``index`` said it has not loaded ``version``: stop routing it there."""
@@ -265,13 +324,17 @@ class InProcessLeafClient:
     """A partition served by an async callable in this process (same bytes as on the wire).
 
     ``versions`` (model -> loaded versions) is what the partition reports as loaded; None
-    means not known (every version may be tried)."""
+    means not known (every version may be tried). A partition call is served model by
+    model: each model's inputs are taken from the pack and handed to the callable as the
+    ``LeafRequest`` ``Leaf/Score`` would have received."""
 
     def __init__(self, handler: LeafHandler, versions: Mapping[str, Sequence[str]] | None = None) -> None:
         self._handler = handler
         self.versions = versions
         self.received: int = 0
         """Requests handed to the handler."""
+        self.partition_calls: int = 0
+        """Partition calls received."""
 
     def served_versions(self, model: str) -> frozenset[str] | None:
         if self.versions is None:
@@ -292,6 +355,33 @@ class InProcessLeafClient:
                 # As the gRPC client does: a version the leaf says it lacks is struck off.
                 self.versions = {**self.versions, model: [v for v in self.versions.get(model, ()) if v != version]}
             raise
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        request = leaf_pb2.PartitionRequest.FromString(payload)
+        self.partition_calls += 1
+        try:
+            entries = read_pack(request.features, DEFAULT_LIMITS)
+        except CodecError as exc:
+            raise LeafCallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        data = request.features.data
+        tensors = [codec.encode(e.name, decode_entry(e, data), "none", dtype=e.dtype) for e in entries]
+
+        async def one(model: leaf_pb2.PartitionModel) -> leaf_pb2.ModelReply:
+            single = leaf_pb2.LeafRequest(
+                request_id=request.request_id, model=model.name, version=model.version,
+                num_candidates=request.num_candidates,
+            )
+            single.features.extend(tensors[i] for i in model.features)
+            try:
+                response = await self.score(single.SerializeToString(), timeout_s, model.name, model.version)
+            except LeafCallError as exc:
+                return leaf_pb2.ModelReply(model=model.name, error_code=exc.code.value[0], error_message=exc.message)
+            return leaf_pb2.ModelReply(model=response.model, version=response.version, outputs=response.outputs)
+
+        replies = await asyncio.gather(*(one(m) for m in request.models))
+        return leaf_pb2.PartitionResponse(models=replies)
 
     async def check_ready(self, timeout_s: float) -> int:
         return 1

@@ -26,9 +26,21 @@ import numpy as np
 from contract.versions import latest_version, version_key
 from wire.codec import decode as decode_tensor
 from wire.frames import TensorFramer
+from wire.pack import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
 from root import client_features, metrics
-from root.assembly import EncodedFeatures, LeafPayload, build_payload, encode_features, feature_union
+from root.assembly import (
+    EncodedFeatures,
+    LeafPayload,
+    PartitionLayout,
+    PartitionPayload,
+    build_partition_payload,
+    build_payload,
+    encode_features,
+    feature_union,
+    pack_features,
+    partition_layout,
+)
 from root.catalog import Entity, FeatureCatalog
 from root.config import RootConfig
 from root.errors import (
@@ -171,6 +183,11 @@ class ScoreEngine:
         self._in_flight = 0
         # Serialised tensor headers, reused across requests (used by the encode threads).
         self._framer = TensorFramer(config.compression)
+        self._packer = TensorPacker(config.compression)
+        self._layouts: dict[tuple[tuple[str, ...], tuple[frozenset[str] | None, ...]], PartitionLayout] = {}
+        # Requested models grouped by partition, per tuple of requested names (call order
+        # within a partition follows the request).
+        self._groups: dict[tuple[str, ...], tuple[tuple[str, tuple[int, ...]], ...]] = {}
         self._plans: dict[tuple[tuple[frozenset[str] | None, ...], frozenset[str]], _FetchPlan] = {}
 
     @property
@@ -422,14 +439,109 @@ class ScoreEngine:
             raise DeadlineExceeded("deadline exceeded while fetching features") from None
         request_cols = dict(user_cols.columns)
         request_cols.update((n, a) for n, a in client.items() if n in wanted)
+        if self.config.partition_calls:
+            parts = await loop.run_in_executor(
+                self._executor, self._prepare_partitions, request, request_cols, dict(item_cols.columns), routes
+            )
+            leaf_timeout = self._leaf_timeout(deadline - loop.time())
+            outcomes: list[ModelOutcome | None] = [None] * len(routes)
+            for (_, positions), results in zip(
+                parts, await asyncio.gather(*(self._call_partition(p, leaf_timeout) for p, _ in parts))
+            ):
+                for position, outcome in zip(positions, results):
+                    outcomes[position] = outcome
+            return [o for o in outcomes if o is not None]
         payloads = await loop.run_in_executor(
             self._executor, self._prepare, request, request_cols, dict(item_cols.columns), routes
         )
-        remaining = deadline - loop.time()
+        leaf_timeout = self._leaf_timeout(deadline - loop.time())
+        return list(await asyncio.gather(*(self._call(p, leaf_timeout) for p in payloads)))
+
+    @staticmethod
+    def _leaf_timeout(remaining: float) -> float:
         leaf_timeout = remaining - min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
         if leaf_timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the leaf calls")
-        return list(await asyncio.gather(*(self._call(p, leaf_timeout) for p in payloads)))
+        return leaf_timeout
+
+    def _partition_groups(self, routes: Sequence[Route]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """(partition, positions of its routes) in first-seen order."""
+        key = tuple(route.ref.name for route in routes)
+        groups = self._groups.get(key)
+        if groups is None:
+            found: dict[str, list[int]] = {}
+            for position, route in enumerate(routes):
+                found.setdefault(route.partition, []).append(position)
+            groups = tuple((p, tuple(positions)) for p, positions in found.items())
+            if len(self._groups) >= _MAX_PLANS:
+                self._groups.clear()
+            self._groups[key] = groups
+        return groups
+
+    def _prepare_partitions(
+        self,
+        request: ScoreInput,
+        request_cols: dict[str, np.ndarray],
+        candidate_cols: dict[str, np.ndarray],
+        routes: list[Route],
+    ) -> list[tuple[PartitionPayload, tuple[int, ...]]]:
+        """One payload per partition (encode thread), with the positions of its routes."""
+        packed = pack_features(
+            request_cols, candidate_cols, len(request.candidate_ids),
+            dedup_request_features=self.config.dedup_request_features, packer=self._packer,
+        )
+        out = []
+        for partition, positions in self._partition_groups(routes):
+            part_allow = tuple(routes[i].features for i in positions)
+            key = (packed.names, part_allow)
+            layout = self._layouts.get(key)
+            if layout is None:
+                layout = partition_layout(packed.names, part_allow)
+                if len(self._layouts) >= _MAX_PLANS:
+                    self._layouts.clear()
+                self._layouts[key] = layout
+            models = [(routes[i].ref.name, routes[i].version) for i in positions]
+            payload = build_partition_payload(
+                packed, layout, request_id=request.request_id, partition=partition, models=models
+            )
+            metrics.PARTITION_BYTES.labels(partition, "untrimmed").inc(payload.untrimmed_bytes)
+            metrics.PARTITION_BYTES.labels(partition, "trimmed").inc(payload.trimmed_bytes)
+            metrics.PARTITION_BYTES.labels(partition, "wire").inc(payload.wire_bytes)
+            out.append((payload, positions))
+        return out
+
+    async def _call_partition(self, payload: PartitionPayload, timeout_s: float) -> list[ModelOutcome]:
+        """One outcome per model of the call, in its order; a failed call fails all of them."""
+        partition = payload.partition
+        try:
+            response = await self.leaves[partition].score_partition(
+                payload.payload, timeout_s, [(ref.name, ref.version) for ref in payload.models]
+            )
+            if len(response.models) != len(payload.models):
+                raise LeafCallError(
+                    grpc.StatusCode.INTERNAL,
+                    f"leaf answered {len(response.models)} models for {len(payload.models)} asked",
+                )
+        except LeafCallError as exc:
+            metrics.LEAF_ERRORS.labels(partition, exc.code.name).inc()
+            out = []
+            for ref in payload.models:
+                metrics.MODEL_RESULTS.labels(ref.name, exc.code.name).inc()
+                out.append(ModelOutcome(ref.name, ref.version, (), exc.code, f"partition {partition!r}: {exc.message}"))
+            return out
+        out = []
+        for ref, reply in zip(payload.models, response.models):
+            if reply.error_code:
+                code = _status_code(reply.error_code)
+                metrics.LEAF_ERRORS.labels(partition, code.name).inc()
+                metrics.MODEL_RESULTS.labels(ref.name, code.name).inc()
+                out.append(ModelOutcome(ref.name, ref.version, (), code, f"partition {partition!r}: {reply.error_message}"))
+                continue
+            metrics.MODEL_RESULTS.labels(ref.name, "OK").inc()
+            if reply.outputs:
+                _observe_scores(ref.name, reply.outputs[0])
+            out.append(ModelOutcome(ref.name, reply.version, tuple(reply.outputs)))
+        return out
 
     def _prepare(
         self,
@@ -478,6 +590,14 @@ class ScoreEngine:
         if response.outputs:
             _observe_scores(payload.model, response.outputs[0])
         return ModelOutcome(payload.model, response.version, tuple(response.outputs))
+
+
+_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    """A reply's error code as a ``grpc.StatusCode`` (an unknown value is UNKNOWN)."""
+    return _STATUS_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 
 
 def _observe_scores(model: str, tensor: tensor_pb2.Tensor) -> None:

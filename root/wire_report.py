@@ -100,10 +100,12 @@ class NullLeaf:
 
     VERSION = "1"
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, models: int) -> None:
         self.response = leaf_pb2.LeafResponse(
             model="m", version=self.VERSION, outputs=[encode("score", np.full(n, 0.5, np.float32))]
         )
+        reply = leaf_pb2.ModelReply(model="m", version=self.VERSION, outputs=self.response.outputs)
+        self.partition_response = leaf_pb2.PartitionResponse(models=[reply] * models)
 
     async def score(
         self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
@@ -112,6 +114,11 @@ class NullLeaf:
 
     def served_versions(self, model: str) -> frozenset[str]:
         return frozenset({self.VERSION})
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        return self.partition_response
 
     async def check_ready(self, timeout_s: float) -> int:
         return 1
@@ -136,7 +143,7 @@ async def _run_mode(
     n: int, requests: int, users: int, items: int, seed: int,
 ) -> tuple[dict[tuple[str, str], float], float]:
     cache = CachedFeatureStore(store, catalog, max_bytes=config.cache.max_bytes, ttl_s=config.cache.ttl_s)
-    leaves = {p: NullLeaf(n) for p in config.partitions}
+    leaves = {p: NullLeaf(n, len(config.partitions[p].models)) for p in config.partitions}
     with ThreadPoolExecutor(1, thread_name_prefix="root-encode") as pool:
         engine = ScoreEngine(config, catalog, cache, StaticAllowlists({m: a for m, (_, a) in models.items()}), leaves, pool)
         rng = np.random.default_rng(seed)
@@ -198,11 +205,13 @@ def report(
         f"{min(share.values()):.0%}-{max(share.values()):.0%}"
     )
     print(
-        f"{'mode':<28}"
+        f"{'mode':<31}"
         + "".join(f"{part + ' wire KB':>{_width(part)}}" for part in partitions)
         + f"{'total KB':>11}{'raw KB':>10}{'root CPU ms':>13}"
     )
     modes: list[tuple[str, dict[str, Any]]] = [
+        ("trim+lz4, partition calls", dict(trim=True, compression="lz4", partition_calls=True)),
+        ("no trim, lz4, partition calls", dict(trim=False, compression="lz4", partition_calls=True)),
         ("trim+lz4", dict(trim=True, compression="lz4")),
         ("trim, no lz4", dict(trim=True, compression="none")),
         ("no trim, lz4", dict(trim=False, compression="lz4")),
@@ -210,13 +219,13 @@ def report(
         ("no trim, no lz4, no dedup", dict(trim=False, compression="none", dedup_request_features=False)),
     ]
     for label, switches in modes:
-        config = replace(base, **switches)
+        config = replace(base, **{"partition_calls": False, **switches})
         per_req, cpu_ms = asyncio.run(
             _run_mode(config, catalog, store, models, candidates, requests, users, items, seed)
         )
         wire = [per_req[(part, "wire")] / 1024 for part in partitions]
         raw = sum(per_req[(part, "trimmed")] for part in partitions) / 1024
-        print(f"{label:<28}" + "".join(f"{w:>{_width(part)}.1f}" for w, part in zip(wire, partitions)) + f"{sum(wire):>11.1f}{raw:>10.1f}{cpu_ms:>13.2f}")
+        print(f"{label:<31}" + "".join(f"{w:>{_width(part)}.1f}" for w, part in zip(wire, partitions)) + f"{sum(wire):>11.1f}{raw:>10.1f}{cpu_ms:>13.2f}")
     asyncio.run(store.close())
 
 

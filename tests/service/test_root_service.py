@@ -304,8 +304,10 @@ def test_client_request_features_override_store(cluster: Cluster, root_target: s
 
 @pytest.mark.parametrize(
     "switches",
-    [dict(trim=False), dict(compression="none"), dict(dedup_request_features=False), dict(trim=False, compression="none", dedup_request_features=False)],
-    ids=["no-trim", "no-lz4", "no-dedup", "baseline"],
+    [dict(trim=False), dict(compression="none"), dict(dedup_request_features=False),
+     dict(trim=False, compression="none", dedup_request_features=False, partition_calls=False),
+     dict(partition_calls=False)],
+    ids=["no-trim", "no-lz4", "no-dedup", "baseline", "per-model-calls"],
 )
 def test_switches_never_change_scores_and_have_their_effect(cluster: Cluster, root_target: str, switches: dict[str, Any]) -> None:
     cands = np.arange(0, 200, 3, dtype=np.uint64)
@@ -334,8 +336,13 @@ def test_partition_bytes_metrics(cluster: Cluster, root_target: str) -> None:
     score(cluster, root_target, 1, np.arange(100, dtype=np.uint64), ["m_a", "m_b"], request_id="r-bytes")
     delta = {s: metric("rootleaf_root_partition_bytes_total", {"partition": "pa", "stage": s}) - before[s] for s in stages}
     seen = cluster.observed.for_request("r-bytes")
-    assert delta["wire"] == seen["m_a"].wire_bytes + seen["m_b"].wire_bytes
-    assert 0 < delta["trimmed"] < delta["untrimmed"]
+    # one partition call carries both models (each sees the call's size)
+    assert delta["wire"] == seen["m_a"].wire_bytes == seen["m_b"].wire_bytes
+    # both models' features are all that was fetched, and the call carries each once
+    assert 0 < delta["trimmed"] == delta["untrimmed"]
+    assert set(seen["m_a"].feature_names) | set(seen["m_b"].feature_names) == set(cluster.inputs("m_a")) | set(
+        cluster.inputs("m_b")
+    )
 
 
 def test_allowlist_change_on_disk_applies_without_restart(cluster: Cluster, root_target: str) -> None:

@@ -77,3 +77,45 @@ def test_feature_union() -> None:
     assert feature_union([frozenset({"a"}), frozenset({"b", "a"})], ["a", "b", "c"]) == {"a", "b"}
     assert feature_union([frozenset({"a"}), None], ["a", "b", "c"]) == {"a", "b", "c"}
     assert feature_union([], ["a"]) == frozenset()
+
+
+def _unpack(payload: bytes) -> tuple[leaf_pb2.PartitionRequest, dict[str, np.ndarray]]:
+    from wire.codec import DEFAULT_LIMITS
+    from wire.pack import decode_entry, read_pack
+
+    msg = leaf_pb2.PartitionRequest.FromString(payload)
+    data = msg.features.data
+    return msg, {e.name: decode_entry(e, data) for e in read_pack(msg.features, DEFAULT_LIMITS)}
+
+
+def test_partition_payload_carries_the_union_once_and_each_models_indexes() -> None:
+    from root.assembly import build_partition_payload, pack_features, partition_layout
+    from wire.pack import TensorPacker
+
+    request, candidate = _columns()
+    packed = pack_features(request, candidate, N, dedup_request_features=True, packer=TensorPacker("lz4"))
+    allow = (frozenset({"u_s", "c_ids", "not_there"}), frozenset({"c_ids", "c_h"}))
+    layout = partition_layout(packed.names, allow)
+    p = build_partition_payload(packed, layout, request_id="r", partition="pa", models=[("a", "1"), ("b", "2")])
+    msg, arrays = _unpack(p.payload)
+    assert list(msg.features.names) == ["u_s", "c_ids", "c_h"]  # request order, each once
+    assert [(m.name, m.version, list(m.features)) for m in msg.models] == [("a", "1", [0, 1]), ("b", "2", [1, 2])]
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, {**request, **candidate}[name])
+    assert p.trimmed_bytes == 4 + N * 8 * 8 + N * 4 * 2
+    assert p.wire_bytes == len(p.payload) and msg.num_candidates == N
+
+
+def test_untrimmed_partition_payload_and_no_dedup() -> None:
+    from root.assembly import build_partition_payload, pack_features, partition_layout
+    from wire.pack import TensorPacker
+
+    request, candidate = _columns()
+    packed = pack_features(request, candidate, N, dedup_request_features=False, packer=TensorPacker("none"))
+    layout = partition_layout(packed.names, (None, frozenset({"c_h"})))
+    p = build_partition_payload(packed, layout, request_id="r", partition="pa", models=[("a", ""), ("b", "")])
+    msg, arrays = _unpack(p.payload)
+    assert len(msg.features.names) == 5 and list(msg.models[0].features) == [0, 1, 2, 3, 4]
+    assert [msg.features.names[i] for i in msg.models[1].features] == ["c_h"]
+    assert arrays["u_emb"].shape == (N, 16)  # tiled when dedup is off
+    np.testing.assert_array_equal(arrays["u_emb"][5], request["u_emb"][0])

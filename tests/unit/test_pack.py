@@ -1,0 +1,87 @@
+"""Tensor packs: round trips, alignment, and every declared size checked before decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos.rootleaf.v1 import leaf_pb2
+from wire.codec import CodecError, DecodeLimits
+from wire.pack import ALIGN, RECORD_BYTES, decode_entry, encode_pack, read_pack
+
+ARRAYS = {
+    "f32": np.arange(30, dtype=np.float32).reshape(3, 10),
+    "zeros_i64": np.zeros((3, 64), np.int64),  # compresses
+    "u8": np.array([[7]], np.uint8),
+    "f16": np.ones((3,), np.float16),
+    "i32": np.arange(3, dtype=np.int32).reshape(3, 1, 1),
+    "b": np.array([True, False, True]),
+    "f64": np.linspace(0, 1, 3),
+    "i8": np.array([-1, 0, 1], np.int8),
+}
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
+def test_round_trip_aligned_views(compression: str) -> None:
+    pack = encode_pack(ARRAYS, compression)
+    entries = read_pack(pack, DecodeLimits())
+    data = pack.data
+    assert [e.name for e in entries] == list(ARRAYS)
+    for entry in entries:
+        array = decode_entry(entry, data)
+        assert entry.offset % ALIGN == 0
+        np.testing.assert_array_equal(array, ARRAYS[entry.name])
+        assert array.dtype == ARRAYS[entry.name].dtype and not array.flags.writeable
+    if compression == "lz4":
+        assert entries[1].encoding == 1 and entries[0].encoding == 0
+
+
+def _damaged(names: list[str] | None = None, **fields: bytes) -> leaf_pb2.TensorPack:
+    pack = encode_pack({"a": np.zeros((4, 4), np.float32), "b": np.ones((4,), np.int64)}, "none")
+    if names is not None:
+        del pack.names[:]
+        pack.names.extend(names)
+    for key, value in fields.items():
+        setattr(pack, key, value)
+    return pack
+
+
+@pytest.mark.parametrize(
+    ("pack", "limits", "reason"),
+    [
+        (_damaged(names=["a", "a"]), DecodeLimits(), "duplicate"),
+        (_damaged(names=["a", ""]), DecodeLimits(), "empty name"),
+        (_damaged(names=["a", "b", "c"]), DecodeLimits(), "records"),
+        (_damaged(), DecodeLimits(max_tensors=1), "exceed the limit"),
+        (_damaged(), DecodeLimits(max_total_raw_bytes=64), "total size"),
+        (_damaged(), DecodeLimits(max_raw_bytes=32), "limit"),
+        (_damaged(), DecodeLimits(max_rank=1), "rank"),
+        (_damaged(dims=b"\x04\0\0\0"), DecodeLimits(), "dims"),
+        (_damaged(dims=b"\x04\0\0"), DecodeLimits(), "whole number"),
+        (_damaged(data=b"\0" * 16), DecodeLimits(), "outside"),
+    ],
+)
+def test_bad_tables_are_rejected_before_decoding(pack: leaf_pb2.TensorPack, limits: DecodeLimits, reason: str) -> None:
+    with pytest.raises(CodecError, match=reason):
+        read_pack(pack, limits)
+
+
+def test_overlapping_and_misaligned_payloads_are_rejected() -> None:
+    pack = _damaged()
+    table = bytearray(pack.table)
+    table[RECORD_BYTES:RECORD_BYTES + 4] = (8).to_bytes(4, "little")  # second payload inside the first
+    pack.table = bytes(table)
+    with pytest.raises(CodecError, match="overlaps"):
+        read_pack(pack, DecodeLimits())
+    table[RECORD_BYTES:RECORD_BYTES + 4] = (65).to_bytes(4, "little")
+    pack.table = bytes(table)
+    with pytest.raises(CodecError, match="misaligned"):
+        read_pack(pack, DecodeLimits())
+
+
+def test_corrupt_lz4_is_a_codec_error_naming_the_tensor() -> None:
+    pack = encode_pack({"z": np.zeros((64, 64), np.float32)}, "lz4")
+    (entry,) = read_pack(pack, DecodeLimits())
+    assert entry.encoding == 1
+    with pytest.raises(CodecError, match="'z'"):
+        decode_entry(entry, b"\xff" * len(pack.data))
