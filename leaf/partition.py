@@ -119,7 +119,7 @@ class PartitionScorer:
         started = time.perf_counter()
         request = wire.message
         try:
-            entries, models = self._admit(wire)
+            entries, models, data = self._admit(wire)
         except InvalidRequest as exc:  # the call as a whole is malformed
             metrics.REQUESTS.labels(PARTITION_LABEL, "", grpc.StatusCode.INVALID_ARGUMENT.name).inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -127,7 +127,7 @@ class PartitionScorer:
         admitted = [m for m in models if m.reply is None]
         try:
             if admitted:
-                await self._run(request, entries, admitted, context)
+                await self._run(request, entries, data, admitted, context)
         except asyncio.CancelledError:
             for m in admitted:
                 metrics.REQUESTS.labels(m.label, m.loaded.version if m.loaded else "", "CANCELLED").inc()
@@ -142,15 +142,16 @@ class PartitionScorer:
             response.models.append(m.reply)
         return response
 
-    def _admit(self, wire: WirePartition) -> tuple[list[PackEntry], list[_Model]]:
+    def _admit(self, wire: WirePartition) -> tuple[list[PackEntry], list[_Model], bytes]:
         """Read the pack's table and admit each model on headers alone."""
         if wire.error:
             raise InvalidRequest(wire.error)
         request = wire.message
         if not request.models:
             raise InvalidRequest("models must not be empty")
+        data = request.features.data  # read once: each read of a bytes field is a new copy
         try:
-            entries = read_pack(request.features, self._limits)
+            entries = read_pack(request.features, self._limits, len(data))
         except CodecError as exc:
             raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "wire").inc(wire.size)
@@ -178,12 +179,13 @@ class PartitionScorer:
                     names = tuple(entries[i].name for i in ref.features if i < len(entries))
                     served = model.loaded.version if model.loaded is not None else ""
                     self._observe(request.request_id, ref.name, ref.version, served, names, n, wire.size)
-        return entries, models
+        return entries, models, data
 
     async def _run(
         self,
         request: leaf_pb2.PartitionRequest,
         entries: list[PackEntry],
+        data: bytes,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
     ) -> None:
@@ -196,19 +198,19 @@ class PartitionScorer:
                 for m in models:
                     m.fail(exc, request.request_id)
                 return
-            await self._decode_and_submit(request, entries, models, context)
+            await self._decode_and_submit(request, entries, data, models, context)
 
     async def _decode_and_submit(
         self,
         request: leaf_pb2.PartitionRequest,
         entries: list[PackEntry],
+        data: bytes,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
     ) -> None:
         position = {id(entry): i for i, entry in enumerate(entries)}
         used = sorted({position[id(t)] for m in models if m.admitted is not None for t in m.admitted.tensors})
         wanted = [entries[i] for i in used]
-        data = request.features.data  # read once: each read of a bytes field is a new object
         compressed = sum(e.raw_size for e in wanted if e.encoding)
         if compressed > OFFLOAD_DECODE_BYTES:
             decoded = await asyncio.get_running_loop().run_in_executor(None, _decode_all, wanted, data)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import lz4.block
 import numpy as np
@@ -211,9 +211,9 @@ def encode_pack(arrays: dict[str, np.ndarray], compression: Compression | str = 
 # ---- leaf side: read the table, decode each entry once ------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
-    """One tensor of a received pack, validated on its header; the payload is untouched."""
+class PackEntry(NamedTuple):
+    """One tensor of a received pack, validated on its header; the payload is untouched.
+    (A named tuple: the leaf makes one per feature per request, and it is the cheapest.)"""
 
     name: str
     dtype: int
@@ -224,10 +224,15 @@ class PackEntry:
     length: int
 
 
-def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits) -> list[PackEntry]:
+def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits, data_size: int | None = None) -> list[PackEntry]:
     """Validate an untrusted pack's table against ``limits`` (sizes, ranks, dtypes, payload
     bounds and alignment, unique names, total decoded size) without decoding any payload.
-    Raises ``CodecError`` naming the entry."""
+    Raises ``CodecError`` naming the entry at fault. ``data_size`` is ``len(pack.data)``
+    when the caller already holds the data (reading the field copies it).
+
+    One pass in plain Python over the table's tuples: for the ~100-1000 entries of a request
+    it is cheaper than numpy's per-call overhead on a dozen vectorised checks.
+    """
     names = pack.names
     count = len(names)
     if count > limits.max_tensors:
@@ -238,13 +243,16 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits) -> list[PackEntry
     dims_bytes = pack.dims
     if len(dims_bytes) % 4:
         raise CodecError("*", f"dims of {len(dims_bytes)} bytes is not a whole number of uint32")
+    if data_size is None:
+        data_size = len(pack.data)
     records = np.frombuffer(table, dtype=RECORD).tolist()
     dims = np.frombuffer(dims_bytes, dtype="<u4").tolist()
-    data_size = len(pack.data)
     entries: list[PackEntry] = []
     seen: set[str] = set()
     position = end = total = 0
     max_name, max_rank, max_raw = limits.max_name_length, limits.max_rank, limits.max_raw_bytes
+    max_total = limits.max_total_raw_bytes
+    itemsizes = _ITEMSIZE
     for name, (offset, length, dtype, encoding, rank, _reserved) in zip(names, records):
         if not 0 < len(name) <= max_name:
             shown = name[:64] + "..." if name else name
@@ -252,21 +260,22 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits) -> list[PackEntry
         if name in seen:
             raise CodecError(name, "duplicate tensor name")
         seen.add(name)
-        itemsize = _ITEMSIZE.get(dtype)
+        itemsize = itemsizes.get(dtype)
         if itemsize is None:
             raise CodecError(name, f"unknown dtype enum value {dtype}")
         if rank > max_rank:
             raise CodecError(name, f"rank {rank} exceeds {max_rank}")
-        if position + rank > len(dims):
+        following = position + rank
+        if following > len(dims):
             raise CodecError(name, "dims table too short")
-        shape = tuple(dims[position:position + rank])
-        position += rank
+        shape = tuple(dims[position:following])
+        position = following
         size = math.prod(shape) * itemsize
         if size > max_raw:
             raise CodecError(name, f"shape {list(shape)} exceeds the {max_raw}-byte limit")
         total += size
-        if total > limits.max_total_raw_bytes:
-            raise CodecError(name, f"total size exceeds {limits.max_total_raw_bytes} bytes")
+        if total > max_total:
+            raise CodecError(name, f"total size exceeds {max_total} bytes")
         if encoding == _RAW:
             if length != size:
                 raise CodecError(name, f"data length {length} != raw_size {size}")
