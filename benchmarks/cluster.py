@@ -48,6 +48,7 @@ from benchmarks.cluster_metrics import Snapshot, snapshot
 from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
 from benchmarks.cluster_rounds import aggregate, round_orders
 from benchmarks.floors import Floors, compute_floors
+from benchmarks.link import LINK_ENV, run_shaped
 from deploy.demo_assets import DemoAssets
 from deploy.local_cluster import LocalCluster
 from deploy.workload import Workload
@@ -162,9 +163,11 @@ class _ModeRun:
 class ClusterBench:
     """Runs the modes on one started ``LocalCluster``."""
 
-    def __init__(self, cluster: LocalCluster, options: BenchOptions) -> None:
+    def __init__(self, cluster: LocalCluster, options: BenchOptions, max_rps_limit: float | None = None) -> None:
         self.cluster = cluster
         self.options = options
+        self.max_rps_limit = max_rps_limit
+        """The throughput target's limit when not the default (3x when a link binds)."""
         assert cluster.assets is not None
         self.assets = cluster.assets
         workload: Workload = self.assets.workload
@@ -314,7 +317,7 @@ class ClusterBench:
             "elapsed_s": time.perf_counter() - started,
             "modes": results,
         }
-        doc["targets"] = evaluate_targets(results, per_round)
+        doc["targets"] = evaluate_targets(results, per_round, max_rps_limit=self.max_rps_limit)
         return doc
 
 
@@ -416,6 +419,7 @@ def run_cluster_bench(
     cache_max_bytes: int | None = None,
     root_workers: Sequence[int] = (1,),
     store_timeout_ms: int = STORE_TIMEOUT_MS,
+    max_rps_limit: float | None = None,
 ) -> dict[str, Any]:
     """Start the workload's cluster, run ``modes`` (per feature store and root worker count
     when several are given), stop it; returns the JSON document."""
@@ -430,7 +434,7 @@ def run_cluster_bench(
     cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
     cluster.start()
     try:
-        doc = ClusterBench(cluster, options).run(modes, variants)
+        doc = ClusterBench(cluster, options, max_rps_limit).run(modes, variants)
     finally:
         cluster.stop()
     kinds = [store_kind(s) for s in stores]
@@ -488,6 +492,9 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
                    help="root worker processes (rootleaf root --workers); several = one run each, e.g. 1,2")
     p.add_argument("--cache-max-bytes", type=int, default=None,
                    help="root feature cache size (0 = off, so every request reads the store)")
+    p.add_argument("--link-gbps", type=float, default=None,
+                   help="run the cluster in a private network namespace whose loopback is a G Gbit/s token bucket")
+    p.add_argument("--link-delay-us", type=float, default=0.0, help="netem delay on that link (when the kernel has netem)")
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
@@ -504,10 +511,41 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     )
 
 
+def _without_link_flags(argv: Sequence[str]) -> list[str]:
+    """``argv`` less ``--link-gbps`` / ``--link-delay-us`` (and their values)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--link-gbps", "--link-delay-us"):
+            skip = True
+            continue
+        if arg.startswith(("--link-gbps=", "--link-delay-us=")):
+            continue
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    link: dict[str, Any] = {}
+    if os.environ.get(LINK_ENV):
+        link = json.loads(os.environ[LINK_ENV])
+    elif args.link_gbps is not None:
+        if not args.link_gbps > 0 or args.link_delay_us < 0:
+            parser.error("--link-gbps must be > 0 and --link-delay-us >= 0")
+        code = run_shaped(args.link_gbps, args.link_delay_us, _without_link_flags(argv))
+        if code is not None:
+            return code
+        reason = "unshaped: network namespaces (unshare -n) or ip/tc are not available or not permitted here"
+        log.warning("--link-gbps %g: %s", args.link_gbps, reason)
+        link = {"gbps": args.link_gbps, "delay_us": args.link_delay_us, "shaped": False,
+                "delay_applied": False, "description": reason}
     try:
         options = options_from_args(args)
     except ValueError as exc:
@@ -520,7 +558,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = run_cluster_bench(args.workload, args.dir, args.modes, options,
                             leaf_args=("--torch-threads", str(args.leaf_torch_threads)),
                             feature_store=stores, cache_max_bytes=args.cache_max_bytes,
-                            root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms)
+                            root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms,
+                            # with a link that binds, the throughput target is 3x (2x unshaped)
+                            max_rps_limit=3.0 if link.get("shaped") else None)
+    if link:
+        doc["link"] = link
     print_table(doc)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

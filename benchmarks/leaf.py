@@ -1,11 +1,14 @@
 """Leaf benchmark: requests/s, p50/p99 latency and CPU outside the model's forward.
 
-Starts ``rootleaf leaf`` as a process on a generated demo-size model (default 150 inputs,
-hidden [256, 64], N=256 candidates per request), drives it from this process with
-pre-serialised requests at several concurrencies, with batching on and off, and reads the
-leaf's process CPU (``/proc``) and forward CPU (``rootleaf_leaf_forward_cpu_seconds_total``)
-to report the fraction of leaf CPU spent outside the forward. The leaf runs with one torch
-thread, so the forward's CPU is the inference thread's CPU.
+Starts ``rootleaf leaf`` as a process and drives it from this process with pre-serialised
+requests at several concurrencies, with batching on and off, through ``Leaf/Score`` (one
+``Tensor`` message per feature) and ``Leaf/ScorePartition`` (one ``TensorPack``), on two
+cases: ``sparse``, a demo-size model with many inputs (default 150 inputs, hidden [256, 64],
+N=256 candidates per request), and ``dense``, one [500, 3000] float32 input through an MLP
+3000-512-256-2 (6 MB per request). It reads the leaf's process CPU (``/proc``) and forward
+CPU (``rootleaf_leaf_forward_cpu_seconds_total``) to report the fraction of leaf CPU spent
+outside the forward. The leaf runs with one torch thread, so the forward's CPU is the
+inference thread's CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ import numpy as np
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
+from wire.pack import encode_pack
 from protos.rootleaf.v1 import leaf_pb2
+from transport.server import GRPC_OPTIONS
 
 MODEL = "bench_demo"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True, slots=True)
 class LeafResult:
+    case: str
+    rpc: str
     batching: str
     concurrency: int
     requests: int
@@ -69,18 +76,38 @@ def workload(inputs: int, seed: int) -> dict[str, tuple[int, bool, str]]:
     return out
 
 
-def build_request(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> bytes:
+def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    request = leaf_pb2.LeafRequest(request_id="bench", model=MODEL, num_candidates=n)
+    out: dict[str, np.ndarray] = {}
     for name, (width, request_level, kind) in spec.items():
         rows = 1 if request_level else n
-        array: np.ndarray
         if kind == "int64":
-            array = rng.integers(0, 10**7, (rows, width), dtype=np.int64)
+            out[name] = rng.integers(0, 10**7, (rows, width), dtype=np.int64)
         else:
-            array = rng.standard_normal((rows, width), dtype=np.float32)
-        request.features.append(codec.encode(name, array))
-    return request.SerializeToString()
+            out[name] = rng.standard_normal((rows, width), dtype=np.float32)
+    return out
+
+
+def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
+    """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
+    if rpc == "partition":
+        request = leaf_pb2.PartitionRequest(request_id="bench", num_candidates=n)
+        request.models.add(name=MODEL, version="1", features=range(len(arrays)))
+        request.features.CopyFrom(encode_pack(arrays))
+        return request.SerializeToString()
+    single = leaf_pb2.LeafRequest(request_id="bench", model=MODEL, version="1", num_candidates=n)
+    single.features.extend(codec.encode(name, array) for name, array in arrays.items())
+    return single.SerializeToString()
+
+
+METHODS = {"score": "/rootleaf.v1.Leaf/Score", "partition": "/rootleaf.v1.Leaf/ScorePartition"}
+
+
+def _failed(rpc: str, reply: bytes) -> bool:
+    """Whether a reply carries a model error (a partition call reports them per model)."""
+    if rpc != "partition":
+        return False
+    return any(m.error_code for m in leaf_pb2.PartitionResponse.FromString(reply).models)
 
 
 def free_port() -> int:
@@ -143,11 +170,13 @@ class LeafProcess:
         self.log.close()
 
 
-async def drive(port: int, payload: bytes, concurrency: int, duration: float) -> tuple[list[float], int]:
+async def drive(
+    port: int, payload: bytes, concurrency: int, duration: float, rpc: str = "score"
+) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary("/rootleaf.v1.Leaf/Score")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+        call = channel.unary_unary(METHODS[rpc])
         await call(payload, wait_for_ready=True, timeout=30)  # warm-up
         stop_at = time.perf_counter() + duration
 
@@ -156,8 +185,11 @@ async def drive(port: int, payload: bytes, concurrency: int, duration: float) ->
             while time.perf_counter() < stop_at:
                 started = time.perf_counter()
                 try:
-                    await call(payload, timeout=30)
+                    reply = await call(payload, timeout=30)
                 except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if _failed(rpc, reply):
                     errors += 1
                     continue
                 latencies.append(time.perf_counter() - started)
@@ -167,77 +199,115 @@ async def drive(port: int, payload: bytes, concurrency: int, duration: float) ->
 
 
 def run_mode(
-    repo: Path, workdir: Path, label: str, flags: list[str], payload: bytes, n: int,
+    repo: Path, workdir: Path, case: str, label: str, flags: list[str], payloads: dict[str, bytes], n: int,
     concurrencies: list[int], duration: float,
 ) -> list[LeafResult]:
+    """One leaf process per (case, batching mode); each rpc and concurrency measured on it."""
     leaf = LeafProcess(repo, workdir, flags)
     results = []
     try:
-        for concurrency in concurrencies:
-            asyncio.run(drive(leaf.port, payload, concurrency, min(duration, 1.0)))  # warm-up
-            before_cpu, before = process_cpu(leaf.proc.pid), scrape(leaf.metrics_url)
-            started = time.perf_counter()
-            latencies, errors = asyncio.run(drive(leaf.port, payload, concurrency, duration))
-            elapsed = time.perf_counter() - started
-            cpu, after = process_cpu(leaf.proc.pid) - before_cpu, scrape(leaf.metrics_url)
-            forward = after["forward_cpu"] - before["forward_cpu"]
-            forwards = after["batch_count"] - before["batch_count"]
-            lat = np.asarray(latencies) * 1000
-            results.append(LeafResult(
-                batching=label, concurrency=concurrency, requests=len(latencies), errors=errors,
-                requests_per_s=len(latencies) / elapsed, candidates_per_s=len(latencies) * n / elapsed,
-                p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
-                p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
-                mean_batch_requests=(after["batch_sum"] - before["batch_sum"]) / forwards if forwards else 0.0,
-                leaf_cpu_s=cpu, forward_cpu_s=forward, outside_forward=1 - forward / cpu if cpu else float("nan"),
-            ))
+        for rpc, payload in payloads.items():
+            for concurrency in concurrencies:
+                asyncio.run(drive(leaf.port, payload, concurrency, min(duration, 1.0), rpc))  # warm-up
+                before_cpu, before = process_cpu(leaf.proc.pid), scrape(leaf.metrics_url)
+                started = time.perf_counter()
+                latencies, errors = asyncio.run(drive(leaf.port, payload, concurrency, duration, rpc))
+                elapsed = time.perf_counter() - started
+                cpu, after = process_cpu(leaf.proc.pid) - before_cpu, scrape(leaf.metrics_url)
+                forward = after["forward_cpu"] - before["forward_cpu"]
+                forwards = after["batch_count"] - before["batch_count"]
+                lat = np.asarray(latencies) * 1000
+                results.append(LeafResult(
+                    case=case, rpc=rpc, batching=label, concurrency=concurrency, requests=len(latencies),
+                    errors=errors, requests_per_s=len(latencies) / elapsed,
+                    candidates_per_s=len(latencies) * n / elapsed,
+                    p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
+                    p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
+                    mean_batch_requests=(after["batch_sum"] - before["batch_sum"]) / forwards if forwards else 0.0,
+                    leaf_cpu_s=cpu, forward_cpu_s=forward, outside_forward=1 - forward / cpu if cpu else float("nan"),
+                ))
     finally:
         leaf.stop()
     return results
 
 
 def print_table(results: list[LeafResult]) -> None:
-    header = f"{'batching':<10}{'conc':>5}{'req/s':>9}{'cand/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'req/fwd':>9}{'cpu s':>8}{'fwd s':>8}{'outside fwd':>13}{'err':>5}"
+    header = (f"{'case':<7}{'rpc':<10}{'batching':<9}{'conc':>5}{'req/s':>9}{'cand/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'req/fwd':>8}{'cpu ms/req':>11}{'fwd ms/req':>11}{'outside fwd':>12}{'err':>5}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.batching:<10}{r.concurrency:>5}{r.requests_per_s:>9.1f}{r.candidates_per_s:>10.0f}{r.p50_ms:>9.2f}"
-              f"{r.p99_ms:>9.2f}{r.mean_batch_requests:>9.2f}{r.leaf_cpu_s:>8.2f}{r.forward_cpu_s:>8.2f}"
-              f"{r.outside_forward:>12.1%}{r.errors:>5}")
+        per = 1000 / r.requests if r.requests else float("nan")
+        print(f"{r.case:<7}{r.rpc:<10}{r.batching:<9}{r.concurrency:>5}{r.requests_per_s:>9.1f}{r.candidates_per_s:>10.0f}"
+              f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch_requests:>8.2f}{r.leaf_cpu_s * per:>11.2f}"
+              f"{r.forward_cpu_s * per:>11.2f}{r.outside_forward:>11.1%}{r.errors:>5}")
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A model and its request arrays."""
+
+    name: str
+    widths: dict[str, int]
+    hidden: list[int]
+    outputs: list[str]
+    arrays: dict[str, np.ndarray]
+    n: int
+
+
+def sparse_case(inputs: int, hidden: list[int], n: int) -> Case:
+    spec = workload(inputs, seed=0)
+    return Case("sparse", {k: w for k, (w, _, _) in spec.items()}, hidden, ["ctr"], build_arrays(spec, n, seed=2), n)
+
+
+def dense_case(rows: int = 500, width: int = 3000) -> Case:
+    x = np.random.default_rng(3).standard_normal((rows, width), dtype=np.float32)
+    return Case("dense", {"x": width}, [512, 256], ["o1", "o2"], {"x": x}, rows)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench leaf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", type=int, default=150, help="model inputs (default %(default)s)")
-    parser.add_argument("--hidden", default="256,64")
-    parser.add_argument("--candidates", type=int, default=256, help="N per request")
+    parser.add_argument("--cases", default="sparse,dense", help="sparse (many inputs) and/or dense (one big input)")
+    parser.add_argument("--rpcs", default="score,partition", help="Leaf/Score and/or Leaf/ScorePartition")
+    parser.add_argument("--inputs", type=int, default=150, help="sparse case: model inputs (default %(default)s)")
+    parser.add_argument("--hidden", default="256,64", help="sparse case: hidden sizes")
+    parser.add_argument("--candidates", type=int, default=256, help="sparse case: N per request")
+    parser.add_argument("--dense-shape", default="500,3000", help="dense case: rows,width of its one input")
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated concurrencies")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--queue-delay-ms", type=float, default=1.0, help="max queue delay with batching on")
     parser.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
-    spec = workload(args.inputs, seed=0)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     modes = {
         "on": ["--max-batch-candidates", "4096", "--max-queue-delay-ms", str(args.queue_delay_ms)],
         "off": ["--max-batch-candidates", "0"],
     }
+    builders = {
+        "sparse": lambda: sparse_case(args.inputs, [int(h) for h in args.hidden.split(",")], args.candidates),
+        "dense": lambda: dense_case(*(int(v) for v in args.dense_shape.split(","))),
+    }
+    rpcs = args.rpcs.split(",")
+    results: list[LeafResult] = []
     with tempfile.TemporaryDirectory(prefix="rootleaf-bench-leaf-") as tmp:
         workdir = Path(tmp)
-        repo = workdir / "repo"
-        module = build_demo_model({k: w for k, (w, _, _) in spec.items()}, [int(h) for h in args.hidden.split(",")], ["ctr"], seed=1)
-        export_model(module, repo / MODEL / "1", list(spec), ["ctr"])
-        payload = build_request(spec, args.candidates, seed=2)
-        print(f"model: {args.inputs} inputs, hidden [{args.hidden}], N={args.candidates}, "
-              f"request {len(payload) / 1e3:.0f} KB; leaf: 1 torch thread, cpu")
-        results: list[LeafResult] = []
-        for mode in args.modes.split(","):
-            results += run_mode(repo, workdir, mode, modes[mode], payload, args.candidates, concurrencies, args.duration)
+        for name in args.cases.split(","):
+            case = builders[name]()
+            repo = workdir / name
+            module = build_demo_model(case.widths, case.hidden, case.outputs, seed=1)
+            export_model(module, repo / MODEL / "1", list(case.widths), case.outputs)
+            payloads = {rpc: build_request(case.arrays, case.n, rpc) for rpc in rpcs}
+            print(f"{name}: {len(case.widths)} inputs, hidden {case.hidden}, N={case.n}, request "
+                  + ", ".join(f"{rpc} {len(p) / 1e3:,.0f} KB" for rpc, p in payloads.items())
+                  + "; leaf: 1 torch thread, cpu")
+            for mode in args.modes.split(","):
+                results += run_mode(repo, workdir, name, mode, modes[mode], payloads, case.n, concurrencies,
+                                    args.duration)
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
-    return 0
+    return 0 if all(r.errors == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

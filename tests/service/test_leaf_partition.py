@@ -151,3 +151,21 @@ def test_malformed_packs_are_invalid_argument(tmp_path: Path, damage: str) -> No
             assert ok.models[0].error_code == 0
 
     run(body)
+
+
+def test_a_version_not_loaded_is_that_models_failed_precondition(tmp_path: Path) -> None:
+    module = export_demo(tmp_path, "kept", "2")
+    export_demo(tmp_path, "moved", "5")
+    n = 3
+    arrays = features(n)
+
+    async def body() -> None:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0)) as leaf:
+            request = partition_request(arrays, n, [("moved", "4", NAMES), ("kept", "2", NAMES)])
+            response = await leaf.stub.ScorePartition(request)
+            moved, kept = response.models
+            assert moved.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and not moved.outputs
+            assert kept.version == "2"
+            np.testing.assert_allclose(reply_scores(kept), expected_scores(module, arrays, n), rtol=1e-6)
+
+    run(body)

@@ -1,0 +1,27 @@
+"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1]."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.leaf import main
+
+
+@pytest.mark.cluster
+def test_tiny_leaf_bench_runs_both_cases_and_rpcs(tmp_path: Path) -> None:
+    out = tmp_path / "leaf.json"
+    code = main([
+        "--cases", "sparse,dense", "--rpcs", "score,partition", "--inputs", "6", "--candidates", "8",
+        "--dense-shape", "16,64", "--concurrency", "2", "--duration", "0.3", "--modes", "on", "--json", str(out),
+    ])
+    rows = json.loads(out.read_text())
+    assert code == 0
+    assert {(r["case"], r["rpc"]) for r in rows} == {
+        ("sparse", "score"), ("sparse", "partition"), ("dense", "score"), ("dense", "partition"),
+    }
+    for r in rows:
+        assert r["errors"] == 0 and r["requests"] > 0
+        assert r["forward_cpu_s"] > 0 and 0.0 <= r["outside_forward"] <= 1.0
