@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     port_file = args.port_file
     on_started = (lambda port: write_port_file(port_file, port)) if port_file else None
-    from root.supervisor import Supervisor, resolve_workers, worker_config
+    from root.supervisor import Supervisor, resolve_workers, watch_parent, worker_config
 
     workers = resolve_workers(config.workers if args.workers is None else args.workers)
     if args.worker_listen is not None:
+        watch_parent()
         serve(worker_config(config, args.worker_listen, workers), on_started=on_started)
         return 0
     if workers == 1:

@@ -14,7 +14,8 @@ that socket open without listening, so the port stays reserved while workers res
   within ``CRASH_WINDOW_S`` of its start, up to ``MAX_BACKOFF_S``).
 - SIGTERM/SIGINT are forwarded to every worker, which drains for ``shutdown_grace_s``;
   a worker still running ``KILL_AFTER_S`` later is killed. The port file is written once
-  every worker serves.
+  every worker serves. A worker whose supervisor dies (SIGKILL) stops by itself
+  (``watch_parent``).
 
 Everything runs on the supervisor's main thread: signal handlers set an event the loop
 polls (bounded waits), and the metrics endpoint is prometheus-client's HTTP thread.
@@ -247,6 +248,23 @@ def _serve_metrics(port: int, host: str, metrics_dir: Path) -> Any:
     multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
     server, _ = start_http_server(port, host, registry=registry)
     return server
+
+
+def watch_parent(interval_s: float = 1.0) -> threading.Thread:
+    """In a worker: SIGTERM ourselves (a normal drain) when the supervisor is gone, so a
+    supervisor killed with SIGKILL leaves no workers holding the port. A daemon thread,
+    "root-parent-watch", polling the parent pid."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        log.warning("root supervisor (pid %d) is gone: stopping this worker", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="root-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def worker_config(config: RootConfig, listen: str, workers: int) -> RootConfig:

@@ -64,18 +64,24 @@ def test_default_workers_follow_the_cores() -> None:
     assert resolve_workers(0) == min(available_cores(), 8) >= 1
 
 
-@pytest.mark.cluster
-def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
+def start_root(cluster: LocalCluster, tmp_path: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    """``rootleaf root --workers N`` on the cluster's leaves, its own metrics port; (process, metrics port)."""
     doc = tomllib.loads(Path(cluster.root().config_file).read_text())
     metrics_port = free_port()
     doc |= {"metrics_port": metrics_port, "workers": 1}  # --workers on the command line wins
     (tmp_path / "root.toml").write_text(render_toml(doc))
-    log = open(tmp_path / "root.log", "wb")  # noqa: SIM115 - closed below
-    root = subprocess.Popen(
-        [sys.executable, "-m", "root.cli", "--config", str(tmp_path / "root.toml"), "--workers", "2",
-         "--port-file", str(tmp_path / "root.port")],
-        cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "root.log", "ab") as log:
+        root = subprocess.Popen(
+            [sys.executable, "-m", "root.cli", "--config", str(tmp_path / "root.toml"), "--workers", str(workers),
+             "--port-file", str(tmp_path / "root.port")],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+    return root, metrics_port
+
+
+@pytest.mark.cluster
+def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
+    root, metrics_port = start_root(cluster, tmp_path, 2)
     try:
         target = f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}"
         _wait_serving(target, "rootleaf.v1.Root")
@@ -123,5 +129,24 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         if root.poll() is None:
             root.kill()
             root.wait()
-        log.close()
     assert b"Traceback" not in (tmp_path / "root.log").read_bytes()
+
+
+@pytest.mark.cluster
+def test_workers_stop_when_the_supervisor_is_killed(cluster: LocalCluster, tmp_path: Path) -> None:
+    root, _ = start_root(cluster, tmp_path, 2)
+    workers: set[int] = set()
+    try:
+        _wait_serving(f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}", "rootleaf.v1.Root")
+        workers = children(root.pid)
+        assert len(workers) == 2
+        root.kill()  # no chance to forward anything
+        root.wait(WAIT_S)
+        poll("orphaned workers to stop by themselves", lambda: not any(alive(pid) for pid in workers))
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if root.poll() is None:
+            root.kill()
+            root.wait()
