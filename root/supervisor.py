@@ -123,7 +123,6 @@ class Supervisor:
     on_started: Callable[[int], None] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _children: list[_Worker] = field(default_factory=list)
-    restarts: int = 0
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
@@ -218,7 +217,6 @@ class Supervisor:
                 fresh = spawn(worker.index)
                 fresh.failures = worker.failures
                 self._children[i] = fresh
-                self.restarts += 1
 
     def _shutdown(self) -> None:
         live = [w.proc for w in self._children if w.proc.poll() is None]
