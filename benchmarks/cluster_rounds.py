@@ -19,6 +19,7 @@ SPREAD_FIGURES: tuple[str, ...] = (
     "root_cpu_ms_per_request",
     "leaf_cpu_ms_per_request",
     "root_cpu_us_per_candidate_model",
+    "root_cpu_ms_per_request_closed",
     "p50_ms",
     "p99_ms",
     "max_rps",

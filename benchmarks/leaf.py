@@ -34,7 +34,7 @@ import numpy as np
 from leaf.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
-from wire.pack import encode_pack
+from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
 from protos.rootleaf.v1 import leaf_pb2
 from transport.server import GRPC_OPTIONS
 
@@ -90,11 +90,11 @@ def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> d
 
 def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
     """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
-    if rpc == "partition":
-        request = leaf_pb2.PartitionRequest(request_id="bench", num_candidates=n)
-        request.models.add(name=MODEL, version="1", features=range(len(arrays)))
-        request.features.CopyFrom(encode_pack(arrays))
-        return request.SerializeToString()
+    if rpc == "partition":  # as a root assembles it
+        packer = TensorPacker("lz4")
+        tensors = [packer.pack(name, array) for name, array in arrays.items()]
+        model = PartitionModelRef(MODEL, "1", tuple(range(len(tensors))))
+        return assemble_partition_request("bench", n, [model], tensors)
     single = leaf_pb2.LeafRequest(request_id="bench", model=MODEL, version="1", num_candidates=n)
     single.features.extend(codec.encode(name, array) for name, array in arrays.items())
     return single.SerializeToString()

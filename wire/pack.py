@@ -179,13 +179,16 @@ def pack_field(tensors: Sequence[PackedTensor]) -> list[bytes | memoryview]:
         offset += tensor.length
     table_bytes = b"".join(table)
     dims = b"".join([t.dims for t in tensors])
-    parts: list[bytes | memoryview] = [t.name_field for t in tensors]
+    # ``data`` first (protobuf accepts fields in any order): the leaf then finds the payload
+    # without scanning the names, and keeps it where gRPC received it.
+    parts: list[bytes | memoryview] = []
+    if offset:
+        parts += (_varint((_DATA_FIELD << 3) | 2), _varint(offset), *data)
+    parts += [t.name_field for t in tensors]
     if table_bytes:
         parts.append(frame_field(_TABLE_FIELD, table_bytes))
     if dims:
         parts.append(frame_field(_DIMS_FIELD, dims))
-    if offset:
-        parts += (_varint((_DATA_FIELD << 3) | 2), _varint(offset), *data)
     return parts
 
 

@@ -85,3 +85,23 @@ def test_corrupt_lz4_is_a_codec_error_naming_the_tensor() -> None:
     assert entry.encoding == 1
     with pytest.raises(CodecError, match="'z'"):
         decode_entry(entry, b"\xff" * len(pack.data))
+
+
+def test_leaf_keeps_root_assembled_payloads_in_the_received_bytes() -> None:
+    from leaf.partition import deserialize_partition
+    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+
+    packer = TensorPacker("lz4")
+    tensors = [packer.pack(name, array) for name, array in ARRAYS.items()]
+    payload = assemble_partition_request("r", 3, [PartitionModelRef("m", "2", (0, 3))], tensors)
+    wire = deserialize_partition(payload)
+    assert not wire.error and isinstance(wire.data, memoryview) and wire.data.obj is payload
+    assert wire.message.models[0].version == "2" and list(wire.message.models[0].features) == [0, 3]
+    entries = read_pack(wire.message.features, DecodeLimits(), len(wire.data))
+    for entry in entries:
+        np.testing.assert_array_equal(decode_entry(entry, wire.data), ARRAYS[entry.name])
+    # the same request as protobuf writes it (fields in number order) is parsed whole
+    whole = leaf_pb2.PartitionRequest.FromString(payload)
+    reserialised = deserialize_partition(whole.SerializeToString())
+    assert reserialised.data is None and reserialised.message == whole
+    assert deserialize_partition(payload[:-3]).error
