@@ -54,17 +54,29 @@ KILL_AFTER_S = 10.0
 """Seconds past the drain grace before a worker that has not exited is killed."""
 
 
-def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, bounded by a cgroup v2 CPU quota
-    (a Kubernetes CPU limit), at least 1."""
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Cores this process may use: its CPU affinity, bounded by a cgroup CPU quota (a
+    Kubernetes CPU limit; cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    return max(1, cores)
+
+
+def _cpu_quota(cgroup: Path) -> float | None:
+    """CPUs allowed by the cgroup quota, or None when unlimited or unknown."""
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) // int(period))))
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]  # v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, cores)
+    try:
+        quota_us = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())  # v1: -1 = unlimited
+        period_us = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_workers(workers: int) -> int:

@@ -59,9 +59,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield started
 
 
-def test_default_workers_follow_the_cores() -> None:
+def test_default_workers_follow_the_cores(tmp_path: Path) -> None:
     assert resolve_workers(3) == 3
     assert resolve_workers(0) == min(available_cores(), 8) >= 1
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "cpu.max").write_text("100000 100000\n")  # a 1-CPU limit
+    assert available_cores(tmp_path / "v2") == 1
+    (tmp_path / "v2" / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path / "v2") == affinity
+    (tmp_path / "v1" / "cpu").mkdir(parents=True)
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us").write_text("150000\n")  # 1.5 CPUs -> 1
+    (tmp_path / "v1" / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cores(tmp_path / "v1") == 1
+    assert available_cores(tmp_path / "none") == affinity
 
 
 def start_root(cluster: LocalCluster, tmp_path: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
