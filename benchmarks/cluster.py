@@ -43,15 +43,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from benchmarks.cluster_load import LoadClient, PhaseResult, Progress, RequestPool
+from harness.load import LoadClient, PhaseResult, Progress, RequestPool
 from benchmarks.cluster_metrics import Snapshot, snapshot
 from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
 from benchmarks.cluster_rounds import aggregate, round_orders
 from benchmarks.floors import Floors, compute_floors
 from benchmarks.link import LINK_ENV, run_shaped
-from deploy.demo_assets import DemoAssets
-from deploy.local_cluster import LocalCluster
-from deploy.workload import Workload
+from harness.demo_assets import DemoAssets
+from harness.local_cluster import LocalCluster
+from harness.workload import Workload
 
 log = logging.getLogger("rootleaf.bench.cluster")
 
@@ -373,8 +373,8 @@ def store_overrides(feature_store: str, cache_max_bytes: int | None) -> dict[str
 
 def load_redis(workload: str | Path, url: str, progress: bool) -> None:
     """Write the workload's data into Redis or a Redis Cluster: the rows the local store holds."""
-    from deploy.workload import builtin_workload, load_workload
-    from root.redis_loader import load_generated
+    from harness.workload import builtin_workload, load_workload
+    from harness.datagen import load_generated
 
     spec = load_workload(builtin_workload(str(workload)))
     asyncio.run(load_generated(url, spec.catalog(), users=spec.info.users, items=spec.info.items,

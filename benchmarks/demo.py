@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 from benchmarks.cluster import BenchOptions, Mode, parse_modes, run_cluster_bench
 from benchmarks.cluster_report import print_table, write_chart
-from deploy.local_cluster import ClusterError
-from deploy.workload import WorkloadError
+from harness.processes import ClusterError
+from harness.workload import WorkloadError
 
 DEMO_MODES: tuple[Mode, ...] = (
     Mode(False, False, False),

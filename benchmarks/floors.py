@@ -19,8 +19,8 @@ from typing import Mapping, Sequence
 import lz4.block
 import numpy as np
 
-from benchmarks.cluster_load import RequestPool
-from deploy.demo_assets import DemoAssets
+from harness.load import RequestPool
+from harness.demo_assets import DemoAssets
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
 from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
 from protos.rootleaf.v1 import leaf_pb2
 from transport.server import GRPC_OPTIONS
+from harness.processes import free_port
 
 MODEL = "bench_demo"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -108,13 +108,6 @@ def _failed(rpc: str, reply: bytes) -> bool:
     if rpc != "partition":
         return False
     return any(m.error_code for m in leaf_pb2.PartitionResponse.FromString(reply).models)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def process_cpu(pid: int) -> float:

@@ -11,9 +11,8 @@ FAILED_PRECONDITION (version not loaded) is struck off for that version at once.
 call (``score_partition``) goes to a target that has every named version if one does (else
 to any: the models it lacks come back FAILED_PRECONDITION in their own replies, and are
 struck off the same way).
-``InProcessLeafClient`` hands the same bytes to an async callable, so root logic is
-testable without sockets. Both raise ``LeafCallError``. State is owned by the root's event
-loop.
+It raises ``LeafCallError``. (An in-process variant for tests lives in ``tests/doubles.py``.)
+State is owned by the root's event loop.
 """
 
 from __future__ import annotations
@@ -21,15 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.rootleaf.v1 import leaf_pb2
-from wire import codec
-from wire.codec import DEFAULT_LIMITS, CodecError
-from wire.pack import decode_entry, read_pack
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 from transport.server import GRPC_OPTIONS
 from root.errors import LeafCallError
@@ -315,79 +311,3 @@ class GrpcLeafClient:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
         await asyncio.gather(*(ch.close() for ch in self._channels))
-
-
-LeafHandler = Callable[[leaf_pb2.LeafRequest], Awaitable[leaf_pb2.LeafResponse]]
-
-
-class InProcessLeafClient:
-    """A partition served by an async callable in this process (same bytes as on the wire).
-
-    ``versions`` (model -> loaded versions) is what the partition reports as loaded; None
-    means not known (every version may be tried). A partition call is served model by
-    model: each model's inputs are taken from the pack and handed to the callable as the
-    ``LeafRequest`` ``Leaf/Score`` would have received."""
-
-    def __init__(self, handler: LeafHandler, versions: Mapping[str, Sequence[str]] | None = None) -> None:
-        self._handler = handler
-        self.versions = versions
-        self.received: int = 0
-        """Requests handed to the handler."""
-        self.partition_calls: int = 0
-        """Partition calls received."""
-
-    def served_versions(self, model: str) -> frozenset[str] | None:
-        if self.versions is None:
-            return None
-        return frozenset(self.versions.get(model, ()))
-
-    async def score(
-        self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
-    ) -> leaf_pb2.LeafResponse:
-        request = leaf_pb2.LeafRequest.FromString(payload)
-        self.received += 1
-        try:
-            return await asyncio.wait_for(self._handler(request), timeout=max(timeout_s, 0.0))
-        except TimeoutError:
-            raise LeafCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "in-process leaf deadline exceeded") from None
-        except LeafCallError as exc:
-            if exc.code == grpc.StatusCode.FAILED_PRECONDITION and version and self.versions is not None:
-                # As the gRPC client does: a version the leaf says it lacks is struck off.
-                self.versions = {**self.versions, model: [v for v in self.versions.get(model, ()) if v != version]}
-            raise
-
-    async def score_partition(
-        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
-    ) -> leaf_pb2.PartitionResponse:
-        request = leaf_pb2.PartitionRequest.FromString(payload)
-        self.partition_calls += 1
-        try:
-            entries = read_pack(request.features, DEFAULT_LIMITS)
-        except CodecError as exc:
-            raise LeafCallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        data = request.features.data
-        tensors = [codec.encode(e.name, decode_entry(e, data), "none", dtype=e.dtype) for e in entries]
-
-        async def one(model: leaf_pb2.PartitionModel) -> leaf_pb2.ModelReply:
-            single = leaf_pb2.LeafRequest(
-                request_id=request.request_id, model=model.name, version=model.version,
-                num_candidates=request.num_candidates,
-            )
-            single.features.extend(tensors[i] for i in model.features)
-            try:
-                response = await self.score(single.SerializeToString(), timeout_s, model.name, model.version)
-            except LeafCallError as exc:
-                return leaf_pb2.ModelReply(model=model.name, error_code=exc.code.value[0], error_message=exc.message)
-            return leaf_pb2.ModelReply(model=response.model, version=response.version, outputs=response.outputs)
-
-        replies = await asyncio.gather(*(one(m) for m in request.models))
-        return leaf_pb2.PartitionResponse(models=replies)
-
-    async def check_ready(self, timeout_s: float) -> int:
-        return 1
-
-    async def refresh_versions(self, timeout_s: float) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None

@@ -1,7 +1,7 @@
 """File-backed feature store: one memory-mapped ``.npy`` column per feature.
 
-Layout: ``<dir>/<entity>/<feature>.npy`` with shape ``[rows, *spec.shape]`` (written by
-``root.datagen.generate_local_store``). Entity id ``i`` is row ``i``; ids at or beyond the
+Layout: ``<dir>/<entity>/<feature>.npy`` with shape ``[rows, *spec.shape]`` (``column_path``;
+any writer of ``.npy`` files fits, the demo data generator is one). Entity id ``i`` is row ``i``; ids at or beyond the
 row count get the feature's default and are counted as missing. Reads are vectorised
 fancy indexing on the memory maps. Columns are opened once at construction and only read
 afterwards, so the store is safe to use from the event loop and from worker threads.
@@ -16,10 +16,16 @@ from typing import Sequence
 import numpy as np
 
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.datagen import column_path
 from root.feature_store import FeatureStoreError, FetchResult
 
 log = logging.getLogger(__name__)
+
+
+def column_path(directory: Path, spec: FeatureSpec) -> Path:
+    """Where the local store keeps ``spec``'s column."""
+    if "/" in spec.name or "\\" in spec.name or spec.name in (".", ".."):
+        raise ValueError(f"feature name {spec.name!r} cannot be a file name")
+    return Path(directory) / spec.entity.value / f"{spec.name}.npy"
 
 
 class LocalFeatureStore:

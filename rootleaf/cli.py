@@ -14,18 +14,19 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "root": ("root.cli:main", "run a root server"),
     "score": ("root.client_cli:main", "score candidates through a root and print a table"),
-    "features": ("root.features_cli:main", "load workload features into a feature store"),
+    "features": ("harness.features_cli:main", "load workload features into a feature store"),
     "health": ("transport.health_cli:main", "gRPC health check of a root or leaf (exit 0 = SERVING)"),
     "leaf": ("leaf.cli:main", "run a leaf partition server"),
     "model": ("leaf.export_cli:main", "export a TorchScript model with its signature"),
+    "demo-model": ("harness.demo_model:main", "build and export a deterministic demo MLP"),
     "bundle": ("deploy.bundle_cli:main", "build a bundle-level module_info.json and root-config package"),
     "rollout": ("deploy.rollout_cli:rollout_main", "staged rollout: canary, analysis, production"),
     "rollback": ("deploy.rollout_cli:rollback_main", "restore the state before the last rollout"),
-    "up": ("deploy.local_cluster:up_main", "start a local cluster (leaves + root) on loopback"),
-    "down": ("deploy.local_cluster:down_main", "stop a local cluster started with 'up'"),
+    "up": ("harness.cluster_cli:up_main", "start a local cluster (leaves + root) on loopback"),
+    "down": ("harness.cluster_cli:down_main", "stop a local cluster started with 'up'"),
     "demo": ("benchmarks.demo:main", "the main job: local cluster, load, what trimming saved"),
     "bench": ("benchmarks.cli:main", "benchmarks: cluster (default), codec, trimmer, leaf"),
-    "soak": ("benchmarks.soak:main", "run the cluster under load with injected faults"),
+    "soak": ("harness.soak:main", "run the cluster under load with injected faults"),
 }
 
 

@@ -23,16 +23,10 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Sequence
 
 import pytest
+from harness.processes import free_port
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def ping(port: int, timeout_s: float = 0.2) -> bool:

@@ -13,9 +13,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from benchmarks.faults import AllowlistStorm, read_records
-from benchmarks.soak_load import LoadProcess, Outcome
-from deploy.local_cluster import LocalCluster
+from harness.faults import AllowlistStorm, read_records
+from harness.soak_load import LoadProcess, Outcome
+from harness.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

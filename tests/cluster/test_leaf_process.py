@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
+from harness.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    # Metrics take an explicit port (0 means off): ask the kernel for one that is free now.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:

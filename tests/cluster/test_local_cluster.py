@@ -15,19 +15,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from deploy.local_cluster import (
-    REPO_ROOT,
-    ClusterError,
-    LeafInfo,
-    LocalCluster,
-    RootInfo,
-    apply_overrides,
-    down_main,
-    parse_override,
-    pid_alive,
-    render_toml,
-    _Proc,
-)
+from harness.cluster_cli import down_main
+from harness.cluster_config import LeafInfo, RootInfo, apply_overrides, parse_override, render_toml
+from harness.local_cluster import LocalCluster
+from harness.processes import REPO_ROOT, ClusterError, Proc, pid_alive
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 
 WAIT_S = 120.0
@@ -216,8 +207,8 @@ def test_stop_stops_every_process_even_when_one_raises(tmp_path: Path) -> None:
     stubborn = _Unstoppable(sleeper)
     others = [subprocess.Popen(sleeper) for _ in range(3)]
     try:
-        def proc(name: str, popen: subprocess.Popen[bytes]) -> _Proc:
-            return _Proc(name, popen, tmp_path / f"{name}.log", tmp_path / f"{name}.port")
+        def proc(name: str, popen: subprocess.Popen[bytes]) -> Proc:
+            return Proc(name, popen, tmp_path / f"{name}.log", tmp_path / f"{name}.port")
 
         cluster._roots["production"] = (RootInfo("", "", "", "", {}, stubborn.pid, ""), proc("root", stubborn))
         cluster._leaves["production"] = [

@@ -23,8 +23,8 @@ import torch
 from contract.versions import version_key
 from deploy.bundle import build_bundle
 from deploy.delivery import tree_sha256
-from deploy.local_cluster import LocalCluster
-from benchmarks.soak_load import LoadProcess
+from harness.local_cluster import LocalCluster
+from harness.soak_load import LoadProcess
 from deploy import rollout_cli
 from deploy.rollout_cli import rollback_main, rollout_main
 from leaf.export import export_model

@@ -19,7 +19,8 @@ import pytest
 
 from contract.versions import version_key
 from deploy.bundle import build_bundle
-from deploy.local_cluster import REPO_ROOT, down_main, pid_alive
+from harness.cluster_cli import down_main
+from harness.processes import REPO_ROOT, pid_alive
 from deploy.rollout_cli import rollback_main, rollout_main
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
 from tests.tls_certs import make_certs

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from root import client_cli
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.client import RootClient
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_S = 60.0

@@ -15,7 +15,9 @@ from typing import Callable, Iterator, TypeVar
 import pytest
 
 from benchmarks.cluster_metrics import scrape, total
-from deploy.local_cluster import LocalCluster, free_port, render_toml
+from harness.cluster_config import render_toml
+from harness.local_cluster import LocalCluster
+from harness.processes import free_port
 from root.client import RootClient
 from root.supervisor import available_cores, resolve_workers
 from transport import health_cli

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import main
+from harness.soak import main
 
 
 @pytest.mark.cluster

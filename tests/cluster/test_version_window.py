@@ -17,13 +17,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from benchmarks.faults import read_records
-from benchmarks.soak_load import LoadProcess
-from leaf.demo_model import build_demo_model
+from harness.faults import read_records
+from harness.soak_load import LoadProcess
+from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 from tests.cluster.test_root_process import REPO_ROOT, _stop, _wait_port, _wait_serving
 
 pytestmark = pytest.mark.cluster

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from leaf.config import LeafConfig
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from leaf.server import ObservedRequest, create_server
 from wire import codec

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from deploy.demo_assets import DemoAssets
-from root import features_cli
+from harness.demo_assets import DemoAssets
+from harness import features_cli
 from root.catalog import Entity, FeatureCatalog
 from root.client import AsyncRootClient, ModelScores
 from root.config import CacheConfig, FeatureStoreConfig
-from root.datagen import generate_table
+from harness.datagen import generate_table
 from root.redis_cluster_store import ClusterUrl, RedisClusterFeatureStore
-from root.redis_loader import load_generated
+from harness.datagen import load_generated
 from tests.redis_server import LocalRedisCluster, fresh_redis_cluster, redis_cluster  # noqa: F401 - fixtures
 from tests.service.test_redis_root import (  # noqa: F401 - assets is a fixture
     assert_same_scores,

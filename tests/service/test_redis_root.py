@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from deploy.demo_assets import DemoAssets, ensure_assets
-from deploy.workload import builtin_workload
+from harness.demo_assets import DemoAssets, ensure_assets
+from harness.workload import builtin_workload
 from leaf.config import LeafConfig
 from leaf.server import create_server as create_leaf
 from root.catalog import FeatureCatalog
 from root.client import AsyncRootClient, ModelScores
 from root.config import CacheConfig, FeatureStoreConfig, PartitionConfig, RootConfig
-from root.redis_loader import load_generated
+from harness.datagen import load_generated
 from root.server import create_server as create_root
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 

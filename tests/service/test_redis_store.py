@@ -12,11 +12,12 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
-from root import features_cli
+from harness import features_cli
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.datagen import generate_table
+from harness.datagen import generate_table
 from root.feature_store import FeatureStoreError
-from root.redis_loader import LoadOptions, load_generated
+from harness.datagen import load_generated
+from root.redis_loader import LoadOptions
 from root.redis_store import RedisFeatureStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
 
@@ -307,7 +308,7 @@ def test_features_cli_loads_a_catalog_and_a_workload(
     assert features_cli.main(["load", "--catalog", str(path), "--redis", redis_server.url]) == 1
     assert "--users" in capsys.readouterr().err
 
-    from deploy.workload import builtin_workload, load_workload
+    from harness.workload import builtin_workload, load_workload
 
     workload = load_workload(builtin_workload("ci"))
     assert features_cli.main(["load", "--workload", "ci", "--redis", redis_server.url, "--quiet"]) == 0

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from leaf.config import LeafConfig
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf import torchscript
 from leaf.export import export_model
 from leaf.server import ObservedRequest
@@ -36,7 +36,7 @@ from protos.rootleaf.v1 import root_pb2, root_pb2_grpc, tensor_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.client import AsyncRootClient
 from root.config import CacheConfig, FeatureStoreConfig, PartitionConfig, RootConfig
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 from root.local_store import LocalFeatureStore
 from root.server import RootServer
 from root.server import create_server as create_root_server

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from deploy.local_cluster import free_port
+from harness.processes import free_port
 from leaf.config import LeafConfig
 from leaf.server import create_server as create_leaf_server
 from transport.tls import TlsConfig

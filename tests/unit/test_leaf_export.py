@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from leaf import torchscript
-from leaf.demo_model import build_demo_model
+from harness.demo_model import build_demo_model
 from leaf.export import Signature, SignatureError, check_calling_convention, export_model, read_signature
 from leaf.model import split_outputs
 from leaf.errors import ModelFailed
@@ -103,15 +103,16 @@ def test_demo_model_is_deterministic_and_handles_ids_and_broadcast() -> None:
 
 
 def test_model_cli_exports_demo_and_reexports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import demo_model
     from leaf import export_cli
 
     out = tmp_path / "demo" / "1"
-    assert export_cli.main(["export-demo", "--out", str(out), "--inputs", "a:2,b:3:int64", "--hidden", "4",
+    assert demo_model.main(["--out", str(out), "--inputs", "a:2,b:3:int64", "--hidden", "4",
                             "--outputs", "ctr,cvr", "--seed", "2"]) == 0
     assert read_signature(out) == Signature(("a", "b"), ("ctr", "cvr"), {"b": "int64"})
     again = tmp_path / "demo" / "2"
     assert export_cli.main(["export", "--module", str(out / "model.pt"), "--out", str(again),
                             "--inputs", "a,b", "--outputs", "ctr,cvr"]) == 0
     assert read_signature(again) == Signature(("a", "b"), ("ctr", "cvr"))
-    assert export_cli.main(["export-demo", "--out", str(out), "--inputs", "a"]) == 2
+    assert demo_model.main(["--out", str(out), "--inputs", "a"]) == 2
     assert "name:width" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from root.cache import CachedFeatureStore
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 from root.feature_store import FetchResult
 from root.local_store import LocalFeatureStore
 

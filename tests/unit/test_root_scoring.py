@@ -17,10 +17,10 @@ from wire.codec import DType, decode_all, encode
 from protos.rootleaf.v1 import leaf_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded, StoreUnavailable
 from root.feature_store import FeatureStoreError, FetchResult
-from root.leaf_client import InProcessLeafClient
+from tests.doubles import InProcessLeafClient
 from root.local_store import LocalFeatureStore
 from root.client_features import DECODE_ON_LOOP_BYTES
 from root.scoring import ModelRef, ScoreEngine, ScoreInput

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.datagen import generate_local_store, generate_table
+from harness.datagen import generate_local_store, generate_table
 from root.feature_store import FeatureStoreError
 from root.local_store import LocalFeatureStore
 

@@ -17,9 +17,9 @@ from prometheus_client import REGISTRY
 from protos.rootleaf.v1 import leaf_pb2
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
-from root.datagen import generate_local_store
+from harness.datagen import generate_local_store
 from root.errors import LeafCallError
-from root.leaf_client import InProcessLeafClient
+from tests.doubles import InProcessLeafClient
 from root.local_store import LocalFeatureStore
 from root.scoring import ModelOutcome, ModelRef, ScoreEngine, ScoreInput
 from trimmer import FeatureTrimmer

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.soak_load import Outcome
-from benchmarks.soak_report import Phase, by_fault, targets
+from harness.soak_load import Outcome
+from harness.soak_report import Phase, by_fault, targets
 
 PARTITION_OF = {"m_a": "alpha", "m_c": "beta"}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from deploy.workload import (
+from harness.workload import (
     Workload,
     WorkloadError,
     builtin_workload,

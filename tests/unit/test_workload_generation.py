@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.demo_assets import ensure_assets
-from deploy.workload import builtin_workload
+from harness.demo_assets import ensure_assets
+from harness.workload import builtin_workload
 
 
 def _files(root: Path) -> dict[str, bytes]:

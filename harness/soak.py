@@ -11,7 +11,7 @@ corrupt reloads, leaf kills, lost), the same per fault kind (success rate, failu
 p50/p99, share of other partitions' results served), and checks, from the leaves' request
 records, that every leaf request carried exactly the features of an allowlist that was
 valid at some point. Exit code 0 only when the availability targets are met
-(``benchmarks.soak_report.targets``).
+(``harness.soak_report.targets``).
 
 The calling thread owns the cluster, the bundle files and the fault schedule; the load's
 state lives in its own process.
@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.faults import AllowlistStorm, read_records
-from benchmarks.soak_load import LoadProcess
-from benchmarks.soak_report import Phase, by_fault, targets
+from harness.faults import AllowlistStorm, read_records
+from harness.soak_load import LoadProcess
+from harness.soak_report import Phase, by_fault, targets
 from contract.versions import latest_version
-from deploy.local_cluster import ClusterError, LocalCluster
+from harness.local_cluster import LocalCluster
+from harness.processes import ClusterError
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
 from transport.tls import TlsConfig, sync_channel
 

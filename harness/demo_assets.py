@@ -11,7 +11,7 @@ Layout::
     assets/ASSETS.json                      hash, workload name, per-partition models
     assets/workload.toml                    the workload file the assets came from
     assets/catalog.json                     root.catalog.FeatureCatalog
-    assets/store/                           root.datagen local store (users, items)
+    assets/store/                           harness.datagen local store (users, items)
     assets/models/<model>/<version>/        model.pt + module_info.json (leaf repository)
     assets/bundles/<partition>/module_info.json   bundle-level allowlists (one bundle per partition)
 """
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from deploy.workload import Workload, load_workload
+from harness.workload import Workload, load_workload
 
-log = logging.getLogger("rootleaf.deploy.demo_assets")
+log = logging.getLogger("rootleaf.harness.demo_assets")
 
 ASSETS_DIR = "assets"
 STAMP_FILE = "ASSETS.json"
@@ -82,7 +82,7 @@ def export_models(workload: Workload, models_dir: Path) -> None:
     """Export every version of every model of ``workload`` into ``models_dir`` (a leaf repository)."""
     import torch
 
-    from leaf.demo_model import build_demo_model
+    from harness.demo_model import build_demo_model
     from leaf.export import export_model
 
     torch.manual_seed(workload.info.seed)
@@ -106,7 +106,7 @@ def write_bundles(workload: Workload, models_dir: Path, bundles_dir: Path) -> di
 
 def generate(workload: Workload, target: Path, workload_text: str, digest: str) -> None:
     """Generate every asset of ``workload`` into the empty directory ``target``."""
-    from root.datagen import generate_local_store
+    from harness.datagen import generate_local_store
 
     target.mkdir(parents=True)
     (target / "workload.toml").write_text(workload_text, encoding="utf-8")

@@ -1,6 +1,6 @@
 """``rootleaf features load``: write a workload's feature data into Redis or a Redis Cluster.
 
-The data is what the local store holds for the same workload (``root.datagen``), so a root
+The data is what the local store holds for the same workload (``harness.datagen``), so a root
 scores identically on either store. Either ``--workload`` (a TOML file or a shipped name:
 catalog, users, items and seed come from it) or ``--catalog`` with ``--users``, ``--items``
 and ``--seed``. Runs one asyncio loop in the main thread.
@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from root.catalog import FeatureCatalog
 from root.feature_store import FeatureStoreError
 from root.redis_cluster_store import CLUSTER_SCHEMES, RedisClusterFeatureStore
-from root.redis_loader import DEFAULT_BATCH_ROWS, LoadOptions, load_generated
+from harness.datagen import load_generated
+from root.redis_loader import DEFAULT_BATCH_ROWS, LoadOptions
 from root.redis_records import PackedRecordStore
 from root.redis_store import RedisFeatureStore
 
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _source(args: argparse.Namespace) -> tuple[FeatureCatalog, int, int, int]:
     if args.workload is not None:
-        from deploy.workload import builtin_workload, load_workload
+        from harness.workload import builtin_workload, load_workload
 
         workload = load_workload(builtin_workload(args.workload))
         info = workload.info

@@ -1,6 +1,6 @@
 """Closed-loop load that accounts for every request: the soak's and fault tests' client.
 
-It runs in its own process (``LoadProcess`` starts ``python -m benchmarks.soak_load``):
+It runs in its own process (``LoadProcess`` starts ``python -m harness.soak_load``):
 the launcher forks leaves while load is in flight, and gRPC core cannot fork a process
 whose other threads are inside gRPC calls (the child crashes before it execs).
 ``SoakLoad.run`` keeps ``concurrency`` workers sending Score requests (from a seeded
@@ -30,7 +30,7 @@ from typing import IO, Any, Callable, Mapping, Sequence
 
 import grpc
 
-from benchmarks.cluster_load import RequestPool
+from harness.load import RequestPool
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from transport.server import GRPC_OPTIONS
 
@@ -201,7 +201,7 @@ class LoadProcess:
         self.out = out
         out.unlink(missing_ok=True)
         args = [
-            sys.executable, "-m", "benchmarks.soak_load", "--target", target, "--out", str(out),
+            sys.executable, "-m", "harness.soak_load", "--target", target, "--out", str(out),
             "--users", str(users), "--items", str(items), "--candidates", str(candidates),
             "--concurrency", str(concurrency), "--deadline-ms", str(deadline_ms), "--seed", str(seed),
             "--models", ",".join(models), "--rate", str(rate),
@@ -292,7 +292,7 @@ async def _main(args: argparse.Namespace, stream: IO[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.soak_load", description="closed-loop Score load")
+    p = argparse.ArgumentParser(prog="python -m harness.soak_load", description="closed-loop Score load")
     p.add_argument("--target", required=True)
     p.add_argument("--out", type=Path, required=True, help="JSON lines, one per outcome")
     p.add_argument("--models", required=True, help="comma-separated models of every request")

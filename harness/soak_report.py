@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.soak_load import Outcome
+from harness.soak_load import Outcome
 
 STEADY = "steady"
 

@@ -3,8 +3,8 @@
 ``generate_table`` is a pure function of ``(spec, count, seed)``: the random stream is
 derived from the seed and the feature's name, so every feature is reproducible on its own
 and the local store and the Redis loader hold identical data. ``generate_local_store``
-writes one ``.npy`` column file per feature for ``LocalFeatureStore``. Runs on the caller's
-thread; no shared state.
+writes one ``.npy`` column file per feature for ``LocalFeatureStore``; ``load_generated``
+loads the same rows into Redis. Runs on the caller's thread; no shared state.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
+from root.local_store import column_path
+from root.redis_loader import EntityLoad, LoadOptions, load_entity, open_client
 
 MANIFEST = "store.json"
 # Largest id an ``ids`` feature draws (vocabulary size of the demo id spaces).
@@ -74,13 +77,6 @@ def generate_table(spec: FeatureSpec, count: int, seed: int) -> np.ndarray:
     return _cast(values, spec.np_dtype)
 
 
-def column_path(directory: Path, spec: FeatureSpec) -> Path:
-    """Where the local store keeps ``spec``'s column."""
-    if "/" in spec.name or "\\" in spec.name or spec.name in (".", ".."):
-        raise ValueError(f"feature name {spec.name!r} cannot be a file name")
-    return Path(directory) / spec.entity.value / f"{spec.name}.npy"
-
-
 def generate_local_store(catalog: FeatureCatalog, directory: str | Path, users: int, items: int, seed: int) -> None:
     """Write every catalog feature's column: request features ``users`` rows, candidate ``items``."""
     directory = Path(directory)
@@ -94,3 +90,38 @@ def generate_local_store(catalog: FeatureCatalog, directory: str | Path, users: 
         os.replace(tmp, path)
     manifest = {"users": users, "items": items, "seed": seed, "features": len(catalog)}
     (directory / MANIFEST).write_text(json.dumps(manifest, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def generated_columns(catalog: FeatureCatalog, entity: Entity, count: int, seed: int) -> dict[str, np.ndarray]:
+    """The same rows the local store holds: ``generate_table`` per feature."""
+    return {n: generate_table(catalog[n], count, seed) for n in catalog.names(entity)}
+
+
+async def load_generated(
+    url: str,
+    catalog: FeatureCatalog,
+    *,
+    users: int,
+    items: int,
+    seed: int,
+    options: LoadOptions = LoadOptions(),
+    progress: TextIO | bool = True,
+) -> list[EntityLoad]:
+    """Generate a workload's data (users = request entities, items = candidates) and load it
+    into ``url`` (``redis://...`` or ``redis-cluster://host:port,...``)."""
+    counts = {Entity.REQUEST: users, Entity.CANDIDATE: items}
+    for entity, count in counts.items():
+        if count < 0:
+            raise ValueError(f"{'users' if entity is Entity.REQUEST else 'items'} must be >= 0, got {count}")
+    client = open_client(url)
+    try:
+        results = []
+        for entity, count in counts.items():
+            if not catalog.names(entity):
+                continue
+            columns = generated_columns(catalog, entity, count, seed)
+            results.append(await load_entity(client, catalog, entity, columns, options=options, progress=progress))
+            del columns
+        return results
+    finally:
+        await client.aclose()

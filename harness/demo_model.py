@@ -6,12 +6,17 @@ Used by the demo, the benchmarks and tests to generate models with realistic sig
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
+from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
 import torch
 
+from contract.dtypes import DTYPES
 from leaf import torchscript
+from leaf.export import export_model
 
 # Integer features (ids, id lists) are folded into [0, 1) by this modulus: cheap,
 # deterministic, and enough to make scores depend on them.
@@ -86,3 +91,50 @@ def build_demo_model(
     )
     model.eval()
     return torchscript.script(model)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_inputs(text: str) -> tuple[dict[str, int], dict[str, str]]:
+    widths: dict[str, int] = {}
+    dtypes: dict[str, str] = {}
+    for item in _csv(text):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ValueError(f"--inputs item {item!r}: expected name:width[:dtype]")
+        name = parts[0]
+        try:
+            widths[name] = int(parts[1])
+        except ValueError:
+            raise ValueError(f"--inputs item {item!r}: width must be an int") from None
+        if len(parts) == 3:
+            if parts[2] not in DTYPES:
+                raise ValueError(f"--inputs item {item!r}: unknown dtype {parts[2]!r}")
+            dtypes[name] = parts[2]
+    if not widths:
+        raise ValueError("--inputs must name at least one input")
+    return widths, dtypes
+
+
+def main(argv: list[str]) -> int:
+    """``rootleaf demo-model --out DIR --inputs name:width[:dtype],... [--hidden 64,32]
+    [--outputs ctr] [--seed 1]``: build a deterministic demo MLP and export it."""
+    parser = argparse.ArgumentParser(prog="rootleaf demo-model", description="build and export a deterministic demo MLP")
+    parser.add_argument("--out", type=Path, required=True, help="version directory to write")
+    parser.add_argument("--inputs", required=True, help="name:width[:dtype],... in signature order")
+    parser.add_argument("--hidden", default="64,32", help="hidden layer sizes (default %(default)s)")
+    parser.add_argument("--outputs", default="score", help="output names (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        widths, dtypes = _parse_inputs(args.inputs)
+        hidden = [int(h) for h in _csv(args.hidden)]
+        module = build_demo_model(widths, hidden, _csv(args.outputs), args.seed)
+        path = export_model(module, args.out, list(widths), _csv(args.outputs), input_dtypes=dtypes or None)
+    except (ValueError, OSError) as exc:
+        print(f"rootleaf demo-model: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
