@@ -1,7 +1,7 @@
 """What the cluster benchmark reads from running servers: Prometheus counters and process CPU.
 
-Counters are scraped over HTTP from each server's metrics endpoint and parsed with
-prometheus-client's text parser; CPU time comes from ``/proc/<pid>/stat`` (utime + stime),
+Counters are scraped over HTTP from each server's metrics endpoint (``deploy.metrics_scrape``,
+the canary analysis' scraper); CPU time comes from ``/proc/<pid>/stat`` (utime + stime),
 so no extra dependency is needed. Blocking calls, made on the benchmark's main thread
 between load phases (never inside a timed phase).
 """
@@ -9,51 +9,13 @@ between load phases (never inside a timed phase).
 from __future__ import annotations
 
 import os
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from prometheus_client.parser import text_string_to_metric_families
+from deploy.metrics_scrape import merge, scrape
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One scraped sample."""
-
-    name: str
-    labels: Mapping[str, str]
-    value: float
-
-
-def scrape(url: str, timeout_s: float = 5.0) -> list[Sample]:
-    """Every sample exposed at ``url``."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        text = response.read().decode("utf-8")
-    return [
-        Sample(s.name, dict(s.labels), float(s.value))
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    ]
-
-
-def total(samples: Iterable[Sample], name: str, **labels: str) -> float:
-    """Sum of the samples named ``name`` whose labels include ``labels``."""
-    return sum(
-        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-def by_label(samples: Iterable[Sample], name: str, label: str, **labels: str) -> dict[str, float]:
-    """``name`` summed per value of ``label`` (filtered by ``labels``)."""
-    out: dict[str, float] = {}
-    for s in samples:
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-            key = s.labels.get(label, "")
-            out[key] = out.get(key, 0.0) + s.value
-    return out
 
 
 def cpu_seconds(pid: int) -> float:
@@ -143,17 +105,17 @@ class Snapshot:
 def snapshot(root_metrics: str, root_pid: int, leaf_metrics: Iterable[str], leaf_pids: Iterable[int]) -> Snapshot:
     """Scrape the root and every leaf, and read their CPU time."""
     root = scrape(root_metrics)
-    leaves = [s for url in leaf_metrics for s in scrape(url)]
+    leaves = merge(scrape(url) for url in leaf_metrics)
     part = "rootleaf_root_partition_bytes_total"
     received = "rootleaf_leaf_received_bytes_total"
     return Snapshot(
-        root_wire=total(root, part, stage="wire"),
-        root_trimmed=total(root, part, stage="trimmed"),
-        root_untrimmed=total(root, part, stage="untrimmed"),
-        root_by_partition=by_label(root, part, "partition", stage="wire"),
-        leaf_wire=total(leaves, received, stage="wire"),
-        leaf_decoded=total(leaves, received, stage="decoded"),
-        root_requests=total(root, "rootleaf_root_requests_total"),
+        root_wire=root.total(part, stage="wire"),
+        root_trimmed=root.total(part, stage="trimmed"),
+        root_untrimmed=root.total(part, stage="untrimmed"),
+        root_by_partition=root.by_label(part, "partition", stage="wire"),
+        leaf_wire=leaves.total(received, stage="wire"),
+        leaf_decoded=leaves.total(received, stage="decoded"),
+        root_requests=root.total("rootleaf_root_requests_total"),
         root_cpu_s=tree_cpu_seconds(root_pid),
         leaf_cpu_s=sum(cpu_seconds(pid) for pid in leaf_pids),
         bench_cpu_s=cpu_seconds(os.getpid()),

@@ -16,14 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +34,8 @@ from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_reques
 from protos.rootleaf.v1 import leaf_pb2
 from transport.server import GRPC_OPTIONS
 from harness.processes import free_port
+from benchmarks.cluster_metrics import cpu_seconds
+from deploy.metrics_scrape import scrape
 
 MODEL = "bench_demo"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -110,24 +109,14 @@ def _failed(rpc: str, reply: bytes) -> bool:
     return any(m.error_code for m in leaf_pb2.PartitionResponse.FromString(reply).models)
 
 
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=10) as page:
-        text = page.read().decode()
-    wanted = {
-        "forward_cpu": rf'rootleaf_leaf_forward_cpu_seconds_total{{model="{MODEL}"}} (\S+)',
-        "batch_count": rf'rootleaf_leaf_batch_requests_count{{model="{MODEL}"}} (\S+)',
-        "batch_sum": rf'rootleaf_leaf_batch_requests_sum{{model="{MODEL}"}} (\S+)',
+def forward_figures(url: str) -> dict[str, float]:
+    """The leaf's forward CPU and batch counters for ``MODEL``."""
+    snap = scrape(url, timeout_s=10)
+    return {
+        "forward_cpu": snap.total("rootleaf_leaf_forward_cpu_seconds_total", model=MODEL),
+        "batch_count": snap.total("rootleaf_leaf_batch_requests_count", model=MODEL),
+        "batch_sum": snap.total("rootleaf_leaf_batch_requests_sum", model=MODEL),
     }
-    out = {}
-    for key, pattern in wanted.items():
-        match = re.search(pattern, text)
-        out[key] = float(match.group(1)) if match else 0.0
-    return out
 
 
 class LeafProcess:
@@ -202,11 +191,11 @@ def run_mode(
         for rpc, payload in payloads.items():
             for concurrency in concurrencies:
                 asyncio.run(drive(leaf.port, payload, concurrency, min(duration, 1.0), rpc))  # warm-up
-                before_cpu, before = process_cpu(leaf.proc.pid), scrape(leaf.metrics_url)
+                before_cpu, before = cpu_seconds(leaf.proc.pid), forward_figures(leaf.metrics_url)
                 started = time.perf_counter()
                 latencies, errors = asyncio.run(drive(leaf.port, payload, concurrency, duration, rpc))
                 elapsed = time.perf_counter() - started
-                cpu, after = process_cpu(leaf.proc.pid) - before_cpu, scrape(leaf.metrics_url)
+                cpu, after = cpu_seconds(leaf.proc.pid) - before_cpu, forward_figures(leaf.metrics_url)
                 forward = after["forward_cpu"] - before["forward_cpu"]
                 forwards = after["batch_count"] - before["batch_count"]
                 lat = np.asarray(latencies) * 1000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import urllib.request
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -35,6 +35,23 @@ class Snapshot:
 
     def total(self, name: str, **labels: str) -> float:
         return float(sum(self.select(name, **labels).values()))
+
+    def by_label(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        """``name`` summed per value of ``label`` (among samples whose labels include ``labels``)."""
+        out: dict[str, float] = {}
+        for lab, value in self.select(name, **labels).items():
+            key = dict(lab).get(label, "")
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+
+def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """Several endpoints' samples as one (the same series from two endpoints are summed)."""
+    samples: dict[Key, float] = {}
+    for snap in snapshots:
+        for key, value in snap.samples.items():
+            samples[key] = samples.get(key, 0.0) + value
+    return Snapshot(samples)
 
 
 def parse(text: str) -> Snapshot:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-from benchmarks.cluster_metrics import scrape, total
+from deploy.metrics_scrape import scrape
 from harness.cluster_config import render_toml
 from harness.local_cluster import LocalCluster
 from harness.processes import free_port
@@ -102,7 +102,7 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         assert len(workers) == 2
         models = [m.name for m in cluster.assets.workload.models]  # type: ignore[union-attr]
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        ok0 = total(scrape(metrics_url), "rootleaf_root_requests_total", code="OK")
+        ok0 = scrape(metrics_url).total("rootleaf_root_requests_total", code="OK")
 
         # Each new channel is a new connection, which the kernel hands to either worker.
         seen: set[int] = set()
@@ -123,7 +123,7 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         # The image's probe command agrees.
         assert health_cli.main(["--target", target, "--service", "rootleaf.v1.Root", "--quiet"]) == 0
         # The supervisor's endpoint sums every worker's counters.
-        assert total(scrape(metrics_url), "rootleaf_root_requests_total", code="OK") - ok0 == calls
+        assert scrape(metrics_url).total("rootleaf_root_requests_total", code="OK") - ok0 == calls
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
