@@ -3,10 +3,10 @@
 The event loop calls ``submit`` (enqueue under a lock, get an ``asyncio.Future``). One
 inference thread per device ("leaf-infer-<device>") owns the forward: it takes the queue
 whose head is ready (enough candidates queued, or the head waited ``max_queue_delay``, or
-the device was busy while requests piled up), concatenates their inputs, runs the model
-once, splits the outputs back by row ranges and resolves each future on its loop. A merged
-forward that fails is rerun request by request, so only the request at fault fails; the first
-successful forward of a version teaches its converter the inputs' shapes and dtypes.
+the device was busy while requests piled up), concatenates their inputs, has the version run
+them once (``LoadedVersion.run`` checks and splits the outputs per request) and resolves
+each future on its loop. A merged forward that fails is rerun request by request, so only
+the request at fault fails.
 Requests whose deadline passed or whose caller went away are dropped before the forward.
 """
 
@@ -206,11 +206,8 @@ class Batcher:
     def _execute(self, version: LoadedVersion, items: list[_Item]) -> None:
         if not items:
             return
-        model = version.model
-        rows = sum(item.inputs.num_candidates for item in items)
-        wall = time.perf_counter()
-        cpu = time.thread_time()
-        failed: Exception | None = None
+        metrics.BATCH_CANDIDATES.labels(version.model).observe(sum(item.inputs.num_candidates for item in items))
+        metrics.BATCH_REQUESTS.labels(version.model).observe(len(items))
         try:
             if len(items) == 1:
                 inputs = items[0].inputs.tensors
@@ -219,54 +216,27 @@ class Batcher:
                     name: self._placement.merge([item.inputs.tensors[name] for item in items])
                     for name in version.signature.input_names
                 }
-            outputs = version.forward(inputs, rows)
+            results = version.run(inputs, [item.inputs.num_candidates for item in items], items[0].inputs.layout)
         except Exception as exc:  # the model's, or a merge of mismatched requests
-            failed = exc
-        finally:
-            metrics.FORWARD_CPU_SECONDS.labels(model).inc(time.thread_time() - cpu)
-            metrics.FORWARD_SECONDS.labels(model).observe(time.perf_counter() - wall)
-            metrics.BATCH_CANDIDATES.labels(model).observe(rows)
-            metrics.BATCH_REQUESTS.labels(model).observe(len(items))
-        if failed is not None:
             if len(items) > 1:
                 # One request can break a merged batch (a shape its batch-mates do not share,
                 # values the model rejects): run each alone so only the culprit fails.
                 log.warning(
                     "merged forward of %d requests for %s/%s failed (%s); running them one by one",
-                    len(items), model, version.version, failed,
+                    len(items), version.model, version.version, exc,
                 )
                 for item in items:
                     self._execute(version, [item])
                 return
-            if not isinstance(failed, ModelFailed):
-                raise failed
-            log.error("%s (request: %s)", failed, items[0].request_id, exc_info=failed.__cause__ or failed)
-            self._fail(items, failed)
+            if not isinstance(exc, ModelFailed):
+                raise
+            log.error("%s (request: %s)", exc, items[0].request_id, exc_info=exc.__cause__ or exc)
+            self._fail(items, exc)
             return
-        if version.converter.learn(items[0].inputs.layout):
-            log.info(
-                "%s/%s: inputs its signature leaves open learned from its first forward: %s",
-                model, version.version, version.converter.describe_expected(),
-            )
-        first = outputs[version.signature.output_names[0]]
-        metrics.SCORE.observe_many((model, version.version), first)
-        finite = np.ones(rows, dtype=bool)
-        for column in outputs.values():
-            finite &= np.isfinite(column)
-        all_finite = bool(finite.all())
-        start = 0
-        for item in items:
-            end = start + item.inputs.num_candidates
-            value: Outputs | BaseException
-            if all_finite or finite[start:end].all():
-                value = {name: column[start:end] for name, column in outputs.items()}
-            else:
-                value = ModelFailed(
-                    f"model {model!r} version {version.version!r} produced non-finite scores"
-                )
+        for item, value in zip(items, results):
+            if isinstance(value, ModelFailed):
                 log.error("%s (request %s)", value, item.request_id)
             item.loop.call_soon_threadsafe(_resolve, item.future, value)
-            start = end
 
     @staticmethod
     def _fail(items: list[_Item], exc: BaseException) -> None:

@@ -1,25 +1,33 @@
-"""One loaded model version: TorchScript module, signature, converter, and its forward.
+"""One loaded model version: TorchScript module, signature, converter, and how it runs a
+batch (forward, output checks, split per request).
 
-Loaded by the repository's loader thread; after that immutable. ``forward`` is called only
-on the inference thread, under ``torch.inference_mode``.
+Loaded by the repository's loader thread; after that immutable (its converter learns the
+inputs' layout once). ``run`` and ``forward`` are called only on the inference thread,
+under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from leaf import torchscript
+from leaf import metrics, torchscript
+from leaf.admission import Layout
 from leaf.converter import Converter
 from leaf.device import Placement
 from leaf.errors import ModelFailed
 from leaf.export import MODEL_FILE, Signature, SignatureError, check_calling_convention, read_signature
 from wire.codec import DecodeLimits
+
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(Exception):
@@ -66,6 +74,44 @@ class LoadedVersion:
         except Exception as exc:  # the model's own code: any failure is the model's
             raise ModelFailed(f"{where} raised: {_first_line(exc)}") from exc
         return split_outputs(result, self.signature.output_names, rows, where)
+
+    def run(
+        self, inputs: Mapping[str, torch.Tensor], counts: Sequence[int], layout: Layout
+    ) -> list[dict[str, np.ndarray] | ModelFailed]:
+        """Run a batch of requests (``counts`` rows each, concatenated in ``inputs``) in one
+        forward and split the outputs back per request; a request whose scores are not all
+        finite gets a ``ModelFailed``. Raises what ``forward`` raises for the whole batch.
+        The first successful forward teaches the converter the inputs' ``layout``."""
+        rows = sum(counts)
+        wall = time.perf_counter()
+        cpu = time.thread_time()
+        try:
+            outputs = self.forward(inputs, rows)
+        finally:
+            metrics.FORWARD_CPU_SECONDS.labels(self.model).inc(time.thread_time() - cpu)
+            metrics.FORWARD_SECONDS.labels(self.model).observe(time.perf_counter() - wall)
+        if self.converter.learn(layout):
+            log.info(
+                "%s/%s: inputs its signature leaves open learned from its first forward: %s",
+                self.model, self.version, self.converter.describe_expected(),
+            )
+        metrics.SCORE.observe_many((self.model, self.version), outputs[self.signature.output_names[0]])
+        finite = np.ones(rows, dtype=bool)
+        for column in outputs.values():
+            finite &= np.isfinite(column)
+        all_finite = bool(finite.all())
+        results: list[dict[str, np.ndarray] | ModelFailed] = []
+        start = 0
+        for count in counts:
+            end = start + count
+            if all_finite or finite[start:end].all():
+                results.append({name: column[start:end] for name, column in outputs.items()})
+            else:
+                results.append(ModelFailed(
+                    f"model {self.model!r} version {self.version!r} produced non-finite scores"
+                ))
+            start = end
+        return results
 
 
 def split_outputs(
