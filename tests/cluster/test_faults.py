@@ -60,15 +60,16 @@ def test_killed_leaf_fails_only_its_models_and_recovers(cluster: LocalCluster) -
     for o in load.outcomes:
         assert o.code == "OK", o  # the root itself never failed a call
         assert all(o.models[m] == "OK" for m in ALPHA), o  # the other partition: 100%
+        # An OK call was answered within the client's deadline: the dead partition never held it.
         assert o.models["m_c"] in ("OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"), o
-        assert o.elapsed_s < 1.0 + 0.5, o  # answered within the deadline (plus scheduling slack)
     assert any(o.models["m_c"] != "OK" for o in load.outcomes)
 
 
 def test_slow_leaf_misses_the_deadline_for_its_models_only(cluster: LocalCluster) -> None:
-    cluster.restart_leaf("beta", extra_args=["--inject-delay-ms", "1500"])
+    # The delay is far beyond the deadline, the deadline far beyond a busy machine's stalls.
+    cluster.restart_leaf("beta", extra_args=["--inject-delay-ms", "4000"])
     try:
-        with _load(cluster, "slow", deadline_ms=400) as load:
+        with _load(cluster, "slow", deadline_ms=1000) as load:
             slow = load.wait_for(lambda o: o.models.get("m_c") == "DEADLINE_EXCEEDED", WAIT_S)
             assert slow is not None
             started = time.monotonic()
@@ -80,8 +81,8 @@ def test_slow_leaf_misses_the_deadline_for_its_models_only(cluster: LocalCluster
     for o in load.outcomes:
         assert o.code == "OK", o
         assert all(o.models[m] == "OK" for m in ALPHA), o
+        # Answered (code OK) within the client's deadline, so bounded by it, not by the slow leaf.
         assert o.models["m_c"] in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), o
-        assert o.elapsed_s < 0.4 + 0.4, o  # bounded by the deadline, not by the slow leaf
 
 
 def test_reload_storm_loses_nothing_and_leaves_get_valid_allowlists(cluster: LocalCluster) -> None:
@@ -143,8 +144,11 @@ def test_version_rollout_and_rollback_under_load(cluster: LocalCluster) -> None:
 def test_overload_is_rejected_quickly_and_recovers(cluster: LocalCluster) -> None:
     cluster.restart_leaf("beta", extra_args=["--inject-delay-ms", "300"])
     root = cluster.restart_root(overrides={"max_in_flight": 2})
+    records = cluster.directory / "leaf-requests.jsonl"
     try:
-        with _load(cluster, "overload", models=BETA, concurrency=16, rate=0.0, target=root.target) as load:
+        skip = len(read_records(records))
+        with _load(cluster, "overload", models=BETA, concurrency=16, rate=0.0, target=root.target,
+                   deadline_ms=5000) as load:
             busy = load.wait_for(lambda o: o.code == "RESOURCE_EXHAUSTED", WAIT_S)
             assert busy is not None
             stats = load.stop()
@@ -152,10 +156,12 @@ def test_overload_is_rejected_quickly_and_recovers(cluster: LocalCluster) -> Non
         served = [o for o in load.outcomes if o.code == "OK"]
         assert stats.lost == 0 and served
         assert set(stats.failed_by_code) == {"RESOURCE_EXHAUSTED"}, stats
-        # Rejections come back quickly: well before a served call (>= 300 ms) could finish.
-        assert max(o.elapsed_s for o in rejected) < 0.3
+        # Rejected at admission: no rejected call reached a leaf (the leaf records every request).
+        reached = {r["request_id"] for r in read_records(records)[skip:]}
+        assert reached and not reached & {o.request_id for o in rejected}
         # Load drops to what fits: everything succeeds again.
-        with _load(cluster, "overload-after", models=BETA, concurrency=2, rate=20.0, target=root.target) as load:
+        with _load(cluster, "overload-after", models=BETA, concurrency=2, rate=20.0, target=root.target,
+                   deadline_ms=5000) as load:
             started = time.monotonic()
             assert load.wait_for(lambda o: o.started > started + 1.0, WAIT_S) is not None
             after = load.stop()
@@ -169,7 +175,9 @@ def test_leaf_queue_overload_is_rejected_for_its_models_and_recovers(cluster: Lo
     # One waiting request per model version, no merging: concurrent calls overflow the queue.
     cluster.restart_leaf("beta", extra_args=["--max-queue-requests", "1", "--max-batch-candidates", "0"])
     try:
-        with _load(cluster, "leaf-overload", concurrency=16, rate=0.0) as load:
+        # What this depends on is the queue bound, not timing: the deadline is far beyond what
+        # a busy machine's stalls add, so a code other than OK / RESOURCE_EXHAUSTED is a bug.
+        with _load(cluster, "leaf-overload", concurrency=16, rate=0.0, deadline_ms=10000) as load:
             # The root reconnects to the restarted leaf first (its channel may be backing off).
             connected = load.wait_for(lambda o: o.models.get("m_c") == "OK", WAIT_S)
             assert connected is not None
@@ -185,7 +193,7 @@ def test_leaf_queue_overload_is_rejected_for_its_models_and_recovers(cluster: Lo
             if o.started > connected.started:
                 assert o.models["m_c"] in ("OK", "RESOURCE_EXHAUSTED"), o
         # Load that fits the queue succeeds again, without a restart.
-        with _load(cluster, "leaf-overload-after", concurrency=1, rate=20.0) as load:
+        with _load(cluster, "leaf-overload-after", concurrency=1, rate=20.0, deadline_ms=10000) as load:
             started = time.monotonic()
             assert load.wait_for(lambda o: o.started > started + 1.0, WAIT_S) is not None
             after = load.stop()

@@ -41,6 +41,17 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+async def counted(name: str, want: float, timeout_s: float = 10.0, **labels: str) -> bool:
+    """True once the sample reaches ``want`` (bounded polling: the count follows the reply)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while sample(name, **labels) < want:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return sample(name, **labels) == want
+
+
 def models_of(assets: DemoAssets) -> list[str]:
     return [m for models in assets.partitions.values() for m in models]
 
@@ -200,7 +211,8 @@ def test_redis_outage_fails_unavailable_then_recovers(assets: DemoAssets, redis_
                     with pytest.raises(grpc.aio.AioRpcError) as failed:
                         await client.score(11, candidates, models)
                     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-                assert sample("rootleaf_root_requests_total", code="UNAVAILABLE") - unavailable0 == 3
+                # The servicer counts a call after its status went out: wait for the count.
+                assert await counted("rootleaf_root_requests_total", unavailable0 + 3, code="UNAVAILABLE")
                 assert sample("rootleaf_root_redis_errors_total", kind="connection") > errors0
 
                 # Frozen rather than gone: the store's timeout bounds the wait.
