@@ -1,4 +1,4 @@
-"""``rootleaf bench [cluster|codec|trimmer|leaf] ...``: one entry point for every benchmark."""
+"""``rootleaf bench [cluster|codec|trimmer|leaf|hedge] ...``: one entry point for every benchmark."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ TARGETS: dict[str, str] = {
     "codec": "benchmarks.codec",
     "trimmer": "benchmarks.trimmer",
     "leaf": "benchmarks.leaf",
+    "hedge": "benchmarks.hedging",
 }
 DEFAULT_TARGET = "cluster"
 

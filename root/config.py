@@ -192,6 +192,10 @@ class RootConfig:
     load errors (off: names, counts, hashes and switches only; see the trust model)."""
     reflection: bool = False
     """Serve gRPC server reflection (service and proto file descriptors)."""
+    hedging: bool = True
+    """Route each leaf call to the replica with the lower observed latency (of two) and send
+    a second copy to another replica when the first is unanswered after the partition's
+    recent p95 (first answer wins; at most 10% of calls hedge). False: round-robin only."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
@@ -213,6 +217,7 @@ class RootConfig:
         _check_bool("root", "trim", self.trim)
         _check_bool("root", "status_detail", self.status_detail)
         _check_bool("root", "reflection", self.reflection)
+        _check_bool("root", "hedging", self.hedging)
         _check_bool("root", "dedup_request_features", self.dedup_request_features)
         _check_bool("root", "partition_calls", self.partition_calls)
         if self.compression not in COMPRESSIONS:
@@ -270,6 +275,7 @@ class RootConfig:
             "leaf_tls": _tls_mode(self.leaf_tls, self.leaf_tls.cert_file),
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
+            "hedging": str(self.hedging).lower(),
         }
 
 

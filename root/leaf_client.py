@@ -10,7 +10,10 @@ never get a request trimmed for a version they do not run; a target that answers
 FAILED_PRECONDITION (version not loaded) is struck off for that version at once. A partition
 call (``score_partition``) goes to a target that has every named version if one does (else
 to any: the models it lacks come back FAILED_PRECONDITION in their own replies, and are
-struck off the same way).
+struck off the same way). With ``hedging`` (root config, on by default) the target is the
+faster of two by observed latency instead of round-robin, and a call (either kind) still
+unanswered after the partition's recent p95 is sent again to another target
+(``root.hedging``): a slow replica does not hold the partition's tail latency hostage.
 It raises ``LeafCallError``. (An in-process variant for tests lives in ``tests/doubles.py``.)
 State is owned by the root's event loop.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,7 +31,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.rootleaf.v1 import leaf_pb2
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 from transport.server import GRPC_OPTIONS
+from root import metrics
 from root.errors import LeafCallError
+from root.hedging import TargetLatency
 
 log = logging.getLogger(__name__)
 _FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
@@ -105,10 +110,15 @@ class GrpcLeafClient:
         *,
         options: Sequence[tuple[str, object]] = (),
         tls: TlsConfig = PLAINTEXT,
+        hedging: bool = False,
+        name: str = "",
     ) -> None:
         if not targets:
             raise ValueError("GrpcLeafClient needs at least one target")
         self.targets = tuple(targets)
+        self.name = name
+        self.latency: TargetLatency | None = TargetLatency(len(self.targets)) if hedging else None
+        """Observed latency per target (choice and hedging); None = plain round-robin."""
         channel_options = [*GRPC_OPTIONS, ("grpc.lb_policy_name", "round_robin"), *RECONNECT_OPTIONS, *options]
         self._channels = [aio_channel(t, tls, channel_options) for t in self.targets]
         self._score = [
@@ -164,6 +174,8 @@ class GrpcLeafClient:
         pool = [i for i in others if i in self._healthy] or others
         if not pool:
             return None
+        if self.latency is not None:
+            return self.latency.choose(pool)
         index = pool[self._next % len(pool)]
         self._next += 1
         return index
@@ -180,8 +192,17 @@ class GrpcLeafClient:
         index = self._pick(model=model, version=version)
         if index is None:
             raise self._unroutable(model, version)
+
+        def refused(target: int) -> None:
+            if version:
+                self._strike(target, model, version)
+
         try:
-            response: leaf_pb2.LeafResponse = await self._score[index](payload, timeout=timeout_s)
+            response: leaf_pb2.LeafResponse
+            response, index = await self._first_answer(
+                self._score, index, payload, deadline, lambda i: self._pick(exclude=i, model=model, version=version),
+                refused,
+            )
             return response
         except grpc.aio.AioRpcError as exc:
             error = _error_of(exc)
@@ -198,7 +219,7 @@ class GrpcLeafClient:
         if index is None:
             raise error
         try:
-            response = await self._score[index](payload, timeout=remaining)
+            response = await self._timed(self._score, index, payload, remaining)
             return response
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
@@ -212,7 +233,10 @@ class GrpcLeafClient:
         index = self._pick(models=models)
         assert index is not None  # without a version filter some target is always chosen
         try:
-            response: leaf_pb2.PartitionResponse = await self._score_partition[index](payload, timeout=timeout_s)
+            response: leaf_pb2.PartitionResponse
+            response, index = await self._first_answer(
+                self._score_partition, index, payload, deadline, lambda i: self._pick(exclude=i, models=models), None
+            )
         except grpc.aio.AioRpcError as exc:
             error = _error_of(exc)
             remaining = deadline - time.monotonic()
@@ -226,13 +250,74 @@ class GrpcLeafClient:
             if index is None:
                 raise error from None
             try:
-                response = await self._score_partition[index](payload, timeout=remaining)
+                response = await self._timed(self._score_partition, index, payload, remaining)
             except grpc.aio.AioRpcError as retry_exc:
                 raise _error_of(retry_exc) from None
         for (model, version), reply in zip(models, response.models):
             if reply.error_code == _FAILED_PRECONDITION and version:
                 self._strike(index, model, version)
         return response
+
+    async def _timed(self, stubs: Sequence[Any], index: int, payload: bytes, timeout_s: float) -> Any:
+        """One call through ``stubs[index]``, its latency observed (a call cut short by its
+        hedge or its deadline counts as the time it had taken)."""
+        started = time.monotonic()
+        ok = False
+        try:
+            response = await stubs[index](payload, timeout=timeout_s)
+            ok = True
+            return response
+        finally:
+            if self.latency is not None:
+                self.latency.observe(index, time.monotonic() - started, ok)
+
+    async def _first_answer(
+        self,
+        stubs: Sequence[Any],
+        index: int,
+        payload: bytes,
+        deadline: float,
+        pick_other: Callable[[int], int | None],
+        refused: Callable[[int], None] | None,
+    ) -> tuple[Any, int]:
+        """The call to ``index``, hedged: still unanswered after the partition's hedge delay,
+        a copy goes to ``pick_other(index)``; the first answer wins (returned with the target
+        that gave it) and the other call is cancelled. A hedge refused FAILED_PRECONDITION is
+        reported to ``refused``. Raises the primary's ``AioRpcError`` when both fail."""
+        remaining = deadline - time.monotonic()
+        latency = self.latency
+        delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
+        if latency is None or delay is None or delay >= remaining:
+            if latency is not None:
+                latency.record_call(hedged=False)
+            return await self._timed(stubs, index, payload, remaining), index
+        primary = asyncio.create_task(self._timed(stubs, index, payload, remaining), name="root-leaf-call")
+        started: dict[asyncio.Task[Any], int] = {primary: index}
+        try:
+            done, _ = await asyncio.wait(started, timeout=delay)
+            other = None if done else pick_other(index)
+            latency.record_call(hedged=other is not None)
+            if other is not None:
+                metrics.LEAF_HEDGES.labels(self.name).inc()
+                hedge = asyncio.create_task(
+                    self._timed(stubs, other, payload, deadline - time.monotonic()), name="root-leaf-hedge"
+                )
+                started[hedge] = other
+            pending = set(started)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        return task.result(), started[task]
+                    if task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \
+                            and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                        refused(started[task])
+            return primary.result(), index  # both failed: raises the primary's error
+        finally:
+            for task in started:
+                task.cancel()
+            await asyncio.gather(*started, return_exceptions=True)
 
     def _strike(self, index: int, model: str, version: str) -> None:
         """Target ``index`` said it has not loaded ``version``: stop routing it there."""

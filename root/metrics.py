@@ -41,6 +41,9 @@ PARTITION_BYTES = Counter(
     "Bytes for each partition: untrimmed (raw, every fetched feature), trimmed (raw), wire (sent)",
     ["partition", "stage"],
 )
+LEAF_HEDGES = Counter(
+    "rootleaf_root_leaf_hedges_total", "Leaf calls sent a second copy to another replica (slow first answer)", ["partition"]
+)
 LEAF_ERRORS = Counter("rootleaf_root_leaf_errors_total", "Failed leaf calls by status code", ["partition", "code"])
 CACHE_REQUESTS = Counter(
     "rootleaf_root_cache_requests_total", "Feature cache lookups per (id, feature) cell", ["entity", "result"]

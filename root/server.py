@@ -193,7 +193,8 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         raise
     # From here on nothing reads files or binds ports; the constructors only build objects.
     leaves: dict[str, LeafClient] = {
-        name: GrpcLeafClient(part.targets, tls=config.leaf_tls) for name, part in config.partitions.items()
+        name: GrpcLeafClient(part.targets, tls=config.leaf_tls, hedging=config.hedging, name=name)
+        for name, part in config.partitions.items()
     }
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)

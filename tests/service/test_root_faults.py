@@ -24,7 +24,7 @@ from root.leaf_client import GrpcLeafClient
 from root.partition_health import PartitionHealth, PartitionProber
 from protos.rootleaf.v1 import root_pb2
 from root.server import create_server as create_root_server
-from tests.service.test_root_service import FAST, Cluster, LoopThread, build_cluster, close_cluster, score, start_leaf
+from tests.service.test_root_service import FAST, Cluster, LoopThread, Observed, build_cluster, close_cluster, score, start_leaf
 
 
 @pytest.fixture()
@@ -231,3 +231,33 @@ def test_status_detail_and_reflection_are_opt_in(cluster: Cluster, detail: bool)
             with pytest.raises(grpc.RpcError) as refused:
                 next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
             assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("hedging", [True, False])
+def test_a_slow_replica_is_routed_around_and_hedged(cluster: Cluster, hedging: bool) -> None:
+    """Two replicas of partition pa, one 400 ms slower: with hedging the root sends it only
+    its exploring share (and hedges what it does send), every call succeeds with the right
+    scores; without, round-robin gives it half of the calls."""
+    slow_seen = Observed()
+    slow, slow_port = cluster.loop.run(start_leaf(cluster.repos["pa"], slow_seen, delay_ms=400.0))
+    cluster.leaves["pa-slow"] = (slow, slow_port)
+    config = cluster.base_config()
+    pa = config.partitions["pa"]
+    partitions = dict(config.partitions) | {"pa": PartitionConfig("pa", (*pa.targets, f"127.0.0.1:{slow_port}"), pa.models)}
+    root, port = cluster.loop.run(cluster.start_root(replace(config, partitions=partitions, hedging=hedging)))
+    hedges = REGISTRY.get_sample_value("rootleaf_root_leaf_hedges_total", {"partition": "pa"}) or 0.0
+    cands = np.arange(8, dtype=np.uint64)
+    expected = cluster.expected_scores("m_a", 4, cands)
+    calls = 64
+    for i in range(calls):
+        results = score(cluster, f"127.0.0.1:{port}", 4, cands, ["m_a"], request_id=f"hedge-{hedging}-{i}", timeout_s=5.0)
+        assert results["m_a"].ok, results["m_a"]
+        np.testing.assert_allclose(results["m_a"].outputs["score"], expected, rtol=1e-6, atol=1e-7)
+    to_slow = len({r.request_id for r in slow_seen.requests})
+    sent_hedges = (REGISTRY.get_sample_value("rootleaf_root_leaf_hedges_total", {"partition": "pa"}) or 0.0) - hedges
+    if hedging:
+        assert to_slow <= calls // 4, to_slow  # routed away: exploration (1 in 16) and first tries only
+        assert sent_hedges <= to_slow
+    else:
+        assert to_slow == calls // 2  # strict round-robin over the two targets
+        assert sent_hedges == 0

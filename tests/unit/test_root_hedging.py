@@ -1,0 +1,52 @@
+"""Latency-aware target choice and the hedge policy (pure state, no sockets)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from root.hedging import EXPLORE_EVERY, HEDGE_BUDGET, MIN_HEDGE_S, MIN_SAMPLES, TargetLatency
+
+
+def test_the_faster_of_two_targets_gets_all_but_the_exploring_picks() -> None:
+    latency = TargetLatency(2, seed=1)
+    latency.observe(0, 0.500)  # slow
+    latency.observe(1, 0.010)
+    picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 20))
+    assert picks[0] <= 20 and picks[1] >= EXPLORE_EVERY * 20 - 20
+    assert picks[0] > 0  # the slow one is still tried now and then, so its recovery shows
+
+
+def test_an_untried_target_is_tried_and_a_recovered_one_wins_back() -> None:
+    latency = TargetLatency(2, seed=2)
+    latency.observe(0, 0.010)
+    assert latency.choose([0, 1]) == 1
+    latency.observe(1, 0.900)
+    for _ in range(30):
+        latency.observe(1, 0.005)  # recovered: its mean follows within a few calls
+    assert latency.mean_s(1) is not None and latency.mean_s(1) < latency.mean_s(0)  # type: ignore[operator]
+
+
+def test_hedge_delay_is_the_recent_p95_and_the_budget_caps_hedges() -> None:
+    latency = TargetLatency(2, seed=3)
+    assert latency.hedge_delay_s() is None  # too few samples yet
+    for i in range(100):
+        latency.observe(i % 2, 0.020 + 0.001 * i)
+    delay = latency.hedge_delay_s()
+    assert delay is not None and 0.110 <= delay <= 0.120
+    for _ in range(100):
+        latency.record_call(hedged=False)
+    allowed = 0
+    for _ in range(100):
+        if latency.hedge_delay_s() is not None:
+            latency.record_call(hedged=True)
+            allowed += 1
+        else:
+            latency.record_call(hedged=False)
+    assert 0 < allowed <= HEDGE_BUDGET * 200 + 1
+
+
+def test_hedge_delay_has_a_floor() -> None:
+    latency = TargetLatency(2)
+    for _ in range(MIN_SAMPLES):
+        latency.observe(0, 0.0001)
+    assert latency.hedge_delay_s() == MIN_HEDGE_S
