@@ -2,12 +2,16 @@
 partition's tail latency hostage.
 
 ``TargetLatency`` keeps, per target of one partition, an exponentially weighted mean of the
-latency of its recent calls (a call that failed or was overtaken by its hedge counts as
-the time it had taken when it ended) and the partition's recent latencies in a ring. A
+latency of its recent calls (a call that failed counts as the time it had taken; one
+overtaken by its hedge as ``OVERTAKEN_PENALTY`` times that, since it would have taken longer
+still: without it a slow replica whose calls are all hedged looks as fast as the hedge
+delay, and keeps being chosen) and its recent answered latencies in a ring. A
 call goes to the faster of two candidate targets (power of two choices on the mean); one
 call in ``EXPLORE_EVERY`` goes to a candidate at random, so a recovered replica is noticed.
 ``hedge_delay_s`` is when a second copy of a still-unanswered call is sent to another
-target: the partition's recent ``HEDGE_QUANTILE`` latency, at least ``MIN_HEDGE_S``. Leaf
+target: the recent ``HEDGE_QUANTILE`` latency of the target with the lowest mean (what the
+best replica achieves; the partition-wide quantile would be the slow replica's latency as
+soon as it serves more than 5% of calls), at least ``MIN_HEDGE_S``. Leaf
 calls are idempotent (scoring), so the first answer wins and the other is cancelled.
 Hedges are budgeted: at most ``HEDGE_BUDGET`` of calls (over the last ``WINDOW``) may hedge,
 so a partition that is slow everywhere is not sent twice its load. State is owned by the
@@ -24,16 +28,17 @@ __all__ = ["TargetLatency"]
 
 EWMA_ALPHA = 0.2
 """Weight of the newest call in a target's mean latency."""
-EXPLORE_EVERY = 16
+EXPLORE_EVERY = 32
 """One pick in this many ignores the means (keeps a recovered target's mean fresh)."""
 WINDOW = 512
-"""Recent calls remembered per partition (latency ring, hedge budget)."""
+"""Recent calls remembered (per target: latency ring; per partition: hedge budget)."""
 HEDGE_QUANTILE = 0.95
 MIN_HEDGE_S = 0.010
-HEDGE_BUDGET = 0.10
+HEDGE_BUDGET = 0.15
 """Largest share of recent calls that may send a hedge."""
 MIN_SAMPLES = 20
 """Calls seen before hedging starts (the quantile needs a few)."""
+OVERTAKEN_PENALTY = 4.0
 
 
 class TargetLatency:
@@ -41,7 +46,7 @@ class TargetLatency:
 
     def __init__(self, targets: int, seed: int | None = None) -> None:
         self._mean: list[float | None] = [None] * targets
-        self._recent: deque[float] = deque(maxlen=WINDOW)
+        self._recent: list[deque[float]] = [deque(maxlen=WINDOW) for _ in range(targets)]
         self._hedged: deque[bool] = deque(maxlen=WINDOW)
         self._rng = random.Random(seed)
         self._picks = 0
@@ -65,23 +70,28 @@ class TargetLatency:
             return a if ma is None else b
         return a if ma <= mb else b
 
-    def observe(self, index: int, seconds: float, ok: bool = True) -> None:
-        """A call to ``index`` ended after ``seconds`` (``ok``: it answered)."""
+    def observe(self, index: int, seconds: float, ok: bool = True, overtaken: bool = False) -> None:
+        """A call to ``index`` ended after ``seconds`` (``ok``: it answered; ``overtaken``: it
+        was cancelled because its hedge answered first)."""
+        if overtaken:
+            seconds *= OVERTAKEN_PENALTY
         old = self._mean[index]
         self._mean[index] = seconds if old is None else old + EWMA_ALPHA * (seconds - old)
         if ok:
-            self._recent.append(seconds)
+            self._recent[index].append(seconds)
             self._cached_delay = None
 
     def hedge_delay_s(self) -> float | None:
         """When to hedge a call still unanswered; None = do not hedge now (too few samples,
         or the hedge budget is spent)."""
-        if len(self._recent) < MIN_SAMPLES:
+        known = [i for i, m in enumerate(self._mean) if m is not None and len(self._recent[i]) >= MIN_SAMPLES]
+        if not known:
             return None
         if sum(self._hedged) >= HEDGE_BUDGET * max(len(self._hedged), MIN_SAMPLES):
             return None
         if self._cached_delay is None:
-            ordered = sorted(self._recent)
+            best = min(known, key=lambda i: self._mean[i] or 0.0)
+            ordered = sorted(self._recent[best])
             self._cached_delay = max(MIN_HEDGE_S, ordered[min(len(ordered) - 1, int(HEDGE_QUANTILE * len(ordered)))])
         return self._cached_delay
 

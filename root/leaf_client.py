@@ -262,14 +262,17 @@ class GrpcLeafClient:
         """One call through ``stubs[index]``, its latency observed (a call cut short by its
         hedge or its deadline counts as the time it had taken)."""
         started = time.monotonic()
-        ok = False
+        ok = overtaken = False
         try:
             response = await stubs[index](payload, timeout=timeout_s)
             ok = True
             return response
+        except asyncio.CancelledError:
+            overtaken = True  # its hedge answered first (or the whole request was cancelled)
+            raise
         finally:
             if self.latency is not None:
-                self.latency.observe(index, time.monotonic() - started, ok)
+                self.latency.observe(index, time.monotonic() - started, ok, overtaken)
 
     async def _first_answer(
         self,

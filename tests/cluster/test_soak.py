@@ -17,6 +17,7 @@ def test_short_soak_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = tmp_path / "soak.json"
     code = main(["--minutes", minutes, "--gap-s", "1", "--storm-rewrites", "60", "--dir", str(tmp_path / "c"),
                  "--json", str(out)])
+    assert out.is_file(), capsys.readouterr().err  # no report: the soak could not run (why is on stderr)
     report = json.loads(out.read_text())
     # The exit code is the availability targets; what a busy machine cannot change is below.
     assert code == (0 if all(report["targets"].values()) else 1), report

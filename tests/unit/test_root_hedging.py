@@ -50,3 +50,24 @@ def test_hedge_delay_has_a_floor() -> None:
     for _ in range(MIN_SAMPLES):
         latency.observe(0, 0.0001)
     assert latency.hedge_delay_s() == MIN_HEDGE_S
+
+
+def test_a_replica_whose_calls_are_overtaken_stops_being_chosen() -> None:
+    """All of a slow replica's calls are cancelled at the hedge delay, so it never reports its
+    real latency; overtaken calls count extra, or it would look as fast as the delay."""
+    latency = TargetLatency(2, seed=4)
+    for _ in range(10):
+        latency.observe(0, 0.020)
+        latency.observe(1, 0.020)
+    for _ in range(3):
+        latency.observe(1, 0.030, ok=False, overtaken=True)
+    picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
+    assert picks[1] <= 4
+
+
+def test_hedge_delay_follows_the_best_replica_not_the_slow_one() -> None:
+    latency = TargetLatency(2, seed=5)
+    for _ in range(100):
+        latency.observe(0, 0.012)
+        latency.observe(1, 0.300)  # half the partition's answers are slow
+    assert latency.hedge_delay_s() == 0.012
