@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.soak_load import LoadProcess, Outcome
-from deploy.local_cluster import ClusterError, LocalCluster
+from harness.soak_load import LoadProcess, Outcome
+from harness.local_cluster import LocalCluster
+from harness.processes import ClusterError
 
 log = logging.getLogger("rootleaf.bench.hedge")
 
