@@ -19,7 +19,7 @@ import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import grpc
 import numpy as np
@@ -35,7 +35,7 @@ from leaf.model import LoadedVersion
 from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
-from wire.codec import CodecError, DecodeLimits
+from wire.codec import CodecError, DecodeLimits, Tensor
 from wire.frames import frame_field
 from wire.pack import PackEntry, decode_entry, read_pack
 
@@ -255,7 +255,9 @@ class PartitionScorer:
                 if indexes and max(indexes) >= len(entries):
                     raise InvalidRequest(f"feature index {max(indexes)} outside the {len(entries)}-entry pack")
                 self._batcher.check_capacity(loaded)
-                model.admitted = loaded.converter.admit([entries[i] for i in indexes], n)
+                # Pack entries carry the header fields admission reads (name, dtype, shape,
+                # raw_size); the payloads are decoded here, never by the converter.
+                model.admitted = loaded.converter.admit(cast(list[Tensor], [entries[i] for i in indexes]), n)
             except LeafError as exc:
                 model.fail(exc, request.request_id)
             finally:
@@ -320,11 +322,11 @@ class PartitionScorer:
                 tensors: dict[str, torch.Tensor] = {}
                 for name, entry in zip(m.loaded.converter.input_names, m.admitted.tensors):
                     index = position[id(entry)]
-                    value = inputs.get(index)
-                    if value is None:
+                    tensor = inputs.get(index)
+                    if tensor is None:
                         error = decoded[used.index(index)]
                         raise InvalidRequest(f"feature {str(error)[len('tensor '):]}")
-                    tensors[name] = value
+                    tensors[name] = tensor
                 converted = ConvertedInputs(tensors, n, m.admitted.cost.raw_bytes, m.admitted.cost.layout)
                 waiting.append((m, self._batcher.submit(m.loaded, converted, deadline, request.request_id)))
             except LeafError as exc:

@@ -146,7 +146,7 @@ class TensorPacker:
             payload, encoding = pack_payload(array.data, size, self.compression)
             length = size if encoding == _RAW else len(payload)
             if encoding == _RAW:
-                payload = memoryview(array.reshape(-1).view(np.uint8))
+                payload = array.reshape(-1).view(np.uint8).data
         else:  # byte-swapped, strided or empty arrays take the codec's general path
             encoded = encode_payload(name, array, self.compression, dtype=header.dtype)
             payload, encoding, length = encoded.data, encoded.encoding, len(encoded.data)
