@@ -272,7 +272,8 @@ class ClusterBench:
             "leaf_cpu_ms_per_request_closed": 1e3 * busy_closed.leaf_cpu_s / max(busy_closed.root_requests, 1.0),
             "outside_cpu_cores": (busy_closed.outside_cpu_s + cpu.outside_cpu_s) / load_s,
             "load_generator_cpu_cores": (busy_closed.bench_cpu_s + cpu.bench_cpu_s) / load_s,
-            "leaf_ingress_mb_s": cpu.leaf_wire / max(opened.elapsed_s, 1e-9) / 1e6,
+            # Per leaf, as a NIC sees it: the busiest partition's share of the root's egress.
+            "leaf_ingress_mb_s": max(cpu.root_by_partition.values(), default=0.0) / max(opened.elapsed_s, 1e-9) / 1e6,
             "root_egress_mb_s": cpu.root_wire / max(opened.elapsed_s, 1e-9) / 1e6,
             "offered_rps": self.rate,
             "achieved_rps": opened.rps,

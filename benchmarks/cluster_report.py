@@ -111,7 +111,7 @@ def print_table(doc: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
         f"{'other cpu':>9} {'errors':>6} {'scores':>6}"
     )
     if link:
-        header += f" {'leaf in MB/s':>12} {'root out MB/s':>13}"
+        header += f" {'leaf in MB/s':>12} {'root out MB/s':>13}"  # leaf: the busiest one
     spread_note = f"; median\u00b1spread (max-min) over {rounds} interleaved rounds" if rounds > 1 else ""
     print(
         f"\nworkload {doc['workload']}: {doc['candidates_per_request']} candidates x {len(doc['models'])} models "
@@ -138,6 +138,8 @@ def print_table(doc: Mapping[str, Any], out: TextIO = sys.stdout) -> None:
         if link:
             line += f" {m.get('leaf_ingress_mb_s', math.nan):>12.1f} {m.get('root_egress_mb_s', math.nan):>13.1f}"
         print(line, file=out)
+    print("(leaf in MB/s: the busiest leaf's ingress at the open-loop rate; root out MB/s: the root's egress)\n"
+          if link else "", end="", file=out)
     print("(root ms: root CPU per request at the open-loop rate; root ms@max: in the closed loop; us/(c*m): root CPU\n"
           " microseconds per candidate x model at the open-loop rate; other cpu: cores busy outside the cluster and\n"
           " the load generator during the load phases)", file=out)
