@@ -260,7 +260,7 @@ class LocalCluster:
                         "--tls-client-ca", self.tls.ca_file]
         return spawn(
             f"{role} leaf {partition}" + (f" replica {replica}" if self.replicas > 1 else ""),
-            ["leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / f"{stem}.port"),
+            ["harness-leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / f"{stem}.port"),
              "--models", ",".join(models), "--metrics-port", str(metrics_port), *tls_args, *self.leaf_args, *extra],
             base / f"{stem}.log",
             base / f"{stem}.port",

@@ -32,10 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
     p.add_argument("--max-inflight-bytes", type=int, default=defaults.max_inflight_bytes,
                    help="bytes of admitted requests at once; beyond: RESOURCE_EXHAUSTED before decoding")
-    p.add_argument("--inject-delay-ms", type=float, default=defaults.inject_delay_ms,
-                   help="fault injection: delay added before each request runs")
-    p.add_argument("--record-requests", type=Path, default=None,
-                   help="append one JSON line per Score request (what the leaf saw)")
     p.add_argument("--grace-s", type=float, default=defaults.grace_s, help="shutdown drain period")
     p.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS (with --tls-key)")
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
@@ -66,8 +62,6 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         metrics_host=args.metrics_host,
         recheck_interval_s=args.recheck_interval_s,
         max_candidates=args.max_candidates,
-        inject_delay_ms=args.inject_delay_ms,
-        record_requests=args.record_requests,
         grace_s=args.grace_s,
         tls=TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
     )

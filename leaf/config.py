@@ -104,10 +104,6 @@ class LeafConfig:
     """Most bytes of admitted requests at once (inputs at ``num_candidates`` rows, declared
     sizes), queued or running; beyond it requests get RESOURCE_EXHAUSTED before decoding.
     At least ``decode_limits.max_total_raw_bytes``, so any valid request fits alone."""
-    inject_delay_ms: float = 0.0
-    """Fault injection: extra delay before each request is queued (reliability tests)."""
-    record_requests: Path | None = None
-    """Append one JSON line per Score request (what the leaf saw) to this file."""
     grace_s: float = 5.0
     """Shutdown grace period for in-flight requests."""
     tls: TlsConfig = PLAINTEXT
@@ -120,8 +116,6 @@ class LeafConfig:
             raise ValueError("LeafConfig.tls: cert_file and key_file are required to serve TLS")
         if not isinstance(self.repo, Path):
             object.__setattr__(self, "repo", Path(self.repo))
-        if self.record_requests is not None and not isinstance(self.record_requests, Path):
-            object.__setattr__(self, "record_requests", Path(self.record_requests))
         if self.models is not None:
             if isinstance(self.models, str) or not all(isinstance(m, str) and m for m in self.models):
                 raise ValueError(f"LeafConfig.models must be a tuple of names, got {self.models!r}")
@@ -156,7 +150,7 @@ class LeafConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LeafConfig.{name} must be an int >= 1, got {value!r}")
-        for name in ("max_queue_delay_ms", "inject_delay_ms", "grace_s"):
+        for name in ("max_queue_delay_ms", "grace_s"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"LeafConfig.{name} must be a number >= 0, got {value!r}")

@@ -19,7 +19,7 @@ import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Callable, Sequence, cast
+from typing import Sequence, cast
 
 import grpc
 import numpy as np
@@ -187,16 +187,11 @@ class PartitionScorer:
         batcher: Batcher,
         inflight: InflightBytes,
         limits: DecodeLimits,
-        *,
-        inject_delay_s: float = 0.0,
-        observe: Callable[[str, str, str, str, tuple[str, ...], int, int], None] | None = None,
     ) -> None:
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
         self._limits = limits
-        self._inject_delay_s = inject_delay_s
-        self._observe = observe
 
     async def score(self, wire: WirePartition, context: grpc.aio.ServicerContext) -> leaf_pb2.PartitionResponse:
         started = time.perf_counter()
@@ -260,11 +255,6 @@ class PartitionScorer:
                 model.admitted = loaded.converter.admit(cast(list[Tensor], [entries[i] for i in indexes]), n)
             except LeafError as exc:
                 model.fail(exc, request.request_id)
-            finally:
-                if self._observe is not None:
-                    names = tuple(entries[i].name for i in ref.features if i < len(entries))
-                    served = model.loaded.version if model.loaded is not None else ""
-                    self._observe(request.request_id, ref.name, ref.version, served, names, n, wire.size)
         return entries, models, data
 
     async def _run(
@@ -309,8 +299,6 @@ class PartitionScorer:
             if not isinstance(value, CodecError):
                 inputs[index] = to_input(value, entries[index].dtype, n)
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(e.raw_size for e in wanted))
-        if self._inject_delay_s:
-            await asyncio.sleep(self._inject_delay_s)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         waiting: list[tuple[_Model, asyncio.Future[Outputs]]] = []

@@ -4,8 +4,8 @@
 starts the repository watcher ("leaf-repo-watch", "leaf-repo-loader") and the inference
 thread ("leaf-infer-<device>"), binds the port and returns. Health reports SERVING once the
 server has started (models are loaded by then). Stopping the returned server drains
-in-flight requests for the grace period, then stops those threads, the metrics endpoint and
-the request recorder, so one process can create and close several leaves.
+in-flight requests for the grace period, then stops those threads and the metrics endpoint,
+so one process can create and close several leaves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -24,11 +24,11 @@ from leaf.batcher import Batcher, BatchPolicy
 from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
-from leaf.servicer import SERVICE_NAME, LeafServicer, ObservedRequest, RequestRecorder
+from leaf.servicer import SERVICE_NAME, LeafServicer
 from transport.builder import BuiltServer, build_server
 from transport.server import ServerWithParts, run_until_signalled
 
-__all__ = ["LeafServer", "ObservedRequest", "create_server", "serve"]
+__all__ = ["LeafServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ class _Runtime:
     def __init__(self) -> None:
         self.repository: Repository | None = None
         self.batcher: Batcher | None = None
-        self.recorder: RequestRecorder | None = None
         self.metrics_server: BuiltServer | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -57,8 +56,6 @@ class _Runtime:
             self.batcher.close()
         if self.metrics_server is not None:
             self.metrics_server.close_metrics()
-        if self.recorder is not None:
-            self.recorder.close()
 
 
 class LeafServer(ServerWithParts):
@@ -94,9 +91,10 @@ class LeafServer(ServerWithParts):
 
 
 def create_server(
-    config: LeafConfig, *, observer: Callable[[ObservedRequest], None] | None = None
+    config: LeafConfig, *, interceptors: Sequence[grpc.aio.ServerInterceptor] = ()
 ) -> tuple[LeafServer, int]:
     """Load the models, bind ``config.host:config.port`` and return ``(server, port)``.
+    ``interceptors`` wrap every call (the harness installs fault injection and recording).
 
     Call from the event loop that will run the server; then ``await server.start()``.
     """
@@ -116,18 +114,10 @@ def create_server(
                 config.max_queue_requests,
             ),
         )
-        observers: list[Callable[[ObservedRequest], None]] = []
-        if observer is not None:
-            observers.append(observer)
-        if config.record_requests is not None:
-            runtime.recorder = RequestRecorder(open(config.record_requests, "a", encoding="utf-8"))
-            observers.append(runtime.recorder)
         servicer = LeafServicer(
             repository,
             runtime.batcher,
             inflight=InflightBytes(config.max_inflight_bytes),
-            inject_delay_s=config.inject_delay_ms / 1000.0,
-            observers=tuple(observers),
             limits=config.decode_limits,
         )
         built = build_server(
@@ -136,6 +126,7 @@ def create_server(
             services=(SERVICE_NAME,),
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
+            interceptors=interceptors,
         )
         runtime.metrics_server = built
         inner, port, health_servicer = built.server, built.port, built.health
@@ -148,7 +139,11 @@ def create_server(
     return LeafServer(inner, runtime, health_servicer, repository), port
 
 
-def serve(config: LeafConfig, on_started: Callable[[int], None] | None = None) -> None:
+def serve(
+    config: LeafConfig,
+    on_started: Callable[[int], None] | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> None:
     """Run a leaf until SIGTERM/SIGINT, then drain gracefully. ``on_started(port)`` is called
     once the server is serving."""
-    run_until_signalled(lambda: create_server(config), config.grace_s, on_started)
+    run_until_signalled(lambda: create_server(config, interceptors=interceptors), config.grace_s, on_started)

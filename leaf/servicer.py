@@ -11,11 +11,9 @@ batcher's inference thread.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass
-from typing import IO, Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -38,22 +36,6 @@ UNKNOWN_MODEL_LABEL = "_unknown"
 
 
 @dataclass(frozen=True, slots=True)
-class ObservedRequest:
-    """What the leaf saw of one Score request (for tests and request recording)."""
-
-    request_id: str
-    model: str
-    version_requested: str
-    version_served: str
-    """The version chosen to serve it; empty when none was resolved."""
-    feature_names: tuple[str, ...]
-    """Tensor names in the order received."""
-    num_candidates: int
-    wire_bytes: int
-    """Size of the serialised request."""
-
-
-@dataclass(frozen=True, slots=True)
 class WireRequest:
     """A parsed request with its serialised size; ``error`` is set when parsing failed."""
 
@@ -69,23 +51,6 @@ def deserialize_request(data: bytes) -> WireRequest:
         return WireRequest(len(data), leaf_pb2.LeafRequest(), f"malformed LeafRequest: {exc}")
 
 
-class RequestRecorder:
-    """Appends ``ObservedRequest`` records as JSON lines (a small blocking write per request,
-    on the loop: a testing aid, not meant for production load)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def __call__(self, observed: ObservedRequest) -> None:
-        record = asdict(observed)
-        record["feature_names"] = list(observed.feature_names)
-        self._stream.write(json.dumps(record) + "\n")
-        self._stream.flush()
-
-    def close(self) -> None:
-        self._stream.close()
-
-
 class LeafServicer:
     """Implements Score and ListModels over a repository and a batcher."""
 
@@ -95,26 +60,18 @@ class LeafServicer:
         batcher: Batcher,
         *,
         inflight: InflightBytes,
-        inject_delay_s: float = 0.0,
-        observers: tuple[Callable[[ObservedRequest], None], ...] = (),
         limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
-        self._inject_delay_s = inject_delay_s
-        self._observers = observers
-        self._partition = PartitionScorer(
-            repository, batcher, inflight, limits, inject_delay_s=inject_delay_s,
-            observe=self._observe_model if observers else None,
-        )
+        self._partition = PartitionScorer(repository, batcher, inflight, limits)
 
     async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
         started = time.perf_counter()
         request = wire.message
         model_label = UNKNOWN_MODEL_LABEL
         version_served = ""
-        observed = False
         try:
             if wire.error:
                 raise InvalidRequest(wire.error)
@@ -122,17 +79,11 @@ class LeafServicer:
             model_label = loaded.model
             version_served = loaded.version
             metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
-            try:
-                self._batcher.check_capacity(loaded)
-                admitted = loaded.converter.admit(request.features, request.num_candidates)
-            finally:
-                observed = True
-                self._observe(wire, version_served)
+            self._batcher.check_capacity(loaded)
+            admitted = loaded.converter.admit(request.features, request.num_candidates)
             with self._inflight.hold(admitted.cost.row_bytes):
                 inputs = loaded.converter.decode(admitted)
                 metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
-                if self._inject_delay_s:
-                    await asyncio.sleep(self._inject_delay_s)
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else time.monotonic() + remaining
                 if remaining is not None and remaining <= 0:
@@ -146,8 +97,6 @@ class LeafServicer:
             metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
             raise
         except Exception as exc:
-            if not observed:
-                self._observe(wire, version_served)
             status = to_status(exc)
             if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
                 log.exception("request %r to model %r failed", request.request_id, request.model)
@@ -170,34 +119,6 @@ class LeafServicer:
                 info.input_names.extend(latest.signature.input_names)
                 info.output_names.extend(latest.signature.output_names)
         return response
-
-    def _observe(self, wire: WireRequest, version_served: str) -> None:
-        if not self._observers:
-            return
-        request = wire.message
-        self._observe_model(
-            request.request_id, request.model, request.version, version_served,
-            tuple(t.name for t in request.features), request.num_candidates, wire.size,
-        )
-
-    def _observe_model(
-        self, request_id: str, model: str, version_requested: str, version_served: str,
-        feature_names: tuple[str, ...], num_candidates: int, wire_bytes: int,
-    ) -> None:
-        observed = ObservedRequest(
-            request_id=request_id,
-            model=model,
-            version_requested=version_requested,
-            version_served=version_served,
-            feature_names=feature_names,
-            num_candidates=num_candidates,
-            wire_bytes=wire_bytes,
-        )
-        for observer in self._observers:
-            try:
-                observer(observed)
-            except Exception:  # an observer's bug must not fail the request
-                log.exception("request observer failed")
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("harness.features_cli:main", "load workload features into a feature store"),
     "health": ("transport.health_cli:main", "gRPC health check of a root or leaf (exit 0 = SERVING)"),
     "leaf": ("leaf.cli:main", "run a leaf partition server"),
+    "harness-leaf": ("harness.leaf_process:main", "a leaf with fault injection and request recording (tests, soak)"),
     "model": ("leaf.export_cli:main", "export a TorchScript model with its signature"),
     "demo-model": ("harness.demo_model:main", "build and export a deterministic demo MLP"),
     "bundle": ("deploy.bundle_cli:main", "build a bundle-level module_info.json and root-config package"),

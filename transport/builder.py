@@ -46,6 +46,7 @@ def build_server(
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",
     reuse_port: bool = False,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> BuiltServer:
     """Bind ``listen`` (TLS when configured) with health (and reflection of ``services``);
     start the metrics endpoint when ``metrics_port`` is set. Raises ``OSError`` when the port
@@ -54,7 +55,7 @@ def build_server(
     if reuse_port:
         # gRPC's default on Linux, stated: processes of one server share the port.
         options.append(("grpc.so_reuseport", 1))
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=tuple(interceptors) or None)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:

@@ -46,7 +46,7 @@ def test_leaf_process_serves_records_and_drains(tmp_path: Path) -> None:
     metrics_port = free_port()
     log = open(tmp_path / "leaf.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "leaf.cli", "--repo", str(repo), "--port", "0", "--port-file", str(port_file),
+        [sys.executable, "-m", "rootleaf.cli", "harness-leaf", "--repo", str(repo), "--port", "0", "--port-file", str(port_file),
          "--record-requests", str(record), "--metrics-port", str(metrics_port), "--torch-threads", "1"],
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"},
     )

@@ -78,7 +78,7 @@ def test_unversioned_load_never_mismatches_through_a_replica_by_replica_rollout(
             log = open(tmp_path / f"leaf-{name}.log", "wb")
             logs.append(log)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "leaf.cli", "--repo", str(tmp_path / f"repo-{name}"), "--port", "0",
+                [sys.executable, "-m", "rootleaf.cli", "harness-leaf", "--repo", str(tmp_path / f"repo-{name}"), "--port", "0",
                  "--port-file", str(tmp_path / f"leaf-{name}.port"), "--torch-threads", "1",
                  "--record-requests", str(tmp_path / f"leaf-{name}.jsonl")],
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,

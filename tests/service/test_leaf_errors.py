@@ -156,7 +156,7 @@ def test_injected_delay_delays_and_expires_requests(tmp_path: Path) -> None:
     labels = {"model": "delayed"}
 
     async def body() -> None:
-        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0, inject_delay_ms=300)) as leaf:
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0), delay_ms=300) as leaf:
             loop = asyncio.get_running_loop()
             started = loop.time()
             assert (await leaf.stub.Score(make_request("delayed", features(3), 3))).version == "1"

@@ -10,7 +10,7 @@ import pytest
 
 from leaf.config import LeafConfig
 from leaf.partition import PARTITION_LABEL
-from leaf.server import ObservedRequest
+from harness.leaf_hooks import ObservedRequest
 from protos.rootleaf.v1 import leaf_pb2
 from tests.service.test_leaf_server import (
     OUTPUTS, WIDTHS, Leaf, expected_scores, export_demo, features, run, sample, scores_of,

@@ -15,7 +15,8 @@ from prometheus_client import REGISTRY
 from leaf.config import LeafConfig
 from harness.demo_model import build_demo_model
 from leaf.export import export_model
-from leaf.server import ObservedRequest, create_server
+from harness.leaf_hooks import DelayInterceptor, ObservedRequest, RecordingInterceptor
+from leaf.server import create_server
 from wire import codec
 from wire.codec import DType
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
@@ -66,12 +67,21 @@ def run(body: Callable[[], Awaitable[T]]) -> T:
 class Leaf:
     """A started leaf, a channel and a stub; use with ``async with``."""
 
-    def __init__(self, config: LeafConfig, observer: Callable[[ObservedRequest], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: LeafConfig,
+        observer: Callable[[ObservedRequest], None] | None = None,
+        delay_ms: float = 0.0,
+    ) -> None:
         self.config = config
-        self.observer = observer
+        self.interceptors: list[grpc.aio.ServerInterceptor] = []
+        if observer is not None:
+            self.interceptors.append(RecordingInterceptor([observer]))
+        if delay_ms:
+            self.interceptors.append(DelayInterceptor(delay_ms / 1000.0))
 
     async def __aenter__(self) -> "Leaf":
-        self.server, self.port = create_server(self.config, observer=self.observer)
+        self.server, self.port = create_server(self.config, interceptors=self.interceptors)
         await self.server.start()
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = leaf_pb2_grpc.LeafStub(self.channel)

@@ -29,7 +29,7 @@ from leaf.config import LeafConfig
 from harness.demo_model import build_demo_model
 from leaf import torchscript
 from leaf.export import export_model
-from leaf.server import ObservedRequest
+from harness.leaf_hooks import DelayInterceptor, ObservedRequest, RecordingInterceptor
 from leaf.server import create_server as create_leaf_server
 from wire.codec import DType, Encoding, encode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc, tensor_pb2
@@ -220,8 +220,11 @@ def build_cluster(tmp: Path, loop: LoopThread, *, slow_delay_ms: float = 0.0) ->
 
 
 async def start_leaf(repo: Path, observer: Callable[[ObservedRequest], None], delay_ms: float = 0.0) -> tuple[Any, int]:
+    interceptors: list[grpc.aio.ServerInterceptor] = [RecordingInterceptor([observer])]
+    if delay_ms:
+        interceptors.append(DelayInterceptor(delay_ms / 1000.0))
     server, port = create_leaf_server(
-        LeafConfig(repo=repo, port=0, torch_threads=1, inject_delay_ms=delay_ms, grace_s=0.0), observer=observer
+        LeafConfig(repo=repo, port=0, torch_threads=1, grace_s=0.0), interceptors=interceptors
     )
     await server.start()
     return server, port

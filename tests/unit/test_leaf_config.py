@@ -26,7 +26,7 @@ def test_version_policy_parse_and_select() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("device", "tpu"), ("port", 70000), ("max_batch_candidates", -1), ("max_queue_requests", 0),
-     ("max_queue_delay_ms", -1.0), ("recheck_interval_s", 0), ("inject_delay_ms", -5), ("models", "a,b"),
+     ("max_queue_delay_ms", -1.0), ("recheck_interval_s", 0), ("models", "a,b"),
      ("max_inflight_bytes", 1024), ("decode_limits", {})],
 )
 def test_invalid_fields_are_named(field: str, value: object) -> None:
@@ -37,11 +37,10 @@ def test_invalid_fields_are_named(field: str, value: object) -> None:
 def test_cli_flags_map_onto_the_config() -> None:
     args = build_parser().parse_args(
         ["--repo", "/r", "--port", "5", "--models", "a,b", "--versions", "1,2", "--max-batch-candidates", "0",
-         "--max-queue-delay-ms", "3", "--inject-delay-ms", "7", "--record-requests", "/tmp/x", "--device", "cpu",
+         "--max-queue-delay-ms", "3", "--device", "cpu",
          "--max-inflight-bytes", str(3 * 1024**3)]
     )
     config = config_from_args(args)
     assert config.models == ("a", "b") and config.port == 5 and config.versions.versions == ("1", "2")
-    assert config.max_batch_candidates == 0 and config.max_queue_delay_ms == 3 and config.inject_delay_ms == 7
-    assert config.record_requests == Path("/tmp/x") and config.device == "cpu"
+    assert config.max_batch_candidates == 0 and config.max_queue_delay_ms == 3 and config.device == "cpu"
     assert config.max_inflight_bytes == 3 * 1024**3
