@@ -1,6 +1,7 @@
 """The root's request path: validate, union fetch, encode once, trim, fan out, merge.
 
-``ScoreEngine.score`` runs on the server's event loop. The feature fetch (cache, then one
+``ScoreEngine.score`` runs on the server's event loop. Each model's version is resolved
+first (``root.versions``). The feature fetch (cache, then one
 batched store call per entity) happens on the loop; tensor encoding and per-model request
 assembly (CPU-bound, LZ4 releases the GIL) run in the ``root-encode`` thread pool; all
 leaf calls go out concurrently and each model gets its own result, so one failing or slow
@@ -17,13 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Container, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import grpc
 import numpy as np
 
-from contract.versions import latest_version, version_key
 from wire.codec import decode as decode_tensor
 from wire.frames import TensorFramer
 from wire.pack import TensorPacker
@@ -53,6 +53,8 @@ from root.errors import (
 )
 from root.feature_store import FeatureStore, FeatureStoreError, FetchResult
 from root.leaf_client import LeafClient
+from root.request import ModelOutcome, ModelRef, ScoreInput
+from root.versions import Allowlists, Route, VersionResolver
 
 log = logging.getLogger(__name__)
 
@@ -62,81 +64,6 @@ log = logging.getLogger(__name__)
 # load, and with 10 ms the whole call sometimes missed its deadline.
 DEADLINE_RESERVE_S = 0.050
 DEADLINE_RESERVE_FRACTION = 0.1
-
-
-class Decision(Protocol):
-    """What the trimmer says about one model (``trimmer.TrimDecision`` fits)."""
-
-    @property
-    def features(self) -> frozenset[str] | None: ...
-
-    @property
-    def version(self) -> str | None: ...
-
-    @property
-    def kind(self) -> str: ...
-
-
-class Allowlists(Protocol):
-    """Per-model allowlists (``trimmer.FeatureTrimmer`` fits)."""
-
-    def lookup(
-        self, model: str, version: str | None = None, servable: Container[str] | None = None
-    ) -> Decision: ...
-
-
-# Longest wait for a partition's loaded versions before routing on what is known.
-VERSIONS_REFRESH_TIMEOUT_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class ModelRef:
-    """A requested model; ``version`` None = latest."""
-
-    name: str
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreInput:
-    """One client request, decoded."""
-
-    request_id: str
-    user_id: int
-    candidate_ids: np.ndarray
-    """uint64 [N]."""
-    models: tuple[ModelRef, ...]
-    request_features: Mapping[str, np.ndarray] = field(default_factory=dict)
-    """Client-supplied request features, each ``[1, ...]``; override or add to the store's."""
-    request_tensors: Sequence[tensor_pb2.Tensor] = ()
-    """More client-supplied request features as received (untrusted): decoded by the engine
-    after admission and validation, under the request's budget (``root.client_features``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One model of a request, resolved: the version to run and the features it gets."""
-
-    ref: ModelRef
-    partition: str
-    version: str
-    """The version named to the leaf ("" only when the partition's versions are unknown and
-    the model is untrimmed: the leaf then runs its latest)."""
-    features: frozenset[str] | None
-    """The allowlist of ``version``; None = untrimmed."""
-    kind: str
-    """How the version was chosen: exact | latest | untrimmed."""
-
-
-@dataclass(frozen=True, slots=True)
-class ModelOutcome:
-    """One model's result: the leaf's outputs, or the error of its partition's call."""
-
-    model: str
-    version: str
-    outputs: tuple[tensor_pb2.Tensor, ...]
-    error_code: grpc.StatusCode = grpc.StatusCode.OK
-    error_message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +106,7 @@ class ScoreEngine:
         self.leaves = leaves
         self._executor = encode_executor
         self._partition_of = {m: p.name for p in config.partitions.values() for m in p.models}
+        self._versions = VersionResolver(allowlists, leaves, self._partition_of, trim=config.trim)
         self._all_names = tuple(catalog.names())
         self._in_flight = 0
         # Serialised tensor headers, reused across requests (used by the encode threads).
@@ -327,49 +255,6 @@ class ScoreEngine:
         finally:
             self._in_flight -= 1
 
-    # ---- versions ----
-
-    def _resolve(self, ref: ModelRef) -> Route | ModelOutcome:
-        """The version ``ref`` runs on and its allowlist, among the versions its partition
-        serves; an error outcome when the version asked for is known but served nowhere."""
-        partition = self._partition_of[ref.name]
-        served = self.leaves[partition].served_versions(ref.name)
-        if self.config.trim:
-            decision = self.allowlists.lookup(ref.name, ref.version, servable=served)
-            if decision.kind == "unserved" and decision.version is not None:
-                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, "unserved").inc()
-                return ModelOutcome(
-                    ref.name, decision.version, (), grpc.StatusCode.FAILED_PRECONDITION,
-                    f"model {ref.name!r}: no leaf of partition {partition!r} serves version {decision.version!r} "
-                    f"(served: {sorted(served or (), key=version_key)})",
-                )
-            if decision.version is not None:
-                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, decision.kind).inc()
-                return Route(ref, partition, decision.version, decision.features, decision.kind)
-            # No allowlist, or no version of the bundle is served (the leaves run only versions
-            # the bundle does not list, e.g. mid-rollback): those versions have no allowlist,
-            # so they get every feature.
-        # Untrimmed: every feature goes, so any loaded version can run it.
-        if served is None:
-            version = ref.version or ""
-        elif ref.version is not None and ref.version in served:
-            version = ref.version
-        else:
-            version = latest_version(served) or ""
-            if not version:
-                return ModelOutcome(
-                    ref.name, "", (), grpc.StatusCode.UNAVAILABLE,
-                    f"model {ref.name!r}: no leaf of partition {partition!r} has a version loaded",
-                )
-        metrics.MODEL_REQUESTS.labels(ref.name, version, "untrimmed").inc()
-        return Route(ref, partition, version, None, "untrimmed")
-
-    async def _refresh_versions(self, partitions: set[str], deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        timeout = min(VERSIONS_REFRESH_TIMEOUT_S, max(deadline - loop.time(), 0.0) / 2)
-        if timeout > 0:
-            await asyncio.gather(*(self.leaves[p].refresh_versions(timeout) for p in partitions))
-
     # ---- the request ----
 
     async def _score(self, request: ScoreInput, timeout_s: float | None) -> list[ModelOutcome]:
@@ -384,7 +269,7 @@ class ScoreEngine:
             if self.leaves[self._partition_of[ref.name]].served_versions(ref.name) is None
         }
         if unknown:
-            await self._refresh_versions(unknown, deadline)
+            await self._versions.refresh(unknown, deadline)
         outcomes: dict[str, ModelOutcome] = {}
         pending = list(request.models)
         # A leaf that lacks the version it was sent (it unloaded it since the last refresh)
@@ -395,7 +280,7 @@ class ScoreEngine:
             routes: list[Route] = []
             retry: list[ModelRef] = []
             for ref in pending:
-                resolved = self._resolve(ref)
+                resolved = self._versions.resolve(ref)
                 if isinstance(resolved, Route):
                     routes.append(resolved)
                 elif attempt == 0:
@@ -411,7 +296,7 @@ class ScoreEngine:
                     outcomes[route.ref.name] = outcome
             if not pending:
                 break
-            await self._refresh_versions({self._partition_of[ref.name] for ref in pending}, deadline)
+            await self._versions.refresh({self._partition_of[ref.name] for ref in pending}, deadline)
         return [outcomes[ref.name] for ref in request.models]
 
     async def _run(

@@ -23,7 +23,8 @@ from root import metrics
 from root.config import RootConfig
 from root.partition_health import PartitionHealth
 from root.errors import InvalidRequest, status_of
-from root.scoring import ModelRef, ScoreEngine, ScoreInput
+from root.request import ModelRef, ScoreInput
+from root.scoring import ScoreEngine
 
 log = logging.getLogger(__name__)
 

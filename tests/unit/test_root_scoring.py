@@ -23,7 +23,8 @@ from root.feature_store import FeatureStoreError, FetchResult
 from tests.doubles import InProcessLeafClient
 from root.local_store import LocalFeatureStore
 from root.client_features import DECODE_ON_LOOP_BYTES
-from root.scoring import ModelRef, ScoreEngine, ScoreInput
+from root.request import ModelRef, ScoreInput
+from root.scoring import ScoreEngine
 from trimmer import FeatureTrimmer
 
 R, C = Entity.REQUEST, Entity.CANDIDATE

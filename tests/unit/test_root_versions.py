@@ -21,7 +21,8 @@ from harness.datagen import generate_local_store
 from root.errors import LeafCallError
 from tests.doubles import InProcessLeafClient
 from root.local_store import LocalFeatureStore
-from root.scoring import ModelOutcome, ModelRef, ScoreEngine, ScoreInput
+from root.request import ModelOutcome, ModelRef, ScoreInput
+from root.scoring import ScoreEngine
 from trimmer import FeatureTrimmer
 from wire.codec import encode
 

@@ -1,0 +1,114 @@
+"""Which version of each requested model runs: resolved by the root among the versions its
+partition's leaves have loaded, so the leaf always runs the version whose allowlist was
+applied (README, "Model versions"). Owned by the root's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Container, Mapping, Protocol
+
+import grpc
+
+from contract.versions import latest_version, version_key
+from root import metrics
+from root.leaf_client import LeafClient
+from root.request import ModelOutcome, ModelRef
+
+__all__ = ["Allowlists", "Decision", "Route", "VersionResolver"]
+
+
+class Decision(Protocol):
+    """What the trimmer says about one model (``trimmer.TrimDecision`` fits)."""
+
+    @property
+    def features(self) -> frozenset[str] | None: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def kind(self) -> str: ...
+
+
+class Allowlists(Protocol):
+    """Per-model allowlists (``trimmer.FeatureTrimmer`` fits)."""
+
+    def lookup(
+        self, model: str, version: str | None = None, servable: Container[str] | None = None
+    ) -> Decision: ...
+
+
+# Longest wait for a partition's loaded versions before routing on what is known.
+VERSIONS_REFRESH_TIMEOUT_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One model of a request, resolved: the version to run and the features it gets."""
+
+    ref: ModelRef
+    partition: str
+    version: str
+    """The version named to the leaf ("" only when the partition's versions are unknown and
+    the model is untrimmed: the leaf then runs its latest)."""
+    features: frozenset[str] | None
+    """The allowlist of ``version``; None = untrimmed."""
+    kind: str
+    """How the version was chosen: exact | latest | untrimmed."""
+
+
+class VersionResolver:
+    """Resolves models to versions and allowlists with the trimmer and the partitions' views."""
+
+    def __init__(
+        self, allowlists: Allowlists, leaves: Mapping[str, LeafClient], partition_of: Mapping[str, str], *, trim: bool
+    ) -> None:
+        self._allowlists = allowlists
+        self._leaves = leaves
+        self._partition_of = partition_of
+        self._trim = trim
+
+    def resolve(self, ref: ModelRef) -> Route | ModelOutcome:
+        """The version ``ref`` runs on and its allowlist, among the versions its partition
+        serves; an error outcome when the version asked for is known but served nowhere."""
+        partition = self._partition_of[ref.name]
+        served = self._leaves[partition].served_versions(ref.name)
+        if self._trim:
+            decision = self._allowlists.lookup(ref.name, ref.version, servable=served)
+            if decision.kind == "unserved" and decision.version is not None:
+                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, "unserved").inc()
+                return ModelOutcome(
+                    ref.name, decision.version, (), grpc.StatusCode.FAILED_PRECONDITION,
+                    f"model {ref.name!r}: no leaf of partition {partition!r} serves version {decision.version!r} "
+                    f"(served: {sorted(served or (), key=version_key)})",
+                )
+            if decision.version is not None:
+                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, decision.kind).inc()
+                return Route(ref, partition, decision.version, decision.features, decision.kind)
+            # No allowlist, or no version of the bundle is served (the leaves run only versions
+            # the bundle does not list, e.g. mid-rollback): those versions have no allowlist,
+            # so they get every feature.
+        # Untrimmed: every feature goes, so any loaded version can run it.
+        if served is None:
+            version = ref.version or ""
+        elif ref.version is not None and ref.version in served:
+            version = ref.version
+        else:
+            version = latest_version(served) or ""
+            if not version:
+                return ModelOutcome(
+                    ref.name, "", (), grpc.StatusCode.UNAVAILABLE,
+                    f"model {ref.name!r}: no leaf of partition {partition!r} has a version loaded",
+                )
+        metrics.MODEL_REQUESTS.labels(ref.name, version, "untrimmed").inc()
+        return Route(ref, partition, version, None, "untrimmed")
+
+    async def refresh(self, partitions: set[str], deadline: float) -> None:
+        """Refresh these partitions' loaded versions, within half the time left (at most
+        ``VERSIONS_REFRESH_TIMEOUT_S``)."""
+        loop = asyncio.get_running_loop()
+        timeout = min(VERSIONS_REFRESH_TIMEOUT_S, max(deadline - loop.time(), 0.0) / 2)
+        if timeout > 0:
+            await asyncio.gather(*(self._leaves[p].refresh_versions(timeout) for p in partitions))
