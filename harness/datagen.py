@@ -13,12 +13,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.local_store import column_path
+from harness.load import Progress
 from root.redis_loader import EntityLoad, LoadOptions, load_entity, open_client
 
 MANIFEST = "store.json"
@@ -105,7 +105,7 @@ async def load_generated(
     items: int,
     seed: int,
     options: LoadOptions = LoadOptions(),
-    progress: TextIO | bool = True,
+    progress: bool = True,
 ) -> list[EntityLoad]:
     """Generate a workload's data (users = request entities, items = candidates) and load it
     into ``url`` (``redis://...`` or ``redis-cluster://host:port,...``)."""
@@ -120,7 +120,9 @@ async def load_generated(
             if not catalog.names(entity):
                 continue
             columns = generated_columns(catalog, entity, count, seed)
-            results.append(await load_entity(client, catalog, entity, columns, options=options, progress=progress))
+            bar = Progress(f"load {entity.value}", enabled=progress)
+            results.append(await load_entity(client, catalog, entity, columns, options=options, progress=bar))
+            bar.done(f"{count} rows")
             del columns
         return results
     finally:

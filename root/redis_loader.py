@@ -16,10 +16,8 @@ records is vectorised numpy per batch of rows.
 from __future__ import annotations
 
 import json
-import sys
-import time
 from dataclasses import dataclass
-from typing import Mapping, TextIO
+from typing import Callable, Mapping
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -73,38 +71,6 @@ class EntityLoad:
     layout_digest: str
 
 
-class Progress:
-    """A one-line progress bar on a text stream (stderr by default), redrawn at most 10x/s."""
-
-    def __init__(self, label: str, total: int, stream: TextIO | None = None, width: int = 30) -> None:
-        self.label, self.total, self.width = label, max(total, 1), width
-        self.stream = sys.stderr if stream is None else stream
-        self.done = 0
-        self._last_draw = 0.0
-        self._start = time.monotonic()
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last_draw >= 0.1 or self.done >= self.total:
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        frac = min(self.done / self.total, 1.0)
-        filled = int(frac * self.width)
-        rate = self.done / max(now - self._start, 1e-9)
-        bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {frac:4.0%} {self.done}/{self.total} ({rate:,.0f}/s)")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.done < self.total:  # advance() already drew the completed bar
-            self._draw(time.monotonic())
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 Client = aioredis.Redis | RedisCluster
 
 
@@ -128,12 +94,12 @@ async def load_entity(
     ids: np.ndarray | None = None,
     *,
     options: LoadOptions = LoadOptions(),
-    progress: TextIO | bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EntityLoad:
     """Write one entity's records: ``columns[name]`` is ``[count, *shape]``, row i for ``ids[i]``.
 
-    ``ids`` defaults to ``0..count-1`` (the row index is the entity id). ``progress``: True
-    for a bar on stderr, a text stream for a bar there, False for none.
+    ``ids`` defaults to ``0..count-1`` (the row index is the entity id). ``progress(done,
+    total)`` is called after each pipeline of rows.
     """
     layout = RecordLayout.from_catalog(catalog, entity)
     missing = [n for n in layout.names if n not in columns]
@@ -156,7 +122,6 @@ async def load_entity(
         await client.delete(lkey)
         deleted = await delete_records(client, options.key_prefix, entity)
 
-    bar = None if progress is False else Progress(f"{entity.value:>9}", count, None if progress is True else progress)
     prefix = entity_key_prefix(options.key_prefix, entity)
     step = options.batch_rows
     per_pipe = step * options.batches_per_pipeline
@@ -170,10 +135,8 @@ async def load_entity(
                     rows = slice(lo, min(lo + step, count))
                     pipe.mset(dict(zip(entity_keys(prefix, ids[rows]), layout.pack(columns, rows))))
                 await pipe.execute()
-        if bar is not None:
-            bar.advance(min(per_pipe, count - start))
-    if bar is not None:
-        bar.close()
+        if progress is not None:
+            progress(min(start + per_pipe, count), count)
     await client.set(f"{lkey}:json", json.dumps(layout.description(), sort_keys=True))
     await client.set(lkey, layout.digest)
     return EntityLoad(entity, count, layout.record_size, deleted, layout.digest)

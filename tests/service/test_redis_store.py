@@ -303,7 +303,7 @@ def test_features_cli_loads_a_catalog_and_a_workload(
             "--seed", str(SEED), "--redis", redis_server.url, "--key-prefix", "cli"]
     assert features_cli.main(argv) == 0
     out, err = capsys.readouterr()
-    assert f"candidate: {ITEMS} records" in out and "100%" in err  # progress bar on stderr
+    assert f"candidate: {ITEMS} records" in out and f"load candidate                 {ITEMS} rows" in err  # progress on stderr
 
     assert features_cli.main(["load", "--catalog", str(path), "--redis", redis_server.url]) == 1
     assert "--users" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest
@@ -10,7 +9,8 @@ import pytest
 from contract.dtypes import NUMPY_DTYPES
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.feature_store import FeatureStoreError
-from root.redis_loader import LoadOptions, Progress
+from harness.load import Progress
+from root.redis_loader import LoadOptions
 from root.redis_records import RecordLayout, entity_key_prefix, entity_keys, valid_key_prefix
 from root.redis_store import RedisFeatureStore
 
@@ -147,11 +147,13 @@ def test_load_options_validation(kwargs: dict[str, object], field: str) -> None:
         LoadOptions(**kwargs)  # type: ignore[arg-type]
 
 
-def test_progress_bar_draws_to_its_stream() -> None:
-    stream = io.StringIO()
-    bar = Progress("candidate", 10, stream)
-    bar.advance(4)
-    bar.advance(6)
-    bar.close()
-    text = stream.getvalue()
-    assert "10/10" in text and "100%" in text and text.endswith("\n")
+def test_progress_bar_writes_its_finished_line(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = Progress("load candidate", enabled=True)
+    bar(4, 10)
+    bar(10, 10)
+    bar.done("10 rows")
+    assert capsys.readouterr().err.endswith("load candidate                 10 rows\n")
+    quiet = Progress("load user", enabled=False)
+    quiet(1, 1)
+    quiet.done("1 rows")
+    assert capsys.readouterr().err == ""
