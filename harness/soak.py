@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from harness.faults import AllowlistStorm, read_records
 from harness.soak_load import LoadProcess
@@ -157,13 +157,25 @@ def _rollout(cluster: LocalCluster, storm: AllowlistStorm, partition: str, hold_
     note(f"rollback: {model}/{version} out of every replica and bundle {partition}")
 
 
-def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float) -> FaultLog:
+def _served_again(load: LoadProcess, models: Sequence[str], since: float) -> None:
+    """Wait (bounded) for a request started after ``since`` whose ``models`` all succeeded:
+    a fault's phase lasts until the root serves its partition again (a restarted leaf is
+    SERVING before the root's channel has reconnected to it)."""
+    if load.wait_for(lambda o: o.started > since and all(o.models.get(m) == "OK" for m in models), WAIT_S) is None:
+        raise ClusterError(f"soak: models {list(models)} not served again within {WAIT_S:.0f} s")
+
+
+def _run_faults(
+    cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float, load: LoadProcess
+) -> FaultLog:
     """The fault schedule: cycles through FAULTS with steady gaps until ``until`` (monotonic),
     each fault at least once, each leaf fault on one replica (rotating); the fault in
-    progress at that time finishes, so every leaf is up when it returns."""
+    progress at that time finishes, so every leaf is up when it returns. A leaf fault's phase
+    ends once the root serves the partition again."""
     faults = FaultLog()
     rng = random.Random(opts.seed)
     partitions = sorted({leaf.partition for leaf in cluster.leaves()})
+    models_of = {leaf.partition: leaf.models for leaf in cluster.leaves()}
     started = time.monotonic()
     delay_ms = str(2 * opts.deadline_ms)
 
@@ -187,7 +199,8 @@ def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions,
             faults.leaf_kills += 1
             time.sleep(opts.down_s)  # the replica stays down this long
             cluster.restart_leaf(partition, replica=replica)
-            note(f"leaf {partition} replica {replica} restarted on its port")
+            _served_again(load, models_of[partition], time.monotonic())
+            note(f"leaf {partition} replica {replica} restarted on its port and served again")
         elif fault == "storm":
             note(f"reload storm: {opts.storm_rewrites} rewrites")
             storm.storm(opts.storm_rewrites, corrupt_fraction=0.1)
@@ -199,7 +212,8 @@ def _run_faults(cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions,
             faults.slow_phases += 1
             pause(opts.slow_s)
             cluster.restart_leaf(partition, replica=replica)
-            note(f"leaf {partition} replica {replica} fast again")
+            _served_again(load, models_of[partition], time.monotonic())
+            note(f"leaf {partition} replica {replica} fast again and served")
         else:
             _rollout(cluster, storm, partition, opts.slow_s, note)
             faults.rollouts += 1
@@ -230,7 +244,7 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
             models=list(partition_of), seed=opts.seed, rate=opts.rate,
         ) as load:
             try:
-                faults = _run_faults(cluster, storm, opts, started + opts.minutes * 60)
+                faults = _run_faults(cluster, storm, opts, started + opts.minutes * 60, load)
             finally:
                 storm.restore()
             stats = load.stop()

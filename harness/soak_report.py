@@ -2,7 +2,8 @@
 
 The fault schedule records each fault as a ``Phase`` (kind, the partition it hit, start and
 end on the monotonic clock, which the load process shares); every outcome is attributed to
-the phase its request started in, else to "steady". Per kind the report gives requests,
+the first phase its request overlapped (from send to answer: a call in flight when a leaf is
+killed is that fault's), else to "steady". Per kind the report gives requests,
 successes, the success rate, failed requests by code, p50/p99 latency, and the share of
 model results served for partitions *not* under that fault (isolation: 100% expected even
 with one replica). Pure functions on the caller's thread.
@@ -40,7 +41,7 @@ def _failure_code(outcome: Outcome) -> str:
 
 def _phase_of(outcome: Outcome, phases: Sequence[Phase]) -> Phase | None:
     for phase in phases:
-        if phase.start <= outcome.started <= phase.end:
+        if outcome.started <= phase.end and outcome.started + outcome.elapsed_s >= phase.start:
             return phase
     return None
 

@@ -39,3 +39,10 @@ def test_targets_depend_on_replicas() -> None:
     bad = {**by, "slow_leaf": {"other_partitions_served_rate": 0.99}}
     assert not targets({**base, "success_rate": 0.7, "by_fault": bad}, 1)["other_partitions_100"]
     assert not targets({**base, "lost": 1, "success_rate": 1.0, "by_fault": by}, 2)["lost_0"]
+
+
+def test_a_call_in_flight_when_a_fault_starts_belongs_to_that_fault() -> None:
+    phases = [Phase("leaf_kill", "beta", 10.0, 20.0)]
+    report = by_fault([_o(9.9, m_c="UNAVAILABLE", ms=300.0), _o(9.0, ms=300.0)], phases, PARTITION_OF)
+    assert report["leaf_kill"]["requests"] == 1 and report["steady"]["requests"] == 1
+    assert report["steady"]["failed_by_code"] == {}
