@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 # load, and with 10 ms the whole call sometimes missed its deadline.
 DEADLINE_RESERVE_S = 0.050
 DEADLINE_RESERVE_FRACTION = 0.1
+# Resolutions of a model per call: the first, plus re-resolves after a leaf refused the
+# version (each after a refresh of the partition's versions, within the deadline).
+VERSION_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,24 +276,26 @@ class ScoreEngine:
         outcomes: dict[str, ModelOutcome] = {}
         pending = list(request.models)
         # A leaf that lacks the version it was sent (it unloaded it since the last refresh)
-        # answers FAILED_PRECONDITION: refresh that partition's versions and re-resolve once.
-        # The same holds when the root believes no leaf serves what is asked (its view may be
-        # stale: another request just struck the version off).
-        for attempt in range(2):
+        # answers FAILED_PRECONDITION: refresh that partition's versions and re-resolve. The
+        # same holds when the root believes no leaf serves what is asked (its view may be
+        # stale: another request just struck the version off). Replicas swapping versions
+        # one after the other can refuse twice in a row, hence more than one re-resolve.
+        for attempt in range(VERSION_ATTEMPTS):
+            last = attempt == VERSION_ATTEMPTS - 1
             routes: list[Route] = []
             retry: list[ModelRef] = []
             for ref in pending:
                 resolved = self._versions.resolve(ref)
                 if isinstance(resolved, Route):
                     routes.append(resolved)
-                elif attempt == 0:
+                elif not last:
                     retry.append(ref)
                 else:
                     outcomes[ref.name] = resolved
             results = await self._run(request, routes, client, deadline) if routes else []
             pending = retry
             for route, outcome in zip(routes, results):
-                if attempt == 0 and outcome.error_code == grpc.StatusCode.FAILED_PRECONDITION and route.version:
+                if not last and outcome.error_code == grpc.StatusCode.FAILED_PRECONDITION and route.version:
                     pending.append(route.ref)
                 else:
                     outcomes[route.ref.name] = outcome
