@@ -17,7 +17,7 @@ import pytest
 from deploy.metrics_scrape import scrape
 from harness.cluster_config import render_toml
 from harness.local_cluster import LocalCluster
-from harness.processes import free_port
+from harness.processes import free_port, pid_alive
 from root.client import RootClient
 from root.supervisor import available_cores, resolve_workers
 from transport import health_cli
@@ -44,14 +44,6 @@ def children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         out |= {int(c) for c in (task / "children").read_text().split()}
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +129,7 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         final = children(root.pid)
         root.send_signal(signal.SIGTERM)
         assert root.wait(WAIT_S) == 0
-        poll("every worker to exit", lambda: not any(alive(pid) for pid in final))
+        poll("every worker to exit", lambda: not any(pid_alive(pid) for pid in final))
     finally:
         if root.poll() is None:
             root.kill()
@@ -155,10 +147,10 @@ def test_workers_stop_when_the_supervisor_is_killed(cluster: LocalCluster, tmp_p
         assert len(workers) == 2
         root.kill()  # no chance to forward anything
         root.wait(WAIT_S)
-        poll("orphaned workers to stop by themselves", lambda: not any(alive(pid) for pid in workers))
+        poll("orphaned workers to stop by themselves", lambda: not any(pid_alive(pid) for pid in workers))
     finally:
         for pid in workers:
-            if alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         if root.poll() is None:
             root.kill()
