@@ -11,6 +11,7 @@ server's event loop.
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -68,8 +69,9 @@ class _ScoringInterceptor(grpc.aio.ServerInterceptor):
 
         return handler._replace(unary_unary=behavior)
 
+    @abstractmethod
     async def _around(self, method: str, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise NotImplementedError
+        """Run ``inner`` for one scoring call, with what this interceptor adds around it."""
 
 
 class DelayInterceptor(_ScoringInterceptor):

@@ -18,6 +18,7 @@ on the event loop that first used the store.
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import hashlib
 import json
 import logging
@@ -187,7 +188,7 @@ def connection_pool(url: str, pool_size: int, timeout_s: float) -> aioredis.Bloc
     )
 
 
-class PackedRecordStore:
+class PackedRecordStore(ABC):
     """``FeatureStore`` over packed records; subclasses implement ``_read`` and ``close``."""
 
     def __init__(self, catalog: FeatureCatalog, *, pool_size: int, timeout_s: float, key_prefix: str) -> None:
@@ -210,17 +211,18 @@ class PackedRecordStore:
         self._layout_keys = {e: layout_key(key_prefix, e) for e in Entity}
         self._failing = False
 
+    @abstractmethod
     async def _read(self, layout_key: str, keys: list[bytes]) -> tuple[bytes | None, list[bytes | None]]:
         """The stored layout digest and the value of each key (None = missing), in key order.
         Redis errors propagate; the caller bounds the whole call by ``timeout_s``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _where(self) -> str:
         """The server(s), for messages (never a password)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Close the client connections."""
 
     async def fetch(self, entity: Entity, ids: np.ndarray, names: Sequence[str]) -> FetchResult:
         entity = Entity(entity)
