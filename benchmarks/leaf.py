@@ -9,6 +9,11 @@ N=256 candidates per request), and ``dense``, one [500, 3000] float32 input thro
 CPU (``rootleaf_leaf_forward_cpu_seconds_total``) to report the fraction of leaf CPU spent
 outside the forward. The leaf runs with one torch thread, so the forward's CPU is the
 inference thread's CPU.
+
+The gRPC floor: per case, rpc and concurrency, the same payload and client drive a server
+built like the leaf whose handlers answer at once (``benchmarks.grpc_floor``); its process
+CPU per request is what gRPC alone costs, and the share of leaf CPU outside the forward and
+above that floor is the leaf's own.
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class LeafResult:
     forward_cpu_s: float
     outside_forward: float
     """Fraction of the leaf process's CPU spent outside the model's forward."""
+    floor_cpu_ms: float = float("nan")
+    """CPU per request of the gRPC floor server (same payload, client and concurrency)."""
+    outside_above_floor: float = float("nan")
+    """Fraction of the leaf's CPU outside the forward and above the gRPC floor (the leaf's own)."""
 
 
 def workload(inputs: int, seed: int) -> dict[str, tuple[int, bool, str]]:
@@ -119,27 +128,24 @@ def forward_figures(url: str) -> dict[str, float]:
     }
 
 
-class LeafProcess:
-    def __init__(self, repo: Path, workdir: Path, extra: list[str]) -> None:
-        self.metrics_port = free_port()
+class ServerProcess:
+    """A server started as ``python -m MODULE ARGS --port-file F``, serving once F exists."""
+
+    def __init__(self, module: str, args: list[str], workdir: Path) -> None:
         port_file = workdir / f"port-{time.monotonic_ns()}"
-        self.log = open(workdir / "leaf.log", "ab")
+        log_path = workdir / f"{module}.log"
+        self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leaf.cli", "--repo", str(repo), "--port", "0", "--port-file", str(port_file),
-             "--metrics-port", str(self.metrics_port), "--torch-threads", "1", "--log-level", "WARNING", *extra],
+            [sys.executable, "-m", module, *args, "--port-file", str(port_file)],
             cwd=REPO_ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 120
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"leaf did not start; see {workdir / 'leaf.log'}")
+                raise RuntimeError(f"{module} did not start; see {log_path}")
             time.sleep(0.05)
         self.port = int(port_file.read_text())
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -150,6 +156,40 @@ class LeafProcess:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.log.close()
+
+
+class LeafProcess(ServerProcess):
+    def __init__(self, repo: Path, workdir: Path, extra: list[str]) -> None:
+        self.metrics_port = free_port()
+        super().__init__("leaf.cli", [
+            "--repo", str(repo), "--port", "0", "--metrics-port", str(self.metrics_port), "--torch-threads", "1",
+            "--log-level", "WARNING", *extra,
+        ], workdir)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+def measure_floor(
+    workdir: Path, payloads: dict[str, bytes], concurrencies: list[int], duration: float
+) -> dict[tuple[str, int], float]:
+    """CPU seconds per request of the gRPC floor server, per (rpc, concurrency)."""
+    server = ServerProcess("benchmarks.grpc_floor", [], workdir)
+    out: dict[tuple[str, int], float] = {}
+    try:
+        for rpc, payload in payloads.items():
+            for concurrency in concurrencies:
+                asyncio.run(drive(server.port, payload, concurrency, min(duration, 0.5), rpc))  # warm-up
+                before = cpu_seconds(server.proc.pid)
+                latencies, errors = asyncio.run(drive(server.port, payload, concurrency, duration, rpc))
+                cpu = cpu_seconds(server.proc.pid) - before
+                if errors or not latencies:
+                    raise RuntimeError(f"gRPC floor server failed {errors} {rpc} calls")
+                out[rpc, concurrency] = cpu / len(latencies)
+    finally:
+        server.stop()
+    return out
 
 
 async def drive(
@@ -182,7 +222,7 @@ async def drive(
 
 def run_mode(
     repo: Path, workdir: Path, case: str, label: str, flags: list[str], payloads: dict[str, bytes], n: int,
-    concurrencies: list[int], duration: float,
+    concurrencies: list[int], duration: float, floors: dict[tuple[str, int], float],
 ) -> list[LeafResult]:
     """One leaf process per (case, batching mode); each rpc and concurrency measured on it."""
     leaf = LeafProcess(repo, workdir, flags)
@@ -199,6 +239,7 @@ def run_mode(
                 forward = after["forward_cpu"] - before["forward_cpu"]
                 forwards = after["batch_count"] - before["batch_count"]
                 lat = np.asarray(latencies) * 1000
+                floor = floors.get((rpc, concurrency), float("nan")) * len(latencies)
                 results.append(LeafResult(
                     case=case, rpc=rpc, batching=label, concurrency=concurrency, requests=len(latencies),
                     errors=errors, requests_per_s=len(latencies) / elapsed,
@@ -207,6 +248,8 @@ def run_mode(
                     p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
                     mean_batch_requests=(after["batch_sum"] - before["batch_sum"]) / forwards if forwards else 0.0,
                     leaf_cpu_s=cpu, forward_cpu_s=forward, outside_forward=1 - forward / cpu if cpu else float("nan"),
+                    floor_cpu_ms=floor * 1000 / len(latencies) if latencies else float("nan"),
+                    outside_above_floor=(cpu - forward - floor) / cpu if cpu else float("nan"),
                 ))
     finally:
         leaf.stop()
@@ -215,14 +258,19 @@ def run_mode(
 
 def print_table(results: list[LeafResult]) -> None:
     header = (f"{'case':<7}{'rpc':<10}{'batching':<9}{'conc':>5}{'req/s':>9}{'cand/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'req/fwd':>8}{'cpu ms/req':>11}{'fwd ms/req':>11}{'outside fwd':>12}{'err':>5}")
+              f"{'req/fwd':>8}{'cpu ms/req':>11}{'fwd ms/req':>11}{'outside fwd':>12}{'grpc ms/req':>12}"
+              f"{'above grpc':>11}{'err':>5}")
     print(header)
     print("-" * len(header))
     for r in results:
         per = 1000 / r.requests if r.requests else float("nan")
         print(f"{r.case:<7}{r.rpc:<10}{r.batching:<9}{r.concurrency:>5}{r.requests_per_s:>9.1f}{r.candidates_per_s:>10.0f}"
               f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch_requests:>8.2f}{r.leaf_cpu_s * per:>11.2f}"
-              f"{r.forward_cpu_s * per:>11.2f}{r.outside_forward:>11.1%}{r.errors:>5}")
+              f"{r.forward_cpu_s * per:>11.2f}{r.outside_forward:>11.1%}{r.floor_cpu_ms:>12.2f}"
+              f"{r.outside_above_floor:>11.1%}{r.errors:>5}")
+    print("outside fwd: share of leaf CPU outside the forward; grpc ms/req: CPU per request of a server built like"
+          " the leaf that answers at once (gRPC's floor, same payload and client); above grpc: the share of leaf"
+          " CPU outside the forward left after subtracting that floor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +307,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--queue-delay-ms", type=float, default=1.0, help="max queue delay with batching on")
     parser.add_argument("--modes", default="on,off", help="batching modes to run: on,off")
+    parser.add_argument("--floor-duration", type=float, default=2.0,
+                        help="seconds per gRPC floor measurement (0: no floor)")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -283,9 +333,10 @@ def main(argv: list[str]) -> int:
             print(f"{name}: {len(case.widths)} inputs, hidden {case.hidden}, N={case.n}, request "
                   + ", ".join(f"{rpc} {len(p) / 1e3:,.0f} KB" for rpc, p in payloads.items())
                   + "; leaf: 1 torch thread, cpu")
+            floors = measure_floor(workdir, payloads, concurrencies, args.floor_duration) if args.floor_duration > 0 else {}
             for mode in args.modes.split(","):
                 results += run_mode(repo, workdir, name, mode, modes[mode], payloads, case.n, concurrencies,
-                                    args.duration)
+                                    args.duration, floors)
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))

@@ -8,8 +8,10 @@ reinterpreted with ``Tensor.view``. ``admit`` checks a request on its tensor hea
 dtypes, declared sizes) before ``decode`` touches any payload, so a request is refused
 before it costs memory, and against each input's dtype and per-candidate shape: declared by
 the signature (``input_dtypes``, ``input_shapes``) or, where it is silent, learned from the
-version's first successful forward. Runs on the event loop; a converter is immutable apart
-from those write-once learned expectations.
+version's first successful forward. ``admit_pack`` admits the inputs of a ``TensorPack``
+by index and keeps what admission computed per (pack layout, indexes, N), so a repeat
+request layout is admitted with a dict lookup. Runs on the event loop (which owns that
+cache); a converter is otherwise immutable apart from the write-once learned expectations.
 
 Inputs are read-only views of the request's bytes: models must not modify them in place.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence, cast
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from leaf.errors import InvalidRequest
 from leaf.export import Signature
 from wire import codec
 from wire.codec import CodecError, DecodeLimits, DType, Tensor
+from wire.pack import PackLayout, PackTable
 
 _WIRE_DTYPE_BY_NAME = codec.DTYPE_BY_NAME
 _BFLOAT16 = int(DType.BFLOAT16)
@@ -74,6 +77,21 @@ class Admitted:
     cost: Cost
 
 
+@dataclass(frozen=True, slots=True)
+class PackAdmitted:
+    """One model's inputs in a pack, checked on their headers: the pack index of each
+    signature input, in signature order, and their cost."""
+
+    indexes: tuple[int, ...]
+    num_candidates: int
+    cost: Cost
+
+
+_Expected = tuple[tuple[int | None, tuple[int, ...] | None], ...]
+# Distinct (pack layout, indexes, N) admissions kept per version; cleared when full.
+MAX_PACK_ADMISSIONS = 256
+
+
 class Converter:
     """Builds a model's input dict from one request's tensors, per its signature."""
 
@@ -88,7 +106,8 @@ class Converter:
         # What each input must look like, in signature order: (wire dtype, per-candidate
         # shape), None where neither the signature declares it nor a forward has shown it.
         # A request whose layout equals this tuple passes with one comparison.
-        self._expected: tuple[tuple[int | None, tuple[int, ...] | None], ...] = tuple(
+        self._admissions: dict[tuple[PackLayout, tuple[int, ...], int], tuple[PackAdmitted, _Expected]] = {}
+        self._expected: _Expected = tuple(
             (
                 _WIRE_DTYPE_BY_NAME[declared_dtypes[name]] if name in declared_dtypes else None,
                 declared_shapes.get(name),
@@ -155,6 +174,32 @@ class Converter:
         if cost.layout != self._expected:
             self._check_layout(cost.layout)
         return Admitted(tuple(inputs), n, cost)
+
+    def admit_pack(self, table: PackTable, indexes: Sequence[int], num_candidates: int) -> PackAdmitted:
+        """``admit`` for the pack entries at ``indexes`` (each < ``len(table)``), remembered per
+        (layout, indexes, N): only a layout seen for the first time, or expectations learned
+        since, is checked again. Errors are not remembered (each bad request is checked)."""
+        key = (table.layout, tuple(indexes), num_candidates)
+        found = self._admissions.get(key)
+        expected = self._expected
+        if found is not None:
+            admitted, checked_against = found
+            if checked_against is expected:
+                return admitted
+            if admitted.cost.layout != expected:
+                self._check_layout(admitted.cost.layout)
+        else:
+            entries = [table.entry(i) for i in key[1]]
+            # Pack entries carry the header fields admission reads (name, dtype, shape, raw_size).
+            checked = self.admit(cast(list[Tensor], entries), num_candidates)
+            position = {entries[slot].name: index for slot, index in enumerate(key[1])}
+            admitted = PackAdmitted(
+                tuple(position[t.name] for t in checked.tensors), num_candidates, checked.cost
+            )
+            if len(self._admissions) >= MAX_PACK_ADMISSIONS:
+                self._admissions.clear()
+        self._admissions[key] = (admitted, expected)
+        return admitted
 
     def _check_layout(self, layout: Layout) -> None:
         """Raise for the first input whose dtype or shape differs from the expected one."""

@@ -2,11 +2,13 @@
 
 The request carries the union of the models' features once (a ``TensorPack``) and, per
 model, its explicit version and the indexes of its inputs. The leaf reads the pack's table
-once (every declared size checked before anything is decoded), admits each model on its own
-(a model that is not hosted, not loaded at that version, sent a bad input or whose queue is
-full gets its own error reply), decodes each feature the admitted models use exactly once,
-hands every model views of its inputs, and submits them to the batcher, which merges per
-model version as for ``Leaf/Score``. One reply per model, in request order.
+once (every declared size checked before anything is decoded; a header seen before costs
+a few numpy comparisons, ``wire.pack.PackReader``), admits each model on its own
+(``Converter.admit_pack``, remembered per layout; a model that is not hosted, not loaded at
+that version, sent a bad input or whose queue is full gets its own error reply), decodes
+each feature the admitted models use exactly once, hands every model views of its inputs,
+and submits them to the batcher, which merges per model version as for ``Leaf/Score``. One
+reply per model, in request order.
 
 Runs on the server's event loop; a pack whose LZ4 payloads decode to more than
 ``OFFLOAD_DECODE_BYTES`` is decoded in the default executor (LZ4 releases the GIL).
@@ -29,15 +31,15 @@ from google.protobuf.message import DecodeError
 from leaf import metrics
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher, Outputs
-from leaf.converter import Admitted, ConvertedInputs, to_input
+from leaf.converter import ConvertedInputs, PackAdmitted, to_input
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.model import LoadedVersion
 from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
-from wire.codec import CodecError, DecodeLimits, Tensor
+from wire.codec import CodecError, DecodeLimits, numpy_dtype
 from wire.frames import frame_field
-from wire.pack import PackEntry, decode_entry, read_pack
+from wire.pack import PackReader, PackTable, decode_entry
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ PARTITION_LABEL = "_partition"
 UNKNOWN_MODEL_LABEL = "_unknown"
 # Above this many bytes of LZ4 payload to decompress, decoding leaves the event loop.
 OFFLOAD_DECODE_BYTES = 1 << 20
+_STORAGE = {d: numpy_dtype(d) for d in codec.DTYPE_BY_NAME.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +157,7 @@ class _Model:
     name: str
     label: str = UNKNOWN_MODEL_LABEL
     loaded: LoadedVersion | None = None
-    admitted: Admitted | None = None
+    admitted: PackAdmitted | None = None
     reply: leaf_pb2.ModelReply | None = None
 
     def fail(self, exc: BaseException, request_id: str) -> None:
@@ -167,14 +170,36 @@ class _Model:
         )
 
 
-def _decode_all(entries: Sequence[PackEntry], data: bytes | memoryview) -> dict[int, np.ndarray | CodecError]:
-    """Each entry decoded once, keyed by its position; a corrupt one is its error."""
+def _decompress(table: PackTable, data: bytes | memoryview, indexes: Sequence[int]) -> dict[int, np.ndarray | CodecError]:
+    """The LZ4 entries at ``indexes`` decompressed, each keyed by its index; a corrupt one is
+    its error."""
     out: dict[int, np.ndarray | CodecError] = {}
-    for index, entry in enumerate(entries):
+    for index in indexes:
         try:
-            out[index] = decode_entry(entry, data)
+            out[index] = decode_entry(table.entry(index), data)
         except CodecError as exc:
             out[index] = exc
+    return out
+
+
+def _to_inputs(
+    table: PackTable, data: bytes | memoryview, used: Sequence[int], decompressed: dict[int, np.ndarray | CodecError],
+    num_candidates: int,
+) -> dict[int, torch.Tensor | CodecError]:
+    """Each used entry as a model input (RAW: a view of ``data``), keyed by its index."""
+    layout = table.layout
+    shapes, dtypes, offsets, encodings = layout.shapes, layout.dtypes, table.offsets, table.encodings
+    storage = _STORAGE
+    out: dict[int, torch.Tensor | CodecError] = {}
+    for index in used:
+        if encodings[index]:
+            array = decompressed[index]
+            if isinstance(array, CodecError):
+                out[index] = array
+                continue
+        else:
+            array = np.ndarray(shapes[index], storage[dtypes[index]], data, offsets[index])
+        out[index] = to_input(array, dtypes[index], num_candidates)
     return out
 
 
@@ -191,13 +216,13 @@ class PartitionScorer:
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
-        self._limits = limits
+        self._reader = PackReader(limits)
 
     async def score(self, wire: WirePartition, context: grpc.aio.ServicerContext) -> leaf_pb2.PartitionResponse:
         started = time.perf_counter()
         request = wire.message
         try:
-            entries, models, data = self._admit(wire)
+            table, models, data = self._admit(wire)
         except InvalidRequest as exc:  # the call as a whole is malformed
             metrics.REQUESTS.labels(PARTITION_LABEL, "", grpc.StatusCode.INVALID_ARGUMENT.name).inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -205,7 +230,7 @@ class PartitionScorer:
         admitted = [m for m in models if m.reply is None]
         try:
             if admitted:
-                await self._run(request, entries, data, admitted, context)
+                await self._run(request, table, data, admitted, context)
         except asyncio.CancelledError:
             for m in admitted:
                 metrics.REQUESTS.labels(m.label, m.loaded.version if m.loaded else "", "CANCELLED").inc()
@@ -220,7 +245,7 @@ class PartitionScorer:
             response.models.append(m.reply)
         return response
 
-    def _admit(self, wire: WirePartition) -> tuple[list[PackEntry], list[_Model], bytes | memoryview]:
+    def _admit(self, wire: WirePartition) -> tuple[PackTable, list[_Model], bytes | memoryview]:
         """Read the pack's table and admit each model on headers alone."""
         if wire.error:
             raise InvalidRequest(wire.error)
@@ -230,11 +255,12 @@ class PartitionScorer:
         # Read once: each read of a bytes field is a new copy (and none when gRPC's bytes are viewed).
         data = wire.data if wire.data is not None else request.features.data
         try:
-            entries = read_pack(request.features, self._limits, len(data))
+            table = self._reader.read(request.features, len(data))
         except CodecError as exc:
             raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "wire").inc(wire.size)
         n = request.num_candidates
+        count = len(table)
         seen: set[str] = set()
         models: list[_Model] = []
         for ref in request.models:
@@ -246,21 +272,19 @@ class PartitionScorer:
                 seen.add(ref.name)
                 loaded = model.loaded = self._repository.resolve(ref.name, ref.version)
                 model.label = loaded.model
-                indexes = list(ref.features)
-                if indexes and max(indexes) >= len(entries):
-                    raise InvalidRequest(f"feature index {max(indexes)} outside the {len(entries)}-entry pack")
+                indexes = ref.features
+                if indexes and max(indexes) >= count:
+                    raise InvalidRequest(f"feature index {max(indexes)} outside the {count}-entry pack")
                 self._batcher.check_capacity(loaded)
-                # Pack entries carry the header fields admission reads (name, dtype, shape,
-                # raw_size); the payloads are decoded here, never by the converter.
-                model.admitted = loaded.converter.admit(cast(list[Tensor], [entries[i] for i in indexes]), n)
+                model.admitted = loaded.converter.admit_pack(table, indexes, n)
             except LeafError as exc:
                 model.fail(exc, request.request_id)
-        return entries, models, data
+        return table, models, data
 
     async def _run(
         self,
         request: leaf_pb2.PartitionRequest,
-        entries: list[PackEntry],
+        table: PackTable,
         data: bytes | memoryview,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
@@ -274,31 +298,36 @@ class PartitionScorer:
                 for m in models:
                     m.fail(exc, request.request_id)
                 return
-            await self._decode_and_submit(request, entries, data, models, context)
+            await self._decode_and_submit(request, table, data, models, context)
 
     async def _decode_and_submit(
         self,
         request: leaf_pb2.PartitionRequest,
-        entries: list[PackEntry],
+        table: PackTable,
         data: bytes | memoryview,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        position = {id(entry): i for i, entry in enumerate(entries)}
-        used = sorted({position[id(t)] for m in models if m.admitted is not None for t in m.admitted.tensors})
-        wanted = [entries[i] for i in used]
-        compressed = sum(e.raw_size for e in wanted if e.encoding)
-        if compressed > OFFLOAD_DECODE_BYTES:
-            decoded = await asyncio.get_running_loop().run_in_executor(None, _decode_all, wanted, data)
+        if len(models) == 1:
+            admitted = models[0].admitted
+            assert admitted is not None
+            used: Sequence[int] = admitted.indexes
         else:
-            decoded = _decode_all(wanted, data)
+            used = sorted({i for m in models if m.admitted is not None for i in m.admitted.indexes})
+        sizes, encodings = table.layout.sizes, table.encodings
+        compressed = [i for i in used if encodings[i]]
+        decompressed: dict[int, np.ndarray | CodecError] = {}
+        if compressed:
+            if sum(sizes[i] for i in compressed) > OFFLOAD_DECODE_BYTES:
+                decompressed = await asyncio.get_running_loop().run_in_executor(
+                    None, _decompress, table, data, compressed
+                )
+            else:
+                decompressed = _decompress(table, data, compressed)
         n = request.num_candidates
-        inputs: dict[int, torch.Tensor] = {}
-        for slot, index in enumerate(used):
-            value = decoded[slot]
-            if not isinstance(value, CodecError):
-                inputs[index] = to_input(value, entries[index].dtype, n)
-        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(e.raw_size for e in wanted))
+        inputs = _to_inputs(table, data, used, decompressed, n)
+        failed = {i for i in compressed if isinstance(inputs[i], CodecError)}
+        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(sizes[i] for i in used))
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         waiting: list[tuple[_Model, asyncio.Future[Outputs]]] = []
@@ -307,15 +336,15 @@ class PartitionScorer:
             try:
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
-                tensors: dict[str, torch.Tensor] = {}
-                for name, entry in zip(m.loaded.converter.input_names, m.admitted.tensors):
-                    index = position[id(entry)]
-                    tensor = inputs.get(index)
-                    if tensor is None:
-                        error = decoded[used.index(index)]
-                        raise InvalidRequest(f"feature {str(error)[len('tensor '):]}")
-                    tensors[name] = tensor
-                converted = ConvertedInputs(tensors, n, m.admitted.cost.raw_bytes, m.admitted.cost.layout)
+                indexes = m.admitted.indexes
+                if failed and not failed.isdisjoint(indexes):
+                    error = next(inputs[i] for i in indexes if i in failed)
+                    raise InvalidRequest(f"feature {str(error)[len('tensor '):]}")
+                tensors = cast(
+                    dict[str, torch.Tensor], dict(zip(m.loaded.converter.input_names, [inputs[i] for i in indexes]))
+                )
+                cost = m.admitted.cost
+                converted = ConvertedInputs(tensors, n, cost.raw_bytes, cost.layout)
                 waiting.append((m, self._batcher.submit(m.loaded, converted, deadline, request.request_id)))
             except LeafError as exc:
                 m.fail(exc, request.request_id)

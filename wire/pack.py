@@ -7,8 +7,9 @@ each tensor once per request into a ``PackedTensor`` and assembles every partiti
 ``PartitionRequest`` from them by one ``bytes.join`` (``assemble_partition_request``). The
 leaf reads the table in one pass (``read_pack``), checking every declared size against
 ``DecodeLimits`` before anything is decompressed or allocated, and decodes each entry once
-(``decode_entry``). Pure functions; ``TensorPacker`` is safe to share between threads (its
-header table is only read and assigned).
+(``decode_entry``); ``PackReader`` does those header checks once per distinct header.
+Pure functions; ``TensorPacker`` is safe to share between threads (its header table is only
+read and assigned); a ``PackReader`` belongs to one thread.
 """
 
 from __future__ import annotations
@@ -296,6 +297,112 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits, data_size: int | 
     if position != len(dims):
         raise CodecError("*", f"{len(dims) - position} dims left over after the last tensor")
     return entries
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PackLayout:
+    """What a pack's names, dtypes, ranks and dims determine, validated once. Packs with the
+    same header share one (compared by identity: it keys the leaf's admission caches)."""
+
+    names: tuple[str, ...]
+    dtypes: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    sizes: tuple[int, ...]
+    """Decoded bytes of each entry."""
+    size_array: np.ndarray
+    """``sizes`` as int64, for the vectorised payload checks."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackTable:
+    """A received pack's table, validated: its layout and each entry's payload placement."""
+
+    layout: PackLayout
+    offsets: list[int]
+    lengths: list[int]
+    encodings: list[int]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def entry(self, index: int) -> PackEntry:
+        layout = self.layout
+        return PackEntry(
+            layout.names[index], layout.dtypes[index], layout.shapes[index], layout.sizes[index],
+            self.encodings[index], self.offsets[index], self.lengths[index],
+        )
+
+    def entries(self) -> list[PackEntry]:
+        return [self.entry(i) for i in range(len(self.offsets))]
+
+
+class PackReader:
+    """``read_pack`` with the header checks done once per distinct header.
+
+    Requests for the same models carry the same names, dtypes and dims; what those determine
+    (every name, dtype, rank and size check) is validated by ``read_pack`` the first time and
+    kept (at most ``max_layouts``, cleared when full) under the exact header bytes. A repeat
+    header then costs a dict lookup and a handful of numpy comparisons over the table's
+    offsets, lengths and encodings; any failure there reruns ``read_pack`` for its exact error
+    (same entry, same message). Owned by one thread (the leaf's event loop).
+    """
+
+    def __init__(self, limits: DecodeLimits, *, max_layouts: int = 256) -> None:
+        if max_layouts < 1:
+            raise ValueError(f"max_layouts must be >= 1, got {max_layouts}")
+        self.limits = limits
+        self._max_layouts = max_layouts
+        self._layouts: dict[tuple[tuple[str, ...], bytes, bytes], PackLayout] = {}
+
+    def __len__(self) -> int:
+        return len(self._layouts)
+
+    def read(self, pack: leaf_pb2.TensorPack, data_size: int | None = None) -> PackTable:
+        """The validated table of an untrusted pack; ``CodecError`` as ``read_pack`` raises it."""
+        if data_size is None:
+            data_size = len(pack.data)
+        names = tuple(pack.names)
+        table = pack.table
+        count = len(names)
+        if count > self.limits.max_tensors or len(table) != count * RECORD_BYTES or not count:
+            return self._checked(pack, data_size)
+        records = np.frombuffer(table, dtype=RECORD)
+        dims = pack.dims
+        # dtype and rank of every record (bytes 8 and 10); encodings are checked per pack.
+        static = np.frombuffer(table, dtype=np.uint8).reshape(count, RECORD_BYTES)[:, 8:11:2].tobytes()
+        layout = self._layouts.get((names, dims, static))
+        if layout is None:
+            return self._checked(pack, data_size, (names, dims, static))
+        offsets = records["offset"].astype(np.int64)
+        lengths = records["length"].astype(np.int64)
+        encodings = records["encoding"]
+        sizes = layout.size_array
+        ends = offsets + lengths
+        raw = encodings == _RAW
+        ok = (raw & (lengths == sizes)) | ((encodings == _LZ4) & (lengths * 255 + 16 >= sizes))
+        ok &= (offsets % ALIGN == 0) & (ends <= data_size)
+        ok[1:] &= offsets[1:] >= ends[:-1]
+        if not ok.all():
+            return self._checked(pack, data_size)
+        return PackTable(layout, offsets.tolist(), lengths.tolist(), encodings.tolist())
+
+    def _checked(
+        self, pack: leaf_pb2.TensorPack, data_size: int, key: tuple[tuple[str, ...], bytes, bytes] | None = None
+    ) -> PackTable:
+        """``read_pack``'s verdict; a valid header is kept under ``key``."""
+        entries = read_pack(pack, self.limits, data_size)
+        sizes = tuple(e.raw_size for e in entries)
+        layout = PackLayout(
+            tuple(e.name for e in entries), tuple(e.dtype for e in entries), tuple(e.shape for e in entries),
+            sizes, np.asarray(sizes, dtype=np.int64),
+        )
+        if key is not None:
+            if len(self._layouts) >= self._max_layouts:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        return PackTable(
+            layout, [e.offset for e in entries], [e.length for e in entries], [e.encoding for e in entries]
+        )
 
 
 def decode_entry(entry: PackEntry, data: bytes | memoryview) -> np.ndarray:

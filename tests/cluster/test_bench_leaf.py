@@ -1,4 +1,4 @@
-"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1]."""
+"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1], a\ngRPC floor measured for each."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def test_tiny_leaf_bench_runs_both_cases_and_rpcs(tmp_path: Path) -> None:
     out = tmp_path / "leaf.json"
     code = main([
         "--cases", "sparse,dense", "--rpcs", "score,partition", "--inputs", "6", "--candidates", "8",
-        "--dense-shape", "16,64", "--concurrency", "2", "--duration", "0.3", "--modes", "on", "--json", str(out),
+        "--dense-shape", "16,64", "--concurrency", "2", "--duration", "0.3", "--modes", "on", "--floor-duration", "0.3",
+        "--json", str(out),
     ])
     rows = json.loads(out.read_text())
     assert code == 0
@@ -25,3 +26,4 @@ def test_tiny_leaf_bench_runs_both_cases_and_rpcs(tmp_path: Path) -> None:
     for r in rows:
         assert r["errors"] == 0 and r["requests"] > 0
         assert r["forward_cpu_s"] > 0 and 0.0 <= r["outside_forward"] <= 1.0
+        assert r["floor_cpu_ms"] > 0 and r["outside_above_floor"] <= r["outside_forward"]

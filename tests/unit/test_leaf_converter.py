@@ -122,3 +122,31 @@ def test_expectations_are_declared_or_learned_once() -> None:
     assert declared.describe_expected() == "a: FLOAT32[2], b: INT64[4]"
     with pytest.raises(InvalidRequest, match=r"'b': shape \[5\] per candidate, model expects \[4\]"):
         declared.convert([tensors[0], codec.encode("b", np.ones((3, 5), np.int64))], 3)
+
+
+def test_pack_admission_is_remembered_per_layout_and_rechecked_after_learning() -> None:
+    from wire.pack import PackReader, encode_pack
+
+    converter = Converter(Signature(("b", "a"), ("s",)), LIMITS, 100)
+    reader = PackReader(LIMITS)
+    arrays = {"a": np.ones((3, 2), np.float32), "x": np.zeros((3, 1), np.float32), "b": np.ones((1, 4), np.int64)}
+    table = reader.read(encode_pack(arrays))
+    first = converter.admit_pack(table, [0, 2], 3)
+    assert first.indexes == (2, 0)  # signature order
+    expected = converter.admit([table.entry(2), table.entry(0)], 3)  # type: ignore[list-item]
+    assert first.cost == expected.cost
+    again = converter.admit_pack(reader.read(encode_pack(arrays, "none")), [0, 2], 3)
+    assert again is first  # same layout, same indexes, same N: nothing recomputed
+    # Another N is another admission; a bad one is refused every time, never remembered.
+    for _ in range(2):
+        with pytest.raises(InvalidRequest, match="'a': leading dim 3 is neither 1 nor num_candidates 5"):
+            converter.admit_pack(table, [0, 2], 5)
+        with pytest.raises(InvalidRequest, match="'b': missing"):
+            converter.admit_pack(table, [0, 1], 3)
+    # Expectations learned from a forward apply to a layout admitted before.
+    wide = reader.read(encode_pack({**arrays, "b": np.ones((1, 5), np.int64)}))
+    converter.admit_pack(wide, [0, 2], 3)
+    assert converter.learn(first.cost.layout)
+    with pytest.raises(InvalidRequest, match=r"'b': shape \[5\] per candidate, model expects \[4\]"):
+        converter.admit_pack(wide, [0, 2], 3)
+    assert converter.admit_pack(table, [0, 2], 3) is first

@@ -105,3 +105,85 @@ def test_leaf_keeps_root_assembled_payloads_in_the_received_bytes() -> None:
     reserialised = deserialize_partition(whole.SerializeToString())
     assert reserialised.data is None and reserialised.message == whole
     assert deserialize_partition(payload[:-3]).error
+
+
+# ---- PackReader: header checks once per distinct header, same verdicts as read_pack ----
+
+
+def _table_with(pack: leaf_pb2.TensorPack, index: int, **fields: int) -> leaf_pb2.TensorPack:
+    """``pack`` with record ``index``'s fields replaced (offset, length, dtype, encoding, rank)."""
+    from wire.pack import RECORD
+
+    records = np.frombuffer(pack.table, dtype=RECORD).copy()
+    for key, value in fields.items():
+        records[index][key] = value
+    damaged = leaf_pb2.TensorPack()
+    damaged.CopyFrom(pack)
+    damaged.table = records.tobytes()
+    return damaged
+
+
+def _verdict(read: object, pack: leaf_pb2.TensorPack, limits: DecodeLimits) -> object:
+    try:
+        entries = read(pack)  # type: ignore[operator]
+    except CodecError as exc:
+        return str(exc)
+    return entries
+
+
+def _agreement_cases() -> list[tuple[str, leaf_pb2.TensorPack, DecodeLimits]]:
+    good = encode_pack(ARRAYS, "lz4")
+    count = len(ARRAYS)
+    cases = [("good", good, DecodeLimits()), ("good raw", encode_pack(ARRAYS, "none"), DecodeLimits())]
+    cases += [
+        ("unknown encoding", _table_with(good, 2, encoding=7), DecodeLimits()),
+        ("raw length", _table_with(good, 0, length=8), DecodeLimits()),
+        ("lz4 bomb", _table_with(good, 1, length=1), DecodeLimits()),
+        ("misaligned", _table_with(good, 3, offset=np.frombuffer(good.table, np.uint32)[3 * 3] + 1), DecodeLimits()),
+        ("overlap", _table_with(good, 2, offset=0), DecodeLimits()),
+        ("outside", _table_with(good, count - 1, offset=len(good.data)), DecodeLimits()),
+        ("unknown dtype", _table_with(good, 4, dtype=200), DecodeLimits()),
+        ("rank", _table_with(good, 0, rank=3), DecodeLimits()),
+        ("total", good, DecodeLimits(max_total_raw_bytes=1000)),
+        ("one too big", good, DecodeLimits(max_raw_bytes=1000)),
+        ("too many", good, DecodeLimits(max_tensors=3)),
+    ]
+    duplicate = leaf_pb2.TensorPack()
+    duplicate.CopyFrom(good)
+    duplicate.names[3] = duplicate.names[0]
+    cases.append(("duplicate", duplicate, DecodeLimits()))
+    return cases
+
+
+@pytest.mark.parametrize("case", _agreement_cases(), ids=lambda c: c[0])
+def test_reader_agrees_with_read_pack_with_and_without_a_known_header(
+    case: tuple[str, leaf_pb2.TensorPack, DecodeLimits],
+) -> None:
+    from wire.pack import PackReader
+
+    _, pack, limits = case
+    expected = _verdict(lambda p: read_pack(p, limits), pack, limits)
+    reader = PackReader(limits)
+    cold = _verdict(lambda p: reader.read(p).entries(), pack, limits)
+    # Teach the reader the good header first: the damaged pack then takes the fast path.
+    warm_reader = PackReader(limits)
+    for good in (encode_pack(ARRAYS, "lz4"), encode_pack(ARRAYS, "none")):
+        try:
+            warm_reader.read(good)
+        except CodecError:
+            pass
+    warm = _verdict(lambda p: warm_reader.read(p).entries(), pack, limits)
+    assert cold == expected and warm == expected
+
+
+def test_reader_keeps_one_layout_per_header_and_is_bounded() -> None:
+    from wire.pack import PackReader
+
+    reader = PackReader(DecodeLimits(), max_layouts=2)
+    first = reader.read(encode_pack(ARRAYS, "lz4"))
+    again = reader.read(encode_pack(ARRAYS, "none"))  # encodings differ, the header does not
+    assert again.layout is first.layout and len(reader) == 1
+    assert again.entries() == read_pack(encode_pack(ARRAYS, "none"), DecodeLimits())
+    for i in range(3):
+        reader.read(encode_pack({f"x{i}": np.zeros((2, 2), np.float32)}))
+    assert len(reader) <= 2
