@@ -12,7 +12,7 @@ root's encode thread.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from wire.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
 from wire.frames import EncodedTensor, TensorFramer, assemble_leaf_request
-from wire.pack import PackedTensor, PartitionModelRef, TensorPacker, assemble_partition_request
+from wire.pack import PackedBatch, PartitionModelRef, TensorPacker, assemble_partition_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,13 +133,19 @@ def feature_union(allowlists: Iterable[frozenset[str] | None], everything: Itera
 
 @dataclass(frozen=True, slots=True)
 class PackedFeatures:
-    """All tensors of one request, encoded once as pack entries, in a fixed order."""
+    """All tensors of one request, encoded once as one column-wise batch, in a fixed order."""
 
-    tensors: tuple[PackedTensor, ...]
-    names: tuple[str, ...]
+    batch: PackedBatch
     num_candidates: int
-    raw_size: int
-    """Raw bytes if every tensor were sent (the 'untrimmed' figure)."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.batch.names
+
+    @property
+    def raw_size(self) -> int:
+        """Raw bytes if every tensor were sent (the 'untrimmed' figure)."""
+        return self.batch.raw_size
 
 
 def pack_features(
@@ -151,33 +157,64 @@ def pack_features(
     packer: TensorPacker,
 ) -> PackedFeatures:
     """``encode_features`` for partition calls: each column encoded once by ``packer``."""
-    pack = packer.pack
-    tensors = []
+    arrays = list(request_columns.values())
     for name, array in request_columns.items():
         if array.shape[:1] != (1,):
             raise ValueError(f"request feature {name!r} must have leading dim 1, got shape {array.shape}")
-        if not dedup_request_features and num_candidates != 1:
-            array = np.ascontiguousarray(np.broadcast_to(array, (num_candidates, *array.shape[1:])))
-        tensors.append(pack(name, array))
+    if not dedup_request_features and num_candidates != 1:
+        arrays = [np.ascontiguousarray(np.broadcast_to(a, (num_candidates, *a.shape[1:]))) for a in arrays]
+    leading = (num_candidates,)
     for name, array in candidate_columns.items():
-        if array.shape[:1] != (num_candidates,):
+        if array.shape[:1] != leading:
             raise ValueError(
                 f"candidate feature {name!r} must have leading dim {num_candidates}, got shape {array.shape}"
             )
-        tensors.append(pack(name, array))
-    return PackedFeatures(
-        tuple(tensors), tuple(t.name for t in tensors), num_candidates, sum(t.raw_size for t in tensors)
-    )
+    arrays += candidate_columns.values()
+    names = [*request_columns, *candidate_columns]
+    return PackedFeatures(packer.pack_many(names, arrays), num_candidates)
 
 
 @dataclass(frozen=True, slots=True)
 class PartitionLayout:
-    """Which tensors one partition call carries and which of them each model takes."""
+    """Which tensors one partition call carries and which of them each model takes.
+
+    Depends only on the request's feature names and the models' allowlists, so the root
+    keeps it between requests; the serialised ``models`` field of each (model, version)
+    list it serves is kept with it (``models_field``)."""
 
     sent: tuple[int, ...]
     """Positions (in ``PackedFeatures.tensors``) of the union of the models' features."""
     inputs: tuple[tuple[int, ...], ...]
     """Per model (call order): indexes into ``sent``."""
+    sent_index: np.ndarray = field(init=False, compare=False, repr=False)
+    """``sent`` as an intp array (fancy indexing)."""
+    _models: dict[tuple[tuple[str, str], ...], tuple[tuple[PartitionModelRef, ...], bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sent_index", np.array(self.sent, dtype=np.intp))
+
+    def models_field(self, models: Sequence[tuple[str, str]]) -> tuple[tuple[PartitionModelRef, ...], bytes]:
+        """The call's models as refs and as the serialised ``PartitionRequest.models`` field."""
+        key = tuple(models)
+        found = self._models.get(key)
+        if found is None:
+            if len(key) != len(self.inputs):
+                raise ValueError(f"{len(key)} models for a layout of {len(self.inputs)}")
+            refs = tuple(PartitionModelRef(name, version, inputs) for (name, version), inputs in zip(key, self.inputs))
+            message = leaf_pb2.PartitionRequest()
+            for ref in refs:
+                message.models.add(name=ref.name, version=ref.version, features=ref.features)
+            found = (refs, message.SerializeToString())
+            if len(self._models) >= _MAX_MODEL_LISTS:
+                self._models.clear()
+            self._models[key] = found
+        return found
+
+
+# (model, version) lists kept per layout: versions change with rollouts, rarely.
+_MAX_MODEL_LISTS = 64
 
 
 def partition_layout(names: Sequence[str], allowlists: Sequence[frozenset[str] | None]) -> PartitionLayout:
@@ -222,14 +259,14 @@ def build_partition_payload(
     models: Sequence[tuple[str, str]],
 ) -> PartitionPayload:
     """Assemble one partition's request: ``models`` as (name, version), in ``layout``'s order."""
-    tensors = [packed.tensors[i] for i in layout.sent]
-    refs = tuple(
-        PartitionModelRef(name, version, inputs) for (name, version), inputs in zip(models, layout.inputs)
-    )
+    refs, models_field = layout.models_field(models)
+    header = leaf_pb2.PartitionRequest(request_id=request_id, num_candidates=packed.num_candidates)
+    sent = layout.sent_index
+    batch = packed.batch
     return PartitionPayload(
         partition=partition,
         models=refs,
-        payload=assemble_partition_request(request_id, packed.num_candidates, refs, tensors),
-        untrimmed_bytes=packed.raw_size,
-        trimmed_bytes=sum(t.raw_size for t in tensors),
+        payload=assemble_partition_batch(header.SerializeToString() + models_field, batch, sent),
+        untrimmed_bytes=batch.raw_size,
+        trimmed_bytes=int(batch.schema.raw_sizes[sent].sum()),
     )

@@ -168,8 +168,8 @@ class CachedFeatureStore:
         else:
             fresh = np.zeros((n, len(names)), dtype=bool)
         hits = int(np.count_nonzero(fresh))
-        metrics.CACHE_REQUESTS.labels(entity.value, "hit").inc(hits)
-        metrics.CACHE_REQUESTS.labels(entity.value, "miss").inc(n * len(names) - hits)
+        metrics.child(metrics.CACHE_REQUESTS, entity.value, "hit").inc(hits)
+        metrics.child(metrics.CACHE_REQUESTS, entity.value, "miss").inc(n * len(names) - hits)
         if hits == n * len(names):
             return FetchResult(out, 0)
         miss_rows = np.flatnonzero(~fresh.all(axis=1))

@@ -6,7 +6,13 @@ Updated from the root's event loop and its encode thread; prometheus-client is t
 
 from __future__ import annotations
 
+import functools
+from typing import Any, TypeVar
+
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
+
+_Metric = TypeVar("_Metric", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 _SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
@@ -79,3 +85,33 @@ UNKNOWN_ALLOWLIST_FEATURES = Counter(
 # Scores observed per model result: prometheus observes one value per call, so observing all
 # N candidates would be a per-candidate loop on the hot path; an even stride keeps the shape.
 SCORE_SAMPLES = 16
+
+
+@functools.lru_cache(maxsize=4096)
+def child(metric: _Metric, *labels: str) -> _Metric:
+    """``metric.labels(*labels)``, kept: the request path labels the same series request
+    after request, and ``labels`` costs a lock and a tuple per call. Only for series that
+    are never removed (a removed child would keep counting unseen)."""
+    return metric.labels(*labels)
+
+
+def observe_all(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every value of the 1-d float array ``values``, in one
+    pass: bucket counts by ``searchsorted``, one increment per bucket hit and one of the sum
+    (``observe`` walks the buckets and takes two locks per value)."""
+    bounds: Any = getattr(histogram, "_upper_bounds", None)
+    buckets: Any = getattr(histogram, "_buckets", None)
+    total: Any = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values.tolist():  # not the layout this was written for: the public way
+            histogram.observe(value)
+        return
+    if not len(values):
+        return
+    histogram._raise_if_not_observable()  # a labelled parent has no buckets of its own
+    # observe() counts a value in the first bucket whose bound is >= it (NaN in none).
+    found = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    counts = np.bincount(found, minlength=len(bounds) + 1)[: len(bounds)]
+    total.inc(float(np.sum(values, dtype=np.float64)))
+    for index in np.flatnonzero(counts).tolist():
+        buckets[index].inc(int(counts[index]))

@@ -395,9 +395,9 @@ class ScoreEngine:
             payload = build_partition_payload(
                 packed, layout, request_id=request.request_id, partition=partition, models=models
             )
-            metrics.PARTITION_BYTES.labels(partition, "untrimmed").inc(payload.untrimmed_bytes)
-            metrics.PARTITION_BYTES.labels(partition, "trimmed").inc(payload.trimmed_bytes)
-            metrics.PARTITION_BYTES.labels(partition, "wire").inc(payload.wire_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "untrimmed").inc(payload.untrimmed_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "trimmed").inc(payload.trimmed_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "wire").inc(payload.wire_bytes)
             out.append((payload, positions))
         return out
 
@@ -417,7 +417,7 @@ class ScoreEngine:
             metrics.LEAF_ERRORS.labels(partition, exc.code.name).inc()
             out = []
             for ref in payload.models:
-                metrics.MODEL_RESULTS.labels(ref.name, exc.code.name).inc()
+                metrics.child(metrics.MODEL_RESULTS, ref.name, exc.code.name).inc()
                 out.append(ModelOutcome(ref.name, ref.version, (), exc.code, f"partition {partition!r}: {exc.message}"))
             return out
         out = []
@@ -425,10 +425,10 @@ class ScoreEngine:
             if reply.error_code:
                 code = _status_code(reply.error_code)
                 metrics.LEAF_ERRORS.labels(partition, code.name).inc()
-                metrics.MODEL_RESULTS.labels(ref.name, code.name).inc()
+                metrics.child(metrics.MODEL_RESULTS, ref.name, code.name).inc()
                 out.append(ModelOutcome(ref.name, ref.version, (), code, f"partition {partition!r}: {reply.error_message}"))
                 continue
-            metrics.MODEL_RESULTS.labels(ref.name, "OK").inc()
+            metrics.child(metrics.MODEL_RESULTS, ref.name, "OK").inc()
             if reply.outputs:
                 _observe_scores(ref.name, reply.outputs[0])
             out.append(ModelOutcome(ref.name, reply.version, tuple(reply.outputs)))
@@ -459,9 +459,9 @@ class ScoreEngine:
                 features=route.features,
             )
             partition = route.partition
-            metrics.PARTITION_BYTES.labels(partition, "untrimmed").inc(payload.untrimmed_bytes)
-            metrics.PARTITION_BYTES.labels(partition, "trimmed").inc(payload.trimmed_bytes)
-            metrics.PARTITION_BYTES.labels(partition, "wire").inc(payload.wire_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "untrimmed").inc(payload.untrimmed_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "trimmed").inc(payload.trimmed_bytes)
+            metrics.child(metrics.PARTITION_BYTES, partition, "wire").inc(payload.wire_bytes)
             payloads.append(payload)
         return payloads
 
@@ -473,11 +473,11 @@ class ScoreEngine:
             )
         except LeafCallError as exc:
             metrics.LEAF_ERRORS.labels(partition, exc.code.name).inc()
-            metrics.MODEL_RESULTS.labels(payload.model, exc.code.name).inc()
+            metrics.child(metrics.MODEL_RESULTS, payload.model, exc.code.name).inc()
             return ModelOutcome(
                 payload.model, payload.version or "", (), exc.code, f"partition {partition!r}: {exc.message}"
             )
-        metrics.MODEL_RESULTS.labels(payload.model, "OK").inc()
+        metrics.child(metrics.MODEL_RESULTS, payload.model, "OK").inc()
         if response.outputs:
             _observe_scores(payload.model, response.outputs[0])
         return ModelOutcome(payload.model, response.version, tuple(response.outputs))
@@ -499,7 +499,5 @@ def _observe_scores(model: str, tensor: tensor_pb2.Tensor) -> None:
     if values.dtype.kind != "f" or not len(values):
         return
     step = max(1, len(values) // metrics.SCORE_SAMPLES)
-    histogram = metrics.MODEL_SCORE.labels(model)
-    for value in values[::step][: metrics.SCORE_SAMPLES].tolist():
-        histogram.observe(value)
+    metrics.observe_all(metrics.child(metrics.MODEL_SCORE, model), values[::step][: metrics.SCORE_SAMPLES])
 

@@ -117,7 +117,7 @@ class RootServicer(root_pb2_grpc.RootServicer):
             await context.abort(code, message)
             raise  # abort raises; this line is never reached
         finally:
-            metrics.REQUESTS.labels(code.name).inc()
+            metrics.child(metrics.REQUESTS, code.name).inc()
             metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)
 
     def handler(self) -> grpc.GenericRpcHandler:

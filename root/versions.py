@@ -78,14 +78,14 @@ class VersionResolver:
         if self._trim:
             decision = self._allowlists.lookup(ref.name, ref.version, servable=served)
             if decision.kind == "unserved" and decision.version is not None:
-                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, "unserved").inc()
+                metrics.child(metrics.MODEL_REQUESTS, ref.name, decision.version, "unserved").inc()
                 return ModelOutcome(
                     ref.name, decision.version, (), grpc.StatusCode.FAILED_PRECONDITION,
                     f"model {ref.name!r}: no leaf of partition {partition!r} serves version {decision.version!r} "
                     f"(served: {sorted(served or (), key=version_key)})",
                 )
             if decision.version is not None:
-                metrics.MODEL_REQUESTS.labels(ref.name, decision.version, decision.kind).inc()
+                metrics.child(metrics.MODEL_REQUESTS, ref.name, decision.version, decision.kind).inc()
                 return Route(ref, partition, decision.version, decision.features, decision.kind)
             # No allowlist, or no version of the bundle is served (the leaves run only versions
             # the bundle does not list, e.g. mid-rollback): those versions have no allowlist,
@@ -102,7 +102,7 @@ class VersionResolver:
                     ref.name, "", (), grpc.StatusCode.UNAVAILABLE,
                     f"model {ref.name!r}: no leaf of partition {partition!r} has a version loaded",
                 )
-        metrics.MODEL_REQUESTS.labels(ref.name, version, "untrimmed").inc()
+        metrics.child(metrics.MODEL_REQUESTS, ref.name, version, "untrimmed").inc()
         return Route(ref, partition, version, None, "untrimmed")
 
     async def refresh(self, partitions: set[str], deadline: float) -> None:

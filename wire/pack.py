@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Sequence, cast
 
 import lz4.block
 import numpy as np
@@ -56,6 +56,13 @@ _TABLE_FIELD = _PACK_FIELDS["table"].number
 _DIMS_FIELD = _PACK_FIELDS["dims"].number
 _DATA_FIELD = _PACK_FIELDS["data"].number
 _FEATURES_FIELD = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["features"].number
+_FEATURES_TAG = _varint((_FEATURES_FIELD << 3) | 2)
+_DATA_TAG = _varint((_DATA_FIELD << 3) | 2)
+_TABLE_TAG = _varint((_TABLE_FIELD << 3) | 2)
+_DIMS_TAG = _varint((_DIMS_FIELD << 3) | 2)
+# Batch tables kept per packer: one per distinct feature set in use (models x versions x
+# client features); cleared when full.
+_MAX_SCHEMAS = 256
 
 
 # ---- root side: encode once, assemble per partition ---------------------------------------
@@ -81,13 +88,52 @@ class PackedTensor:
     encoding: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # identity hash: headers key schemas
 class _Header:
     name_field: bytes
     dims: bytes
     rank: int
     dtype: int
     raw_size: int
+    direct: bool
+    """The array's dtype is the storage dtype and it has elements: its buffer is the payload."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PackSchema:
+    """What a batch of tensors keeps from request to request: per tensor (in batch order) its
+    serialised ``names`` entry, dims, dtype, rank and decoded size."""
+
+    name_fields: tuple[bytes, ...]
+    dims: tuple[bytes, ...]
+    dtypes: np.ndarray
+    """uint8 wire dtypes."""
+    ranks: np.ndarray
+    """uint8."""
+    raw_sizes: np.ndarray
+    """int64 decoded sizes in bytes."""
+    raw_size: int
+    """Their sum."""
+
+
+@dataclass(frozen=True, slots=True)
+class PackedBatch:
+    """Many tensors encoded once, column-wise, ready for any number of packs
+    (``assemble_partition_batch``): one request's features at the root."""
+
+    names: tuple[str, ...]
+    schema: PackSchema
+    payloads: list[bytes | memoryview | np.ndarray]
+    """Per tensor: the LZ4 block, or the array itself (RAW; C-contiguous, its buffer is the payload)."""
+    lengths: np.ndarray
+    """int64 payload bytes per tensor."""
+    encodings: np.ndarray
+    """uint8 ``Encoding`` per tensor."""
+
+    @property
+    def raw_size(self) -> int:
+        """Decoded bytes of every tensor."""
+        return self.schema.raw_size
 
 
 class TensorPacker:
@@ -95,7 +141,8 @@ class TensorPacker:
 
     The serialised name, dims and dtype of each (name, dtype, shape) are kept between
     requests (at most ``max_headers``; cleared when full), so a tensor costs a lookup, the
-    LZ4 call and a small ``struct.pack``.
+    LZ4 call and a small ``struct.pack``; ``pack_many`` encodes a whole request's tensors
+    and keeps the per-batch tables (``PackSchema``) too, so a repeat costs one lookup.
     """
 
     def __init__(self, compression: Compression | str = Compression.LZ4, *, max_headers: int = 16384) -> None:
@@ -104,9 +151,21 @@ class TensorPacker:
         self.compression = Compression(compression)
         self._max_headers = max_headers
         self._headers: dict[tuple[str, np.dtype, tuple[int, ...]], _Header] = {}
+        self._schemas: dict[tuple[_Header, ...], PackSchema] = {}
 
     def __len__(self) -> int:
         return len(self._headers)
+
+    def _lookup(self, name: str, array: np.ndarray) -> _Header:
+        key = (name, array.dtype, array.shape)
+        header = self._headers.get(key)
+        if header is None:
+            header = self._header(name, array)
+            if len(self._headers) >= self._max_headers:
+                self._headers.clear()
+                self._schemas.clear()
+            self._headers[key] = header
+        return header
 
     def _header(self, name: str, array: np.ndarray) -> _Header:
         try:
@@ -130,19 +189,13 @@ class TensorPacker:
             array.ndim,
             dtype,
             raw_size,
+            array.dtype == _STORAGE[dtype] and raw_size > 0,
         )
 
     def pack(self, name: str, array: np.ndarray) -> PackedTensor:
         """Encode ``array`` once (adaptive LZ4 per ``compression``)."""
-        key = (name, array.dtype, array.shape)
-        header = self._headers.get(key)
-        if header is None:
-            header = self._header(name, array)
-            if len(self._headers) >= self._max_headers:
-                self._headers.clear()
-            self._headers[key] = header
-        storage = _STORAGE[header.dtype]
-        if array.dtype == storage and array.flags.c_contiguous and array.size:
+        header = self._lookup(name, array)
+        if header.direct and array.flags.c_contiguous:
             size = header.raw_size
             payload, encoding = pack_payload(array.data, size, self.compression)
             length = size if encoding == _RAW else len(payload)
@@ -153,6 +206,52 @@ class TensorPacker:
             payload, encoding, length = encoded.data, encoded.encoding, len(encoded.data)
         tail = _TAIL.pack(length, header.dtype, encoding, header.rank, 0)
         return PackedTensor(name, header.name_field, tail, header.dims, payload, length, header.raw_size, encoding)
+
+    def pack_many(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> PackedBatch:
+        """``pack`` for a batch, column-wise: one header lookup, the LZ4 call and three
+        appends per tensor; the batch's tables are kept per sequence of headers."""
+        lookup = self._lookup
+        compression = self.compression
+        headers: list[_Header] = []
+        payloads: list[bytes | memoryview | np.ndarray] = []
+        lengths: list[int] = []
+        encodings: list[int] = []
+        for name, array in zip(names, arrays):
+            header = lookup(name, array)
+            headers.append(header)
+            if header.direct and array.flags.c_contiguous:
+                size = header.raw_size
+                # the array is its own byte buffer (C-contiguous): no memoryview to make
+                payload, encoding = pack_payload(cast(memoryview, array), size, compression)
+                if encoding == _RAW:
+                    payloads.append(array)
+                    lengths.append(size)
+                else:
+                    payloads.append(payload)
+                    lengths.append(len(payload))
+            else:  # byte-swapped, strided or empty arrays take the codec's general path
+                encoded = encode_payload(name, array, compression, dtype=header.dtype)
+                encoding = encoded.encoding
+                payloads.append(encoded.data)
+                lengths.append(len(encoded.data))
+            encodings.append(encoding)
+        key = tuple(headers)
+        schema = self._schemas.get(key)
+        if schema is None:
+            schema = PackSchema(
+                tuple([h.name_field for h in headers]),
+                tuple([h.dims for h in headers]),
+                np.array([h.dtype for h in headers], dtype=np.uint8),
+                np.array([h.rank for h in headers], dtype=np.uint8),
+                np.array([h.raw_size for h in headers], dtype=np.int64),
+                sum([h.raw_size for h in headers]),
+            )
+            if len(self._schemas) >= _MAX_SCHEMAS:
+                self._schemas.clear()
+            self._schemas[key] = schema
+        return PackedBatch(
+            tuple(names), schema, payloads, np.array(lengths, dtype=np.int64), np.array(encodings, dtype=np.uint8)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +303,55 @@ def assemble_partition_request(
     parts = pack_field(tensors)
     size = sum([len(p) if isinstance(p, bytes) else p.nbytes for p in parts])
     return b"".join([header.SerializeToString(), _varint((_FEATURES_FIELD << 3) | 2), _varint(size), *parts])
+
+
+def assemble_partition_batch(header: bytes, batch: PackedBatch, sent: np.ndarray) -> bytes:
+    """``assemble_partition_request`` from a batch: ``header`` is the request's serialised
+    ``request_id``, ``num_candidates`` and ``models`` fields, ``sent`` the positions (intp,
+    ascending or not) of the tensors the pack holds, in pack order. Byte-identical; the
+    table is built by numpy, the payloads are copied once (by the join)."""
+    count = len(sent)
+    if not count:
+        return b"".join([header, _FEATURES_TAG, _varint(0)])
+    schema = batch.schema
+    lengths = batch.lengths[sent]
+    aligned = (lengths + (ALIGN - 1)) & -ALIGN
+    offsets = np.cumsum(aligned)
+    offsets -= aligned
+    table = np.zeros(count, dtype=RECORD)
+    table["offset"] = offsets
+    table["length"] = lengths
+    table["dtype"] = schema.dtypes[sent]
+    table["encoding"] = batch.encodings[sent]
+    table["rank"] = schema.ranks[sent]
+    table_bytes = table.tobytes()
+    data_size = int(offsets[-1] + lengths[-1])
+    positions = sent.tolist()
+    pads = (aligned - lengths).tolist()
+    pads[-1] = 0  # no padding after the last payload
+    payloads = batch.payloads
+    data: list[bytes | memoryview | np.ndarray] = [b""] * (2 * count)
+    data[0::2] = [payloads[i] for i in positions]
+    data[1::2] = [_PADDING[p] for p in pads]
+    name_fields, all_dims = schema.name_fields, schema.dims
+    names = b"".join([name_fields[i] for i in positions])
+    dims = b"".join([all_dims[i] for i in positions])
+    parts: list[bytes | memoryview | np.ndarray] = []
+    size = len(names)
+    if data_size:
+        data_head = _DATA_TAG + _varint(data_size)
+        parts += (data_head, *data)
+        size += len(data_head) + data_size
+    parts.append(names)
+    table_field = _TABLE_TAG + _varint(len(table_bytes))
+    parts += (table_field, table_bytes)
+    size += len(table_field) + len(table_bytes)
+    if dims:
+        dims_field = _DIMS_TAG + _varint(len(dims))
+        parts += (dims_field, dims)
+        size += len(dims_field) + len(dims)
+    # numpy arrays are C-contiguous buffers here (the join reads them as bytes)
+    return b"".join(cast("list[bytes]", [header, _FEATURES_TAG, _varint(size), *parts]))
 
 
 def encode_pack(arrays: dict[str, np.ndarray], compression: Compression | str = Compression.LZ4) -> leaf_pb2.TensorPack:

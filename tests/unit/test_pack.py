@@ -187,3 +187,56 @@ def test_reader_keeps_one_layout_per_header_and_is_bounded() -> None:
     for i in range(3):
         reader.read(encode_pack({f"x{i}": np.zeros((2, 2), np.float32)}))
     assert len(reader) <= 2
+
+
+BATCH_ARRAYS = {
+    **ARRAYS,
+    "scalar": np.array(3.5, np.float32),  # rank 0
+    "empty": np.zeros((0, 4), np.float32),
+    "strided": np.arange(40, dtype=np.float32).reshape(4, 10)[:, ::2],
+    "big_endian": np.arange(12, dtype=">f4").reshape(3, 4),
+    "sparse": np.where(np.arange(3 * 80) % 7 == 0, 1.0, 0.0).astype(np.float32).reshape(3, 80),
+}
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
+@pytest.mark.parametrize("sent", [None, (3,), (9, 0, 2), (10, 11, 12, 1), ()])
+def test_batch_assembly_is_byte_identical_to_per_tensor(compression: str, sent: tuple[int, ...] | None) -> None:
+    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_batch, assemble_partition_request
+
+    names = list(BATCH_ARRAYS)
+    positions = tuple(range(len(names))) if sent is None else sent
+    packer = TensorPacker(compression)
+    for _ in range(2):  # the second batch reuses the kept headers and schema
+        batch = packer.pack_many(names, list(BATCH_ARRAYS.values()))
+        models = [PartitionModelRef("m", "1", tuple(range(len(positions))))]
+        tensors = [TensorPacker(compression).pack(names[i], BATCH_ARRAYS[names[i]]) for i in positions]
+        expected = assemble_partition_request("r", 3, models, tensors)
+        header = leaf_pb2.PartitionRequest(request_id="r", num_candidates=3, models=[
+            leaf_pb2.PartitionModel(name="m", version="1", features=models[0].features)]).SerializeToString()
+        got = assemble_partition_batch(header, batch, np.array(positions, dtype=np.intp))
+        assert got == expected
+    assert batch.raw_size == sum(a.nbytes for a in BATCH_ARRAYS.values())
+    message = leaf_pb2.PartitionRequest.FromString(got)
+    for entry in read_pack(message.features, DecodeLimits()):
+        np.testing.assert_array_equal(decode_entry(entry, message.features.data), BATCH_ARRAYS[entry.name])
+
+
+def test_batch_keeps_one_schema_per_feature_set() -> None:
+    from wire.pack import TensorPacker
+
+    packer = TensorPacker("lz4")
+    arrays = [np.zeros((4, 2), np.float32), np.ones((4,), np.int64)]
+    first = packer.pack_many(["a", "b"], arrays)
+    assert packer.pack_many(["a", "b"], arrays).schema is first.schema
+    assert packer.pack_many(["b", "a"], arrays[::-1]).schema is not first.schema
+    # a new shape (another candidate count) is another schema, with its own dims
+    other = packer.pack_many(["a", "b"], [np.zeros((5, 2), np.float32), np.ones((5,), np.int64)])
+    assert other.schema is not first.schema and other.schema.dims[0] != first.schema.dims[0]
+
+
+def test_batch_rejects_what_pack_rejects() -> None:
+    from wire.pack import TensorPacker
+
+    with pytest.raises(CodecError, match="'c'"):
+        TensorPacker("lz4").pack_many(["c"], [np.zeros(3, dtype=np.complex64)])
