@@ -7,6 +7,7 @@ Updated from the root's event loop and its encode thread; prometheus-client is t
 from __future__ import annotations
 
 import functools
+from bisect import bisect_left
 from typing import Any, TypeVar
 
 import numpy as np
@@ -96,22 +97,28 @@ def child(metric: _Metric, *labels: str) -> _Metric:
 
 
 def observe_all(histogram: Histogram, values: np.ndarray) -> None:
-    """``histogram.observe(v)`` for every value of the 1-d float array ``values``, in one
-    pass: bucket counts by ``searchsorted``, one increment per bucket hit and one of the sum
-    (``observe`` walks the buckets and takes two locks per value)."""
+    """``histogram.observe(v)`` for every value of the 1-d array ``values``, in one pass:
+    one increment per bucket hit and one of the sum (``observe`` walks the buckets and
+    takes two locks per value). For the few sampled scores of a result, plain ``bisect``
+    beats numpy's per-call overhead."""
     bounds: Any = getattr(histogram, "_upper_bounds", None)
     buckets: Any = getattr(histogram, "_buckets", None)
     total: Any = getattr(histogram, "_sum", None)
+    listed = values.tolist()
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in values.tolist():  # not the layout this was written for: the public way
+        for value in listed:  # not the layout this was written for: the public way
             histogram.observe(value)
         return
-    if not len(values):
+    if not listed:
         return
     histogram._raise_if_not_observable()  # a labelled parent has no buckets of its own
-    # observe() counts a value in the first bucket whose bound is >= it (NaN in none).
-    found = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
-    counts = np.bincount(found, minlength=len(bounds) + 1)[: len(bounds)]
-    total.inc(float(np.sum(values, dtype=np.float64)))
-    for index in np.flatnonzero(counts).tolist():
-        buckets[index].inc(int(counts[index]))
+    counts: dict[int, int] = {}
+    for value in listed:
+        if value == value:  # observe() counts NaN in no bucket (only in the sum)
+            # observe() counts a value in the first bucket whose bound is >= it
+            index = bisect_left(bounds, value)
+            counts[index] = counts.get(index, 0) + 1
+    total.inc(sum(listed))
+    for index, count in counts.items():
+        if index < len(buckets):
+            buckets[index].inc(count)

@@ -27,6 +27,7 @@ def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:
         np.linspace(0, 1, 16, dtype=np.float64),
         np.array([], np.float32),
         np.array([np.inf, 0.25], np.float32),
+        np.array([np.nan, 0.25], np.float32),
     ],
 )
 def test_observe_all_equals_observing_one_by_one(values: np.ndarray) -> None:
@@ -40,7 +41,7 @@ def test_observe_all_equals_observing_one_by_one(values: np.ndarray) -> None:
     expected, got = _samples(one), _samples(bulk)
     assert expected.keys() == got.keys()
     for key, value in expected.items():
-        assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-9), key
+        assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-9) or (math.isnan(value) and math.isnan(got[key])), key
 
 
 def test_observe_all_refuses_a_labelled_parent_like_observe() -> None:
