@@ -5,7 +5,7 @@ inference thread per device ("leaf-infer-<device>") owns the forward: it takes t
 whose head is ready (enough candidates queued, or the head waited ``max_queue_delay``, or
 the device was busy while requests piled up), concatenates their inputs, has the version run
 them once (``LoadedVersion.run`` checks and splits the outputs per request) and resolves
-each future on its loop. A merged forward that fails is rerun request by request, so only
+the futures on their loops, one wake-up per loop once the batch's Python work is done. A merged forward that fails is rerun request by request, so only
 the request at fault fails.
 Requests whose deadline passed or whose caller went away are dropped before the forward.
 """
@@ -55,13 +55,14 @@ class _Item:
     loop: asyncio.AbstractEventLoop
 
 
-def _resolve(future: asyncio.Future[Outputs], value: Outputs | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(value, BaseException):
-        future.set_exception(value)
-    else:
-        future.set_result(value)
+def _resolve(answers: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]) -> None:
+    for future, value in answers:
+        if future.done():
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
 
 
 class Batcher:
@@ -74,6 +75,8 @@ class Batcher:
         self._queues: dict[LoadedVersion, deque[_Item]] = {}
         self._queued_candidates: dict[LoadedVersion, int] = {}
         self._closed = False
+        # Answers of the inference thread not yet handed to their loops (see ``_flush``).
+        self._answers: list[tuple[_Item, Outputs | BaseException]] = []
         self._thread = threading.Thread(
             target=self._run, name=f"leaf-infer-{placement.device.type}", daemon=True
         )
@@ -134,8 +137,10 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
+            self._flush()
             with self._cond:
                 picked = self._next_batch()
+            self._flush()  # requests dropped from the queue
             if picked is None:
                 return
             version, items = picked
@@ -206,8 +211,9 @@ class Batcher:
     def _execute(self, version: LoadedVersion, items: list[_Item]) -> None:
         if not items:
             return
-        metrics.BATCH_CANDIDATES.labels(version.model).observe(sum(item.inputs.num_candidates for item in items))
-        metrics.BATCH_REQUESTS.labels(version.model).observe(len(items))
+        series = version.series
+        series.batch_candidates.observe(sum(item.inputs.num_candidates for item in items))
+        series.batch_requests.observe(len(items))
         try:
             if len(items) == 1:
                 inputs = items[0].inputs.tensors
@@ -236,13 +242,24 @@ class Batcher:
         for item, value in zip(items, results):
             if isinstance(value, ModelFailed):
                 log.error("%s (request %s)", value, item.request_id)
-            item.loop.call_soon_threadsafe(_resolve, item.future, value)
+            self._answers.append((item, value))
 
-    @staticmethod
-    def _fail(items: list[_Item], exc: BaseException) -> None:
+    def _fail(self, items: list[_Item], exc: BaseException) -> None:
         error = exc if isinstance(exc, LeafError) else ModelFailed("inference failed")
-        for item in items:
+        self._answers += [(item, error) for item in items]
+
+    def _flush(self) -> None:
+        """Hand the answers to their loops, one wake-up per loop. Called without the lock
+        (a woken loop may submit at once) and after the batch's Python work is done (a loop
+        woken earlier would wait for the GIL while this thread finishes it)."""
+        if not self._answers:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]] = {}
+        for item, value in self._answers:
+            by_loop.setdefault(item.loop, []).append((item.future, value))
+        self._answers = []
+        for loop, answers in by_loop.items():
             try:
-                item.loop.call_soon_threadsafe(_resolve, item.future, error)
+                loop.call_soon_threadsafe(_resolve, answers)
             except RuntimeError:
                 pass  # the caller's loop is closed: nobody is waiting any more

@@ -39,7 +39,7 @@ _silenced = False
 _silence_lock = threading.Lock()
 
 
-def _silence_readonly_warning() -> None:
+def silence_readonly_warning() -> None:
     """Trigger torch's one-time "array is not writable" warning while it is ignored.
 
     Torch warns once per process when it wraps a read-only buffer; the leaf does that on
@@ -96,7 +96,7 @@ class Converter:
     """Builds a model's input dict from one request's tensors, per its signature."""
 
     def __init__(self, signature: Signature, limits: DecodeLimits, max_candidates: int) -> None:
-        _silence_readonly_warning()
+        silence_readonly_warning()
         self.input_names = signature.input_names
         self._wanted = frozenset(signature.input_names)
         declared_dtypes = signature.input_dtypes or {}
@@ -106,6 +106,7 @@ class Converter:
         # What each input must look like, in signature order: (wire dtype, per-candidate
         # shape), None where neither the signature declares it nor a forward has shown it.
         # A request whose layout equals this tuple passes with one comparison.
+        self._complete = False  # every expectation known: ``learn`` has nothing left to do
         self._admissions: dict[tuple[PackLayout, tuple[int, ...], int], tuple[PackAdmitted, _Expected]] = {}
         self._expected: _Expected = tuple(
             (
@@ -128,7 +129,10 @@ class Converter:
         event loop reads either the old or the new expectations.
         """
         expected = self._expected
-        if len(layout) != len(expected) or all(d is not None and s is not None for d, s in expected):
+        if self._complete or len(layout) != len(expected):
+            return False
+        if all(d is not None and s is not None for d, s in expected):
+            self._complete = True
             return False
         self._expected = tuple(
             (d if d is not None else seen_d, s if s is not None else seen_s)

@@ -7,6 +7,7 @@ name of their own.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -144,3 +145,25 @@ SCORE = _BulkHistogram(
     _SCORE_BUCKETS,
 )
 REGISTRY.register(SCORE)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionSeries:
+    """The series the inference thread updates per batch for one model version, looked up
+    once (``labels()`` takes a lock and builds a key on every call)."""
+
+    score_labels: tuple[str, str]
+    forward_cpu: Counter
+    forward_seconds: Histogram
+    batch_candidates: Histogram
+    batch_requests: Histogram
+
+    @classmethod
+    def of(cls, model: str, version: str) -> "VersionSeries":
+        return cls(
+            (model, version),
+            FORWARD_CPU_SECONDS.labels(model),
+            FORWARD_SECONDS.labels(model),
+            BATCH_CANDIDATES.labels(model),
+            BATCH_REQUESTS.labels(model),
+        )

@@ -60,6 +60,11 @@ class LoadedVersion:
     converter: Converter
     module: torch.jit.ScriptModule = field(repr=False)
     placement: Placement
+    series: metrics.VersionSeries = field(init=False, repr=False)
+    """This version's metric series, looked up once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "series", metrics.VersionSeries.of(self.model, self.version))
 
     def forward(self, inputs: Mapping[str, torch.Tensor], rows: int) -> dict[str, np.ndarray]:
         """Run the model on ``rows`` rows; one float32 CPU array ``[rows]`` per output name.
@@ -75,6 +80,9 @@ class LoadedVersion:
             raise ModelFailed(f"{where} raised: {_first_line(exc)}") from exc
         return split_outputs(result, self.signature.output_names, rows, where)
 
+    def _non_finite(self) -> ModelFailed:
+        return ModelFailed(f"model {self.model!r} version {self.version!r} produced non-finite scores")
+
     def run(
         self, inputs: Mapping[str, torch.Tensor], counts: Sequence[int], layout: Layout
     ) -> list[dict[str, np.ndarray] | ModelFailed]:
@@ -83,33 +91,38 @@ class LoadedVersion:
         finite gets a ``ModelFailed``. Raises what ``forward`` raises for the whole batch.
         The first successful forward teaches the converter the inputs' ``layout``."""
         rows = sum(counts)
+        series = self.series
         wall = time.perf_counter()
         cpu = time.thread_time()
         try:
             outputs = self.forward(inputs, rows)
         finally:
-            metrics.FORWARD_CPU_SECONDS.labels(self.model).inc(time.thread_time() - cpu)
-            metrics.FORWARD_SECONDS.labels(self.model).observe(time.perf_counter() - wall)
+            series.forward_cpu.inc(time.thread_time() - cpu)
+            series.forward_seconds.observe(time.perf_counter() - wall)
         if self.converter.learn(layout):
             log.info(
                 "%s/%s: inputs its signature leaves open learned from its first forward: %s",
                 self.model, self.version, self.converter.describe_expected(),
             )
-        metrics.SCORE.observe_many((self.model, self.version), outputs[self.signature.output_names[0]])
-        finite = np.ones(rows, dtype=bool)
-        for column in outputs.values():
-            finite &= np.isfinite(column)
-        all_finite = bool(finite.all())
+        metrics.SCORE.observe_many(series.score_labels, outputs[self.signature.output_names[0]])
+        if all(np.isfinite(column).all() for column in outputs.values()):
+            if len(counts) == 1:
+                return [outputs]
+            finite_rows = None
+        else:
+            if len(counts) == 1:
+                return [self._non_finite()]
+            finite_rows = np.ones(rows, dtype=bool)
+            for column in outputs.values():
+                finite_rows &= np.isfinite(column)
         results: list[dict[str, np.ndarray] | ModelFailed] = []
         start = 0
         for count in counts:
             end = start + count
-            if all_finite or finite[start:end].all():
+            if finite_rows is None or finite_rows[start:end].all():
                 results.append({name: column[start:end] for name, column in outputs.items()})
             else:
-                results.append(ModelFailed(
-                    f"model {self.model!r} version {self.version!r} produced non-finite scores"
-                ))
+                results.append(self._non_finite())
             start = end
         return results
 

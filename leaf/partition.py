@@ -31,13 +31,14 @@ from google.protobuf.message import DecodeError
 from leaf import metrics
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher, Outputs
-from leaf.converter import ConvertedInputs, PackAdmitted, to_input
+from leaf.converter import ConvertedInputs, PackAdmitted
+from leaf.pack_inputs import InputBuilder
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.model import LoadedVersion
 from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
-from wire.codec import CodecError, DecodeLimits, numpy_dtype
+from wire.codec import CodecError, DecodeLimits
 from wire.frames import frame_field
 from wire.pack import PackReader, PackTable, decode_entry
 
@@ -49,7 +50,6 @@ PARTITION_LABEL = "_partition"
 UNKNOWN_MODEL_LABEL = "_unknown"
 # Above this many bytes of LZ4 payload to decompress, decoding leaves the event loop.
 OFFLOAD_DECODE_BYTES = 1 << 20
-_STORAGE = {d: numpy_dtype(d) for d in codec.DTYPE_BY_NAME.values()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,27 +182,6 @@ def _decompress(table: PackTable, data: bytes | memoryview, indexes: Sequence[in
     return out
 
 
-def _to_inputs(
-    table: PackTable, data: bytes | memoryview, used: Sequence[int], decompressed: dict[int, np.ndarray | CodecError],
-    num_candidates: int,
-) -> dict[int, torch.Tensor | CodecError]:
-    """Each used entry as a model input (RAW: a view of ``data``), keyed by its index."""
-    layout = table.layout
-    shapes, dtypes, offsets, encodings = layout.shapes, layout.dtypes, table.offsets, table.encodings
-    storage = _STORAGE
-    out: dict[int, torch.Tensor | CodecError] = {}
-    for index in used:
-        if encodings[index]:
-            array = decompressed[index]
-            if isinstance(array, CodecError):
-                out[index] = array
-                continue
-        else:
-            array = np.ndarray(shapes[index], storage[dtypes[index]], data, offsets[index])
-        out[index] = to_input(array, dtypes[index], num_candidates)
-    return out
-
-
 class PartitionScorer:
     """Serves ``ScorePartition`` over the leaf's repository, batcher and in-flight bound."""
 
@@ -217,6 +196,7 @@ class PartitionScorer:
         self._batcher = batcher
         self._inflight = inflight
         self._reader = PackReader(limits)
+        self._inputs = InputBuilder()
 
     async def score(self, wire: WirePartition, context: grpc.aio.ServicerContext) -> leaf_pb2.PartitionResponse:
         started = time.perf_counter()
@@ -325,7 +305,7 @@ class PartitionScorer:
             else:
                 decompressed = _decompress(table, data, compressed)
         n = request.num_candidates
-        inputs = _to_inputs(table, data, used, decompressed, n)
+        inputs = self._inputs.build(table, data, used, decompressed, n)
         failed = {i for i in compressed if isinstance(inputs[i], CodecError)}
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(sizes[i] for i in used))
         remaining = context.time_remaining()
