@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence, cast
+from typing import Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -75,6 +75,8 @@ class Admitted:
     """The signature's inputs, in signature order."""
     num_candidates: int
     cost: Cost
+    positions: tuple[int, ...]
+    """Where each input was among the request's features."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,27 +159,28 @@ class Converter:
             )
         limits = self._limits
         wanted = self._wanted
-        chosen: dict[str, Tensor] = {}
-        count = 0
-        for tensor in features:
-            count += 1
+        chosen: dict[str, int] = {}
+        given: list[Tensor] = []
+        for position, tensor in enumerate(features):
+            given.append(tensor)
             name = tensor.name
             if name in wanted:
                 if name in chosen:
                     raise InvalidRequest(f"feature {name!r}: sent more than once")
-                chosen[name] = tensor
-        if count > limits.max_tensors:
-            raise InvalidRequest(f"{count} tensors exceed the limit of {limits.max_tensors}")
-        inputs: list[Tensor] = []
+                chosen[name] = position
+        if len(given) > limits.max_tensors:
+            raise InvalidRequest(f"{len(given)} tensors exceed the limit of {limits.max_tensors}")
+        positions: list[int] = []
         for name in self.input_names:
             found = chosen.get(name)
             if found is None:
                 raise InvalidRequest(f"feature {name!r}: missing (required by the model)")
-            inputs.append(found)
+            positions.append(found)
+        inputs = [given[p] for p in positions]
         cost = declared_cost(inputs, n, limits)
         if cost.layout != self._expected:
             self._check_layout(cost.layout)
-        return Admitted(tuple(inputs), n, cost)
+        return Admitted(tuple(inputs), n, cost, tuple(positions))
 
     def admit_pack(self, table: PackTable, indexes: Sequence[int], num_candidates: int) -> PackAdmitted:
         """``admit`` for the pack entries at ``indexes`` (each < ``len(table)``), remembered per
@@ -221,15 +224,19 @@ class Converter:
         """``admit`` then ``decode``."""
         return self.decode(self.admit(features, num_candidates))
 
-    def decode(self, admitted: Admitted) -> ConvertedInputs:
-        """Decode admitted inputs into the model's input dict (headers are not re-checked)."""
+    def decode(self, admitted: Admitted, payloads: Mapping[int, memoryview] | None = None) -> ConvertedInputs:
+        """Decode admitted inputs into the model's input dict (headers are not re-checked).
+        ``payloads``: the data of tensors parsed without it, by position among the features."""
         limits = self._limits
         n = admitted.num_candidates
         cost = admitted.cost
         out: dict[str, torch.Tensor] = {}
-        for name, found, shape, size in zip(self.input_names, admitted.tensors, cost.shapes, cost.sizes):
+        for name, found, shape, size, position in zip(
+            self.input_names, admitted.tensors, cost.shapes, cost.sizes, admitted.positions
+        ):
             try:
-                array = codec.decode_payload(found, shape, size, limits)
+                data = payloads.get(position) if payloads else None
+                array = codec.decode_payload(found, shape, size, limits, data=data)
             except CodecError as exc:
                 raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
             out[name] = to_input(array, found.dtype, n)

@@ -33,13 +33,13 @@ from leaf.admission import InflightBytes
 from leaf.batcher import Batcher, Outputs
 from leaf.converter import ConvertedInputs, PackAdmitted
 from leaf.pack_inputs import InputBuilder
+from leaf.payload_views import split_partition
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.model import LoadedVersion
 from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
 from wire.codec import CodecError, DecodeLimits
-from wire.frames import frame_field
 from wire.pack import PackReader, PackTable, decode_entry
 
 log = logging.getLogger(__name__)
@@ -64,81 +64,10 @@ class WirePartition:
     empty); None when it was parsed into the message."""
 
 
-_FEATURES = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["features"].number
-_DATA = leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name["data"].number
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buf[pos]  # IndexError on truncation
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(field number, wire type, field start, field end) of each field in ``buf[start:end]``
-    (the few top-level fields of a request; the pack's many names are never scanned)."""
-    out = []
-    pos = start
-    while pos < end:
-        first = pos
-        key, pos = _varint(buf, pos)
-        wire_type = key & 7
-        if wire_type == 0:
-            _, pos = _varint(buf, pos)
-        elif wire_type == 2:
-            length, pos = _varint(buf, pos)
-            pos += length
-        elif wire_type == 1:
-            pos += 8
-        elif wire_type == 5:
-            pos += 4
-        else:
-            raise ValueError(f"wire type {wire_type}")
-        if pos > end:
-            raise ValueError("truncated field")
-        out.append((key >> 3, wire_type, first, pos))
-    return out
-
-
-def _split(data: bytes) -> tuple[bytes, memoryview] | None:
-    """The request without its pack's ``data`` field, and a view of that field's payload;
-    None when the request is not laid out as roots write it (one ``features`` field whose
-    first field is ``data``): the caller then parses it whole."""
-    try:
-        top = _fields(data, 0, len(data))
-        features = [f for f in top if f[0] == _FEATURES]
-        if len(features) != 1 or features[0][1] != 2:
-            return None
-        _, _, first, end = features[0]
-        _, pos = _varint(data, first)
-        _, inner_start = _varint(data, pos)
-        key, pos = _varint(data, inner_start)
-        if key != (_DATA << 3) | 2:
-            return None
-        length, payload_start = _varint(data, pos)
-        payload_end = payload_start + length
-        if payload_end > end:
-            return None
-    except (IndexError, ValueError):
-        return None
-    small = b"".join(
-        [data[f[2]:f[3]] for f in top if f[0] != _FEATURES]
-        + [frame_field(_FEATURES, data[payload_end:end])]
-    )
-    return small, memoryview(data)[payload_start:payload_end]
-
-
 def deserialize_partition(data: bytes) -> WirePartition:
     """Parse a ``PartitionRequest``, leaving the pack's payload bytes where gRPC put them
     (a large request is not copied again by the protobuf parser and the field read)."""
-    split = _split(data)
+    split = split_partition(data)
     try:
         if split is not None:
             small, payload = split

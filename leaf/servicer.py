@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -23,6 +24,7 @@ from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.partition import PartitionScorer, deserialize_partition
+from leaf.payload_views import split_request
 from leaf.repository import Repository
 from wire import codec
 from wire.codec import DEFAULT_LIMITS, DecodeLimits
@@ -42,10 +44,18 @@ class WireRequest:
     size: int
     message: leaf_pb2.LeafRequest
     error: str = ""
+    payloads: Mapping[int, memoryview] = field(default_factory=dict)
+    """Payloads left in the received bytes, by position in ``message.features`` (whose
+    ``data`` is then empty); see ``leaf.payload_views``."""
 
 
 def deserialize_request(data: bytes) -> WireRequest:
+    """Parse a ``LeafRequest``; the payloads of its large tensors stay in ``data``."""
     try:
+        split = split_request(data)
+        if split is not None:
+            small, payloads = split
+            return WireRequest(len(data), leaf_pb2.LeafRequest.FromString(small), payloads=payloads)
         return WireRequest(len(data), leaf_pb2.LeafRequest.FromString(data))
     except DecodeError as exc:
         return WireRequest(len(data), leaf_pb2.LeafRequest(), f"malformed LeafRequest: {exc}")
@@ -82,7 +92,7 @@ class LeafServicer:
             self._batcher.check_capacity(loaded)
             admitted = loaded.converter.admit(request.features, request.num_candidates)
             with self._inflight.hold(admitted.cost.row_bytes):
-                inputs = loaded.converter.decode(admitted)
+                inputs = loaded.converter.decode(admitted, wire.payloads)
                 metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else time.monotonic() + remaining

@@ -260,15 +260,23 @@ def decode(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
 
 
 def decode_payload(
-    tensor: Tensor, shape: tuple[int, ...], size: int, limits: DecodeLimits = DEFAULT_LIMITS
+    tensor: Tensor,
+    shape: tuple[int, ...],
+    size: int,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    *,
+    data: bytes | memoryview | None = None,
 ) -> np.ndarray:
     """``decode`` for a tensor whose header the caller already validated (its ``shape`` and
     decoded ``size`` as ``expected_raw_size`` accepts them): only the payload is checked.
 
     The leaf admits requests on their headers before decoding; this spares it reading and
     checking every header twice. Anything unexpected takes ``decode``'s checked path.
+    ``data`` is the tensor's payload when it was parsed without it (``tensor.data`` is read
+    otherwise).
     """
-    data = tensor.data
+    if data is None:
+        data = tensor.data
     encoding = tensor.encoding
     storage = _NUMPY_BY_DTYPE[tensor.dtype]
     if encoding == _RAW and len(data) == size:
@@ -280,13 +288,14 @@ def decode_payload(
             raw = b""  # reported by the checked path
         if len(raw) == size:
             return np.ndarray(shape, storage, raw)
-    return _decode_checked(tensor, limits)
+    return _decode_checked(tensor, limits, data)
 
 
-def _decode_checked(tensor: Tensor, limits: DecodeLimits) -> np.ndarray:
+def _decode_checked(tensor: Tensor, limits: DecodeLimits, data: bytes | memoryview | None = None) -> np.ndarray:
     size = expected_raw_size(tensor, limits)
     name = tensor.name
-    data = tensor.data
+    if data is None:
+        data = tensor.data
     if tensor.encoding == Encoding.RAW:
         if len(data) != size:
             raise CodecError(name, f"data length {len(data)} != raw_size {size}")
