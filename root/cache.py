@@ -1,9 +1,14 @@
 """Columnar in-memory feature cache in front of any ``FeatureStore``.
 
 Per entity, a *slab*: a sorted id index (``searchsorted`` lookups, vectorised over the
-request's ids) mapping ids to slots, one value array ``[capacity, *shape]`` per feature,
-and one fill-time matrix ``[capacity, features of the entity]`` (TTL per (id, feature)
-cell). A request is answered by one vectorised hit/miss partition of that matrix; the
+request's ids) mapping ids to slots, the values, and one fill-time matrix ``[capacity,
+features of the entity]`` (TTL per (id, feature) cell). Values are kept per *group* of
+features with one dtype and shape, slot-major (``block[slot, member, *shape]``): a request
+gathers each group's rows with one ``take`` and turns them feature-major with one copy, so
+its cost follows the number of groups (a handful), not of features (hundreds); each
+feature's column is then a contiguous view of that copy. What a request's feature list
+needs (fill-time columns, members per group) is kept per list until a column is added. A
+request is answered by one vectorised hit/miss partition of the fill-time matrix; the
 misses become one rectangle (ids with any miss x features with any miss) fetched from the
 store in ONE batched call, then written back.
 
@@ -17,6 +22,7 @@ without yielding, so concurrent requests never see a half-updated slab.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,6 +37,41 @@ _MIN_SLOTS = 256
 _SLOT_OVERHEAD = 33
 # Fill times are float32 seconds since the cache was created (ms precision for days).
 _NEVER = np.float32(-np.inf)
+# Read plans kept per slab (one per distinct feature list requested); cleared when full.
+_MAX_PLANS = 256
+
+
+class _Group:
+    """The cached columns of one (dtype, shape) of an entity, slot-major."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], capacity: int) -> None:
+        self.dtype = dtype
+        self.shape = shape
+        self.member: dict[str, int] = {}
+        """Feature name -> its index on the block's second axis."""
+        self.block = np.zeros((capacity, 0, *shape), dtype=dtype)
+        """``[capacity, members, *shape]``."""
+
+    def add(self, names: Sequence[str]) -> None:
+        capacity = self.block.shape[0]
+        extra = np.zeros((capacity, len(names), *self.shape), dtype=self.dtype)
+        self.block = np.concatenate([self.block, extra], axis=1)
+        for name in names:
+            self.member[name] = len(self.member)
+
+    def grow(self, extra: int) -> None:
+        more = np.zeros((extra, *self.block.shape[1:]), dtype=self.dtype)
+        self.block = np.concatenate([self.block, more])
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadPlan:
+    """What reading one feature list takes, kept until the slab's columns change."""
+
+    cols: np.ndarray
+    """Fill-time column of each name (intp)."""
+    gathers: tuple[tuple[_Group, np.ndarray, tuple[str, ...]], ...]
+    """Per group holding some of the names: the group, their members (intp), their names."""
 
 
 class _Slab:
@@ -45,8 +86,11 @@ class _Slab:
         self.slot_used = np.empty(0, dtype=np.float64)
         self.slot_live = np.empty(0, dtype=bool)
         self.filled = np.empty((0, len(specs)), dtype=np.float32)
-        self.data: dict[str, np.ndarray] = {}
+        self.groups: dict[tuple[str, tuple[int, ...]], _Group] = {}
+        self.group_of: dict[str, _Group] = {}
+        """Cached feature -> its group."""
         self.data_row_bytes = 0
+        self._plans: dict[tuple[str, ...], _ReadPlan] = {}
 
     @property
     def slot_bytes(self) -> int:
@@ -69,9 +113,40 @@ class _Slab:
         found = self.keys[pos] == ids
         return np.where(found, self.key_slots[pos], -1)
 
-    def add_column(self, spec: FeatureSpec) -> None:
-        self.data[spec.name] = np.zeros((self.capacity, *spec.shape), dtype=spec.np_dtype)
-        self.data_row_bytes += spec.row_bytes
+    def plan(self, names: Sequence[str]) -> _ReadPlan:
+        """The read plan of ``names``; ``KeyError`` for a name not of this entity."""
+        key = names if isinstance(names, tuple) else tuple(names)
+        plan = self._plans.get(key)
+        if plan is None:
+            cols = np.fromiter((self.column_of[name] for name in key), dtype=np.intp, count=len(key))
+            found: dict[_Group, list[str]] = {}
+            for name in key:
+                group = self.group_of.get(name)
+                if group is not None:
+                    found.setdefault(group, []).append(name)
+            gathers = tuple(
+                (group, np.array([group.member[n] for n in members], dtype=np.intp), tuple(members))
+                for group, members in found.items()
+            )
+            plan = _ReadPlan(cols, gathers)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def add_columns(self, specs: Sequence[FeatureSpec]) -> None:
+        by_group: dict[tuple[str, tuple[int, ...]], list[FeatureSpec]] = {}
+        for spec in specs:
+            by_group.setdefault((spec.np_dtype.str, spec.shape), []).append(spec)
+        for key, members in by_group.items():
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = _Group(members[0].np_dtype, members[0].shape, self.capacity)
+            group.add([spec.name for spec in members])
+            for spec in members:
+                self.group_of[spec.name] = group
+                self.data_row_bytes += spec.row_bytes
+        self._plans.clear()
 
     def grow(self, capacity: int) -> None:
         extra = capacity - self.capacity
@@ -80,10 +155,9 @@ class _Slab:
         self.slot_used = np.concatenate([self.slot_used, np.full(extra, -np.inf)])
         self.slot_live = np.concatenate([self.slot_live, np.zeros(extra, dtype=bool)])
         self.filled = np.concatenate([self.filled, np.full((extra, self.filled.shape[1]), _NEVER)])
-        for name, data in self.data.items():
-            self.data[name] = np.concatenate([data, np.zeros((extra, *data.shape[1:]), dtype=data.dtype)])
+        for group in self.groups.values():
+            group.grow(extra)
         self.capacity = capacity
-
     def evict_lru(self, count: int) -> None:
         live = np.flatnonzero(self.slot_live)
         count = min(count, len(live))
@@ -150,7 +224,7 @@ class CachedFeatureStore:
         now = self._clock() - self._epoch
         n = len(ids)
         try:
-            cols = np.fromiter((slab.column_of[name] for name in names), dtype=np.intp, count=len(names))
+            plan = slab.plan(names)
         except KeyError as exc:
             raise ValueError(f"feature {exc.args[0]!r} is not a {entity.value} feature of the catalog") from None
         slots = slab.lookup(ids)
@@ -159,12 +233,12 @@ class CachedFeatureStore:
         out: dict[str, np.ndarray] = {}
         if slab.capacity:
             slab.slot_used[slots[have]] = now  # least recently used slots are evicted first
-            fresh = slab.filled[np.ix_(safe, cols)] > np.float32(now - self.ttl_s)
+            fresh = slab.filled[np.ix_(safe, plan.cols)] > np.float32(now - self.ttl_s)
             fresh &= have[:, None]
-            for name in names:
-                data = slab.data.get(name)
-                if data is not None:
-                    out[name] = data.take(safe, axis=0)
+            for group, members, group_names in plan.gathers:
+                # [n, members of the group, *shape] -> [members asked, n, *shape], C-contiguous
+                taken = group.block.take(safe, axis=0).swapaxes(0, 1)[members]
+                out.update(zip(group_names, taken))
         else:
             fresh = np.zeros((n, len(names)), dtype=bool)
         hits = int(np.count_nonzero(fresh))
@@ -190,11 +264,16 @@ class CachedFeatureStore:
         """Store fetched rows; the slab may have changed while the store was awaited."""
         if self.max_bytes == 0:
             return
+        adding: list[FeatureSpec] = []
+        used = self.nbytes
         for name in names:
-            if name not in slab.data:
+            if name not in slab.group_of:
                 spec = self.catalog.features[name]
-                if self.nbytes + slab.capacity * spec.row_bytes <= self.max_bytes:
-                    slab.add_column(spec)
+                if used + slab.capacity * spec.row_bytes <= self.max_bytes:
+                    adding.append(spec)
+                    used += slab.capacity * spec.row_bytes
+        if adding:
+            slab.add_columns(adding)
         slots = slab.lookup(ids)
         new = np.unique(ids[slots < 0])
         if len(new):
@@ -207,9 +286,9 @@ class CachedFeatureStore:
         target = slots[cached]
         stored = []
         for name in names:
-            data = slab.data.get(name)
-            if data is not None:
-                data[target] = np.asarray(fetched.columns[name])[cached]
+            group = slab.group_of.get(name)
+            if group is not None:
+                group.block[target, group.member[name]] = np.asarray(fetched.columns[name])[cached]
                 stored.append(slab.column_of[name])
         if stored:
             slab.filled[np.ix_(target, np.array(stored, dtype=np.intp))] = now

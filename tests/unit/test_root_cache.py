@@ -48,6 +48,9 @@ def store(tmp_path: Path) -> CountingStore:
             FeatureSpec("c_a", C, "float32", (), kind="ratio", default=0.25),
             FeatureSpec("c_b", C, "int64", (4,), kind="ids"),
             FeatureSpec("c_e", C, "float16", (8,), kind="embedding"),
+            # same dtype and shape as c_a / c_e: cached in their groups
+            FeatureSpec("c_a2", C, "float32", (), kind="ratio"),
+            FeatureSpec("c_e2", C, "float16", (8,), kind="embedding"),
         ]
     )
     generate_local_store(catalog, tmp_path, users=5, items=1000, seed=3)
@@ -145,3 +148,26 @@ def test_zero_budget_is_a_pass_through(store: CountingStore) -> None:
     _fetch(cache, [1])
     _fetch(cache, [1])
     assert len(store.calls) == 2 and cache.nbytes == 0
+
+
+def test_features_joining_a_group_later_read_right_for_every_list(store: CountingStore) -> None:
+    cache = CachedFeatureStore(store, store.catalog, max_bytes=1 << 20, ttl_s=60)
+    ids = [3, 1, 4, 1, 5, 9, 2, 6]
+    lists = [["c_a", "c_e"], ["c_e2", "c_a2", "c_b"], ["c_a2", "c_a", "c_e", "c_e2", "c_b"], ["c_e"]]
+    for names in lists + lists[::-1]:  # columns are added to groups between reads
+        result = _fetch(cache, ids, names)
+        _check(store, result, ids, names)
+        assert set(result.columns) == set(names)
+        for array in result.columns.values():
+            assert array.flags.c_contiguous and array.shape[0] == len(ids)
+    calls = len(store.calls)
+    for names in lists:
+        _check(store, _fetch(cache, ids[::-1], names), ids[::-1], names)
+    assert len(store.calls) == calls  # every cell cached
+
+
+def test_unknown_or_other_entity_feature_is_refused(store: CountingStore) -> None:
+    cache = CachedFeatureStore(store, store.catalog, max_bytes=1 << 20, ttl_s=60)
+    for names in (["c_a", "nope"], ["u_a"]):
+        with pytest.raises(ValueError, match="not a candidate feature"):
+            _fetch(cache, [1], names)
