@@ -326,3 +326,43 @@ def test_store_policy_is_validated() -> None:
         FeatureStoreConfig(path=Path("s"), on_error="retry")
     with pytest.raises(ValueError, match="fetch_timeout_ms"):
         FeatureStoreConfig(path=Path("s"), fetch_timeout_ms=-1)
+
+
+def test_partition_calls_see_a_reloaded_allowlist_and_a_new_version_on_the_next_request(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], tmp_path: Path
+) -> None:
+    """Partition calls keep layouts (union, indexes, serialised models) between requests:
+    a changed allowlist or a new version must show on the very next request."""
+    p1, p2 = Leaf(), Leaf()
+    engine = _engine(setup, p1, p2, max_in_flight=4, partition_calls=True)
+    _, _, trimmer = setup
+    bundle = tmp_path / "module_info.json"
+
+    def sent(leaf: Leaf, since: int) -> list[tuple[str, str, set[str]]]:
+        return [(r.model, r.version, {t.name for t in r.features}) for r in leaf.requests[since:]]
+
+    async def twice() -> None:
+        for _ in range(2):
+            await engine.score(_input(("m1", "m2", "m3")))
+
+    asyncio.run(twice())
+    assert sent(p1, 0) == [("m1", "1", {"u_a", "c_a"}), ("m3", "", {"u_a", "c_a", "c_b", "c_c"})] * 2
+    assert sent(p2, 0) == [("m2", "1", {"c_b"})] * 2
+    # same models, same versions, other features
+    bundle.write_text(json.dumps({
+        "m1": [{"version": "1", "input_names": ["c_c"], "output_names": ["score"]}],
+        "m2": [{"version": "1", "input_names": ["c_b", "u_a"], "output_names": ["score"]}],
+    }))
+    trimmer.reload_now()
+    asyncio.run(twice())
+    assert sent(p1, 4) == [("m1", "1", {"c_c"}), ("m3", "", {"u_a", "c_a", "c_b", "c_c"})] * 2
+    assert sent(p2, 2) == [("m2", "1", {"c_b", "u_a"})] * 2
+    # a new version of m1 (latest wins) with the same features as before: only the version changes
+    bundle.write_text(json.dumps({
+        "m1": [{"version": "1", "input_names": ["c_c"], "output_names": ["score"]},
+               {"version": "2", "input_names": ["c_c"], "output_names": ["score"]}],
+        "m2": [{"version": "1", "input_names": ["c_b", "u_a"], "output_names": ["score"]}],
+    }))
+    trimmer.reload_now()
+    asyncio.run(twice())
+    assert sent(p1, 8) == [("m1", "2", {"c_c"}), ("m3", "", {"u_a", "c_a", "c_b", "c_c"})] * 2
