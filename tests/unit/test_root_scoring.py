@@ -212,8 +212,16 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-def test_client_tensors_are_decoded_and_large_ones_off_the_loop(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
+@pytest.mark.parametrize("partition_calls", [False, True])
+def test_client_tensors_are_decoded_and_large_ones_off_the_loop(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], partition_calls: bool
+) -> None:
+    from dataclasses import replace
+
+    from root.scoring import ENCODE_ON_LOOP_BYTES
+
     config, catalog, trimmer = setup
+    config = replace(config, partition_calls=partition_calls)
     p1 = Leaf()
     executor = CountingExecutor()
     store = LocalFeatureStore(tmp_store(config), catalog)
@@ -221,12 +229,16 @@ def test_client_tensors_are_decoded_and_large_ones_off_the_loop(setup: tuple[Roo
     try:
         small = encode("u_a", np.array([9.0], np.float32))
         asyncio.run(engine.score(_input(("m1",), request_tensors=(small,))))
-        assert executor.calls == 1  # request assembly only: a small tensor decodes on the loop
+        assert executor.calls == 0  # a small tensor decodes, and a small request encodes, on the loop
         assert decode_all(p1.requests[-1].features)["u_a"].tolist() == [9.0]
         large = np.arange(DECODE_ON_LOOP_BYTES // 4 + 1, dtype=np.float32).reshape(1, -1)
         asyncio.run(engine.score(_input(("m3",), request_tensors=(encode("u_big", large),))))
-        assert executor.calls == 3  # decoding, then assembly, each in the executor
+        assert executor.calls == 1  # decoding in the executor; the request is still small to encode
         np.testing.assert_array_equal(decode_all(p1.requests[-1].features)["u_big"], large)
+        huge = np.arange(ENCODE_ON_LOOP_BYTES // 4 + 1, dtype=np.float32).reshape(1, -1)
+        asyncio.run(engine.score(_input(("m3",), request_tensors=(encode("u_big", huge),))))
+        assert executor.calls == 3  # decoding, then encoding, each in the executor
+        np.testing.assert_array_equal(decode_all(p1.requests[-1].features)["u_big"], huge)
     finally:
         executor.shutdown()
 
