@@ -217,13 +217,15 @@ class PartitionScorer:
         models: list[_Model],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        sizes, encodings = table.layout.sizes, table.encodings
         if len(models) == 1:
             admitted = models[0].admitted
             assert admitted is not None
             used: Sequence[int] = admitted.indexes
+            decoded_bytes = admitted.cost.raw_bytes
         else:
             used = sorted({i for m in models if m.admitted is not None for i in m.admitted.indexes})
-        sizes, encodings = table.layout.sizes, table.encodings
+            decoded_bytes = sum([sizes[i] for i in used])
         compressed = [i for i in used if encodings[i]]
         decompressed: dict[int, np.ndarray | CodecError] = {}
         if compressed:
@@ -236,7 +238,7 @@ class PartitionScorer:
         n = request.num_candidates
         inputs = self._inputs.build(table, data, used, decompressed, n)
         failed = {i for i in compressed if isinstance(inputs[i], CodecError)}
-        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(sum(sizes[i] for i in used))
+        metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(decoded_bytes)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         waiting: list[tuple[_Model, asyncio.Future[Outputs]]] = []
