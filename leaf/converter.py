@@ -91,7 +91,7 @@ class PackAdmitted:
 
 _Expected = tuple[tuple[int | None, tuple[int, ...] | None], ...]
 # Distinct (pack layout, indexes, N) admissions kept per version; cleared when full.
-MAX_PACK_ADMISSIONS = 256
+MAX_PACK_ADMISSIONS = 64
 
 
 class Converter:
@@ -184,8 +184,9 @@ class Converter:
 
     def admit_pack(self, table: PackTable, indexes: Sequence[int], num_candidates: int) -> PackAdmitted:
         """``admit`` for the pack entries at ``indexes`` (each < ``len(table)``), remembered per
-        (layout, indexes, N): only a layout seen for the first time, or expectations learned
-        since, is checked again. Errors are not remembered (each bad request is checked)."""
+        (layout, indexes, N) of a layout its reader keeps: only a layout seen for the first
+        time, or expectations learned since, is checked again. Errors are not remembered (each
+        bad request is checked)."""
         key = (table.layout, tuple(indexes), num_candidates)
         found = self._admissions.get(key)
         expected = self._expected
@@ -203,6 +204,8 @@ class Converter:
             admitted = PackAdmitted(
                 tuple(position[t.name] for t in checked.tensors), num_candidates, checked.cost
             )
+            if not table.layout.kept:
+                return admitted
             if len(self._admissions) >= MAX_PACK_ADMISSIONS:
                 self._admissions.clear()
         self._admissions[key] = (admitted, expected)

@@ -26,8 +26,8 @@ from wire.pack import ALIGN, PackLayout, PackTable
 
 _STORAGE = {d: codec.numpy_dtype(d) for d in codec.DTYPE_BY_NAME.values()}
 _BFLOAT16 = int(DType.BFLOAT16)
-# Plans kept per builder; cleared when full.
-MAX_PLANS = 256
+# Plans kept per builder (for layouts their reader keeps); cleared when full.
+MAX_PLANS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +100,11 @@ class InputBuilder:
         key = (layout, tuple(used), num_candidates)
         plan = self._plans.get(key)
         if plan is None:
-            if len(self._plans) >= self._max_plans:
-                self._plans.clear()
-            plan = self._plans[key] = _plan(layout, used, num_candidates)
+            plan = _plan(layout, used, num_candidates)
+            if layout.kept:
+                if len(self._plans) >= self._max_plans:
+                    self._plans.clear()
+                self._plans[key] = plan
         shapes, dtypes, offsets, encodings = layout.shapes, layout.dtypes, table.offsets, table.encodings
         storage = _STORAGE
         ndarray, from_numpy = np.ndarray, torch.from_numpy

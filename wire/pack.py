@@ -459,6 +459,9 @@ class PackLayout:
     """Decoded bytes of each entry."""
     size_array: np.ndarray
     """``sizes`` as int64, for the vectorised payload checks."""
+    kept: bool = False
+    """Kept by a ``PackReader``: caches may key on it (one not kept is new every request,
+    and keeping what derives from it would only churn them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,17 +492,20 @@ class PackReader:
 
     Requests for the same models carry the same names, dtypes and dims; what those determine
     (every name, dtype, rank and size check) is validated by ``read_pack`` the first time and
-    kept (at most ``max_layouts``, cleared when full) under the exact header bytes. A repeat
-    header then costs a dict lookup and a handful of numpy comparisons over the table's
-    offsets, lengths and encodings; any failure there reruns ``read_pack`` for its exact error
-    (same entry, same message). Owned by one thread (the leaf's event loop).
+    kept under the exact header (at most ``max_layouts``, cleared when full; a header whose
+    names exceed ``max_kept_chars`` is never kept, so what a client can make the leaf hold is
+    bounded). A repeat header then costs a dict lookup and a handful of numpy comparisons
+    over the table's offsets, lengths and encodings; any failure there reruns ``read_pack``
+    for its exact error (same entry, same message). Owned by one thread (the leaf's event
+    loop).
     """
 
-    def __init__(self, limits: DecodeLimits, *, max_layouts: int = 256) -> None:
+    def __init__(self, limits: DecodeLimits, *, max_layouts: int = 64, max_kept_chars: int = 1 << 18) -> None:
         if max_layouts < 1:
             raise ValueError(f"max_layouts must be >= 1, got {max_layouts}")
         self.limits = limits
         self._max_layouts = max_layouts
+        self._max_kept_chars = max_kept_chars
         self._layouts: dict[tuple[tuple[str, ...], bytes, bytes], PackLayout] = {}
 
     def __len__(self) -> int:
@@ -520,7 +526,8 @@ class PackReader:
         static = np.frombuffer(table, dtype=np.uint8).reshape(count, RECORD_BYTES)[:, 8:11:2].tobytes()
         layout = self._layouts.get((names, dims, static))
         if layout is None:
-            return self._checked(pack, data_size, (names, dims, static))
+            keep = sum(map(len, names)) <= self._max_kept_chars
+            return self._checked(pack, data_size, (names, dims, static) if keep else None)
         offsets = records["offset"].astype(np.int64)
         lengths = records["length"].astype(np.int64)
         encodings = records["encoding"]
@@ -541,8 +548,9 @@ class PackReader:
         entries = read_pack(pack, self.limits, data_size)
         sizes = tuple(e.raw_size for e in entries)
         layout = PackLayout(
-            tuple(e.name for e in entries), tuple(e.dtype for e in entries), tuple(e.shape for e in entries),
-            sizes, np.asarray(sizes, dtype=np.int64),
+            key[0] if key is not None else tuple(e.name for e in entries),  # the key's names: kept once
+            tuple(e.dtype for e in entries), tuple(e.shape for e in entries), sizes,
+            np.asarray(sizes, dtype=np.int64), key is not None,
         )
         if key is not None:
             if len(self._layouts) >= self._max_layouts:

@@ -150,3 +150,14 @@ def test_pack_admission_is_remembered_per_layout_and_rechecked_after_learning() 
     with pytest.raises(InvalidRequest, match=r"'b': shape \[5\] per candidate, model expects \[4\]"):
         converter.admit_pack(wide, [0, 2], 3)
     assert converter.admit_pack(table, [0, 2], 3) is first
+
+
+def test_pack_admissions_of_layouts_not_kept_are_not_remembered() -> None:
+    from wire.pack import PackReader, encode_pack
+
+    converter = Converter(Signature(("a",), ("s",)), LIMITS, 100)
+    reader = PackReader(LIMITS, max_kept_chars=0)
+    table = reader.read(encode_pack({"a": np.ones((3, 2), np.float32)}))
+    assert not table.layout.kept
+    first = converter.admit_pack(table, [0], 3)
+    assert converter.admit_pack(table, [0], 3) is not first and converter.admit_pack(table, [0], 3) == first

@@ -240,3 +240,13 @@ def test_batch_rejects_what_pack_rejects() -> None:
 
     with pytest.raises(CodecError, match="'c'"):
         TensorPacker("lz4").pack_many(["c"], [np.zeros(3, dtype=np.complex64)])
+
+
+def test_reader_keeps_no_header_past_its_bound_and_says_so() -> None:
+    from wire.pack import PackReader
+
+    reader = PackReader(DecodeLimits(), max_kept_chars=4)  # ARRAYS' names take more
+    first, again = reader.read(encode_pack(ARRAYS)), reader.read(encode_pack(ARRAYS))
+    assert len(reader) == 0 and first.layout is not again.layout
+    assert not first.layout.kept and again.entries() == read_pack(encode_pack(ARRAYS), DecodeLimits())
+    assert PackReader(DecodeLimits()).read(encode_pack(ARRAYS)).layout.kept
