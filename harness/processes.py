@@ -1,13 +1,12 @@
 """Process control for the local cluster: spawning servers with a port file, waiting on
 ports and gRPC health (bounded), and stopping them (terminate -> wait -> kill).
 
-Children get SIGTERM when the launcher's process dies (``PR_SET_PDEATHSIG``), so a crashed
-launcher leaves no orphans. Functions run on the caller's thread.
+Children get SIGTERM when the launcher's process dies (``transport.parent_death``), so a
+crashed launcher leaves no orphans. Functions run on the caller's thread.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -22,10 +21,10 @@ from typing import Any, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from transport.parent_death import PARENT_PID_ENV
 from transport.tls import PLAINTEXT, TlsConfig, sync_channel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("rootleaf.harness.processes")
 
@@ -40,24 +39,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-
-# Loaded here, not in the child: dlopen between fork and exec can crash or deadlock when
-# another thread of the launcher (a gRPC poller, a load generator) held the loader's or
-# malloc's lock at fork time; the child only makes the prctl call.
-_LIBC = _load_libc()
-
-
-def _die_with_parent() -> None:
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def pid_alive(pid: int) -> bool:
@@ -97,6 +78,7 @@ def spawn(name: str, args: Sequence[str], log_path: Path, port_file: Path) -> Pr
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[PARENT_PID_ENV] = str(os.getpid())
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         popen = subprocess.Popen(
@@ -107,7 +89,6 @@ def spawn(name: str, args: Sequence[str], log_path: Path, port_file: Path) -> Pr
             env=env,
             cwd=str(REPO_ROOT),
             start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-            preexec_fn=_die_with_parent,
         )
     log.info("started %s (pid %d): %s", name, popen.pid, " ".join(args))
     return Proc(name, popen, log_path, port_file)

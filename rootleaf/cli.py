@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Callable
 
+from transport.parent_death import die_with_parent_from_env
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "root": ("root.cli:main", "run a root server"),
     "score": ("root.client_cli:main", "score candidates through a root and print a table"),
@@ -46,6 +48,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent_from_env()
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(usage())

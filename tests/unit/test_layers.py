@@ -24,7 +24,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "deploy": frozenset({"contract", "protos", "wire", "transport"}),
     "harness": frozenset({"contract", "protos", "wire", "transport", "trimmer", "root", "leaf", "deploy"}),
     "benchmarks": frozenset({"contract", "protos", "wire", "transport", "trimmer", "root", "leaf", "deploy", "harness"}),
-    "rootleaf": frozenset(),  # dispatches by module name, imports nothing of ours
+    "rootleaf": frozenset({"transport"}),  # dispatches by module name; arms the parent-death signal first
 }
 PACKAGES = frozenset(ALLOWED) | {"tests"}
 
