@@ -522,8 +522,8 @@ class PackReader:
             return self._checked(pack, data_size)
         records = np.frombuffer(table, dtype=RECORD)
         dims = pack.dims
-        # dtype and rank of every record (bytes 8 and 10); encodings are checked per pack.
-        static = np.frombuffer(table, dtype=np.uint8).reshape(count, RECORD_BYTES)[:, 8:11:2].tobytes()
+        # dtype and rank of every record (the header's part); encodings are checked per pack.
+        static = records["dtype"].tobytes() + records["rank"].tobytes()
         layout = self._layouts.get((names, dims, static))
         if layout is None:
             keep = sum(map(len, names)) <= self._max_kept_chars
