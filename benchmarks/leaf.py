@@ -99,10 +99,9 @@ def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> d
 def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
     """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
     if rpc == "partition":  # as a root assembles it
-        packer = TensorPacker("lz4")
-        tensors = [packer.pack(name, array) for name, array in arrays.items()]
-        model = PartitionModelRef(MODEL, "1", tuple(range(len(tensors))))
-        return assemble_partition_request("bench", n, [model], tensors)
+        batch = TensorPacker("lz4").pack_many(list(arrays), list(arrays.values()))
+        model = PartitionModelRef(MODEL, "1", tuple(range(len(arrays))))
+        return assemble_partition_request("bench", n, [model], batch)
     single = leaf_pb2.LeafRequest(request_id="bench", model=MODEL, version="1", num_candidates=n)
     single.features.extend(codec.encode(name, array) for name, array in arrays.items())
     return single.SerializeToString()

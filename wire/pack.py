@@ -3,8 +3,8 @@
 A pack is the tensors' names, a fixed-width table (offset, length, dtype, encoding, rank),
 their dims, and one ``data`` field with every payload back to back, each at a multiple of 8
 bytes so a RAW payload is an aligned zero-copy view. The root encodes (and compresses)
-each tensor once per request into a ``PackedTensor`` and assembles every partition's
-``PartitionRequest`` from them by one ``bytes.join`` (``assemble_partition_request``). The
+a request's tensors once, column-wise, into a ``PackedBatch`` and assembles every
+partition's ``PartitionRequest`` from it by one ``bytes.join`` (``assemble_partition_batch``). The
 leaf reads the table in one pass (``read_pack``), checking every declared size against
 ``DecodeLimits`` before anything is decompressed or allocated, and decodes each entry once
 (``decode_entry``); ``PackReader`` does those header checks once per distinct header.
@@ -15,7 +15,6 @@ read and assigned); a ``PackReader`` belongs to one thread.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence, cast
 
@@ -41,8 +40,6 @@ RECORD = np.dtype(
 )
 """One table record (little-endian, no padding)."""
 RECORD_BYTES = RECORD.itemsize
-_TAIL = struct.Struct("<IBBBB")  # length, dtype, encoding, rank, reserved (after the offset)
-_OFFSET = struct.Struct("<I")
 ALIGN = 8
 _PADDING = tuple(bytes(i) for i in range(ALIGN))
 _RAW = int(Encoding.RAW)
@@ -66,26 +63,6 @@ _MAX_SCHEMAS = 256
 
 
 # ---- root side: encode once, assemble per partition ---------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PackedTensor:
-    """One tensor encoded once, ready to go into any number of packs."""
-
-    name: str
-    name_field: bytes
-    """The serialised ``names`` entry (tag, length, UTF-8 name)."""
-    tail: bytes
-    """The table record after its offset: length, dtype, encoding, rank, reserved."""
-    dims: bytes
-    """Its dims as little-endian uint32."""
-    payload: bytes | memoryview
-    """The LZ4 block, or a byte view of the array's own buffer (RAW)."""
-    length: int
-    """Payload bytes."""
-    raw_size: int
-    """Decoded payload size in bytes."""
-    encoding: int
 
 
 @dataclass(frozen=True, slots=True, eq=False)  # identity hash: headers key schemas
@@ -137,12 +114,11 @@ class PackedBatch:
 
 
 class TensorPacker:
-    """Encodes arrays as ``PackedTensor`` with one compression setting.
+    """Encodes a request's arrays as one ``PackedBatch`` with one compression setting.
 
     The serialised name, dims and dtype of each (name, dtype, shape) are kept between
-    requests (at most ``max_headers``; cleared when full), so a tensor costs a lookup, the
-    LZ4 call and a small ``struct.pack``; ``pack_many`` encodes a whole request's tensors
-    and keeps the per-batch tables (``PackSchema``) too, so a repeat costs one lookup.
+    requests (at most ``max_headers``; cleared when full), and so are the per-batch tables
+    (``PackSchema``): a tensor costs a lookup and the LZ4 call, a repeat batch one lookup.
     """
 
     def __init__(self, compression: Compression | str = Compression.LZ4, *, max_headers: int = 16384) -> None:
@@ -191,21 +167,6 @@ class TensorPacker:
             raw_size,
             array.dtype == _STORAGE[dtype] and raw_size > 0,
         )
-
-    def pack(self, name: str, array: np.ndarray) -> PackedTensor:
-        """Encode ``array`` once (adaptive LZ4 per ``compression``)."""
-        header = self._lookup(name, array)
-        if header.direct and array.flags.c_contiguous:
-            size = header.raw_size
-            payload, encoding = pack_payload(array.data, size, self.compression)
-            length = size if encoding == _RAW else len(payload)
-            if encoding == _RAW:
-                payload = array.reshape(-1).view(np.uint8).data
-        else:  # byte-swapped, strided or empty arrays take the codec's general path
-            encoded = encode_payload(name, array, self.compression, dtype=header.dtype)
-            payload, encoding, length = encoded.data, encoded.encoding, len(encoded.data)
-        tail = _TAIL.pack(length, header.dtype, encoding, header.rank, 0)
-        return PackedTensor(name, header.name_field, tail, header.dims, payload, length, header.raw_size, encoding)
 
     def pack_many(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> PackedBatch:
         """``pack`` for a batch, column-wise: one header lookup, the LZ4 call and three
@@ -263,53 +224,29 @@ class PartitionModelRef:
     features: tuple[int, ...]
 
 
-def pack_field(tensors: Sequence[PackedTensor]) -> list[bytes | memoryview]:
-    """The parts of a serialised ``TensorPack`` holding ``tensors`` in order (join them)."""
-    table: list[bytes] = []
-    data: list[bytes | memoryview] = []
-    offset = 0
-    for tensor in tensors:
-        pad = -offset % ALIGN
-        if pad:
-            data.append(_PADDING[pad])
-            offset += pad
-        table.append(_OFFSET.pack(offset))
-        table.append(tensor.tail)
-        data.append(tensor.payload)
-        offset += tensor.length
-    table_bytes = b"".join(table)
-    dims = b"".join([t.dims for t in tensors])
-    # ``data`` first (protobuf accepts fields in any order): the leaf then finds the payload
-    # without scanning the names, and keeps it where gRPC received it.
-    parts: list[bytes | memoryview] = []
-    if offset:
-        parts += (_varint((_DATA_FIELD << 3) | 2), _varint(offset), *data)
-    parts += [t.name_field for t in tensors]
-    if table_bytes:
-        parts.append(frame_field(_TABLE_FIELD, table_bytes))
-    if dims:
-        parts.append(frame_field(_DIMS_FIELD, dims))
-    return parts
-
-
 def assemble_partition_request(
-    request_id: str, num_candidates: int, models: Sequence[PartitionModelRef], tensors: Sequence[PackedTensor]
+    request_id: str,
+    num_candidates: int,
+    models: Sequence[PartitionModelRef],
+    batch: PackedBatch,
+    sent: Sequence[int] | None = None,
 ) -> bytes:
-    """The serialised ``PartitionRequest``: ``models`` and one pack of ``tensors``, every
-    payload copied once."""
+    """The serialised ``PartitionRequest``: ``models`` and one pack of the batch's tensors at
+    positions ``sent`` (all when None), in that order (``assemble_partition_batch``)."""
     header = leaf_pb2.PartitionRequest(request_id=request_id, num_candidates=num_candidates)
     for model in models:
         header.models.add(name=model.name, version=model.version, features=model.features)
-    parts = pack_field(tensors)
-    size = sum([len(p) if isinstance(p, bytes) else p.nbytes for p in parts])
-    return b"".join([header.SerializeToString(), _varint((_FEATURES_FIELD << 3) | 2), _varint(size), *parts])
+    positions = np.arange(len(batch.names)) if sent is None else np.asarray(sent, dtype=np.intp)
+    return assemble_partition_batch(header.SerializeToString(), batch, positions)
 
 
 def assemble_partition_batch(header: bytes, batch: PackedBatch, sent: np.ndarray) -> bytes:
-    """``assemble_partition_request`` from a batch: ``header`` is the request's serialised
+    """A serialised ``PartitionRequest`` from a batch: ``header`` is the request's serialised
     ``request_id``, ``num_candidates`` and ``models`` fields, ``sent`` the positions (intp,
-    ascending or not) of the tensors the pack holds, in pack order. Byte-identical; the
-    table is built by numpy, the payloads are copied once (by the join)."""
+    ascending or not) of the tensors the pack holds, in pack order. The
+    table is built by numpy, the payloads are copied once (by the join). ``data`` comes
+    first (protobuf accepts fields in any order): the leaf then finds the payload without
+    scanning the names, and keeps it where gRPC received it."""
     count = len(sent)
     if not count:
         return b"".join([header, _FEATURES_TAG, _varint(0)])
@@ -356,8 +293,9 @@ def assemble_partition_batch(header: bytes, batch: PackedBatch, sent: np.ndarray
 
 def encode_pack(arrays: dict[str, np.ndarray], compression: Compression | str = Compression.LZ4) -> leaf_pb2.TensorPack:
     """A ``TensorPack`` message holding ``arrays`` (tests and direct clients)."""
-    packer = TensorPacker(compression)
-    return leaf_pb2.TensorPack.FromString(b"".join(pack_field([packer.pack(n, a) for n, a in arrays.items()])))
+    batch = TensorPacker(compression).pack_many(list(arrays), list(arrays.values()))
+    request = assemble_partition_batch(b"", batch, np.arange(len(arrays)))
+    return leaf_pb2.PartitionRequest.FromString(request).features
 
 
 # ---- leaf side: read the table, decode each entry once ------------------------------------

@@ -94,9 +94,8 @@ def test_root_assembled_bytes_parse_and_score(tmp_path: Path) -> None:
     module = export_demo(tmp_path, "m", "1")
     n = 5
     arrays = features(n, seed=3)
-    packer = TensorPacker("lz4")
-    tensors = [packer.pack(name, a) for name, a in arrays.items()]
-    payload = assemble_partition_request("a", n, [PartitionModelRef("m", "1", tuple(range(len(tensors))))], tensors)
+    batch = TensorPacker("lz4").pack_many(list(arrays), list(arrays.values()))
+    payload = assemble_partition_request("a", n, [PartitionModelRef("m", "1", tuple(range(len(arrays))))], batch)
 
     async def body() -> None:
         async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0)) as leaf:

@@ -91,9 +91,8 @@ def test_leaf_keeps_root_assembled_payloads_in_the_received_bytes() -> None:
     from leaf.partition import deserialize_partition
     from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
 
-    packer = TensorPacker("lz4")
-    tensors = [packer.pack(name, array) for name, array in ARRAYS.items()]
-    payload = assemble_partition_request("r", 3, [PartitionModelRef("m", "2", (0, 3))], tensors)
+    batch = TensorPacker("lz4").pack_many(list(ARRAYS), list(ARRAYS.values()))
+    payload = assemble_partition_request("r", 3, [PartitionModelRef("m", "2", (0, 3))], batch)
     wire = deserialize_partition(payload)
     assert not wire.error and isinstance(wire.data, memoryview) and wire.data.obj is payload
     assert wire.message.models[0].version == "2" and list(wire.message.models[0].features) == [0, 3]
@@ -201,21 +200,26 @@ BATCH_ARRAYS = {
 
 @pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
 @pytest.mark.parametrize("sent", [None, (3,), (9, 0, 2), (10, 11, 12, 1), ()])
-def test_batch_assembly_is_byte_identical_to_per_tensor(compression: str, sent: tuple[int, ...] | None) -> None:
-    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_batch, assemble_partition_request
+def test_batch_assembly_carries_exactly_the_sent_tensors(compression: str, sent: tuple[int, ...] | None) -> None:
+    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
 
     names = list(BATCH_ARRAYS)
     positions = tuple(range(len(names))) if sent is None else sent
     packer = TensorPacker(compression)
-    for _ in range(2):  # the second batch reuses the kept headers and schema
-        batch = packer.pack_many(names, list(BATCH_ARRAYS.values()))
-        models = [PartitionModelRef("m", "1", tuple(range(len(positions))))]
-        tensors = [TensorPacker(compression).pack(names[i], BATCH_ARRAYS[names[i]]) for i in positions]
-        expected = assemble_partition_request("r", 3, models, tensors)
-        header = leaf_pb2.PartitionRequest(request_id="r", num_candidates=3, models=[
-            leaf_pb2.PartitionModel(name="m", version="1", features=models[0].features)]).SerializeToString()
-        got = assemble_partition_batch(header, batch, np.array(positions, dtype=np.intp))
-        assert got == expected
+    models = [PartitionModelRef("m", "1", tuple(range(len(positions))))]
+    first = assemble_partition_request("r", 3, models, packer.pack_many(names, list(BATCH_ARRAYS.values())), sent)
+    # the second batch reuses the kept headers and schema: the same bytes
+    batch = packer.pack_many(names, list(BATCH_ARRAYS.values()))
+    got = assemble_partition_request("r", 3, models, batch, sent)
+    assert got == first
+    fresh = TensorPacker(compression).pack_many(names, list(BATCH_ARRAYS.values()))
+    assert assemble_partition_request("r", 3, models, fresh, sent) == got
+    message = leaf_pb2.PartitionRequest.FromString(got)
+    assert (message.request_id, message.num_candidates) == ("r", 3)
+    assert [(m.name, m.version, list(m.features)) for m in message.models] == [("m", "1", list(range(len(positions))))]
+    assert list(message.features.names) == [names[i] for i in positions]
+    # protobuf writes the same message with its fields in number order; both parse alike
+    assert leaf_pb2.PartitionRequest.FromString(message.SerializeToString()) == message
     assert batch.raw_size == sum(a.nbytes for a in BATCH_ARRAYS.values())
     message = leaf_pb2.PartitionRequest.FromString(got)
     for entry in read_pack(message.features, DecodeLimits()):
