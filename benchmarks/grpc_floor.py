@@ -2,7 +2,9 @@
 at once.
 
 ``Leaf/Score`` and ``Leaf/ScorePartition`` get the request as bytes (no parsing) and reply
-with an empty message, on the server the leaf uses (``transport.builder.build_server``: its
+with an empty message, and so does each message of ``rootleaf.bench.Floor/Stream``, a
+bidirectional stream that is the cheapest way Python gRPC moves a request and its answer
+(no call set-up per request); on the server the leaf uses (``transport.builder.build_server``: its
 options, health and reflection) and its process set-up (``run_until_signalled``: allocator
 tuning, ``gc.freeze``). What such a server's process spends per request is what gRPC costs
 to receive the request and answer, whatever the leaf does: the leaf benchmark measures it
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import AsyncIterator
 
 import grpc
 
@@ -27,16 +30,26 @@ from transport.tls import TlsConfig
 
 SERVICE_NAME = leaf_pb2.DESCRIPTOR.services_by_name["Leaf"].full_name
 METHODS = ("Score", "ScorePartition")
+STREAM_SERVICE = "rootleaf.bench.Floor"
+STREAM_METHOD = f"/{STREAM_SERVICE}/Stream"
 
 
 async def _answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b""
 
 
+async def _answer_each(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async for _ in requests:
+        yield b""
+
+
 def create_server() -> tuple[grpc.aio.Server, int]:
     built = build_server(listen="127.0.0.1:0", tls=TlsConfig(), services=(SERVICE_NAME,))
     built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE_NAME, {method: grpc.unary_unary_rpc_method_handler(_answer) for method in METHODS},
+    ),))
+    built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        STREAM_SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(_answer_each)},
     ),))
     return built.server, built.port
 

@@ -13,7 +13,11 @@ inference thread's CPU.
 The gRPC floor: per case, rpc and concurrency, the same payload and client drive a server
 built like the leaf whose handlers answer at once (``benchmarks.grpc_floor``); its process
 CPU per request is what gRPC alone costs, and the share of leaf CPU outside the forward and
-above that floor is the leaf's own.
+above that floor is the leaf's own. The same server also answers each message of a
+bidirectional stream at once (the same payload, one stream per client worker): the cheapest
+way Python gRPC moves a request. ``floor share`` and ``stream share`` are the share of CPU
+outside the forward that a leaf would have if it cost nothing but that floor besides this
+forward: no leaf, however lean, gets below them on this stack and model.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 import grpc
 import numpy as np
@@ -40,6 +45,7 @@ from protos.rootleaf.v1 import leaf_pb2
 from transport.server import GRPC_OPTIONS
 from harness.processes import free_port
 from benchmarks.cluster_metrics import cpu_seconds
+from benchmarks.grpc_floor import STREAM_METHOD
 from deploy.metrics_scrape import scrape
 
 MODEL = "bench_demo"
@@ -67,6 +73,22 @@ class LeafResult:
     """CPU per request of the gRPC floor server (same payload, client and concurrency)."""
     outside_above_floor: float = float("nan")
     """Fraction of the leaf's CPU outside the forward and above the gRPC floor (the leaf's own)."""
+    stream_floor_cpu_ms: float = float("nan")
+    """CPU per message of the floor server answering on a bidirectional stream (same payload)."""
+
+    @property
+    def forward_ms(self) -> float:
+        return self.forward_cpu_s * 1000 / self.requests if self.requests else float("nan")
+
+    @property
+    def floor_share(self) -> float:
+        """Share outside the forward of a leaf costing only the unary floor besides this forward."""
+        return self.floor_cpu_ms / (self.floor_cpu_ms + self.forward_ms)
+
+    @property
+    def stream_floor_share(self) -> float:
+        """The same with the stream floor: the least any leaf on Python gRPC spends outside."""
+        return self.stream_floor_cpu_ms / (self.stream_floor_cpu_ms + self.forward_ms)
 
 
 def workload(inputs: int, seed: int) -> dict[str, tuple[int, bool, str]]:
@@ -170,25 +192,63 @@ class LeafProcess(ServerProcess):
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
+@dataclass(frozen=True, slots=True)
+class FloorCost:
+    """CPU seconds per request of the gRPC floor server: unary call, stream message."""
+
+    unary_s: float
+    stream_s: float
+
+
 def measure_floor(
     workdir: Path, payloads: dict[str, bytes], concurrencies: list[int], duration: float
-) -> dict[tuple[str, int], float]:
-    """CPU seconds per request of the gRPC floor server, per (rpc, concurrency)."""
+) -> dict[tuple[str, int], FloorCost]:
+    """CPU per request of the gRPC floor server, per (rpc, concurrency)."""
     server = ServerProcess("benchmarks.grpc_floor", [], workdir)
-    out: dict[tuple[str, int], float] = {}
+    out: dict[tuple[str, int], FloorCost] = {}
+
+    def per_request(driver: Callable[[float], Coroutine[Any, Any, tuple[list[float], int]]], what: str) -> float:
+        asyncio.run(driver(min(duration, 0.5)))  # warm-up
+        before = cpu_seconds(server.proc.pid)
+        latencies, errors = asyncio.run(driver(duration))
+        cpu = cpu_seconds(server.proc.pid) - before
+        if errors or not latencies:
+            raise RuntimeError(f"gRPC floor server failed {errors} {what}")
+        return cpu / len(latencies)
+
     try:
         for rpc, payload in payloads.items():
-            for concurrency in concurrencies:
-                asyncio.run(drive(server.port, payload, concurrency, min(duration, 0.5), rpc))  # warm-up
-                before = cpu_seconds(server.proc.pid)
-                latencies, errors = asyncio.run(drive(server.port, payload, concurrency, duration, rpc))
-                cpu = cpu_seconds(server.proc.pid) - before
-                if errors or not latencies:
-                    raise RuntimeError(f"gRPC floor server failed {errors} {rpc} calls")
-                out[rpc, concurrency] = cpu / len(latencies)
+            for c in concurrencies:
+                out[rpc, c] = FloorCost(
+                    per_request(lambda d: drive(server.port, payload, c, d, rpc), f"{rpc} calls"),
+                    per_request(lambda d: drive_stream(server.port, payload, c, d), "stream messages"),
+                )
     finally:
         server.stop()
     return out
+
+
+async def drive_stream(port: int, payload: bytes, concurrency: int, duration: float) -> tuple[list[float], int]:
+    """``concurrency`` bidirectional streams to the floor server, each sending ``payload`` and
+    awaiting its answer in turn until ``duration`` is over."""
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS) as channel:
+        open_stream = channel.stream_stream(STREAM_METHOD)
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            call = open_stream(wait_for_ready=True, timeout=duration + 30)
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                await call.write(payload)
+                await call.read()
+                latencies.append(time.perf_counter() - started)
+            await call.done_writing()
+            if await call.code() != grpc.StatusCode.OK:
+                raise RuntimeError(f"gRPC floor stream ended {await call.code()}: {await call.details()}")
+
+        await asyncio.gather(*(asyncio.create_task(worker(), name=f"stream-{i}") for i in range(concurrency)))
+    return latencies, 0
 
 
 async def drive(
@@ -221,7 +281,7 @@ async def drive(
 
 def run_mode(
     repo: Path, workdir: Path, case: str, label: str, flags: list[str], payloads: dict[str, bytes], n: int,
-    concurrencies: list[int], duration: float, floors: dict[tuple[str, int], float],
+    concurrencies: list[int], duration: float, floors: dict[tuple[str, int], FloorCost],
 ) -> list[LeafResult]:
     """One leaf process per (case, batching mode); each rpc and concurrency measured on it."""
     leaf = LeafProcess(repo, workdir, flags)
@@ -238,7 +298,8 @@ def run_mode(
                 forward = after["forward_cpu"] - before["forward_cpu"]
                 forwards = after["batch_count"] - before["batch_count"]
                 lat = np.asarray(latencies) * 1000
-                floor = floors.get((rpc, concurrency), float("nan")) * len(latencies)
+                cost = floors.get((rpc, concurrency), FloorCost(float("nan"), float("nan")))
+                floor = cost.unary_s * len(latencies)
                 results.append(LeafResult(
                     case=case, rpc=rpc, batching=label, concurrency=concurrency, requests=len(latencies),
                     errors=errors, requests_per_s=len(latencies) / elapsed,
@@ -249,6 +310,7 @@ def run_mode(
                     leaf_cpu_s=cpu, forward_cpu_s=forward, outside_forward=1 - forward / cpu if cpu else float("nan"),
                     floor_cpu_ms=floor * 1000 / len(latencies) if latencies else float("nan"),
                     outside_above_floor=(cpu - forward - floor) / cpu if cpu else float("nan"),
+                    stream_floor_cpu_ms=cost.stream_s * 1000,
                 ))
     finally:
         leaf.stop()
@@ -258,7 +320,7 @@ def run_mode(
 def print_table(results: list[LeafResult]) -> None:
     header = (f"{'case':<7}{'rpc':<10}{'batching':<9}{'conc':>5}{'req/s':>9}{'cand/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'req/fwd':>8}{'cpu ms/req':>11}{'fwd ms/req':>11}{'outside fwd':>12}{'grpc ms/req':>12}"
-              f"{'above grpc':>11}{'err':>5}")
+              f"{'above grpc':>11}{'floor share':>12}{'stream ms':>10}{'stream share':>13}{'err':>5}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -266,10 +328,13 @@ def print_table(results: list[LeafResult]) -> None:
         print(f"{r.case:<7}{r.rpc:<10}{r.batching:<9}{r.concurrency:>5}{r.requests_per_s:>9.1f}{r.candidates_per_s:>10.0f}"
               f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch_requests:>8.2f}{r.leaf_cpu_s * per:>11.2f}"
               f"{r.forward_cpu_s * per:>11.2f}{r.outside_forward:>11.1%}{r.floor_cpu_ms:>12.2f}"
-              f"{r.outside_above_floor:>11.1%}{r.errors:>5}")
+              f"{r.outside_above_floor:>11.1%}{r.floor_share:>12.1%}{r.stream_floor_cpu_ms:>10.2f}"
+              f"{r.stream_floor_share:>13.1%}{r.errors:>5}")
     print("outside fwd: share of leaf CPU outside the forward; grpc ms/req: CPU per request of a server built like"
           " the leaf that answers at once (gRPC's floor, same payload and client); above grpc: the share of leaf"
-          " CPU outside the forward left after subtracting that floor")
+          " CPU outside the forward left after subtracting that floor; floor share: the share outside the forward"
+          " of a leaf that cost only that floor besides this forward; stream ms/req and stream share: the same"
+          " for one message each way on an open bidirectional stream, the least Python gRPC costs per request")
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +403,9 @@ def main(argv: list[str]) -> int:
                                     args.duration, floors)
     print_table(results)
     if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+        args.json.write_text(json.dumps([
+            asdict(r) | {"floor_share": r.floor_share, "stream_floor_share": r.stream_floor_share} for r in results
+        ], indent=1))
     return 0 if all(r.errors == 0 for r in results) else 1
 
 

@@ -1,4 +1,5 @@
-"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1], a\ngRPC floor measured for each."""
+"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1], a
+gRPC floor (unary call and stream message) measured for each."""
 
 from __future__ import annotations
 
@@ -27,3 +28,5 @@ def test_tiny_leaf_bench_runs_both_cases_and_rpcs(tmp_path: Path) -> None:
         assert r["errors"] == 0 and r["requests"] > 0
         assert r["forward_cpu_s"] > 0 and 0.0 <= r["outside_forward"] <= 1.0
         assert r["floor_cpu_ms"] > 0 and r["outside_above_floor"] <= r["outside_forward"]
+        assert r["stream_floor_cpu_ms"] > 0
+        assert 0.0 < r["floor_share"] < 1.0 and 0.0 < r["stream_floor_share"] < 1.0
