@@ -116,10 +116,6 @@ def wire_dtype(array_dtype: np.dtype) -> int:
         raise ValueError(f"unsupported numpy dtype {array_dtype}") from None
 
 
-_RAW = int(Encoding.RAW)
-_LZ4 = int(Encoding.LZ4)
-
-
 @dataclass(frozen=True, slots=True)
 class Payload:
     """A tensor's encoded payload before it is put in a message (see ``wire.frames``)."""
