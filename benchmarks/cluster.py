@@ -44,7 +44,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from harness.load import LoadClient, PhaseResult, Progress, RequestPool
-from benchmarks.cluster_metrics import Snapshot, snapshot
+from benchmarks.cluster_metrics import Snapshot, idle_cpu_cores, snapshot
 from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
 from benchmarks.cluster_rounds import aggregate, round_orders
 from benchmarks.floors import Floors, compute_floors
@@ -118,6 +118,9 @@ class BenchOptions:
     """Open-loop phase length (seconds); requests = max(open_min_requests, rate x open_s)."""
     open_min_requests: int = 40
     """Fewest open-loop requests per mode (so p99 is not just the maximum of a handful)."""
+    idle_s: float = 4.0
+    """Idle phase after the open loop: the root's CPU with no load (its health and version
+    rounds), subtracted from the open loop's CPU in the ``_net`` figures."""
     pool_size: int = 32
     """Distinct requests cycled by every phase (the bytes phase sends each once)."""
     probe_requests: int = 4
@@ -133,7 +136,7 @@ class BenchOptions:
         for name in ("rounds", "concurrency", "closed_max_requests", "pool_size", "probe_requests", "open_min_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("closed_s", "open_s", "timeout_s"):
+        for name in ("closed_s", "open_s", "timeout_s", "idle_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.rate is not None and not self.rate > 0:
@@ -231,12 +234,18 @@ class ClusterBench:
         # 4. open loop at the fixed rate: latency and CPU per request
         count = max(opts.open_min_requests, int(round(self.rate * opts.open_s)))
         before_open = self._snapshot()
+        open_started = time.monotonic()
         bar = self._progress(mode, f"open loop {self.rate:g}/s")
         opened: PhaseResult = _run(lambda c: c.open_loop(self.pool, self.rate or 1.0, count, progress=bar),
                                    target, opts.timeout_s)
         bar.done(f"{opened.sent} requests, p50 {opened.percentile(50):.1f} ms, p99 {opened.percentile(99):.1f} ms")
         cpu = self._snapshot().minus(before_open)
+        open_wall_s = time.monotonic() - open_started
         handled = max(cpu.root_requests, 1.0)
+
+        # 5. idle: the root's background CPU rate, read from /proc alone (no scrape)
+        idle_cores = idle_cpu_cores(root.pid, opts.idle_s)
+        net_root_cpu_s = max(0.0, cpu.root_cpu_s - idle_cores * open_wall_s)
         load_s = max(closed.elapsed_s + opened.elapsed_s, 1e-9)
         cells = self.assets.workload.info.candidates_per_request * len(self.pool.models)
         floors = self.floors
@@ -266,6 +275,10 @@ class ClusterBench:
             "root_cpu_ms_per_request": 1e3 * cpu.root_cpu_s / handled,
             "leaf_cpu_ms_per_request": 1e3 * cpu.leaf_cpu_s / handled,
             "root_cpu_us_per_candidate_model": 1e6 * cpu.root_cpu_s / handled / cells,
+            # The same less what the root spends with no load at all over the phase's length:
+            # at a low rate its background work is a large share of the CPU per request.
+            "root_cpu_ms_per_request_net": 1e3 * net_root_cpu_s / handled,
+            "root_idle_cpu_ms_per_s": 1e3 * idle_cores,
             # At max throughput the root's fixed background work (health and version rounds,
             # metrics) is spread over many more requests than at the open-loop rate.
             "root_cpu_ms_per_request_closed": 1e3 * busy_closed.root_cpu_s / max(busy_closed.root_requests, 1.0),
@@ -483,6 +496,8 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--rate", type=float, default=None, help="open-loop req/s (default: a fraction of the first mode's max)")
     p.add_argument("--rate-fraction", type=float, default=defaults.rate_fraction)
     p.add_argument("--open-s", type=float, default=defaults.open_s)
+    p.add_argument("--idle-s", type=float, default=defaults.idle_s,
+                   help="idle phase per mode measuring the root's background CPU (default %(default)s)")
     p.add_argument("--open-min-requests", type=int, default=defaults.open_min_requests)
     p.add_argument("--pool-size", type=int, default=defaults.pool_size)
     p.add_argument("--probe-requests", type=int, default=defaults.probe_requests)
@@ -509,7 +524,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         concurrency=args.concurrency, closed_s=args.closed_s, closed_max_requests=args.closed_max_requests,
-        rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s,
+        rate=args.rate, rate_fraction=args.rate_fraction, open_s=args.open_s, idle_s=args.idle_s,
         open_min_requests=args.open_min_requests, pool_size=args.pool_size,
         probe_requests=args.probe_requests, timeout_s=args.timeout_s, progress=not args.no_progress,
         rounds=args.rounds,

@@ -9,6 +9,7 @@ between load phases (never inside a timed phase).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -54,6 +55,14 @@ def tree_cpu_seconds(pid: int) -> float:
             except OSError:
                 pass  # exited between the listing and the read
     return seconds
+
+
+def idle_cpu_cores(pid: int, seconds: float) -> float:
+    """Cores ``pid`` and its descendants use over ``seconds`` of waiting (no scrape, no
+    load): a server's background rate, to subtract from a loaded phase of known length."""
+    before, started = tree_cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return max(0.0, tree_cpu_seconds(pid) - before) / (time.monotonic() - started)
 
 
 @dataclass(frozen=True, slots=True)

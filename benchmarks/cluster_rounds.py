@@ -20,6 +20,8 @@ SPREAD_FIGURES: tuple[str, ...] = (
     "leaf_cpu_ms_per_request",
     "root_cpu_us_per_candidate_model",
     "root_cpu_ms_per_request_closed",
+    "root_cpu_ms_per_request_net",
+    "root_idle_cpu_ms_per_s",
     "p50_ms",
     "p99_ms",
     "max_rps",

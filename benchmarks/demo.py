@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = BenchOptions(closed_s=args.seconds, open_s=args.seconds, rate=args.rate, pool_size=16,
                            probe_requests=2, closed_max_requests=1000, open_min_requests=30,
-                           rounds=args.rounds)
+                           rounds=args.rounds, idle_s=min(2.0, args.seconds))
     print(f"rootleaf demo: workload {args.workload}, work dir {args.dir} (assets are generated once and cached)",
           file=sys.stderr)
     started = time.perf_counter()

@@ -16,7 +16,7 @@ def test_ci_bench_json_invariants(tmp_path: Path) -> None:
     code = main([
         "--workload", "ci", "--dir", str(tmp_path / "work"), "--json", str(out), "--chart", str(tmp_path / "c.png"),
         "--closed-s", "0.5", "--open-s", "0.5", "--rate", "20", "--pool-size", "6", "--probe-requests", "2",
-        "--concurrency", "4", "--open-min-requests", "10", "--rounds", "2", "--no-progress",
+        "--concurrency", "4", "--open-min-requests", "10", "--rounds", "2", "--idle-s", "0.3", "--no-progress",
     ])
     doc = json.loads(out.read_text())
     assert code == 0
@@ -30,6 +30,7 @@ def test_ci_bench_json_invariants(tmp_path: Path) -> None:
         "root_cpu_ms_per_request", "leaf_cpu_ms_per_request", "offered_rps", "p50_ms", "p99_ms", "max_rps",
         "errors", "scores_match_baseline", "partition_floor_bytes_per_request", "wire_over_partition_floor",
         "root_cpu_us_per_candidate_model", "outside_cpu_cores", "leaf_ingress_mb_s", "root_egress_mb_s",
+        "root_cpu_ms_per_request_net", "root_idle_cpu_ms_per_s",
     }
     by_mode = {(m["trim"], m["lz4"], m["dedup"]): m for m in modes if not m["part"]}
     for m in modes:
@@ -41,6 +42,9 @@ def test_ci_bench_json_invariants(tmp_path: Path) -> None:
         assert m["partition_floor_bytes_per_request"] <= m["wire_bytes_per_request"]
         assert m["runs"] == 2 and len(m["rounds"]) == 2 and m["spread"]["p99_ms"] >= 0
         assert m["outside_cpu_cores"] >= 0 and m["root_cpu_us_per_candidate_model"] > 0
+        assert m["root_idle_cpu_ms_per_s"] >= 0
+        # per round the net figure is the gross one less a non-negative idle share
+        assert all(0 <= r["root_cpu_ms_per_request_net"] <= r["root_cpu_ms_per_request"] for r in m["rounds"])
         # what the root counted as sent is what the leaves counted as received
         assert m["leaf_received_bytes_per_request"] == pytest.approx(m["wire_bytes_per_request"], rel=1e-9)
         assert sum(m["wire_bytes_per_partition"].values()) == pytest.approx(m["wire_bytes_per_request"])
