@@ -120,13 +120,24 @@ def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> d
 
 def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
     """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
-    if rpc == "partition":  # as a root assembles it
-        batch = TensorPacker("lz4").pack_many(list(arrays), list(arrays.values()))
-        model = PartitionModelRef(MODEL, "1", tuple(range(len(arrays))))
+    if rpc == "partition":  # as a root assembles it, in its order (root_pack_order)
+        order = root_pack_order(arrays)
+        batch = TensorPacker("lz4").pack_many(order, [arrays[name] for name in order])
+        position = {name: i for i, name in enumerate(order)}
+        model = PartitionModelRef(MODEL, "1", tuple(position[name] for name in arrays))
         return assemble_partition_request("bench", n, [model], batch)
     single = leaf_pb2.LeafRequest(request_id="bench", model=MODEL, version="1", num_candidates=n)
     single.features.extend(codec.encode(name, array) for name, array in arrays.items())
     return single.SerializeToString()
+
+
+def root_pack_order(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The order a root packs features in: request-level ones (leading dim 1) first, each
+    part grouped by dtype and shape as its feature cache returns them (first seen first)."""
+    groups: dict[tuple[bool, str, tuple[int, ...]], list[str]] = {}
+    for name, array in arrays.items():
+        groups.setdefault((array.shape[0] != 1, array.dtype.str, array.shape[1:]), []).append(name)
+    return [name for key in sorted(groups, key=lambda k: k[0]) for name in groups[key]]
 
 
 METHODS = {"score": "/rootleaf.v1.Leaf/Score", "partition": "/rootleaf.v1.Leaf/ScorePartition"}

@@ -5,10 +5,13 @@ block, bfloat16 is reinterpreted from its 16-bit words and a request-level ``[1,
 entry is broadcast to N rows (``converter.to_input``). Consecutive entries of one dtype and
 per-candidate shape that lie back to back in the data (the root packs them so) are viewed
 as one ``[k, N, ...]`` array and split with one ``unbind``: a few calls instead of three
-per feature, for the many small features of a recommendation request. Where they turn out
-not to lie back to back (or are compressed) in a given request, each is viewed on its own.
-The plan (which entries form such runs) depends only on the pack layout, the entries used
-and N, and is kept per (layout, entries, N). Owned by the leaf's event loop.
+per feature, for the many small features of a recommendation request; request-level
+``[1, ...]`` entries likewise, each then broadcast. Runs follow pack order, not the model's
+input order (inputs are returned by entry index): a root packs its features grouped by
+dtype and shape, while a model's signature may interleave them. Where they turn out not to
+lie back to back (or are compressed) in a given request, each is viewed on its own. The
+plan (which entries form such runs) depends only on the pack layout, the entries used and
+N, and is kept per (layout, entries, N). Owned by the leaf's event loop.
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ class _Run:
     storage: np.dtype
     bfloat16: bool
     spacing: int
+    broadcast: tuple[int, ...] | None
+    """Request-level entries (``[1, ...]``): the ``[N, ...]`` shape each is expanded to."""
 
 
 _Plan = tuple["int | _Run", ...]
 
 
 def _plan(layout: PackLayout, used: Sequence[int], num_candidates: int) -> _Plan:
-    """``used`` in order, consecutive entries that may form runs grouped."""
+    """``used`` in pack order, consecutive entries that may form runs grouped."""
     shapes, dtypes, sizes = layout.shapes, layout.dtypes, layout.sizes
     steps: list[int | _Run] = []
     group: list[int] = []
@@ -55,17 +60,21 @@ def _plan(layout: PackLayout, used: Sequence[int], num_candidates: int) -> _Plan
     def close() -> None:
         if len(group) > 1:
             first = group[0]
+            shape = shapes[first]
             steps.append(_Run(
-                tuple(group), first, (len(group), *shapes[first]), _STORAGE[dtypes[first]],
+                tuple(group), first, (len(group), *shape), _STORAGE[dtypes[first]],
                 dtypes[first] == _BFLOAT16, sizes[first],
+                (num_candidates, *shape[1:]) if shape[0] != num_candidates else None,
             ))
         else:
             steps.extend(group)
         group.clear()
 
-    for index in used:
+    for index in sorted(used):
         shape = shapes[index]
-        runnable = bool(shape) and shape[0] == num_candidates and sizes[index] and not sizes[index] % ALIGN
+        runnable = (
+            bool(shape) and shape[0] in (num_candidates, 1) and bool(sizes[index]) and not sizes[index] % ALIGN
+        )
         if group and not (
             runnable and index == group[-1] + 1 and shape == shapes[group[-1]] and dtypes[index] == dtypes[group[-1]]
         ):
@@ -120,7 +129,10 @@ class InputBuilder:
                     block = from_numpy(ndarray(step.block_shape, step.storage, data, start))
                     if step.bfloat16:
                         block = block.view(torch.bfloat16)
-                    out.update(zip(step.indexes, block.unbind(0)))
+                    views = block.unbind(0)
+                    if step.broadcast is not None:
+                        views = tuple([view.expand(step.broadcast) for view in views])
+                    out.update(zip(step.indexes, views))
                     continue
                 singles: Sequence[int] = step.indexes
             else:

@@ -1,5 +1,6 @@
 """Model inputs from a pack: runs of same-shape entries viewed with one call agree with
-viewing each entry alone, whatever the encodings and placement of a given request."""
+viewing each entry alone, whatever the encodings and placement of a given request and
+whatever order the model takes its inputs in."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from wire.pack import RECORD, PackReader, PackTable, decode_entry, encode_pack
 
 N = 4
 ARRAYS = {
-    "user": np.arange(3, dtype=np.float32).reshape(1, 3),  # broadcast: never in a run
+    # request-level: a run of two, each broadcast to N rows
+    "user": np.arange(3, dtype=np.float32).reshape(1, 3),
+    "user2": np.arange(3, dtype=np.float32).reshape(1, 3) - 7.0,
     "a": np.arange(N, dtype=np.float32).reshape(N, 1) + 0.5,
     "b": np.arange(N, dtype=np.float32).reshape(N, 1) + 1.5,
     "c": np.zeros((N, 1), np.float32),  # compresses under lz4_always
@@ -51,24 +54,32 @@ def _decompressed(table: PackTable, data: bytes, used: list[int]) -> dict[int, n
 
 
 @pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
-@pytest.mark.parametrize("order", ["pack", "reversed", "some"])
+@pytest.mark.parametrize("order", ["pack", "reversed", "some", "interleaved"])
 def test_runs_agree_with_entries_viewed_alone(compression: str, order: str) -> None:
     pack = _pack(compression)
     table = PackReader(DecodeLimits()).read(pack)
     data = pack.data
     used = list(range(len(table)))
-    used = {"pack": used, "reversed": used[::-1], "some": [1, 2, 4, 0, 6, 7]}[order]
+    used = {
+        "pack": used, "reversed": used[::-1], "some": [2, 3, 5, 0, 7, 8],
+        # the model interleaves what the pack groups: runs still form in pack order
+        "interleaved": [2, 5, 0, 8, 3, 6, 1, 7, 4],
+    }[order]
     builder = InputBuilder()
     for _ in range(2):  # the second time from the kept plan
         built = builder.build(table, data, used, _decompressed(table, data, used), N)
         expected = _one_by_one(table, data, used)
-        assert list(built) == used
+        assert sorted(built) == sorted(used)
         for i in used:
             got, want = built[i], expected[i]
             assert isinstance(got, torch.Tensor)
             assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
-    user = built[0]
-    assert isinstance(user, torch.Tensor) and user.shape == (N, 3)  # broadcast
+    for name in ("user", "user2"):
+        index = table.layout.names.index(name)
+        if index in built:
+            user = built[index]
+            assert isinstance(user, torch.Tensor) and user.shape == (N, 3)  # broadcast
+            np.testing.assert_array_equal(user.numpy(), np.broadcast_to(ARRAYS[name], (N, 3)))
     words = built.get(table.layout.names.index("words"))
     if words is not None:
         assert isinstance(words, torch.Tensor) and words.dtype == torch.bfloat16
