@@ -129,10 +129,9 @@ class InputBuilder:
                     block = from_numpy(ndarray(step.block_shape, step.storage, data, start))
                     if step.bfloat16:
                         block = block.view(torch.bfloat16)
-                    views = block.unbind(0)
-                    if step.broadcast is not None:
-                        views = tuple([view.expand(step.broadcast) for view in views])
-                    out.update(zip(step.indexes, views))
+                    if step.broadcast is not None:  # [k, 1, ...] -> [k, N, ...], no copy
+                        block = block.expand(len(step.indexes), *step.broadcast)
+                    out.update(zip(step.indexes, block.unbind(0)))
                     continue
                 singles: Sequence[int] = step.indexes
             else:
