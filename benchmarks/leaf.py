@@ -17,7 +17,8 @@ above that floor is the leaf's own. The same server also answers each message of
 bidirectional stream at once (the same payload, one stream per client worker): the cheapest
 way Python gRPC moves a request. ``floor share`` and ``stream share`` are the share of CPU
 outside the forward that a leaf would have if it cost nothing but that floor besides this
-forward: no leaf, however lean, gets below them on this stack and model.
+forward: no leaf served by unary calls gets below the first, none on Python gRPC below the
+second.
 """
 
 from __future__ import annotations

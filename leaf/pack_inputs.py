@@ -3,7 +3,7 @@
 A RAW entry becomes a view of the received bytes, an LZ4 entry a view of its decompressed
 block, bfloat16 is reinterpreted from its 16-bit words and a request-level ``[1, ...]``
 entry is broadcast to N rows (``converter.to_input``). Consecutive entries of one dtype and
-per-candidate shape that lie back to back in the data (the root packs them so) are viewed
+shape that lie back to back in the data (the root packs them so) are viewed
 as one ``[k, N, ...]`` array and split with one ``unbind``: a few calls instead of three
 per feature, for the many small features of a recommendation request; request-level
 ``[1, ...]`` entries likewise, each then broadcast. Runs follow pack order, not the model's
