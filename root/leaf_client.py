@@ -260,7 +260,7 @@ class GrpcLeafClient:
 
     async def _timed(self, stubs: Sequence[Any], index: int, payload: bytes, timeout_s: float) -> Any:
         """One call through ``stubs[index]``, its latency observed (a call cut short by its
-        hedge or its deadline counts as the time it had taken)."""
+        hedge or its deadline counts longer: see ``root.hedging``)."""
         started = time.monotonic()
         ok = overtaken = False
         try:

@@ -71,3 +71,45 @@ def test_hedge_delay_follows_the_best_replica_not_the_slow_one() -> None:
         latency.observe(0, 0.012)
         latency.observe(1, 0.300)  # half the partition's answers are slow
     assert latency.hedge_delay_s() == 0.012
+
+
+def test_a_replica_that_refuses_calls_fast_does_not_become_the_fastest() -> None:
+    """A replica that is down fails its calls within a millisecond; counted as their time, it
+    would look fastest and take every call the moment it came back (slow or not)."""
+    latency = TargetLatency(2, seed=6)
+    for _ in range(10):
+        latency.observe(0, 0.040)
+        latency.observe(1, 0.040)
+    means = []
+    for _ in range(3):
+        latency.observe(1, 0.0005, ok=False)  # connection refused
+        means.append(latency.mean_s(1))
+    assert means == sorted(means) and means[0] > 0.040  # each failure raises its mean
+    picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
+    assert picks[1] <= 4  # only the exploring picks
+    for _ in range(30):
+        latency.observe(1, 0.030)  # back and fast: it wins back within a few calls
+    assert latency.mean_s(1) < latency.mean_s(0)  # type: ignore[operator]
+
+
+def test_a_failure_before_any_answer_counts_its_own_time_penalised() -> None:
+    latency = TargetLatency(1)
+    latency.observe(0, 0.5, ok=False)
+    assert latency.mean_s(0) == 2.0
+
+
+def test_no_exploring_pick_goes_out_once_the_hedge_budget_is_spent() -> None:
+    """An exploring call to a slow replica needs a hedge to be rescued: none without one."""
+    latency = TargetLatency(2, seed=7)
+    for _ in range(MIN_SAMPLES):
+        latency.observe(0, 0.020)
+        latency.observe(1, 2.000)
+    for _ in range(MIN_SAMPLES):
+        latency.record_call(hedged=True)  # every recent call hedged: the budget is spent
+    assert latency.hedge_delay_s() is None
+    picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
+    assert picks[1] == 0
+    for _ in range(10 * MIN_SAMPLES):
+        latency.record_call(hedged=False)  # budget back: exploring resumes
+    picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
+    assert 0 < picks[1] <= 4
