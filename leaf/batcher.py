@@ -5,8 +5,8 @@ inference thread per device ("leaf-infer-<device>") owns the forward: it takes t
 whose head is ready (enough candidates queued, or the head waited ``max_queue_delay``, or
 the device was busy while requests piled up), concatenates their inputs, has the version run
 them once (``LoadedVersion.run`` checks and splits the outputs per request) and resolves
-the futures on their loops, one wake-up per loop once the batch's Python work is done. A merged forward that fails is rerun request by request, so only
-the request at fault fails.
+the futures on their loops, one wake-up per loop once the batch's Python work is done. A
+merged forward that fails is rerun request by request, so only the request at fault fails.
 Requests whose deadline passed or whose caller went away are dropped before the forward.
 """
 

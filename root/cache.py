@@ -158,6 +158,7 @@ class _Slab:
         for group in self.groups.values():
             group.grow(extra)
         self.capacity = capacity
+
     def evict_lru(self, count: int) -> None:
         live = np.flatnonzero(self.slot_live)
         count = min(count, len(live))

@@ -342,11 +342,12 @@ class ScoreEngine:
             )
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded while fetching features") from None
+        sent_client = {name: array for name, array in client.items() if name in wanted}
         request_cols = dict(user_cols.columns)
-        request_cols.update((n, a) for n, a in client.items() if n in wanted)
+        request_cols.update(sent_client)
         candidate_cols = dict(item_cols.columns)
         n = len(request.candidate_ids)
-        client_bytes = sum(a.nbytes for n_, a in client.items() if n_ in wanted) if client else 0
+        client_bytes = sum(array.nbytes for array in sent_client.values())
         raw_bytes = plan.candidate_row_bytes * n + (plan.request_bytes + client_bytes) * (
             1 if self.config.dedup_request_features else n
         )

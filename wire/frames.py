@@ -23,43 +23,22 @@ from wire.codec import (
     wire_dtype,
 )
 from protos.rootleaf.v1 import leaf_pb2, tensor_pb2
+from wire.protowire import WIRE_TYPE_LEN, WIRE_TYPE_VARINT, frame_field, tag, varint
 
-_WIRE_TYPE_VARINT = 0
-_WIRE_TYPE_LEN = 2
 LEAF_REQUEST_FEATURES_FIELD = leaf_pb2.LeafRequest.DESCRIPTOR.fields_by_name["features"].number
-_SINGLE_BYTE = tuple(bytes((i,)) for i in range(0x80))
 
 
 def _tag(field: str, wire_type: int) -> bytes:
-    return bytes(((tensor_pb2.Tensor.DESCRIPTOR.fields_by_name[field].number << 3) | wire_type,))
+    return tag(tensor_pb2.Tensor.DESCRIPTOR.fields_by_name[field].number, wire_type)
 
 
 # Tags of the Tensor fields, in field-number order (the order protobuf serialises them in).
-_TAG_NAME = _tag("name", _WIRE_TYPE_LEN)
-_TAG_DTYPE = _tag("dtype", _WIRE_TYPE_VARINT)
-_TAG_SHAPE = _tag("shape", _WIRE_TYPE_LEN)  # packed repeated int64
-_TAG_DATA = _tag("data", _WIRE_TYPE_LEN)
-_TAG_ENCODING = _tag("encoding", _WIRE_TYPE_VARINT)
-_TAG_RAW_SIZE = _tag("raw_size", _WIRE_TYPE_VARINT)
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SINGLE_BYTE[value]
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def frame_field(field_number: int, payload: bytes) -> bytes:
-    """One length-delimited field: tag, length, payload."""
-    return _varint((field_number << 3) | _WIRE_TYPE_LEN) + _varint(len(payload)) + payload
+_TAG_NAME = _tag("name", WIRE_TYPE_LEN)
+_TAG_DTYPE = _tag("dtype", WIRE_TYPE_VARINT)
+_TAG_SHAPE = _tag("shape", WIRE_TYPE_LEN)  # packed repeated int64
+_TAG_DATA = _tag("data", WIRE_TYPE_LEN)
+_TAG_ENCODING = _tag("encoding", WIRE_TYPE_VARINT)
+_TAG_RAW_SIZE = _tag("raw_size", WIRE_TYPE_VARINT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +90,20 @@ def encode_framed(
         raise CodecError(name, f"name is not valid UTF-8: {exc.reason}") from None
     parts: list[bytes | memoryview] = []
     if name_bytes:
-        parts += (_TAG_NAME, _varint(len(name_bytes)), name_bytes)
-    parts += (_TAG_DTYPE, _varint(payload.dtype))
+        parts += (_TAG_NAME, varint(len(name_bytes)), name_bytes)
+    parts += (_TAG_DTYPE, varint(payload.dtype))
     if array.ndim:
-        shape = b"".join([_varint(dim) for dim in array.shape])
-        parts += (_TAG_SHAPE, _varint(len(shape)), shape)
+        shape = b"".join([varint(dim) for dim in array.shape])
+        parts += (_TAG_SHAPE, varint(len(shape)), shape)
     data = payload.data
     if len(data):
-        parts += (_TAG_DATA, _varint(len(data)), data)
+        parts += (_TAG_DATA, varint(len(data)), data)
     if payload.encoding:
-        parts += (_TAG_ENCODING, _varint(payload.encoding))
+        parts += (_TAG_ENCODING, varint(payload.encoding))
     if payload.raw_size:
-        parts += (_TAG_RAW_SIZE, _varint(payload.raw_size))
+        parts += (_TAG_RAW_SIZE, varint(payload.raw_size))
     size = sum([len(part) for part in parts])
-    framed = b"".join([_varint((field_number << 3) | _WIRE_TYPE_LEN), _varint(size), *parts])
+    framed = b"".join([tag(field_number, WIRE_TYPE_LEN), varint(size), *parts])
     return EncodedTensor(name, framed, payload.raw_size, payload.encoding)
 
 
@@ -166,7 +145,7 @@ class TensorFramer:
         if max_headers < 1:
             raise ValueError(f"max_headers must be >= 1, got {max_headers}")
         self.compression = Compression(compression)
-        self._field_tag = _varint((field_number << 3) | _WIRE_TYPE_LEN)
+        self._field_tag = tag(field_number, WIRE_TYPE_LEN)
         self._field_number = field_number
         self._max_headers = max_headers
         self._headers: dict[tuple[str, np.dtype, tuple[int, ...]], _Header] = {}
@@ -188,12 +167,12 @@ class TensorFramer:
             name_bytes = name.encode("utf-8")
         except UnicodeEncodeError:
             return None
-        shape = b"".join([_varint(dim) for dim in array.shape])
-        name_field = (_TAG_NAME, _varint(len(name_bytes)), name_bytes) if name_bytes else ()
-        prefix = b"".join([*name_field, _TAG_DTYPE, _varint(dtype), _TAG_SHAPE, _varint(len(shape)), shape])
+        shape = b"".join([varint(dim) for dim in array.shape])
+        name_field = (_TAG_NAME, varint(len(name_bytes)), name_bytes) if name_bytes else ()
+        prefix = b"".join([*name_field, _TAG_DTYPE, varint(dtype), _TAG_SHAPE, varint(len(shape)), shape])
         raw_size = array.size * storage.itemsize
-        size_field = _TAG_RAW_SIZE + _varint(raw_size)
-        return _Header(prefix, raw_size, size_field, _TAG_ENCODING + _varint(_LZ4) + size_field)
+        size_field = _TAG_RAW_SIZE + varint(raw_size)
+        return _Header(prefix, raw_size, size_field, _TAG_ENCODING + varint(_LZ4) + size_field)
 
     def frame(self, name: str, array: np.ndarray) -> EncodedTensor:
         """``encode_framed(name, array, self.compression)``."""
@@ -213,10 +192,10 @@ class TensorFramer:
         # length is the header's size, not len().
         length = size if encoding == _RAW else len(data)
         tail = header.lz4_tail if encoding == _LZ4 else header.raw_tail
-        length_bytes = _varint(length)
+        length_bytes = varint(length)
         prefix = header.prefix
         body = len(prefix) + 1 + len(length_bytes) + length + len(tail)
-        framed = b"".join([self._field_tag, _varint(body), prefix, _TAG_DATA, length_bytes, data, tail])
+        framed = b"".join([self._field_tag, varint(body), prefix, _TAG_DATA, length_bytes, data, tail])
         return EncodedTensor(name, framed, size, encoding)
 
 

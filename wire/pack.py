@@ -33,7 +33,7 @@ from wire.codec import (
     pack as pack_payload,
     wire_dtype,
 )
-from wire.frames import _varint, frame_field
+from wire.protowire import WIRE_TYPE_LEN, frame_field, tag, varint
 
 RECORD = np.dtype(
     [("offset", "<u4"), ("length", "<u4"), ("dtype", "u1"), ("encoding", "u1"), ("rank", "u1"), ("reserved", "u1")]
@@ -53,10 +53,10 @@ _TABLE_FIELD = _PACK_FIELDS["table"].number
 _DIMS_FIELD = _PACK_FIELDS["dims"].number
 _DATA_FIELD = _PACK_FIELDS["data"].number
 _FEATURES_FIELD = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["features"].number
-_FEATURES_TAG = _varint((_FEATURES_FIELD << 3) | 2)
-_DATA_TAG = _varint((_DATA_FIELD << 3) | 2)
-_TABLE_TAG = _varint((_TABLE_FIELD << 3) | 2)
-_DIMS_TAG = _varint((_DIMS_FIELD << 3) | 2)
+_FEATURES_TAG = tag(_FEATURES_FIELD, WIRE_TYPE_LEN)
+_DATA_TAG = tag(_DATA_FIELD, WIRE_TYPE_LEN)
+_TABLE_TAG = tag(_TABLE_FIELD, WIRE_TYPE_LEN)
+_DIMS_TAG = tag(_DIMS_FIELD, WIRE_TYPE_LEN)
 # Batch tables kept per packer: one per distinct feature set in use (models x versions x
 # client features); cleared when full.
 _MAX_SCHEMAS = 256
@@ -169,8 +169,9 @@ class TensorPacker:
         )
 
     def pack_many(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> PackedBatch:
-        """``pack`` for a batch, column-wise: one header lookup, the LZ4 call and three
-        appends per tensor; the batch's tables are kept per sequence of headers."""
+        """Encode ``arrays`` (adaptive LZ4 per ``compression``) column-wise: one header
+        lookup, the LZ4 call and three appends per tensor; the batch's tables are kept per
+        sequence of headers."""
         lookup = self._lookup
         compression = self.compression
         headers: list[_Header] = []
@@ -249,7 +250,7 @@ def assemble_partition_batch(header: bytes, batch: PackedBatch, sent: np.ndarray
     scanning the names, and keeps it where gRPC received it."""
     count = len(sent)
     if not count:
-        return b"".join([header, _FEATURES_TAG, _varint(0)])
+        return b"".join([header, _FEATURES_TAG, varint(0)])
     schema = batch.schema
     lengths = batch.lengths[sent]
     aligned = (lengths + (ALIGN - 1)) & -ALIGN
@@ -276,19 +277,19 @@ def assemble_partition_batch(header: bytes, batch: PackedBatch, sent: np.ndarray
     parts: list[bytes | memoryview | np.ndarray] = []
     size = len(names)
     if data_size:
-        data_head = _DATA_TAG + _varint(data_size)
+        data_head = _DATA_TAG + varint(data_size)
         parts += (data_head, *data)
         size += len(data_head) + data_size
     parts.append(names)
-    table_field = _TABLE_TAG + _varint(len(table_bytes))
+    table_field = _TABLE_TAG + varint(len(table_bytes))
     parts += (table_field, table_bytes)
     size += len(table_field) + len(table_bytes)
     if dims:
-        dims_field = _DIMS_TAG + _varint(len(dims))
+        dims_field = _DIMS_TAG + varint(len(dims))
         parts += (dims_field, dims)
         size += len(dims_field) + len(dims)
     # numpy arrays are C-contiguous buffers here (the join reads them as bytes)
-    return b"".join(cast("list[bytes]", [header, _FEATURES_TAG, _varint(size), *parts]))
+    return b"".join(cast("list[bytes]", [header, _FEATURES_TAG, varint(size), *parts]))
 
 
 def encode_pack(arrays: dict[str, np.ndarray], compression: Compression | str = Compression.LZ4) -> leaf_pb2.TensorPack:

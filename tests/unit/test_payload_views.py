@@ -12,6 +12,7 @@ from leaf.servicer import deserialize_request
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
 from wire.codec import DecodeLimits
+from wire.protowire import frame_field
 
 N = 300
 BIG = np.random.default_rng(0).standard_normal((N, 1024), dtype=np.float32)  # 1.2 MB, RAW
@@ -55,7 +56,7 @@ def test_requests_not_worth_or_not_safe_to_split_are_parsed_whole() -> None:
     # A tensor with two data fields (the last wins) is left to the protobuf parser.
     raw = leaf_pb2.LeafRequest(num_candidates=N).SerializeToString()
     tensor_bytes = codec.encode("big", BIG).SerializeToString() + codec.Tensor(data=b"\0" * 16).SerializeToString()
-    two_data = raw + b"\x2a" + _varint(len(tensor_bytes)) + tensor_bytes
+    two_data = raw + frame_field(leaf_pb2.LeafRequest.DESCRIPTOR.fields_by_name["features"].number, tensor_bytes)
     assert leaf_pb2.LeafRequest.FromString(two_data).features[0].data == b"\0" * 16
     assert split_request(two_data) is None
     wire = deserialize_request(two_data)
@@ -67,13 +68,3 @@ def test_truncated_requests_are_malformed_as_before(cut: int) -> None:
     data = _request(*_tensors()).SerializeToString()[:-cut]
     assert split_request(data) is None
     assert deserialize_request(data).error.startswith("malformed LeafRequest")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
