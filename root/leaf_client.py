@@ -13,7 +13,10 @@ to any: the models it lacks come back FAILED_PRECONDITION in their own replies, 
 struck off the same way). With ``hedging`` (root config, on by default) the target is the
 faster of two by observed latency instead of round-robin, and a call (either kind) still
 unanswered after the partition's recent p95 is sent again to another target
-(``root.hedging``): a slow replica does not hold the partition's tail latency hostage.
+(``root.hedging``): a slow replica does not hold the partition's tail latency hostage. A
+hedge goes only to a target known to have every version the call names, and an answer that
+refuses a named version does not win over the other copy still running: during a rollout
+the replica that has the new version may be the slow one.
 It raises ``LeafCallError``. (An in-process variant for tests lives in ``tests/doubles.py``.)
 State is owned by the root's event loop.
 """
@@ -161,16 +164,18 @@ class GrpcLeafClient:
 
     def _pick(
         self, exclude: int | None = None, model: str = "", version: str = "",
-        models: Sequence[tuple[str, str]] = (),
+        models: Sequence[tuple[str, str]] = (), all_models: bool = False,
     ) -> int | None:
         """A target for the call, round-robin: a serving one that has ``version`` if any,
         else any that has it; None when no target has it. With ``models`` (a partition
-        call) targets that have every named version come first, else any target."""
+        call) targets that have every named version come first, else any target (none with
+        ``all_models``: a hedge to a target that lacks a version could only be refused)."""
         others = [i for i in range(len(self.targets)) if i != exclude]
         if version:
             others = [i for i in others if self._has(i, model, version)]
         if models:
-            others = [i for i in others if all(self._has(i, m, v) for m, v in models if v)] or others
+            having = [i for i in others if all(self._has(i, m, v) for m, v in models if v)]
+            others = having if having or all_models else others
         pool = [i for i in others if i in self._healthy] or others
         if not pool:
             return None
@@ -201,7 +206,7 @@ class GrpcLeafClient:
             response: leaf_pb2.LeafResponse
             response, index = await self._first_answer(
                 self._score, index, payload, deadline, lambda i: self._pick(exclude=i, model=model, version=version),
-                refused,
+                refused=refused,
             )
             return response
         except grpc.aio.AioRpcError as exc:
@@ -235,7 +240,9 @@ class GrpcLeafClient:
         try:
             response: leaf_pb2.PartitionResponse
             response, index = await self._first_answer(
-                self._score_partition, index, payload, deadline, lambda i: self._pick(exclude=i, models=models), None
+                self._score_partition, index, payload, deadline,
+                lambda i: self._pick(exclude=i, models=models, all_models=True),
+                refused_in=lambda response, i: self._strike_refusals(response, i, models),
             )
         except grpc.aio.AioRpcError as exc:
             error = _error_of(exc)
@@ -253,10 +260,20 @@ class GrpcLeafClient:
                 response = await self._timed(self._score_partition, index, payload, remaining)
             except grpc.aio.AioRpcError as retry_exc:
                 raise _error_of(retry_exc) from None
+        self._strike_refusals(response, index, models)
+        return response
+
+    def _strike_refusals(
+        self, response: leaf_pb2.PartitionResponse, index: int, models: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Strike off the named versions that target ``index`` refused in its replies
+        (FAILED_PRECONDITION); whether there were any."""
+        refusals = False
         for (model, version), reply in zip(models, response.models):
             if reply.error_code == _FAILED_PRECONDITION and version:
                 self._strike(index, model, version)
-        return response
+                refusals = True
+        return refusals
 
     async def _timed(self, stubs: Sequence[Any], index: int, payload: bytes, timeout_s: float) -> Any:
         """One call through ``stubs[index]``, its latency observed (a call cut short by its
@@ -281,12 +298,16 @@ class GrpcLeafClient:
         payload: bytes,
         deadline: float,
         pick_other: Callable[[int], int | None],
-        refused: Callable[[int], None] | None,
+        *,
+        refused: Callable[[int], None] | None = None,
+        refused_in: Callable[[Any, int], bool] | None = None,
     ) -> tuple[Any, int]:
         """The call to ``index``, hedged: still unanswered after the partition's hedge delay,
         a copy goes to ``pick_other(index)``; the first answer wins (returned with the target
         that gave it) and the other call is cancelled. A hedge refused FAILED_PRECONDITION is
-        reported to ``refused``. Raises the primary's ``AioRpcError`` when both fail."""
+        reported to ``refused``. An answer for which ``refused_in(answer, target)`` is true
+        (it refuses a version in its replies) wins only if the other copy fails too. Raises
+        the primary's ``AioRpcError`` when both fail."""
         remaining = deadline - time.monotonic()
         latency = self.latency
         delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
@@ -307,15 +328,20 @@ class GrpcLeafClient:
                 )
                 started[hedge] = other
             pending = set(started)
+            refusing: tuple[Any, int] | None = None
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     error = task.exception()
                     if error is None:
-                        return task.result(), started[task]
-                    if task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \
+                        if refused_in is None or not refused_in(task.result(), started[task]):
+                            return task.result(), started[task]
+                        refusing = refusing or (task.result(), started[task])
+                    elif task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \
                             and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                         refused(started[task])
+            if refusing is not None:
+                return refusing
             return primary.result(), index  # both failed: raises the primary's error
         finally:
             for task in started:
