@@ -28,9 +28,9 @@ class Replica:
 
     def __init__(self, repo: Path, delay_ms: float) -> None:
         self.seen: list[ObservedRequest] = []
-        self.leaf = Leaf(LeafConfig(repo, max_queue_delay_ms=0, recheck_interval_s=3600), self.seen.append, delay_ms=1e-3)
-        self.delay = next(i for i in self.leaf.interceptors if isinstance(i, DelayInterceptor))
-        self.delay.delay_s = delay_ms / 1000.0
+        self.leaf = Leaf(LeafConfig(repo, max_queue_delay_ms=0, recheck_interval_s=3600), self.seen.append)
+        self.delay = DelayInterceptor(delay_ms / 1000.0)
+        self.leaf.interceptors.append(self.delay)
 
     def asked(self, version: str) -> list[str]:
         """``version_served`` of each request naming ``version`` ("" = refused)."""
