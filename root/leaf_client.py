@@ -260,7 +260,7 @@ class GrpcLeafClient:
                 response = await self._timed(self._score_partition, index, payload, remaining)
             except grpc.aio.AioRpcError as retry_exc:
                 raise _error_of(retry_exc) from None
-        self._strike_refusals(response, index, models)
+            self._strike_refusals(response, index, models)
         return response
 
     def _strike_refusals(
@@ -305,16 +305,19 @@ class GrpcLeafClient:
         """The call to ``index``, hedged: still unanswered after the partition's hedge delay,
         a copy goes to ``pick_other(index)``; the first answer wins (returned with the target
         that gave it) and the other call is cancelled. A hedge refused FAILED_PRECONDITION is
-        reported to ``refused``. An answer for which ``refused_in(answer, target)`` is true
-        (it refuses a version in its replies) wins only if the other copy fails too. Raises
-        the primary's ``AioRpcError`` when both fail."""
+        reported to ``refused``. Every answer is shown to ``refused_in(answer, target)``; one
+        for which it is true (it refuses a version in its replies) wins only if the other
+        copy fails too. Raises the primary's ``AioRpcError`` when both fail."""
         remaining = deadline - time.monotonic()
         latency = self.latency
         delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
         if latency is None or delay is None or delay >= remaining:
             if latency is not None:
                 latency.record_call(hedged=False)
-            return await self._timed(stubs, index, payload, remaining), index
+            answer = await self._timed(stubs, index, payload, remaining)
+            if refused_in is not None:
+                refused_in(answer, index)
+            return answer, index
         primary = asyncio.create_task(self._timed(stubs, index, payload, remaining), name="root-leaf-call")
         started: dict[asyncio.Task[Any], int] = {primary: index}
         try:

@@ -222,27 +222,32 @@ class LocalRedisCluster:
     def node_id(self, node: RedisServer) -> str:
         return self.command(node, "CLUSTER", "MYID").strip()
 
-    def wait_healthy(self, timeout_s: float = CLUSTER_TIMEOUT_S) -> None:
-        """Every live node sees ``cluster_state:ok`` and knows every live node, every master has
-        its replicas in sync."""
+    def _wait_until(self, done: Callable[[], bool], failure: Callable[[], str], timeout_s: float = CLUSTER_TIMEOUT_S) -> None:
+        """Poll ``done`` until true, at most ``timeout_s``; a node that does not answer (yet)
+        counts as not done. Then raise ``RuntimeError(failure())``."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                live = self.live()
-                states_ok = all(
-                    "cluster_state:ok" in self.command(n, "CLUSTER", "INFO")
-                    and len(self._topology_of(n)) >= len(live) for n in live
-                )
-                synced = states_ok and all(
-                    self._replicas_in_sync(m) for m in self.masters()
-                )
-                if synced:
+                if done():
                     return
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"redis cluster not healthy after {timeout_s} s: {self.topology()}")
+                raise RuntimeError(failure())
             time.sleep(0.05)
+
+    def wait_healthy(self) -> None:
+        """Every live node sees ``cluster_state:ok`` and knows every live node, every master has
+        its replicas in sync."""
+
+        def healthy() -> bool:
+            live = self.live()
+            return all(
+                "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") and len(self._topology_of(n)) >= len(live)
+                for n in live
+            ) and all(self._replicas_in_sync(m) for m in self.masters())
+
+        self._wait_until(healthy, lambda: f"redis cluster not healthy after {CLUSTER_TIMEOUT_S} s: {self.topology()}")
 
     def _replicas_in_sync(self, master: RedisServer) -> bool:
         if len(self.live()) < len(self.nodes):
@@ -267,16 +272,17 @@ class LocalRedisCluster:
 
         Compares replication offsets: ``WAIT`` would only count this connection's own writes
         (none), and a replica that finished its initial sync may not stream writes yet."""
-        deadline = time.monotonic() + CLUSTER_TIMEOUT_S
         for master in self.masters():
             written, _ = self._replica_offsets(master)
-            while True:
-                _, acked = self._replica_offsets(master)
-                if len(acked) >= self.replicas and min(acked) >= written:
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"master {master.port}: replicas acknowledged {acked}, written {written}")
-                time.sleep(0.05)
+
+            def caught_up(master: RedisServer = master, written: int = written) -> bool:
+                acked = self._replica_offsets(master)[1]
+                return len(acked) >= self.replicas and min(acked) >= written
+
+            def behind(master: RedisServer = master, written: int = written) -> str:
+                return f"master {master.port}: replicas acknowledged {self._replica_offsets(master)[1]}, written {written}"
+
+            self._wait_until(caught_up, behind)
 
     def kill_master(self, master: RedisServer) -> None:
         """SIGKILL a master and wait until its replica serves its slots (bounded)."""
@@ -291,20 +297,14 @@ class LocalRedisCluster:
         dead_id = self.node_id(master)
         fail()
         others = [n for n in self.live() if n is not master]
-        deadline = time.monotonic() + CLUSTER_TIMEOUT_S
-        while True:
-            try:
-                nodes = self._topology_of(others[0])
-                promoted = not any(n["id"] == dead_id and n["slots"] for n in nodes) and all(
-                    "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in others
-                )
-                if promoted:
-                    return
-            except (RuntimeError, subprocess.TimeoutExpired):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no replica promoted for {master.port} after {CLUSTER_TIMEOUT_S} s")
-            time.sleep(0.05)
+
+        def promoted() -> bool:
+            nodes = self._topology_of(others[0])
+            return not any(n["id"] == dead_id and n["slots"] for n in nodes) and all(
+                "cluster_state:ok" in self.command(n, "CLUSTER", "INFO") for n in others
+            )
+
+        self._wait_until(promoted, lambda: f"no replica promoted for {master.port} after {CLUSTER_TIMEOUT_S} s")
 
     def reshard(self, source: RedisServer, target: RedisServer, slots: int) -> None:
         """Move ``slots`` slots (and their keys) from ``source`` to ``target`` (redis-cli, MIGRATE)."""
