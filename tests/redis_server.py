@@ -27,6 +27,9 @@ from harness.processes import free_port
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+PORT_ATTEMPTS = 3
+"""Starts with freshly picked ports when the picked ones were taken meanwhile: ``free_port``
+picks from the ephemeral range, which outgoing connections also draw from."""
 
 
 def ping(port: int, timeout_s: float = 0.2) -> bool:
@@ -38,20 +41,29 @@ def ping(port: int, timeout_s: float = 0.2) -> bool:
         return False
 
 
-class RedisServer:
-    """One redis-server process; ``url`` stays valid across stop/start."""
+class _PortTaken(RuntimeError):
+    """redis-server could not listen: a picked port was taken meanwhile."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
+
+class RedisServer:
+    """One redis-server process; ``url`` stays valid across stop/start. With ``cluster_bus``
+    it also listens on a cluster-bus port of its own."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = (), cluster_bus: bool = False
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: install the Debian package redis-server (./run test does)")
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.bus_port = free_port() if cluster_bus else None  # explicit: port + 10000 may be taken or > 65535
         self.extra_args = tuple(extra_args)
         self.paused = False
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
+        self._ports_fixed = port is not None  # a given port, or one a start already used
 
     @property
     def url(self) -> str:
@@ -61,12 +73,26 @@ class RedisServer:
         if self.proc is not None:
             raise RuntimeError("redis-server already running")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._start_once()
+                self._ports_fixed = True  # a restart keeps the address clients know
+                return
+            except _PortTaken:
+                if self._ports_fixed or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
+                self.bus_port = free_port() if self.bus_port is not None else None
+
+    def _start_once(self) -> None:
         self._log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - closed in stop()
+        log_start = self._log.tell()
+        bus = ("--cluster-port", str(self.bus_port)) if self.bus_port is not None else ()
         self.proc = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
-                *self.extra_args,
+                *self.extra_args, *bus,
             ],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -74,7 +100,8 @@ class RedisServer:
         while not ping(self.port):
             if self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"redis-server exited at start: {self.log_tail()}")
+                taken = b"Address already in use" in (self.workdir / "redis.log").read_bytes()[log_start:]
+                raise (_PortTaken if taken else RuntimeError)(f"redis-server exited at start: {self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"redis-server not answering PING after {START_TIMEOUT_S} s: {self.log_tail()}")
@@ -151,12 +178,12 @@ class LocalRedisCluster:
         self.replicas = replicas
         self.nodes: list[RedisServer] = []
         for i in range(masters * (1 + replicas)):
-            bus_port = free_port()  # explicit: the default port + 10000 may be taken or > 65535
             self.nodes.append(RedisServer(
                 workdir / f"node{i}",
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                            "--cluster-node-timeout", str(FORMING_NODE_TIMEOUT_MS), "--cluster-port", str(bus_port),
+                            "--cluster-node-timeout", str(FORMING_NODE_TIMEOUT_MS),
                             "--repl-diskless-sync-delay", "0"),  # replicas sync at once (default waits 5 s)
+                cluster_bus=True,
             ))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, TypeVar
@@ -19,7 +20,7 @@ from root.feature_store import FeatureStoreError
 from harness.datagen import load_generated
 from root.redis_loader import LoadOptions
 from root.redis_store import RedisFeatureStore
-from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.redis_server import RedisServer, ping, redis_server  # noqa: F401 - fixture
 
 T = TypeVar("T")
 USERS, ITEMS, SEED = 50, 300, 5
@@ -351,3 +352,28 @@ def test_flush_removes_records_a_smaller_reload_does_not_write(redis_server: Red
         assert await missing_after(ITEMS - 10, LoadOptions(flush=True)) == 2
 
     run(scenario)
+
+
+@pytest.mark.parametrize("held", ["port", "bus_port"])
+def test_a_server_whose_picked_port_was_taken_starts_on_fresh_ports(tmp_path: Path, held: str) -> None:
+    server = RedisServer(tmp_path / "redis", extra_args=("--cluster-enabled", "yes"), cluster_bus=True)
+    taken = getattr(server, held)
+    with socket.socket() as holder:  # what an outgoing connection drawing the same port does
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        server.start()
+        try:
+            assert getattr(server, held) != taken
+            assert ping(server.port)
+        finally:
+            server.stop()
+
+
+def test_a_given_port_that_is_taken_is_an_error_with_the_log(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        server = RedisServer(tmp_path / "redis", port=holder.getsockname()[1])
+        with pytest.raises(RuntimeError, match="Address already in use"):
+            server.start()
+        assert server.proc is None
