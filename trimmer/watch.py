@@ -167,10 +167,6 @@ def _make_observer() -> BaseObserver:
         log.warning("trimmer: native file watching unavailable (%s); polling directories instead", exc)
         observer = PollingObserver(timeout=_POLL_INTERVAL_S)
     observer.name = "trimmer-observer"
-    # The inotify observer reads its descriptor on a helper thread of its own; name it too.
-    helper = getattr(observer, "_inotify_fd", None)
-    if isinstance(helper, threading.Thread):
-        helper.name = "trimmer-inotify"
     return observer
 
 

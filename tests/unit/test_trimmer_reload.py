@@ -196,10 +196,11 @@ def test_threads_are_named_and_stopped_by_close(bundle_dir: Path) -> None:
     path.write_bytes(bundle_bytes(one_model("a")))
     before = set(threading.enumerate())
     t = FeatureTrimmer({"ads": path})
-    started = set(threading.enumerate()) - before
-    assert started and all(th.name.startswith("trimmer-") for th in started), [th.name for th in started]
-    assert {"trimmer-observer", "trimmer-reload", f"trimmer-watch:{bundle_dir}"} <= {th.name for th in started}
+    # Only the threads the trimmer owns: the file-watching library may start and keep
+    # helper threads of its own (watchdog 7 shares one inotify reader per process).
+    owned = {th for th in set(threading.enumerate()) - before if th.name.startswith("trimmer-")}
+    assert {"trimmer-observer", "trimmer-reload", f"trimmer-watch:{bundle_dir}"} <= {th.name for th in owned}
     t.close()
     t.close()  # idempotent
-    assert not any(th.is_alive() for th in started)
+    assert not any(th.is_alive() for th in owned)
     assert features(t, "m") == {"a"}  # lookups still answer from the last map
