@@ -135,6 +135,32 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionTimeoutConfig:
+    """``[partition_timeout]``: how long one attempt of a leaf partition call may take, on the
+    partition's own terms, however long the client's deadline (``root.partition_timeout``)."""
+
+    p99_multiple: float = 4.0
+    """The timeout is this many times the partition's recent p99 (of answered calls)."""
+    floor_ms: int = 250
+    """Never less than this (a partition answering in 1 ms still gets it)."""
+    cap_ms: int = 2000
+    """Never more than this; also the timeout until the partition has answered enough calls
+    to have a p99. ``floor_ms = cap_ms`` gives a fixed timeout."""
+
+    def __post_init__(self) -> None:
+        multiple = self.p99_multiple
+        if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or not 1.0 <= multiple <= 1000.0:
+            raise ValueError(f"partition_timeout.p99_multiple must be a number in [1, 1000], got {multiple!r}")
+        object.__setattr__(self, "p99_multiple", float(multiple))
+        _check_int("partition_timeout", "floor_ms", self.floor_ms, 1)
+        _check_int("partition_timeout", "cap_ms", self.cap_ms, 1)
+        if self.cap_ms < self.floor_ms:
+            raise ValueError(
+                f"partition_timeout.cap_ms must be >= floor_ms ({self.floor_ms}), got {self.cap_ms!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class RootConfig:
     """Everything a root needs to serve."""
 
@@ -183,6 +209,8 @@ class RootConfig:
     """Bundle name -> path of its bundle-level ``module_info.json``."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
+    partition_timeout: PartitionTimeoutConfig = field(default_factory=PartitionTimeoutConfig)
+    """How long one attempt of a partition call may take (whatever the client's deadline)."""
     tls: TlsConfig = PLAINTEXT
     """``[tls]``: the root's server side (cert_file + key_file; client_ca_file = mutual TLS)."""
     leaf_tls: TlsConfig = PLAINTEXT
@@ -199,6 +227,8 @@ class RootConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
+        if not isinstance(self.partition_timeout, PartitionTimeoutConfig):
+            raise ValueError(f"partition_timeout must be a PartitionTimeoutConfig, got {self.partition_timeout!r}")
         for name in ("tls", "leaf_tls"):
             if not isinstance(getattr(self, name), TlsConfig):
                 raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
@@ -276,7 +306,12 @@ class RootConfig:
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
             "hedging": str(self.hedging).lower(),
+            "partition_timeout": _timeout_rule(self.partition_timeout),
         }
+
+
+def _timeout_rule(cfg: PartitionTimeoutConfig) -> str:
+    return f"{cfg.p99_multiple:g}x p99 in [{cfg.floor_ms}, {cfg.cap_ms}] ms"
 
 
 def _tls_mode(tls: TlsConfig, mutual: str) -> str:
@@ -284,7 +319,9 @@ def _tls_mode(tls: TlsConfig, mutual: str) -> str:
 
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
-_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig}
+_SECTION_TYPES: dict[str, type] = {
+    "feature_store": FeatureStoreConfig, "cache": CacheConfig, "partition_timeout": PartitionTimeoutConfig,
+}
 _TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 
