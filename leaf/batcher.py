@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -53,10 +54,16 @@ class _Item:
     enqueued: float
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
+    on_done: Callable[[], None] | None = None
+    """Called on ``loop`` once the batcher no longer uses the inputs (answered or dropped)."""
 
 
-def _resolve(answers: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]) -> None:
-    for future, value in answers:
+def _resolve(answers: list[tuple[_Item, Outputs | BaseException]]) -> None:
+    for item, value in answers:
+        if item.on_done is not None:
+            item.on_done()
+            item.on_done = None
+        future = item.future
         if future.done():
             continue
         if isinstance(value, BaseException):
@@ -103,11 +110,14 @@ class Batcher:
         inputs: ConvertedInputs,
         deadline: float | None,
         request_id: str = "",
+        on_done: Callable[[], None] | None = None,
     ) -> asyncio.Future[Outputs]:
-        """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError."""
+        """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError.
+        ``on_done`` runs on this loop when the batcher lets go of ``inputs`` (also when the
+        caller went away meanwhile); not when ``submit`` raises."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop)
+        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop, on_done)
         with self._cond:
             if self._closed:
                 raise ShuttingDown("leaf is shutting down")
@@ -195,8 +205,9 @@ class Batcher:
             queue.popleft()
             self._queued_candidates[version] -= n
             metrics.QUEUE_DEPTH.labels(version.model).dec()
-            if item.future.done():
-                continue  # the caller went away (cancelled)
+            if item.future.done():  # the caller went away (cancelled)
+                self._answers.append((item, asyncio.CancelledError()))
+                continue
             if item.deadline is not None and item.deadline <= now:
                 self._fail([item], DeadlineExpired("deadline passed while queued"))
                 continue
@@ -254,9 +265,9 @@ class Batcher:
         woken earlier would wait for the GIL while this thread finishes it)."""
         if not self._answers:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, Outputs | BaseException]]] = {}
         for item, value in self._answers:
-            by_loop.setdefault(item.loop, []).append((item.future, value))
+            by_loop.setdefault(item.loop, []).append((item, value))
         self._answers = []
         for loop, answers in by_loop.items():
             try:

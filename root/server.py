@@ -179,6 +179,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
             reuse_port=True,
+            max_receive_message_bytes=config.receive_message_bytes,
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server
