@@ -104,8 +104,12 @@ class VersionResolver:
             # Rule 1 without an allowlist for the pinned version, or rule 4.
         # Untrimmed: every feature goes, so any loaded version can run it.
         if served is None:
+            # The client's text goes to the leaf (which refuses a version it lacks) but never
+            # into a label: until the partition reports its versions, the series is "unknown".
             version = ref.version or ""
-        elif pinned:
+            metrics.child(metrics.MODEL_REQUESTS, ref.name, metrics.UNKNOWN_VERSION, "untrimmed").inc()
+            return Route(ref, partition, version, None, "untrimmed")
+        if pinned:
             version = ref.version or ""
         else:
             version = latest_version(served) or ""
