@@ -199,8 +199,12 @@ class Plan:
     """Client TLS for every RPC to roots and leaves (verification, canary traffic)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tls, TlsConfig) or self.tls.client_ca_file:
-            raise PlanError("tls: client settings only (ca_file, cert_file, key_file, server_name)")
+        if not isinstance(self.tls, TlsConfig):
+            raise PlanError(f"tls must be a TlsConfig, got {self.tls!r}")
+        try:
+            self.tls.check_client("tls")
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
         if bundle_name_problem(self.bundle):
             raise PlanError(f"rollout.bundle {self.bundle!r} {bundle_name_problem(self.bundle)}")
         for name in ("verify_timeout_s", "rpc_timeout_s"):

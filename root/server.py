@@ -172,7 +172,8 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        # The workers of one root share the port (``root.supervisor``).
+        # The workers of one root share the port (``root.supervisor``); a single root does
+        # not, so a second process on its port fails to bind instead of taking its traffic.
         built = build_server(
             listen=config.listen,
             tls=config.tls,
@@ -180,7 +181,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
             reflection_enabled=config.reflection,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
-            reuse_port=True,
+            reuse_port=config.workers > 1,
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server

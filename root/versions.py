@@ -92,8 +92,12 @@ class VersionResolver:
             # so they get every feature.
         # Untrimmed: every feature goes, so any loaded version can run it.
         if served is None:
+            # The client's text goes to the leaf (which refuses a version it lacks) but never
+            # into a label: until the partition reports its versions, the series is "unknown".
             version = ref.version or ""
-        elif ref.version is not None and ref.version in served:
+            metrics.child(metrics.MODEL_REQUESTS, ref.name, metrics.UNKNOWN_VERSION, "untrimmed").inc()
+            return Route(ref, partition, version, None, "untrimmed")
+        if ref.version is not None and ref.version in served:
             version = ref.version
         else:
             version = latest_version(served) or ""

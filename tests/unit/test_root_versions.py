@@ -162,3 +162,42 @@ def test_untrimmed_requests_name_a_served_version(setup: tuple[RootConfig, Featu
     outcome = _score(setup, leaf, ["1"], "2", trim=False)
     assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
     assert leaf.served == [("1", frozenset(ALL))]
+
+
+def test_client_version_strings_never_become_metric_labels(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+) -> None:
+    """Before its partition reports versions, an untrimmed model runs whatever version the
+    client names; 200 distinct names add no series to those one request creates."""
+    config, catalog, trimmer = setup
+    assert config.feature_store.path is not None
+
+    async def any_version(request: leaf_pb2.LeafRequest) -> leaf_pb2.LeafResponse:
+        return leaf_pb2.LeafResponse(
+            model=request.model, version="1", outputs=[encode("score", np.zeros(request.num_candidates, np.float32))]
+        )
+
+    engine = ScoreEngine(
+        replace(config, trim=False), catalog, LocalFeatureStore(config.feature_store.path, catalog), trimmer,
+        {"p": InProcessLeafClient(any_version, None)},
+    )
+
+    def series() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())))
+            for family in REGISTRY.collect() if family.name.startswith("rootleaf_")
+            for sample in family.samples
+        }
+
+    async def burst(versions: list[str | None]) -> list[ModelOutcome]:
+        out = []
+        for i, version in enumerate(versions):
+            request = ScoreInput(f"r{i}", 1, np.arange(3, dtype=np.uint64), (ModelRef("m", version),))
+            out.extend(await engine.score(request))
+        return out
+
+    asyncio.run(burst([None]))  # the series a request of this model creates anyway
+    before = series()
+    outcomes = asyncio.run(burst([f"client-text-{i}" for i in range(200)]))
+    assert all(o.error_code is grpc.StatusCode.OK for o in outcomes)
+    assert series() - before == set()
