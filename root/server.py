@@ -28,6 +28,7 @@ from root.config import RootConfig
 from root import metrics
 from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
+from root.oip import RootOipServicer
 from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
@@ -35,6 +36,7 @@ from root.stores import open_feature_store
 from root.versions import pending_versions
 from contract.versions import latest_version
 from trimmer import FeatureTrimmer, TrimmerConfig
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["RootServer", "create_server", "serve"]
 
@@ -182,7 +184,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         built = build_server(
             listen=config.listen,
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             reflection_enabled=config.reflection,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
@@ -207,7 +209,10 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
     inner.add_generic_rpc_handlers(
-        (RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),)
+        (
+            RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),
+            oip_handler(RootOipServicer(engine, config.bundles, lambda: prober.last)),
+        )
     )
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",
