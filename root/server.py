@@ -34,7 +34,9 @@ from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
 from root.stores import open_feature_store
-from trimmer import FeatureTrimmer
+from root.versions import pending_versions
+from contract.versions import latest_version
+from trimmer import FeatureTrimmer, TrimmerConfig
 from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["RootServer", "create_server", "serve"]
@@ -121,7 +123,7 @@ class RootServer(ServerWithParts):
             leaf = self._leaves[name]
             for model in partition.models:
                 served = leaf.served_versions(model) or frozenset()
-                unserved = [v for v in bundle_versions.get(model, ()) if v not in served]
+                unserved = pending_versions(bundle_versions.get(model, ()), served, latest_version(served))
                 metrics.UNSERVED_VERSIONS.labels(name, model).set(len(unserved))
 
     async def _watch_partitions(self) -> None:
@@ -173,7 +175,12 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     tune_allocator()
     tracing.configure(config.tracing, "rootleaf-root")  # before any channel is built
     catalog = FeatureCatalog.load(config.catalog)
-    trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
+    trimmer = FeatureTrimmer(
+        {name: str(path) for name, path in config.bundles.items()},
+        watch=True,
+        config=TrimmerConfig(max_file_bytes=config.bundle_max_bytes),
+        kill_switch=config.kill_switch_file,
+    )
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
         # The workers of one root share the port (``root.supervisor``); a single root does
