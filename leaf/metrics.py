@@ -52,6 +52,10 @@ INFLIGHT_BYTES = Gauge(
     "rootleaf_leaf_inflight_bytes",
     "Declared bytes (inputs at num_candidates rows) of admitted requests not yet answered",
 )
+INFLIGHT_BYTES_LIMIT = Gauge(
+    "rootleaf_leaf_inflight_bytes_limit",
+    "The bound on rootleaf_leaf_inflight_bytes (max_inflight_bytes): beyond it RESOURCE_EXHAUSTED",
+)
 ADMISSION_REJECTED = Counter(
     "rootleaf_leaf_admission_rejected_total",
     "Requests refused RESOURCE_EXHAUSTED before decoding (reason=queue_full|inflight_bytes)",

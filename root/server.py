@@ -85,6 +85,7 @@ class RootServer(ServerWithParts):
 
     async def start(self) -> None:
         await self._inner.start()
+        metrics.TRIM_ENABLED.set(1 if self.engine.config.trim else 0)
         await self._check_store()
         # Ready and live while the process serves: a partition without a serving leaf fails
         # its own models (Status, metrics and logs say which); every other model is served.
