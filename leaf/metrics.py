@@ -77,6 +77,13 @@ FORWARD_CPU_SECONDS = Counter(
     "CPU time of the inference thread inside forward (intra-op helper threads excluded)",
     ["model"],
 )
+STAGE_SECONDS = Histogram(
+    "rootleaf_leaf_stage_seconds",
+    "Time of each request in a stage, by model version: queue (submitted until its batch "
+    "starts), forward (its batch's forward); sum over replicas for fleet quantiles",
+    ["model", "version", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 MODEL_LOADS = Counter(
     "rootleaf_leaf_model_loads_total",
     "Model version loads by result (ok|error)",
@@ -161,6 +168,8 @@ class VersionSeries:
     forward_seconds: Histogram
     batch_candidates: Histogram
     batch_requests: Histogram
+    queue_stage: Histogram
+    forward_stage: Histogram
 
     @classmethod
     def of(cls, model: str, version: str) -> "VersionSeries":
@@ -170,4 +179,6 @@ class VersionSeries:
             FORWARD_SECONDS.labels(model),
             BATCH_CANDIDATES.labels(model),
             BATCH_REQUESTS.labels(model),
+            STAGE_SECONDS.labels(model, version, "queue"),
+            STAGE_SECONDS.labels(model, version, "forward"),
         )

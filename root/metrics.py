@@ -90,6 +90,13 @@ FEATURE_STORE_DEGRADED = Counter(
     "Fetches answered with catalog defaults because the store failed or was slow (on_error = defaults)",
     ["entity", "reason"],
 )
+MODEL_STAGE_SECONDS = Histogram(
+    "rootleaf_root_model_stage_seconds",
+    "Per model result, time of its request in a stage: fetch (the request's feature fetch), "
+    "leaf (the partition call that answered it); sum over replicas for fleet quantiles",
+    ["model", "version", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 UNKNOWN_ALLOWLIST_FEATURES = Counter(
     "rootleaf_root_unknown_allowlist_features_total",
     "Allowlisted features neither in the catalog nor supplied by the client (skipped)",
