@@ -128,6 +128,7 @@ class InflightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        metrics.INFLIGHT_BYTES_LIMIT.set(limit)
 
     def acquire(self, nbytes: int) -> Hold:
         """Hold ``nbytes`` until the returned hold is released by all its holders;
