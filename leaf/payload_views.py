@@ -26,6 +26,9 @@ _PACK_DATA = leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name["data"].number
 _PACK_NAMES_TAG = tag(leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name["names"].number, WIRE_TYPE_LEN)
 _REQUEST_FEATURES = leaf_pb2.LeafRequest.DESCRIPTOR.fields_by_name["features"].number
 _TENSOR_DATA = tensor_pb2.Tensor.DESCRIPTOR.fields_by_name["data"].number
+_TENSOR_SHAPE = tensor_pb2.Tensor.DESCRIPTOR.fields_by_name["shape"].number
+# A valid tensor's fields, each once (an unpacked shape would add up to max_rank more).
+_TENSOR_FIELDS = len(tensor_pb2.Tensor.DESCRIPTOR.fields) + 8
 # Fields of each message other than its one repeated field (each written at most once).
 _REQUEST_SINGLE_FIELDS = len(leaf_pb2.LeafRequest.DESCRIPTOR.fields) - 1
 _PARTITION_SINGLE_FIELDS = len(leaf_pb2.PartitionRequest.DESCRIPTOR.fields) - 1
@@ -39,6 +42,9 @@ _MIN_FIELD_BYTES = 2
 SPLIT_REQUEST_BYTES = 1 << 20
 MAX_SCANNED_FIELDS = 64
 SPLIT_TENSOR_BYTES = 64 << 10
+# Requests from this size have their large tensors' fields checked before parsing.
+INSPECT_REQUEST_BYTES = 1 << 20
+INSPECT_TENSOR_BYTES = 1 << 10
 
 
 class TooManyFields(ValueError):
@@ -56,6 +62,8 @@ class FieldBounds:
     """``PartitionRequest``: ``max_models`` models and its other fields."""
     pack_names: int
     """``TensorPack``: ``max_tensors`` names."""
+    shape_bytes: int
+    """A tensor's packed ``shape``: ``max_rank`` varints of at most 10 bytes."""
 
     @classmethod
     def of(cls, limits: DecodeLimits, max_models: int) -> "FieldBounds":
@@ -63,6 +71,7 @@ class FieldBounds:
             limits.max_tensors + _REQUEST_SINGLE_FIELDS,
             max_models + _PARTITION_SINGLE_FIELDS,
             limits.max_tensors,
+            10 * limits.max_rank,
         )
 
 
@@ -80,8 +89,21 @@ def check_field_count(data: bytes | memoryview, start: int, end: int, limit: int
 
 
 def check_request(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> None:
-    """Bound a ``LeafRequest``'s fields (at most ``bounds.request_fields``) before parsing."""
+    """Bound a ``LeafRequest``'s fields (at most ``bounds.request_fields``) before parsing;
+    from ``INSPECT_REQUEST_BYTES`` on, also each tensor of ``INSPECT_TENSOR_BYTES`` or more:
+    at most ``_TENSOR_FIELDS`` fields and a packed ``shape`` of at most ``max_rank`` dims (the
+    parser makes 8 bytes of every 1-byte dim). A smaller request can cost the parser at most
+    ~16x its size, a few MiB."""
     check_field_count(data, 0, len(data), bounds.request_fields, "LeafRequest")
+    if len(data) < INSPECT_REQUEST_BYTES:
+        return
+    for number, wire_type, start, end in scan_fields(data, 0, len(data), bounds.request_fields):
+        if number == _REQUEST_FEATURES and wire_type == WIRE_TYPE_LEN and end - start >= INSPECT_TENSOR_BYTES:
+            body = field_body(data, start)
+            check_field_count(data, body, end, _TENSOR_FIELDS, "a LeafRequest tensor")
+            for inner, inner_type, inner_start, inner_end in scan_fields(data, body, end, _TENSOR_FIELDS):
+                if inner == _TENSOR_SHAPE and inner_end - field_body(data, inner_start) > bounds.shape_bytes:
+                    raise TooManyFields(f"a LeafRequest tensor's shape holds more than {bounds.shape_bytes} bytes")
 
 
 def _check_pack(data: bytes, start: int, end: int, bounds: FieldBounds) -> None:

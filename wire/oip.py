@@ -69,9 +69,10 @@ def read_headers(request: oip_pb2.ModelInferRequest, limits: DecodeLimits) -> Oi
         itemsize = _ITEMSIZE.get(datatype)
         if itemsize is None:
             raise OipError(f"input {name!r}: datatype {datatype[:32]!r} is not supported (supported: {_SUPPORTED})")
+        rank = len(spec.shape)  # the rank first: a shape is copied only when it is within the limit
+        if not 0 < rank <= limits.max_rank:
+            raise OipError(f"input {name!r}: rank {rank}, expected 1 to {limits.max_rank}")
         shape = tuple(spec.shape)
-        if not 0 < len(shape) <= limits.max_rank:
-            raise OipError(f"input {name!r}: rank {len(shape)}, expected 1 to {limits.max_rank}")
         count = 1
         for dim in shape:
             if dim < 0:

@@ -66,6 +66,15 @@ def test_leaf_requests_with_more_fields_than_a_valid_one_are_refused_after_bound
             assert peak < MIB
 
 
+def test_infer_requests_with_more_fields_than_a_valid_one_are_refused_after_bounded_work() -> None:
+    from wire.oip_service import MAX_INFER_FIELDS, deserialize_infer
+
+    data = b"\x2a\x00" * (2 * MIB)  # 2M empty inputs
+    wire, peak = peak_of(lambda: deserialize_infer(data))
+    assert "more than" in wire.error and str(MAX_INFER_FIELDS) in wire.error
+    assert peak < MIB
+
+
 def test_a_pack_with_more_names_than_tensors_allowed_is_refused() -> None:
     body = b"\x0a\x00" * (DEFAULT_BOUNDS.pack_names + 4)  # more fields than a valid pack has
     pack = leaf_pb2.PartitionRequest(models=[leaf_pb2.PartitionModel(name="m")]).SerializeToString()
