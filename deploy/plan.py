@@ -224,8 +224,12 @@ class Plan:
     """``[shadow]``: stage 3 judges mirrored production traffic instead of synthetic requests."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tls, TlsConfig) or self.tls.client_ca_file:
-            raise PlanError("tls: client settings only (ca_file, cert_file, key_file, server_name)")
+        if not isinstance(self.tls, TlsConfig):
+            raise PlanError(f"tls must be a TlsConfig, got {self.tls!r}")
+        try:
+            self.tls.check_client("tls")
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
         if bundle_name_problem(self.bundle):
             raise PlanError(f"rollout.bundle {self.bundle!r} {bundle_name_problem(self.bundle)}")
         for name in ("verify_timeout_s", "rpc_timeout_s"):
@@ -327,6 +331,23 @@ def _role_from_cluster(cluster: Mapping[str, Any], role: str, bundle: str, sourc
         if lf.get("partition", bundle) == bundle
     )
     return _named(role, Role, roots, leaves)
+
+
+def cluster_roles(cluster_path: Path, bundle: str) -> tuple[dict[str, Role], TlsConfig]:
+    """The roles (production, canary: those present) a cluster description runs for
+    ``bundle``, and the client TLS it names; raises ``PlanError``."""
+    try:
+        cluster = json.loads(cluster_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cluster file {cluster_path}: cannot read ({exc})") from None
+    roles_doc = cluster.get("roles") if isinstance(cluster, dict) else None
+    if not isinstance(roles_doc, dict):
+        raise PlanError(f"cluster file {cluster_path}: no roles")
+    roles = {
+        role: _role_from_cluster(cluster, role, bundle, cluster_path)
+        for role in ("production", "canary") if isinstance(roles_doc.get(role), dict) and roles_doc[role].get("root")
+    }
+    return roles, _tls(cluster.get("tls") or {}, cluster_path.parent, f"{cluster_path}: tls")
 
 
 _ANALYSIS_TUPLES = {"user_ids", "item_ids", "models"}

@@ -112,8 +112,7 @@ class LeafConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.tls, TlsConfig):
             raise ValueError(f"LeafConfig.tls must be a TlsConfig, got {self.tls!r}")
-        if self.tls.enabled and not self.tls.cert_file:
-            raise ValueError("LeafConfig.tls: cert_file and key_file are required to serve TLS")
+        self.tls.check_server("LeafConfig.tls")
         if not isinstance(self.repo, Path):
             object.__setattr__(self, "repo", Path(self.repo))
         if self.models is not None:

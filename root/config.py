@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlsplit
 
 from transport.tls import PLAINTEXT, TlsConfig
 
@@ -31,6 +32,21 @@ def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
 def _check_bool(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
+# Query parameters of a rediss:// URL that leave the connection encrypted but unverified:
+# redis-py accepts them, and the URL still reads as TLS.
+_UNVERIFIED_TLS = {"ssl_cert_reqs": ("none", "optional"), "ssl_check_hostname": ("false", "0", "no", "n", "f", "off")}
+
+
+def _check_store_url(url: str) -> None:
+    """Refuse a rediss:// URL whose query turns certificate or host name checks off."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if value.strip().lower() in _UNVERIFIED_TLS.get(name, ()):
+            raise ValueError(
+                f"feature_store.url: {name}={value} turns off verification of the Redis server's "
+                f"certificate; remove it (give ssl_ca_certs for a private CA)"
+            )
 
 
 def _check_target(owner: str, value: Any) -> None:
@@ -111,6 +127,8 @@ class FeatureStoreConfig:
                 f"feature_store.url {self.url!r} does not fit kind = {self.kind!r}: "
                 f"redis-cluster takes {' or '.join(CLUSTER_URL_SCHEMES)}, redis takes redis://"
             )
+        if self.url:
+            _check_store_url(str(self.url))
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         _check_int("feature_store", "pool_size", self.pool_size, 1)
@@ -223,6 +241,12 @@ class RootConfig:
     at most 8; 1 = a single process, no supervisor."""
     bundles: Mapping[str, Path] = field(default_factory=dict)
     """Bundle name -> path of its bundle-level ``module_info.json``."""
+    bundle_max_bytes: int = 64 * 1024 * 1024
+    """A bundle file larger than this is refused (its last good map stays; alert on
+    ``rootleaf_trimmer_bundle_healthy`` 0)."""
+    kill_switch_file: Path | None = None
+    """Hot-reloaded file that turns trimming off for some or all models without a restart
+    (``{"trimming_off": ["*"]}``; README, "The Feature Trimmer"); None = no kill switch."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
     tls: TlsConfig = PLAINTEXT
@@ -246,12 +270,8 @@ class RootConfig:
         for name in ("tls", "leaf_tls"):
             if not isinstance(getattr(self, name), TlsConfig):
                 raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
-        if self.tls.enabled and not self.tls.cert_file:
-            raise ValueError("tls.cert_file and tls.key_file are required when [tls] is set")
-        if self.tls.ca_file or self.tls.server_name:
-            raise ValueError("tls: ca_file/server_name are client settings; use client_ca_file for mutual TLS")
-        if self.leaf_tls.client_ca_file:
-            raise ValueError("leaf_tls.client_ca_file is a server setting; use ca_file to verify leaves")
+        self.tls.check_server("tls")
+        self.leaf_tls.check_client("leaf_tls")
         _check_target("listen", self.listen)
         _check_int("root", "metrics_port", self.metrics_port, 0)
         if self.metrics_port > 65535:
@@ -272,6 +292,11 @@ class RootConfig:
         _check_int("root", "max_in_flight", self.max_in_flight, 1)
         _check_int("root", "workers", self.workers, 0)
         _check_int("root", "max_request_features", self.max_request_features, 1)
+        _check_int("root", "bundle_max_bytes", self.bundle_max_bytes, 1)
+        if self.kill_switch_file is not None:
+            if not isinstance(self.kill_switch_file, (str, Path)) or not str(self.kill_switch_file):
+                raise ValueError(f"kill_switch_file must be a path string, got {self.kill_switch_file!r}")
+            object.__setattr__(self, "kill_switch_file", Path(self.kill_switch_file))
         _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
@@ -353,6 +378,8 @@ def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
     kwargs: dict[str, Any] = {
         k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES, *_TLS_SECTIONS)
     }
+    if "kill_switch_file" in doc:
+        kwargs["kill_switch_file"] = _resolve(base_dir, doc["kill_switch_file"], "kill_switch_file")
     if "catalog" not in doc:
         raise ValueError("root config: 'catalog' is required")
     kwargs["catalog"] = _resolve(base_dir, doc["catalog"], "catalog")

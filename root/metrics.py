@@ -25,16 +25,21 @@ REQUEST_SECONDS = Histogram(
 MODEL_RESULTS = Counter(
     "rootleaf_root_model_results_total", "Per-model results returned, by status code", ["model", "code"]
 )
+UNKNOWN_VERSION = "unknown"
+"""The ``version`` label of a request whose version no leaf has reported yet: label values
+come from configuration and from what leaves report, never from a client's text."""
 MODEL_REQUESTS = Counter(
     "rootleaf_root_model_requests_total",
     "Per-model requests by the version resolved and how: exact, latest (omitted or unknown "
     "version: the newest bundle version a leaf serves), untrimmed (no allowlist), unserved "
-    "(the bundle's version is served by no leaf: not sent)",
+    "(the bundle's version is served by no leaf: not sent); version \"unknown\" until the "
+    "partition reports its versions",
     ["model", "version", "decision"],
 )
 UNSERVED_VERSIONS = Gauge(
     "rootleaf_root_unserved_versions",
-    "Versions a model's bundle lists that no leaf of its partition serves (nonzero during a rollout)",
+    "Versions a model's bundle lists that no leaf of its partition serves yet, newer than every "
+    "served one (nonzero during a rollout until the leaves load them; 0 once it completes)",
     ["partition", "model"],
 )
 MODEL_SCORE = Histogram(

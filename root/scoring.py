@@ -50,10 +50,11 @@ from root.errors import (
     ModelNotFound,
     Overloaded,
     StoreUnavailable,
+    shown,
 )
 from root.feature_store import FeatureStore, FeatureStoreError, FetchResult
 from root.leaf_client import LeafClient
-from root.request import ModelOutcome, ModelRef, ScoreInput
+from root.request import ModelOutcome, ModelRef, ScoreInput, check_counts
 from root.versions import Allowlists, Route, VersionResolver
 
 log = logging.getLogger(__name__)
@@ -139,22 +140,16 @@ class ScoreEngine:
     # ---- validation ----
 
     def _validate(self, request: ScoreInput) -> None:
-        cfg = self.config
-        if not request.models:
-            raise InvalidRequest("models must not be empty")
-        if len(request.models) > cfg.max_models:
-            raise InvalidRequest(f"{len(request.models)} models exceed max_models={cfg.max_models}")
-        n = len(request.candidate_ids)
-        if n == 0:
-            raise InvalidRequest("candidate_ids must not be empty")
-        if n > cfg.max_candidates:
-            raise InvalidRequest(f"{n} candidates exceed max_candidates={cfg.max_candidates}")
+        check_counts(
+            self.config, models=len(request.models), candidates=len(request.candidate_ids),
+            request_features=len(request.request_tensors),
+        )
         seen: set[str] = set()
         for ref in request.models:
             if not ref.name:
                 raise InvalidRequest("model name must not be empty")
             if ref.name in seen:
-                raise InvalidRequest(f"model {ref.name!r} requested twice")
+                raise InvalidRequest(f"model {shown(ref.name)} requested twice")
             seen.add(ref.name)
             if ref.name not in self._partition_of:
                 raise ModelNotFound(ref.name)
@@ -180,7 +175,7 @@ class ScoreEngine:
             else:
                 decoded = client_features.decode(tensors, budget)
             for name in decoded.keys() & features.keys():
-                raise InvalidRequest(f"request_features: tensor {name!r} given twice")
+                raise InvalidRequest(f"request_features: tensor {shown(name)} given twice")
             features.update(decoded)
         client_features.check_passable(features)
         for name, array in features.items():

@@ -28,12 +28,16 @@ from root.config import RootConfig
 from root import metrics
 from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
+from root.oip import RootOipServicer
 from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
 from root.shadow import ShadowMirror
 from root.stores import open_feature_store
-from trimmer import FeatureTrimmer
+from root.versions import pending_versions
+from contract.versions import latest_version
+from trimmer import FeatureTrimmer, TrimmerConfig
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["RootServer", "create_server", "serve"]
 
@@ -120,7 +124,7 @@ class RootServer(ServerWithParts):
             leaf = self._leaves[name]
             for model in partition.models:
                 served = leaf.served_versions(model) or frozenset()
-                unserved = [v for v in bundle_versions.get(model, ()) if v not in served]
+                unserved = pending_versions(bundle_versions.get(model, ()), served, latest_version(served))
                 metrics.UNSERVED_VERSIONS.labels(name, model).set(len(unserved))
 
     async def _watch_partitions(self) -> None:
@@ -172,18 +176,24 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     """
     tune_allocator()
     catalog = FeatureCatalog.load(config.catalog)
-    trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
+    trimmer = FeatureTrimmer(
+        {name: str(path) for name, path in config.bundles.items()},
+        watch=True,
+        config=TrimmerConfig(max_file_bytes=config.bundle_max_bytes),
+        kill_switch=config.kill_switch_file,
+    )
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        # The workers of one root share the port (``root.supervisor``).
+        # The workers of one root share the port (``root.supervisor``); a single root does
+        # not, so a second process on its port fails to bind instead of taking its traffic.
         built = build_server(
             listen=config.listen,
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             reflection_enabled=config.reflection,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
-            reuse_port=True,
+            reuse_port=config.workers > 1,
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server
@@ -205,7 +215,10 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
     shadow = ShadowMirror(config.shadow, config.leaf_tls) if config.shadow.enabled else None
     inner.add_generic_rpc_handlers(
-        (RootServicer(engine, config, trimmer.status, lambda: prober.last, shadow).handler(),)
+        (
+            RootServicer(engine, config, trimmer.status, lambda: prober.last, shadow).handler(),
+            oip_handler(RootOipServicer(engine, config.bundles, lambda: prober.last)),
+        )
     )
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",

@@ -23,7 +23,7 @@ from root import metrics
 from root.config import RootConfig
 from root.partition_health import PartitionHealth
 from root.errors import InvalidRequest, status_of
-from root.request import ModelRef, ScoreInput
+from root.request import ModelRef, ScoreInput, check_counts
 from root.scoring import ScoreEngine
 from root.shadow import ShadowMirror
 
@@ -90,6 +90,12 @@ class RootServicer(root_pb2_grpc.RootServicer):
         try:
             if malformed:
                 raise InvalidRequest(malformed)
+            # Counts first, on the message as parsed: nothing below runs per element before
+            # every count is within its limit.
+            check_counts(
+                self._config, models=len(request.models), candidates=len(request.candidate_ids),
+                request_features=len(request.request_features),
+            )
             score_input = ScoreInput(
                 request_id=request_id,
                 user_id=request.user_id,
