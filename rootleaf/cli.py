@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model-store": ("deploy.model_store_cli:main", "add or remove a model version (what rollout Jobs run)"),
     "up": ("harness.cluster_cli:up_main", "start a local cluster (leaves + root) on loopback"),
     "down": ("harness.cluster_cli:down_main", "stop a local cluster started with 'up'"),
+    "monitor": ("harness.monitor:main", "run Prometheus with the shipped rules on a local cluster"),
     "demo": ("benchmarks.demo:main", "the main job: local cluster, load, what trimming saved"),
     "bench": ("benchmarks.cli:main", "benchmarks: cluster (default), codec, trimmer, leaf"),
     "soak": ("harness.soak:main", "run the cluster under load with injected faults"),
