@@ -157,10 +157,11 @@ class RecordLayout:
         n = len(values)
         present = np.fromiter(map(operator.is_not, values, repeat(None)), dtype=bool, count=n)
         n_present = int(np.count_nonzero(present))
-        # Each value's own length, before anything is joined: a total alone would let one
-        # value 4 bytes short and another 4 bytes long shift fields between entities.
-        stored = cast("list[bytes]", values)  # read only through compress(..., present): no None
-        lengths = np.fromiter(map(len, compress(stored, present)), dtype=np.intp, count=n_present)
+        # The values present (usually all of them: no copy then). Each one's own length is
+        # checked before anything is joined: a total alone would let one value 4 bytes short
+        # and another 4 bytes long shift fields between entities.
+        stored = cast("list[bytes]", values if n_present == n else list(compress(values, present.tolist())))
+        lengths = np.fromiter(map(len, stored), dtype=np.intp, count=n_present)
         wrong = lengths != self.record_size
         if wrong.any():
             raise FeatureStoreError(
@@ -168,7 +169,7 @@ class RecordLayout:
                 f"values are not {self.record_size} bytes (the first has {int(lengths[wrong.argmax()])}; "
                 f"layout {self.digest})"
             )
-        blob = b"".join(compress(stored, present))
+        blob = b"".join(stored)
         found = np.frombuffer(blob, dtype=self.dtype, count=n_present)
         if n_present == n:
             return found, present
