@@ -15,7 +15,7 @@ import io
 import json
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -59,6 +59,8 @@ class Package:
     bundle_bytes: bytes
     configs: Mapping[str, bytes]
     """Other root config files by file name."""
+    dropped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """model -> deployed versions the build's retention left out (manifest ``dropped``)."""
 
     @property
     def bundle_sha256(self) -> str:
@@ -97,8 +99,10 @@ def write_package(
     bundle_bytes: bytes,
     models: Mapping[str, tuple[str, ...]],
     configs: Mapping[str, bytes],
+    dropped: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PackageInfo:
-    """Write ``<out_dir>/<name>-<build_id>.rootcfg.tar.gz`` atomically and describe it."""
+    """Write ``<out_dir>/<name>-<build_id>.rootcfg.tar.gz`` atomically and describe it
+    (``dropped``: deployed versions left out, recorded in the manifest when any)."""
     files = {bundle_member(name): bundle_bytes}
     files.update({f"configs/{fname}": data for fname, data in configs.items()})
     body = {
@@ -107,6 +111,8 @@ def write_package(
         "models": {m: list(v) for m, v in sorted(models.items())},
         "files": {member: sha256_hex(data) for member, data in sorted(files.items())},
     }
+    if dropped:
+        body["dropped"] = {m: list(v) for m, v in sorted(dropped.items()) if v}
     # The build id is derived from content only: the same inputs give the same id.
     build_id = sha256_hex(json.dumps(body, sort_keys=True).encode())[:16]
     manifest = dict(body, build_id=build_id)
@@ -239,4 +245,8 @@ def read_package(path: str | Path, *, max_unpacked_bytes: int = MAX_UNPACKED_BYT
         if "/" in fname or not fname or fname == BUNDLE_FILE or fname.startswith("."):
             raise PackageError(f"{path}: config {member!r} is not a plain file name or would overwrite the bundle")
         configs[fname] = data
-    return Package(name, build_id, shipped, files[bundle_member(name)], configs)
+    dropped = manifest.get("dropped", {})
+    if not isinstance(dropped, dict):
+        raise PackageError(f"{path}: manifest 'dropped' must map models to versions")
+    return Package(name, build_id, shipped, files[bundle_member(name)], configs,
+                   _check_models(path, dropped) if dropped else {})

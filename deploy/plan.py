@@ -290,6 +290,23 @@ def _role_from_cluster(cluster: Mapping[str, Any], role: str, bundle: str, sourc
     return _named(role, Role, roots, leaves)
 
 
+def cluster_roles(cluster_path: Path, bundle: str) -> tuple[dict[str, Role], TlsConfig]:
+    """The roles (production, canary: those present) a cluster description runs for
+    ``bundle``, and the client TLS it names; raises ``PlanError``."""
+    try:
+        cluster = json.loads(cluster_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cluster file {cluster_path}: cannot read ({exc})") from None
+    roles_doc = cluster.get("roles") if isinstance(cluster, dict) else None
+    if not isinstance(roles_doc, dict):
+        raise PlanError(f"cluster file {cluster_path}: no roles")
+    roles = {
+        role: _role_from_cluster(cluster, role, bundle, cluster_path)
+        for role in ("production", "canary") if isinstance(roles_doc.get(role), dict) and roles_doc[role].get("root")
+    }
+    return roles, _tls(cluster.get("tls") or {}, cluster_path.parent, f"{cluster_path}: tls")
+
+
 _ANALYSIS_TUPLES = {"user_ids", "item_ids", "models"}
 
 

@@ -199,6 +199,12 @@ class RootConfig:
     at most 8; 1 = a single process, no supervisor."""
     bundles: Mapping[str, Path] = field(default_factory=dict)
     """Bundle name -> path of its bundle-level ``module_info.json``."""
+    bundle_max_bytes: int = 64 * 1024 * 1024
+    """A bundle file larger than this is refused (its last good map stays; alert on
+    ``rootleaf_trimmer_bundle_healthy`` 0)."""
+    kill_switch_file: Path | None = None
+    """Hot-reloaded file that turns trimming off for some or all models without a restart
+    (``{"trimming_off": ["*"]}``; README, "The Feature Trimmer"); None = no kill switch."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
     tls: TlsConfig = PLAINTEXT
@@ -242,6 +248,11 @@ class RootConfig:
         _check_int("root", "max_in_flight", self.max_in_flight, 1)
         _check_int("root", "workers", self.workers, 0)
         _check_int("root", "max_request_features", self.max_request_features, 1)
+        _check_int("root", "bundle_max_bytes", self.bundle_max_bytes, 1)
+        if self.kill_switch_file is not None:
+            if not isinstance(self.kill_switch_file, (str, Path)) or not str(self.kill_switch_file):
+                raise ValueError(f"kill_switch_file must be a path string, got {self.kill_switch_file!r}")
+            object.__setattr__(self, "kill_switch_file", Path(self.kill_switch_file))
         _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
@@ -322,6 +333,8 @@ def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
     kwargs: dict[str, Any] = {
         k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES, *_TLS_SECTIONS)
     }
+    if "kill_switch_file" in doc:
+        kwargs["kill_switch_file"] = _resolve(base_dir, doc["kill_switch_file"], "kill_switch_file")
     if "catalog" not in doc:
         raise ValueError("root config: 'catalog' is required")
     kwargs["catalog"] = _resolve(base_dir, doc["catalog"], "catalog")

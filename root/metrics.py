@@ -38,7 +38,8 @@ MODEL_REQUESTS = Counter(
 )
 UNSERVED_VERSIONS = Gauge(
     "rootleaf_root_unserved_versions",
-    "Versions a model's bundle lists that no leaf of its partition serves (nonzero during a rollout)",
+    "Versions a model's bundle lists that no leaf of its partition serves yet, newer than every "
+    "served one (nonzero during a rollout until the leaves load them; 0 once it completes)",
     ["partition", "model"],
 )
 MODEL_SCORE = Histogram(

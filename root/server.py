@@ -28,11 +28,15 @@ from root.config import RootConfig
 from root import metrics
 from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
+from root.oip import RootOipServicer
 from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
 from root.stores import open_feature_store
-from trimmer import FeatureTrimmer
+from root.versions import pending_versions
+from contract.versions import latest_version
+from trimmer import FeatureTrimmer, TrimmerConfig
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["RootServer", "create_server", "serve"]
 
@@ -117,7 +121,7 @@ class RootServer(ServerWithParts):
             leaf = self._leaves[name]
             for model in partition.models:
                 served = leaf.served_versions(model) or frozenset()
-                unserved = [v for v in bundle_versions.get(model, ()) if v not in served]
+                unserved = pending_versions(bundle_versions.get(model, ()), served, latest_version(served))
                 metrics.UNSERVED_VERSIONS.labels(name, model).set(len(unserved))
 
     async def _watch_partitions(self) -> None:
@@ -167,7 +171,12 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     """
     tune_allocator()
     catalog = FeatureCatalog.load(config.catalog)
-    trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
+    trimmer = FeatureTrimmer(
+        {name: str(path) for name, path in config.bundles.items()},
+        watch=True,
+        config=TrimmerConfig(max_file_bytes=config.bundle_max_bytes),
+        kill_switch=config.kill_switch_file,
+    )
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
         # The workers of one root share the port (``root.supervisor``); a single root does
@@ -175,7 +184,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         built = build_server(
             listen=config.listen,
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             reflection_enabled=config.reflection,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
@@ -200,7 +209,10 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
     inner.add_generic_rpc_handlers(
-        (RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),)
+        (
+            RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),
+            oip_handler(RootOipServicer(engine, config.bundles, lambda: prober.last)),
+        )
     )
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",

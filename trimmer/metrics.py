@@ -21,6 +21,9 @@ __all__ = [
     "LOOKUP_UNTRIMMED",
     "MODEL_CONFLICTS",
     "RELOADS",
+    "KILL_SWITCH_CHANGES",
+    "KILL_SWITCH_ERRORS",
+    "TRIMMING_OFF",
 ]
 
 LOOKUPS = Counter(
@@ -64,4 +67,17 @@ MODEL_CONFLICTS = Counter(
     "rootleaf_trimmer_model_conflicts",
     "A model newly found in more than one bundle; the bundle whose name sorts first wins.",
     ["model", "winner", "shadowed"],
+)
+TRIMMING_OFF = Gauge(
+    "rootleaf_trimmer_trimming_off",
+    "1 while the kill switch file turns trimming off for the model (model=\"*\": every model).",
+    ["model"],
+)
+KILL_SWITCH_CHANGES = Counter(
+    "rootleaf_trimmer_kill_switch_changes",
+    "Changes of the kill switch state (each is also logged at WARNING).",
+)
+KILL_SWITCH_ERRORS = Counter(
+    "rootleaf_trimmer_kill_switch_errors",
+    "Kill switch files that could not be used (the last good state stays).",
 )
