@@ -298,7 +298,8 @@ class PackedRecordStore(ABC):
         if stored.decode(errors="replace") != layout.digest:
             raise self._failed(
                 "layout",
-                f"redis {layout.entity.value} records were written with layout {stored[:64].decode(errors='replace')!r}, "
+                f"redis {layout.entity.value} records were written with layout "
+                f"{stored[:64].decode(errors='replace')!r}, "
                 f"the catalog expects {layout.digest!r}: reload the features with this catalog",
             )
 
