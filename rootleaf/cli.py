@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("deploy.bundle_cli:main", "build a bundle-level module_info.json and root-config package"),
     "rollout": ("deploy.rollout_cli:rollout_main", "staged rollout: canary, analysis, production"),
     "rollback": ("deploy.rollout_cli:rollback_main", "restore the state before the last rollout"),
+    "model-store": ("deploy.model_store_cli:main", "add or remove a model version (what rollout Jobs run)"),
     "up": ("harness.cluster_cli:up_main", "start a local cluster (leaves + root) on loopback"),
     "down": ("harness.cluster_cli:down_main", "stop a local cluster started with 'up'"),
     "monitor": ("harness.monitor:main", "run Prometheus with the shipped rules on a local cluster"),
