@@ -134,7 +134,7 @@ def _measure_rpc(target: str, method: str, payload: bytes, pid: int, idle_rate: 
                 call(payload, timeout=120)
                 answer = "OK"
             except grpc.RpcError as exc:
-                answer = exc.code().name  # type: ignore[attr-defined]
+                answer = exc.code().name
             sent += 1
         elapsed = time.monotonic() - start
         cpu = _cpu_s(pid) - start_cpu - idle_rate * elapsed
@@ -196,7 +196,7 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
     assets = ensure_assets(builtin_workload("ci"), directory / "cluster")  # the cluster's own
     layout = RecordLayout.from_catalog(FeatureCatalog.load(assets.catalog), Entity.CANDIDATE)
     count = size // 4
-    families = {
+    families: dict[str, list[bytes | None]] = {
         "1M values of 4 bytes": [b"\0\0\0\0"] * count,
         "1M missing values": [None] * count,
         "records one byte short": [bytes(layout.record_size - 1)] * (size // layout.record_size),

@@ -39,7 +39,7 @@ MAX_INFER_FIELDS = 2 * DEFAULT_LIMITS.max_tensors + 512
 def deserialize_infer(data: bytes) -> WireInfer:
     try:
         if len(data) > 2 * MAX_INFER_FIELDS and count_fields(data, 0, len(data), MAX_INFER_FIELDS) > MAX_INFER_FIELDS:
-            error = f"ModelInferRequest holds more than {MAX_INFER_FIELDS} fields"
+            error = f"ModelInferRequest holds more than {MAX_INFER_FIELDS} fields (inputs, raw contents, outputs, parameters)"
             return WireInfer(len(data), oip_pb2.ModelInferRequest(), error)
     except (IndexError, ValueError):
         return WireInfer(len(data), oip_pb2.ModelInferRequest(), "malformed ModelInferRequest: truncated or invalid field")

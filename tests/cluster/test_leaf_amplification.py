@@ -118,7 +118,7 @@ def test_hostile_requests_cost_a_leaf_a_small_multiple_of_their_size(tmp_path: P
                             call(payload, timeout=60)
                             code = "OK"
                         except grpc.RpcError as exc:
-                            code = exc.code().name  # type: ignore[attr-defined]
+                            code = exc.code().name
                         grown = _status(proc.pid)["VmHWM"] - before
                     results[f"{method}: {family}"] = (code, grown)
         assert proc.poll() is None, "the leaf died"
