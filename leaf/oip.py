@@ -29,6 +29,7 @@ from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from wire import oip
 from wire.codec import DecodeLimits
 from wire.oip_service import WireInfer, package_version
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class LeafOipServicer:
         model_label = _UNKNOWN_MODEL_LABEL
         version_served = ""
         try:
+            admitting = tracing.clock()
             if wire.error:
                 raise InvalidRequest(wire.error)
             loaded = self._repository.resolve(request.model_name, request.model_version)
@@ -114,20 +116,25 @@ class LeafOipServicer:
             self._batcher.check_capacity(loaded)
             n = max((t.shape[0] for t in headers.tensors), default=1) or 1
             admitted = loaded.converter.admit(headers.tensors, n)
+            tracing.record("admit", admitting)
             with self._inflight.hold(admitted.cost.row_bytes):
+                decoding = tracing.clock()
                 try:
                     data = oip.payloads(request, headers)
                 except oip.OipError as exc:
                     raise InvalidRequest(str(exc)) from None
                 inputs = loaded.converter.decode(admitted, {p: memoryview(b) for p, b in data.items()})
                 metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
+                tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
                 deadline = None if remaining is None else time.monotonic() + remaining
                 outputs = await self._batcher.submit(loaded, inputs, deadline, request.id)
+            encoding = tracing.clock()
             response = oip_pb2.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
             oip.write_outputs(response, outputs, names, raw=headers.raw)
+            tracing.record("encode", encoding)
         except asyncio.CancelledError:
             metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
             raise

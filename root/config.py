@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
 from transport.tls import PLAINTEXT, TlsConfig
+from transport.tracing import TracingConfig
 
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis", "redis-cluster")
@@ -220,6 +221,8 @@ class RootConfig:
     """Route each leaf call to the replica with the lower observed latency (of two) and send
     a second copy to another replica when the first is unanswered after the partition's
     recent p95 (first answer wins; at most 10% of calls hedge). False: round-robin only."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """``[tracing]``: OpenTelemetry spans over OTLP/gRPC (``endpoint``, ``sample_ratio``, ...); off when no endpoint."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
@@ -228,6 +231,8 @@ class RootConfig:
                 raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
         self.tls.check_server("tls")
         self.leaf_tls.check_client("leaf_tls")
+        if not isinstance(self.tracing, TracingConfig):
+            raise ValueError(f"tracing must be a TracingConfig, got {self.tracing!r}")
         _check_target("listen", self.listen)
         _check_int("root", "metrics_port", self.metrics_port, 0)
         if self.metrics_port > 65535:
@@ -301,6 +306,7 @@ class RootConfig:
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
             "hedging": str(self.hedging).lower(),
+            "tracing": f"sample_ratio={self.tracing.sample_ratio}" if self.tracing.enabled else "off",
         }
 
 
@@ -309,7 +315,7 @@ def _tls_mode(tls: TlsConfig, mutual: str) -> str:
 
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
-_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig}
+_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig, "tracing": TracingConfig}
 _TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 

@@ -41,6 +41,7 @@ UNSERVED_VERSIONS = Gauge(
     "Versions a model's bundle lists that no leaf of its partition serves yet, newer than every "
     "served one (nonzero during a rollout until the leaves load them; 0 once it completes)",
     ["partition", "model"],
+    multiprocess_mode="livemax",  # several workers: the most any live one sees (dead ones dropped)
 )
 MODEL_SCORE = Histogram(
     "rootleaf_root_model_score",
@@ -67,20 +68,34 @@ FEATURE_DEFAULTS = Counter(
     "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
 )
 PARTITION_TARGETS = Gauge(
-    "rootleaf_root_partition_addresses", "Leaf addresses of a partition (every resolved one) at the last health round", ["partition"]
+    "rootleaf_root_partition_addresses", "Leaf addresses of a partition (every resolved one) at the last health round",
+    ["partition"], multiprocess_mode="livemax",
 )
 PARTITION_SERVING_TARGETS = Gauge(
-    "rootleaf_root_partition_serving_addresses", "Leaf addresses of a partition serving at the last health round", ["partition"]
+    "rootleaf_root_partition_serving_addresses", "Leaf addresses of a partition serving at the last health round",
+    ["partition"], multiprocess_mode="livemin",  # several workers: 0 when any live one sees none
 )
 FEATURE_STORE_READY = Gauge(
     "rootleaf_root_feature_store_ready",
-    "1 when the feature store passed its start-up check, 0 when it failed (alert on 0)",
+    "1 when the feature store passed its start-up check, 0 when it failed (RootleafFeatureStoreNotReady)",
     multiprocess_mode="livemin",  # several workers: 0 when any live one failed
+)
+TRIM_ENABLED = Gauge(
+    "rootleaf_root_trim_enabled",
+    "1 when the root trims features to allowlists (config trim = true), 0 when it sends every feature",
+    multiprocess_mode="livemin",
 )
 FEATURE_STORE_DEGRADED = Counter(
     "rootleaf_root_feature_store_degraded_total",
     "Fetches answered with catalog defaults because the store failed or was slow (on_error = defaults)",
     ["entity", "reason"],
+)
+MODEL_STAGE_SECONDS = Histogram(
+    "rootleaf_root_model_stage_seconds",
+    "Per model result, time of its request in a stage: fetch (the request's feature fetch), "
+    "leaf (the partition call that answered it); sum over replicas for fleet quantiles",
+    ["model", "version", "stage"],
+    buckets=_LATENCY_BUCKETS,
 )
 UNKNOWN_ALLOWLIST_FEATURES = Counter(
     "rootleaf_root_unknown_allowlist_features_total",

@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from root.catalog import Entity, FeatureCatalog
 from root.feature_store import FeatureStoreError, FetchResult
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,9 @@ class PackedRecordStore(ABC):
         # with some, the unique records are re-expanded by one whole-record gather.
         unique, inverse = np.unique(ids, return_inverse=True)
         has_duplicates = len(unique) < len(ids)
+        started = tracing.clock()
         values = await self._records(layout, entity_keys(self._prefixes[entity], unique if has_duplicates else ids))
+        tracing.record("redis read", started, {"db.system": "redis", "db.redis.keys": len(values), "entity": entity.value})
         try:
             records, present = layout.unpack(values)
         except FeatureStoreError:

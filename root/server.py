@@ -21,6 +21,7 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from transport import tracing
 from transport.builder import build_server
 from transport.server import ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
@@ -50,6 +51,7 @@ leaf has loaded, so a version a leaf loads is routed to within about this long).
 HEALTH_TIMEOUT_S = 1.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+TRACED_METHODS = (f"/{SERVICE_NAME}/Score", f"/{OIP_SERVICE_NAME}/ModelInfer")
 
 
 class RootServer(ServerWithParts):
@@ -83,6 +85,7 @@ class RootServer(ServerWithParts):
 
     async def start(self) -> None:
         await self._inner.start()
+        metrics.TRIM_ENABLED.set(1 if self.engine.config.trim else 0)
         await self._check_store()
         # Ready and live while the process serves: a partition without a serving leaf fails
         # its own models (Status, metrics and logs say which); every other model is served.
@@ -153,6 +156,7 @@ class RootServer(ServerWithParts):
             await loop.run_in_executor(pool, self._close_threads)
 
     def _close_threads(self) -> None:
+        tracing.shutdown()
         self.trimmer.close()
         self._executor.shutdown(wait=True)
         if self._metrics_server is not None:
@@ -170,6 +174,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     coroutine this synchronous builder cannot await, so a failed build never opens them.
     """
     tune_allocator()
+    tracing.configure(config.tracing, "rootleaf-root")  # before any channel is built
     catalog = FeatureCatalog.load(config.catalog)
     trimmer = FeatureTrimmer(
         {name: str(path) for name, path in config.bundles.items()},
@@ -189,6 +194,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
             reuse_port=config.workers > 1,
+            interceptors=tracing.server_interceptors(TRACED_METHODS),
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server

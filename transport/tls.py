@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import grpc
 
+from transport import tracing
+
 _FIELDS = ("cert_file", "key_file", "ca_file", "client_ca_file", "server_name")
 
 
@@ -131,9 +133,12 @@ def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:
 def aio_channel(target: str, tls: TlsConfig, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
     """An asyncio channel to ``target``, secure when ``tls`` is configured."""
     all_options = [*options, *tls.channel_options()]
+    interceptors = tracing.client_interceptors() or None  # trace context on every call, when on
     if tls.enabled:
-        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=all_options)
-    return grpc.aio.insecure_channel(target, options=all_options)
+        return grpc.aio.secure_channel(
+            target, tls.channel_credentials(), options=all_options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors)
 
 
 def sync_channel(target: str, tls: TlsConfig, options: list[tuple[str, Any]]) -> grpc.Channel:

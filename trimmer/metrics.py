@@ -47,6 +47,7 @@ LAST_SUCCESS = Gauge(
     "rootleaf_trimmer_last_success_timestamp_seconds",
     "Unix time of the bundle's last successful load.",
     ["bundle"],
+    multiprocess_mode="livemin",  # root workers: the oldest among live ones (dead ones dropped)
 )
 LOAD_ERRORS = Counter(
     "rootleaf_trimmer_load_errors",
@@ -55,8 +56,9 @@ LOAD_ERRORS = Counter(
 )
 BUNDLE_HEALTHY = Gauge(
     "rootleaf_trimmer_bundle_healthy",
-    "1 when the bundle's current file loaded cleanly, 0 when its last load failed (alert on 0).",
+    "1 when the bundle's current file loaded cleanly, 0 when its last load failed (RootleafBundleUnhealthy).",
     ["bundle"],
+    multiprocess_mode="livemin",  # root workers: 0 when any live one failed (dead ones dropped)
 )
 BUNDLE_INFO = Gauge(
     "rootleaf_trimmer_bundle_info",
