@@ -281,17 +281,18 @@ class Rollout:
         """Write the root configs and wait for every root to load them; with
         ``accept_refusal`` (canary) a root that refuses the bundle file ends its wait too:
         the analysis then judges the canary with the refusal in effect."""
-        count = 0
-        backup_dir = self.plan.state_dir / "backups" / self.state["id"]
         before = {r.target: await root_bundle_error(r, self.plan.bundle, self.plan.rpc_timeout_s, self.plan.tls)
                   for r in roots} if accept_refusal else None
         if self.plan.delivery.kubernetes:
             count = await self._k8s().deliver_roots(role_name, roots, self._record)
-        for f in [] if self.plan.delivery.kubernetes else self.root_files(Role(tuple(roots), ())):
-            change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
-            if change is not None:
-                self._record(change)
-                count += 1
+        else:
+            count = 0
+            backup_dir = self.plan.state_dir / "backups" / self.state["id"]
+            for f in self.root_files(Role(tuple(roots), ())):
+                change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
+                if change is not None:
+                    self._record(change)
+                    count += 1
         refused = await self._verify_roots(roots, before)
         unit = "object(s) applied" if self.plan.delivery.kubernetes else "file(s) written"
         return (f"{count} {unit}, {len(roots) - len(refused)} root(s) report {self.package.bundle_sha256[:12]}"
@@ -313,11 +314,12 @@ class Rollout:
             deliveries = [VersionDelivery(leaf, model, version, self.models_dir / model / version)
                           for leaf, model, version in jobs]
         else:
-            deliveries = self.leaf_versions(Role(self.plan.canary.roots, tuple(leaves)))
-        for v in [] if self.plan.delivery.kubernetes else deliveries:
-            change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model, f"{role_name} leaf {v.leaf.target}")
-            if change is not None:
-                self._record(change)
+            deliveries = self.leaf_versions(Role(self.plan.canary.roots, tuple(leaves)))  # uses the leaves only
+            for v in deliveries:
+                change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model,
+                                                 f"{role_name} leaf {v.leaf.target}")
+                if change is not None:
+                    self._record(change)
         self.delivered += deliveries
         await self._verify_leaves(deliveries)
         names = ", ".join(f"{v.model}/{v.version}" for v in deliveries) or "none new"
@@ -391,12 +393,11 @@ class Rollout:
         self.out(f"rollout COMPLETED: bundle {self.package.name} build {self.package.build_id} in production")
         return 0
 
-
     def _production_stages(self) -> list[tuple[int, str, Callable[[], Awaitable[str]]]]:
         """Stages 4 and 5, per wave; after each wave of a ``[waves]`` plan, its gate."""
         plan_waves = waves.plan_waves(self.plan)
         out: list[tuple[int, str, Callable[[], Awaitable[str]]]] = []
-        for i, wave in enumerate(plan_waves):
+        for wave in plan_waves:
             suffix = f" {wave.label}" if self.plan.waves is not None else ""
             snapshots: list[tuple[Any, Any]] = []
 
