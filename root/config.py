@@ -8,6 +8,7 @@ shared read-only by every coroutine of the root's event loop.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -153,6 +154,47 @@ class CacheConfig:
         object.__setattr__(self, "ttl_s", float(self.ttl_s))
 
 
+def _shadow_number(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < lo or value > hi or (lo_open and value == lo):
+        raise ValueError(f"shadow.{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """``[shadow]`` of a root config: mirror a sample of requests to a canary root."""
+
+    target: str = ""
+    """Canary root address host:port; empty = no mirroring. Reached with ``[leaf_tls]``."""
+    sample: float = 0.1
+    """Fraction of Score requests mirrored (0-1)."""
+    max_per_s: float = 50.0
+    """Most mirrored requests per second (token bucket, burst of one second)."""
+    max_in_flight: int = 8
+    """Most mirrored calls outstanding; more are dropped."""
+    timeout_s: float = 2.0
+    """Deadline of each mirrored call."""
+    max_score_diff: float = 0.05
+    """A mirrored result whose first output differs from production's by more than this
+    (max absolute difference) counts as ``differ``."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str):
+            raise ValueError(f"shadow.target must be host:port, got {self.target!r}")
+        if self.target and (":" not in self.target or not self.target.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"shadow.target must be host:port, got {self.target!r}")
+        _shadow_number("sample", self.sample, 0.0, 1.0)
+        _shadow_number("max_per_s", self.max_per_s, 0.0, 1e6, lo_open=True)
+        _shadow_number("timeout_s", self.timeout_s, 0.0, 600.0, lo_open=True)
+        _shadow_number("max_score_diff", self.max_score_diff, 0.0, math.inf)
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise ValueError(f"shadow.max_in_flight must be an integer >= 1, got {self.max_in_flight!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.target) and self.sample > 0
+
+
 @dataclass(frozen=True, slots=True)
 class RootConfig:
     """Everything a root needs to serve."""
@@ -217,6 +259,8 @@ class RootConfig:
     load errors (off: names, counts, hashes and switches only; see the trust model)."""
     reflection: bool = False
     """Serve gRPC server reflection (service and proto file descriptors)."""
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    """``[shadow]``: mirror a sample of Score requests to a canary root (off without a target)."""
     hedging: bool = True
     """Route each leaf call to the replica with the lower observed latency (of two) and send
     a second copy to another replica when the first is unanswered after the partition's
@@ -306,6 +350,7 @@ class RootConfig:
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
             "hedging": str(self.hedging).lower(),
+            "shadow": f"{self.shadow.target} sample {self.shadow.sample:g}" if self.shadow.enabled else "off",
             "tracing": f"sample_ratio={self.tracing.sample_ratio}" if self.tracing.enabled else "off",
         }
 
@@ -315,7 +360,8 @@ def _tls_mode(tls: TlsConfig, mutual: str) -> str:
 
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
-_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig, "tracing": TracingConfig}
+_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig, "shadow": ShadowConfig,
+                                   "tracing": TracingConfig}
 _TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 

@@ -102,6 +102,17 @@ UNKNOWN_ALLOWLIST_FEATURES = Counter(
     "Allowlisted features neither in the catalog nor supplied by the client (skipped)",
     ["model"],
 )
+SHADOW_REQUESTS = Counter(
+    "rootleaf_root_shadow_requests_total",
+    "Score requests mirrored to the canary root ([shadow]): sent, or dropped by the rate or in-flight bound",
+    ["outcome"],
+)
+SHADOW_RESULTS = Counter(
+    "rootleaf_root_shadow_results_total",
+    "Mirrored results compared with this root's own: match, differ (beyond max_score_diff), "
+    "canary_error (the canary failed where this root answered), production_error (not compared)",
+    ["model", "outcome"],
+)
 
 # Scores observed per model result: prometheus observes one value per call, so observing all
 # N candidates would be a per-candidate loop on the hot path; an even stride keeps the shape.

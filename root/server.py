@@ -33,6 +33,7 @@ from root.oip import RootOipServicer
 from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
+from root.shadow import ShadowMirror
 from root.stores import open_feature_store
 from root.versions import pending_versions
 from contract.versions import latest_version
@@ -69,8 +70,10 @@ class RootServer(ServerWithParts):
         health_servicer: health.aio.HealthServicer,
         metrics_server: Any,
         prober: PartitionProber,
+        shadow: ShadowMirror | None = None,
     ) -> None:
         super().__init__(inner)
+        self.shadow = shadow
         self.engine = engine
         self.trimmer = trimmer
         self._store = store
@@ -149,6 +152,8 @@ class RootServer(ServerWithParts):
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
         await asyncio.gather(*(c.close() for c in self._leaves.values()), self.prober.close())
+        if self.shadow is not None:
+            await self.shadow.close()
         await self._store.close()
         loop = asyncio.get_running_loop()
         # Joining threads blocks: do it off the loop, in a named thread.
@@ -214,9 +219,10 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     }
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
+    shadow = ShadowMirror(config.shadow, config.leaf_tls) if config.shadow.enabled else None
     inner.add_generic_rpc_handlers(
         (
-            RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),
+            RootServicer(engine, config, trimmer.status, lambda: prober.last, shadow).handler(),
             oip_handler(RootOipServicer(engine, config.bundles, lambda: prober.last)),
         )
     )
@@ -241,6 +247,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         health_servicer=health_servicer,
         metrics_server=metrics_server,
         prober=prober,
+        shadow=shadow,
     )
     return server, port
 

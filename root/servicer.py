@@ -25,6 +25,7 @@ from root.partition_health import PartitionHealth
 from root.errors import InvalidRequest, status_of
 from root.request import ModelRef, ScoreInput, check_counts
 from root.scoring import ScoreEngine
+from root.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class RootServicer(root_pb2_grpc.RootServicer):
         config: RootConfig,
         bundle_statuses: BundleStatuses,
         partition_health: PartitionHealthView = dict,
+        shadow: ShadowMirror | None = None,
     ) -> None:
         self._engine = engine
+        self._shadow = shadow
         self._config = config
         self._bundle_statuses = bundle_statuses
         self._partition_health = partition_health
@@ -112,6 +115,8 @@ class RootServicer(root_pb2_grpc.RootServicer):
                     error_message=outcome.error_message,
                 )
                 result.outputs.extend(outcome.outputs)
+            if self._shadow is not None:
+                self._shadow.offer(request, response)  # O(1), never raises: the answer goes out now
             return response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

@@ -1,5 +1,5 @@
-"""A real ``prometheus`` process for tests: loopback port, temporary storage, a scrape of a
-local cluster's ``cluster.json`` and the shipped rules with their waits shortened.
+"""A real ``prometheus`` process for tests: loopback port, temporary storage, the shipped
+rules with their waits shortened (the scrape config: ``harness.monitor.scrape_config``).
 
 ``start_prometheus`` returns once ``/-/ready`` answers; ``stop()`` terminates it by pid.
 The HTTP API is read with urllib: ``query`` (instant vector) and ``alerts``.
@@ -24,33 +24,6 @@ from harness.processes import free_port
 
 PORT_ATTEMPTS = 3
 START_TIMEOUT_S = 60.0
-
-
-def cluster_scrape_config(cluster: Mapping[str, Any], rule_file: Path, interval_s: int = 1) -> dict[str, Any]:
-    """Prometheus config scraping every root and leaf of a ``cluster.json`` document, with
-    the labels the Kubernetes PodMonitor gives (job rootleaf-root / rootleaf-leaf, partition
-    on leaves, track = the role)."""
-    roots: list[dict[str, Any]] = []
-    leaves: list[dict[str, Any]] = []
-    for role, members in cluster["roles"].items():
-        if members["root"]:
-            roots.append({"targets": [_host_port(members["root"]["metrics_url"])], "labels": {"track": role}})
-        for leaf in members["leaves"]:
-            leaves.append({"targets": [_host_port(leaf["metrics_url"])],
-                           "labels": {"track": role, "partition": leaf["partition"]}})
-    interval = f"{interval_s}s"
-    return {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "rule_files": [str(rule_file)],
-        "scrape_configs": [
-            {"job_name": "rootleaf-root", "static_configs": roots},
-            {"job_name": "rootleaf-leaf", "static_configs": leaves},
-        ],
-    }
-
-
-def _host_port(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc
 
 
 def shortened_rules(rules_file: Path, out: Path, *, interval: str = "1s", wait: str = "2s") -> Path:

@@ -74,6 +74,7 @@ TRIMMING_OFF = Gauge(
     "rootleaf_trimmer_trimming_off",
     "1 while the kill switch file turns trimming off for the model (model=\"*\": every model).",
     ["model"],
+    multiprocess_mode="livemax",  # root workers: 1 when any live one has it off (dead ones dropped)
 )
 KILL_SWITCH_CHANGES = Counter(
     "rootleaf_trimmer_kill_switch_changes",

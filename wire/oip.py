@@ -89,9 +89,9 @@ def read_headers(request: oip_pb2.ModelInferRequest, limits: DecodeLimits) -> Oi
         itemsize = _ITEMSIZE.get(datatype)
         if itemsize is None:
             raise OipError(f"input {name!r}: datatype {datatype[:32]!r} is not supported (supported: {_SUPPORTED})")
+        if not 0 < len(spec.shape) <= limits.max_rank:  # counted before a dim is read
+            raise OipError(f"input {name!r}: rank {len(spec.shape)}, expected 1 to {limits.max_rank}")
         shape = tuple(spec.shape)
-        if not 0 < len(shape) <= limits.max_rank:
-            raise OipError(f"input {name!r}: rank {len(shape)}, expected 1 to {limits.max_rank}")
         count = 1
         for dim in shape:
             if dim < 0:
@@ -139,6 +139,8 @@ def requested_outputs(request: oip_pb2.ModelInferRequest, output_names: Sequence
     """The outputs to answer: those the request names (each must exist), else every one."""
     if not request.outputs:
         return tuple(output_names)
+    if len(request.outputs) > len(output_names):  # counted before a name is read
+        raise OipError(f"{len(request.outputs)} outputs requested, the model has {len(output_names)}")
     known = frozenset(output_names)
     names = tuple(o.name for o in request.outputs)
     for name in names:

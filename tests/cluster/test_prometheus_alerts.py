@@ -1,42 +1,33 @@
 """The shipped rules and dashboard against a real ``prometheus`` scraping a ``rootleaf up``
 cluster (root with two workers, one leaf per partition, all on loopback): a corrupt bundle
 fires RootleafBundleUnhealthy for that bundle only and repairing it resolves the alert; every
-dashboard query returns series. Rules run with ``for:`` shortened to 2 s and 1 s evaluation
-(``tests/prometheus_server.shortened_rules``); the figures are printed (run with ``-s``)."""
+dashboard query returns series; a killed root worker fires RootleafRootWorkersRestarting.
+Rules run with ``for:`` shortened to 2 s and 1 s evaluation (``shortened_rules``); the
+figures are printed (run with ``-s``)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import pytest
 
 from deploy.prometheus_rule import RULES_FILE
+from harness.monitor import scrape_config
 from harness.processes import REPO_ROOT
 from root.client import RootClient
 from tests.cluster.test_local_cluster import _wait_for_file
-from tests.prometheus_server import PrometheusServer, cluster_scrape_config, shortened_rules, start_prometheus
+from tests.cluster.test_root_workers import children, poll
+from tests.prometheus_server import PrometheusServer, shortened_rules, start_prometheus
 from tests.unit.test_monitoring import dashboard_queries
 
-T = TypeVar("T")
 WAIT_S = 120.0
 ALERT = "RootleafBundleUnhealthy"
-
-
-def poll(what: str, probe: Callable[[], T], timeout_s: float = WAIT_S) -> T:
-    """``probe()`` until it returns something truthy (bounded in time)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 def prometheus(cluster: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     workdir = tmp_path_factory.mktemp("prometheus")
     rules = shortened_rules(RULES_FILE, workdir / "rules.yaml")
-    server = start_prometheus(workdir, cluster_scrape_config(cluster, rules))
+    server = start_prometheus(workdir, scrape_config(cluster, [rules], interval_s=1))
     try:
         yield server
     finally:
@@ -139,3 +130,18 @@ def test_every_dashboard_query_returns_series(cluster: dict[str, Any], prometheu
     except AssertionError:
         raise AssertionError("queries without series:\n" + "\n".join(empty)) from None
     print(f"\n{len(queries)} dashboard queries, each with series")
+
+
+@pytest.mark.cluster
+def test_a_killed_root_worker_fires_the_restart_alert(cluster: dict[str, Any], prometheus: PrometheusServer) -> None:
+    alert = "RootleafRootWorkersRestarting"
+    poll("the supervisor's series scraped", lambda: prometheus.query("rootleaf_root_worker_restarts_total == 0"))
+    assert prometheus.alerts(alert) == []
+    supervisor = cluster["roles"]["production"]["root"]["pid"]
+    workers = children(supervisor)
+    assert len(workers) == 2
+    os.kill(min(workers), signal.SIGKILL)
+    poll("a replacement worker", lambda: len(children(supervisor) - workers) == 1)
+    firing = poll(f"{alert} firing", lambda: [a for a in prometheus.alerts(alert) if a["state"] == "firing"])
+    assert [a["labels"]["job"] for a in firing] == ["rootleaf-root"]
+    _score(cluster, 3)  # the root serves on

@@ -23,6 +23,7 @@ import root.redis_cluster_store  # noqa: F401
 import root.redis_records  # noqa: F401
 import trimmer.metrics  # noqa: F401
 from deploy import prometheus_rule
+from harness import monitor
 from root.supervisor import WorkerCollector
 
 MONITORING = prometheus_rule.MONITORING
@@ -179,3 +180,24 @@ def test_every_alert_has_its_section_in_the_docs() -> None:
         if "alert" in rule:
             assert rule["annotations"]["runbook_url"] == f"docs/monitoring.md#{rule['alert'].lower()}"
             assert rule["alert"].lower() in headings, f"docs/monitoring.md has no section for {rule['alert']}"
+
+
+def test_rootleaf_monitor_writes_a_config_promtool_accepts(tmp_path: Path) -> None:
+    assert monitor.main(["--dir", str(tmp_path), "--config-only"]) == 1  # no cluster.json
+    leaf = {"partition": "alpha", "metrics_url": "http://127.0.0.1:9201/metrics"}
+    cluster = {"roles": {"production": {"root": {"metrics_url": "http://127.0.0.1:9200/metrics"},
+                                        "leaves": [leaf, {**leaf, "metrics_url": "http://127.0.0.1:9202/metrics"}]},
+                         "canary": {"root": None, "leaves": [{**leaf, "metrics_url": "http://127.0.0.1:9203/metrics"}]}}}
+    (tmp_path / "cluster.json").write_text(json.dumps(cluster))
+    assert monitor.main(["--dir", str(tmp_path), "--config-only", "--interval", "2"]) == 0
+    config = tmp_path / "prometheus" / "prometheus.yml"
+    result = promtool("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(all_rules())} rules found" in result.stdout  # the shipped rules, loaded
+    jobs = {job["job_name"]: job["static_configs"] for job in json.loads(config.read_text())["scrape_configs"]}
+    assert jobs["rootleaf-root"] == [{"targets": ["127.0.0.1:9200"], "labels": {"track": "production"}}]
+    assert [(c["targets"], c["labels"]) for c in jobs["rootleaf-leaf"]] == [
+        (["127.0.0.1:9201"], {"track": "production", "partition": "alpha"}),
+        (["127.0.0.1:9202"], {"track": "production", "partition": "alpha"}),
+        (["127.0.0.1:9203"], {"track": "canary", "partition": "alpha"}),
+    ]
