@@ -253,15 +253,16 @@ class Rollout:
         return self.k8s
 
     async def _deliver_roots(self, role_name: str, roots: Sequence[RootTarget]) -> str:
-        count = 0
-        backup_dir = self.plan.state_dir / "backups" / self.state["id"]
         if self.plan.delivery.kubernetes:
             count = await self._k8s().deliver_roots(role_name, roots, self._record)
-        for f in [] if self.plan.delivery.kubernetes else self.root_files(Role(tuple(roots), ())):
-            change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
-            if change is not None:
-                self._record(change)
-                count += 1
+        else:
+            count = 0
+            backup_dir = self.plan.state_dir / "backups" / self.state["id"]
+            for f in self.root_files(Role(tuple(roots), ())):
+                change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
+                if change is not None:
+                    self._record(change)
+                    count += 1
         await self._verify_roots(roots)
         unit = "object(s) applied" if self.plan.delivery.kubernetes else "file(s) written"
         return f"{count} {unit}, {len(roots)} root(s) report {self.package.bundle_sha256[:12]}"
@@ -278,11 +279,12 @@ class Rollout:
             deliveries = [VersionDelivery(leaf, model, version, self.models_dir / model / version)
                           for leaf, model, version in jobs]
         else:
-            deliveries = self.leaf_versions(Role(self.plan.canary.roots, tuple(leaves)))
-        for v in [] if self.plan.delivery.kubernetes else deliveries:
-            change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model, f"{role_name} leaf {v.leaf.target}")
-            if change is not None:
-                self._record(change)
+            deliveries = self.leaf_versions(Role(self.plan.canary.roots, tuple(leaves)))  # uses the leaves only
+            for v in deliveries:
+                change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model,
+                                                 f"{role_name} leaf {v.leaf.target}")
+                if change is not None:
+                    self._record(change)
         self.delivered += deliveries
         await self._verify_leaves(deliveries)
         names = ", ".join(f"{v.model}/{v.version}" for v in deliveries) or "none new"
@@ -356,12 +358,11 @@ class Rollout:
         self.out(f"rollout COMPLETED: bundle {self.package.name} build {self.package.build_id} in production")
         return 0
 
-
     def _production_stages(self) -> list[tuple[int, str, Callable[[], Awaitable[str]]]]:
         """Stages 4 and 5, per wave; after each wave of a ``[waves]`` plan, its gate."""
         plan_waves = waves.plan_waves(self.plan)
         out: list[tuple[int, str, Callable[[], Awaitable[str]]]] = []
-        for i, wave in enumerate(plan_waves):
+        for wave in plan_waves:
             suffix = f" {wave.label}" if self.plan.waves is not None else ""
             snapshots: list[tuple[Any, Any]] = []
 

@@ -94,6 +94,7 @@ async def run_shadow_analysis(plan: Plan, models: Sequence[str]) -> AnalysisRepo
         return rescore([metric], plan.analysis, 0, 0.0)
     window_s = time.monotonic() - start
     windows = [delta(b, a) for b, a in zip(before, after)]
+    mirrored = windows[1].total(SENT, outcome="sent")
     canary = _side(windows[0], windows[2] if groups[2] else None)
     production = _side(windows[1], windows[3] if groups[3] else None)
     base = judge(canary, production, plan.analysis, (), window_s)
@@ -103,7 +104,7 @@ async def run_shadow_analysis(plan: Plan, models: Sequence[str]) -> AnalysisRepo
     dropped = windows[1].by_label(SENT, "outcome")
     if any(k != "sent" and v for k, v in dropped.items()):
         traffic = MetricResult(traffic.name, traffic.canary, traffic.baseline, traffic.verdict, True,
-                               traffic.detail + "; dropped " + ", ".join(
-                                   f"{k} {v:.0f}" for k, v in sorted(dropped.items()) if k != "sent" and v), "shadow")
+                               traffic.detail + "; not mirrored: " + ", ".join(
+                                   f"{v:.0f} {k}" for k, v in sorted(dropped.items()) if k != "sent" and v), "shadow")
     metrics = [traffic, *base.metrics, *mismatch_metrics(windows[1], models, cfg)]
     return rescore(metrics, plan.analysis, int(mirrored), window_s)

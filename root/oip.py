@@ -28,12 +28,12 @@ from contract.oip import CANDIDATE_IDS, OUTPUT_DATATYPE, PLATFORM, USER_ID
 from contract.versions import latest_version, version_key
 from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from root import metrics
-from root.errors import InvalidRequest, ModelNotFound, RootError, status_of
+from root.errors import InvalidRequest, ModelNotFound, RootError, shown, status_of
 from root.partition_health import PartitionHealth
 from root.request import ModelRef, ScoreInput
 from root.scoring import ScoreEngine
 from wire import codec, oip
-from wire.codec import DecodeLimits, Tensor
+from wire.codec import DecodeLimits
 from wire.oip_service import WireInfer, package_version
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class RootOipServicer:
             served = self._served(request.name) or ()
             if request.version and request.version not in served:
                 raise VersionNotServed(
-                    f"model {request.name!r} version {request.version!r} is not served (served: {list(served)})"
+                    f"model {request.name!r} version {shown(request.version)} is not served (served: {list(served)})"
                 )
             version = request.version or latest_version(served) or ""
             entry = await asyncio.to_thread(self._bundle_entry, request.name, version)
@@ -203,9 +203,7 @@ class RootOipServicer:
         if user < 0 or (ids < 0).any():
             raise InvalidRequest(f"{CANDIDATE_IDS!r} and {USER_ID!r} must be >= 0")
         features = tuple(
-            Tensor(name=t.name, dtype=t.dtype, shape=t.shape, encoding=t.encoding, raw_size=t.raw_size, data=data[p])
-            for p, t in enumerate(headers.tensors)
-            if t.name not in (CANDIDATE_IDS, USER_ID)
+            t.tensor(data[p]) for p, t in enumerate(headers.tensors) if t.name not in (CANDIDATE_IDS, USER_ID)
         )
         version = request.model_version or None
         return (

@@ -350,7 +350,7 @@ class ScoreEngine:
             raise DeadlineExceeded("deadline exceeded while fetching features") from None
         fetch_s = time.perf_counter() - fetch_started
         for route in routes:
-            metrics.child(metrics.MODEL_STAGE_SECONDS, route.ref.name, route.version, "fetch").observe(fetch_s)
+            metrics.child(metrics.MODEL_STAGE_SECONDS, route.ref.name, route.label, "fetch").observe(fetch_s)
         sent_client = {name: array for name, array in client.items() if name in wanted}
         request_cols = dict(user_cols.columns)
         request_cols.update(sent_client)

@@ -57,6 +57,10 @@ class Route:
     """The allowlist of ``version``; None = untrimmed."""
     kind: str
     """How the version was chosen: exact | latest | untrimmed."""
+    label: str
+    """``version`` as a metric label: itself when a bundle or a leaf named it,
+    ``metrics.UNKNOWN_VERSION`` when only the client did (label values never come from
+    request text)."""
 
 
 class VersionResolver:
@@ -100,7 +104,7 @@ class VersionResolver:
                 )
             if decision.version is not None and (decision.kind == "exact" or not pinned):
                 metrics.child(metrics.MODEL_REQUESTS, ref.name, decision.version, decision.kind).inc()
-                return Route(ref, partition, decision.version, decision.features, decision.kind)
+                return Route(ref, partition, decision.version, decision.features, decision.kind, decision.version)
             # Rule 1 without an allowlist for the pinned version, or rule 4.
         # Untrimmed: every feature goes, so any loaded version can run it.
         if served is None:
@@ -108,7 +112,7 @@ class VersionResolver:
             # into a label: until the partition reports its versions, the series is "unknown".
             version = ref.version or ""
             metrics.child(metrics.MODEL_REQUESTS, ref.name, metrics.UNKNOWN_VERSION, "untrimmed").inc()
-            return Route(ref, partition, version, None, "untrimmed")
+            return Route(ref, partition, version, None, "untrimmed", metrics.UNKNOWN_VERSION)
         if pinned:
             version = ref.version or ""
         else:
@@ -119,7 +123,7 @@ class VersionResolver:
                     f"model {ref.name!r}: no leaf of partition {partition!r} has a version loaded",
                 )
         metrics.child(metrics.MODEL_REQUESTS, ref.name, version, "untrimmed").inc()
-        return Route(ref, partition, version, None, "untrimmed")
+        return Route(ref, partition, version, None, "untrimmed", version)
 
     async def refresh(self, partitions: set[str], deadline: float) -> None:
         """Refresh these partitions' loaded versions, within half the time left (at most

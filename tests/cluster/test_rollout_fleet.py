@@ -244,3 +244,42 @@ def test_kubernetes_broken_canary_rolls_back_under_load(
     for role in NAMESPACES:
         assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
     assert _repos(desc) == repos
+
+
+# ----------------------------------------------------------------------------- shadow traffic
+
+@pytest.mark.parametrize("broken", [False, True], ids=["good", "broken"])
+def test_shadow_analysis_judges_mirrored_production_traffic(
+    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    broken: bool,
+) -> None:
+    """The production root mirrors every request to the canary root; stage 3 sends nothing of
+    its own and judges the canary on those requests (a broken canary differs on them)."""
+    canary_target = _desc(cluster)["roles"]["canary"]["root"]["target"]
+    cluster.restart_root("production", {"shadow": {"target": canary_target, "sample": 1.0, "max_per_s": 500.0}})
+    try:
+        desc = _desc(cluster)
+        args, bundle, model, version = _prepare(cluster, tmp_path, broken=broken)
+        plan = Path(args[1])
+        plan.write_text(plan.read_text().replace("[analysis]\n", f'[analysis]\nmodels = ["{model}"]\n')
+                        + "[shadow]\nmin_requests = 30\nwindow_s = 60\nmax_mismatch_rate = 0.01\n")
+        before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
+        with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+            assert rollout_main(args) == (1 if broken else 0)
+            if not broken:
+                assert rollback_main(["--plan", args[1]]) == 0
+        out = capsys.readouterr().out
+        print(out)
+        assert "shadow_traffic" in out and f"shadow[{model}]" in out and "score[" not in out
+        line = next(x for x in out.splitlines() if x.startswith(f"shadow[{model}]"))
+        if broken:
+            assert "FAIL" in line and "[3/5] automated canary analysis: FAILED" in out and "[4/5]" not in out
+            assert "rolled back: every change reverted and verified" in out
+        else:
+            assert "PASS" in line and " 0 differ, 0 canary errors" in line and "rollout COMPLETED" in out
+        metrics = (plan.parent / "state" / METRICS_FILE).read_text()
+        assert f'verdict="{"FAIL" if broken else "PASS"}"}} 1.0' in metrics
+        for role in NAMESPACES:
+            assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
+    finally:
+        cluster.restart_root("production", {})

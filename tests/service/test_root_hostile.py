@@ -1,4 +1,4 @@
-"""Hostile ``Root/Score`` requests: each family is refused on its counts or declared sizes,
+"""Hostile ``Root/Score`` (and OIP ``ModelInfer``) requests: each family is refused on its counts or declared sizes,
 and the root's Python-side memory while it answers (``tracemalloc``: Python objects and
 numpy arrays; gRPC's and protobuf's C buffers are outside it, bounded by the message limit)
 stays within a small multiple of the request's size.
@@ -57,6 +57,15 @@ def _bomb() -> bytes:
     return BASE + _field(5, tensor.SerializeToString())
 
 
+SCORE = "/rootleaf.v1.Root/Score"
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+INFER_BASE = _field(1, b"m")  # model_name
+
+
+def _oip_input(name: bytes, dims: bytes) -> bytes:
+    return _field(5, _field(1, name) + _field(2, b"INT64") + _field(3, dims))
+
+
 # family -> (request bytes, expected code, words the message names)
 FAMILIES: dict[str, tuple[bytes, grpc.StatusCode, str]] = {
     "empty models": (BASE + b"\x22\x00" * (INPUT_BYTES // 2), grpc.StatusCode.INVALID_ARGUMENT, "max_models"),
@@ -68,6 +77,11 @@ FAMILIES: dict[str, tuple[bytes, grpc.StatusCode, str]] = {
         BASE + _field(4, _field(1, b"x" * INPUT_BYTES)), grpc.StatusCode.NOT_FOUND, "not hosted by any partition",
     ),
     "declared decoded size": (_bomb(), grpc.StatusCode.INVALID_ARGUMENT, "max_request_feature_bytes"),
+    # The same root through the Open Inference Protocol.
+    "oip input rank": (
+        INFER_BASE + _oip_input(b"candidate_ids", b"\x01" * INPUT_BYTES), grpc.StatusCode.INVALID_ARGUMENT, "rank",
+    ),
+    "oip empty inputs": (INFER_BASE + b"\x2a\x00" * (INPUT_BYTES // 2), grpc.StatusCode.INVALID_ARGUMENT, "inputs"),
 }
 
 
@@ -87,9 +101,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RootConfig]:
     )
 
 
-async def _peak_of_call(target: str, payload: bytes) -> tuple[grpc.StatusCode, str, int]:
+async def _peak_of_call(target: str, method: str, payload: bytes) -> tuple[grpc.StatusCode, str, int]:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary("/rootleaf.v1.Root/Score", request_serializer=None, response_deserializer=None)
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         try:
@@ -113,7 +127,8 @@ def test_hostile_score_requests_are_refused_within_a_small_multiple_of_their_siz
         await server.start()
         tracemalloc.start()
         try:
-            return await _peak_of_call(f"127.0.0.1:{port}", payload)
+            method = INFER if family.startswith("oip ") else SCORE
+            return await _peak_of_call(f"127.0.0.1:{port}", method, payload)
         finally:
             tracemalloc.stop()
             await server.stop(None)

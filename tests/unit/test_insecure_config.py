@@ -4,6 +4,7 @@ the server's ``client_ca_file``, a ``rediss://`` URL that turns certificate chec
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,11 @@ def test_a_root_config_with_a_setting_its_side_ignores_is_refused(tmp_path: Path
 
 def test_a_server_built_from_a_tls_config_with_ca_file_refuses_to_bind() -> None:
     """Whatever built the ``TlsConfig``: the server side checks it before reading any file."""
-    with pytest.raises(ValueError, match=r"tls\.ca_file is a client setting"):
+    async def build() -> None:
         build_server(listen="127.0.0.1:0", tls=SERVER_WITH_CA_FILE, services=())
+
+    with pytest.raises(ValueError, match=r"tls\.ca_file is a client setting"):
+        asyncio.run(build())
 
 
 def test_a_channel_given_client_ca_file_is_refused() -> None:
