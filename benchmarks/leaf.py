@@ -2,7 +2,8 @@
 
 Starts ``rootleaf leaf`` as a process and drives it from this process with pre-serialised
 requests at several concurrencies, with batching on and off, through ``Leaf/Score`` (one
-``Tensor`` message per feature) and ``Leaf/ScorePartition`` (one ``TensorPack``), on two
+``Tensor`` message per feature), ``Leaf/ScorePartition`` (one ``TensorPack``) and the Open
+Inference Protocol's ``ModelInfer`` (``raw_input_contents``, uncompressed), on two
 cases: ``sparse``, a demo-size model with many inputs (default 150 inputs, hidden [256, 64],
 N=256 candidates per request), and ``dense``, one [500, 3000] float32 input through an MLP
 3000-512-256-2 (6 MB per request). It reads the leaf's process CPU (``/proc``) and forward
@@ -42,7 +43,10 @@ from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
 from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+from contract.oip import DATATYPE_OF_DTYPE
+from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from protos.rootleaf.v1 import leaf_pb2
+from wire.oip_service import OIP_SERVICE_NAME
 from transport.server import GRPC_OPTIONS
 from harness.processes import free_port
 from benchmarks.cluster_metrics import cpu_seconds
@@ -120,7 +124,14 @@ def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> d
 
 
 def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
-    """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
+    """The serialised request of ``rpc`` (score | partition | oip), features LZ4 where it
+    pays (OIP has no compression: raw binary tensors)."""
+    if rpc == "oip":
+        infer = oip_pb2.ModelInferRequest(model_name=MODEL, model_version="1", id="bench")
+        for name, array in arrays.items():
+            infer.inputs.add(name=name, datatype=DATATYPE_OF_DTYPE[array.dtype.name], shape=array.shape)
+            infer.raw_input_contents.append(array.tobytes())
+        return infer.SerializeToString()
     if rpc == "partition":  # as a root assembles it, in its order (root_pack_order)
         order = root_pack_order(arrays)
         batch = TensorPacker("lz4").pack_many(order, [arrays[name] for name in order])
@@ -141,7 +152,11 @@ def root_pack_order(arrays: dict[str, np.ndarray]) -> list[str]:
     return [name for key in sorted(groups, key=lambda k: k[0]) for name in groups[key]]
 
 
-METHODS = {"score": "/rootleaf.v1.Leaf/Score", "partition": "/rootleaf.v1.Leaf/ScorePartition"}
+METHODS = {
+    "score": "/rootleaf.v1.Leaf/Score",
+    "partition": "/rootleaf.v1.Leaf/ScorePartition",
+    "oip": f"/{OIP_SERVICE_NAME}/ModelInfer",
+}
 
 
 def _failed(rpc: str, reply: bytes) -> bool:
@@ -374,7 +389,8 @@ def dense_case(rows: int = 500, width: int = 3000) -> Case:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench leaf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="sparse,dense", help="sparse (many inputs) and/or dense (one big input)")
-    parser.add_argument("--rpcs", default="score,partition", help="Leaf/Score and/or Leaf/ScorePartition")
+    parser.add_argument("--rpcs", default="score,partition,oip",
+                        help="any of score (Leaf/Score), partition (Leaf/ScorePartition), oip (ModelInfer)")
     parser.add_argument("--inputs", type=int, default=150, help="sparse case: model inputs (default %(default)s)")
     parser.add_argument("--hidden", default="256,64", help="sparse case: hidden sizes")
     parser.add_argument("--candidates", type=int, default=256, help="sparse case: N per request")

@@ -1,4 +1,4 @@
-"""A tiny ``rootleaf bench leaf`` run: both cases, both RPCs, no errors, shares in [0, 1], a
+"""A tiny ``rootleaf bench leaf`` run: both cases, all three RPCs (Leaf/Score, Leaf/ScorePartition, OIP ModelInfer), no errors, shares in [0, 1], a
 gRPC floor (unary call and stream message) measured for each."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from benchmarks.leaf import main
 def test_tiny_leaf_bench_runs_both_cases_and_rpcs(tmp_path: Path) -> None:
     out = tmp_path / "leaf.json"
     code = main([
-        "--cases", "sparse,dense", "--rpcs", "score,partition", "--inputs", "6", "--candidates", "8",
+        "--cases", "sparse,dense", "--rpcs", "score,partition,oip", "--inputs", "6", "--candidates", "8",
         "--dense-shape", "16,64", "--concurrency", "2", "--duration", "0.3", "--modes", "on", "--floor-duration", "0.3",
         "--json", str(out),
     ])
     rows = json.loads(out.read_text())
     assert code == 0
     assert {(r["case"], r["rpc"]) for r in rows} == {
-        ("sparse", "score"), ("sparse", "partition"), ("dense", "score"), ("dense", "partition"),
+        (case, rpc) for case in ("sparse", "dense") for rpc in ("score", "partition", "oip")
     }
     for r in rows:
         assert r["errors"] == 0 and r["requests"] > 0
