@@ -246,24 +246,35 @@ class Rollout:
 
     def describe(self) -> list[str]:
         lines = []
+        k8s = self.plan.delivery.kubernetes
         for n, role_name, role in ((1, "canary", self.plan.canary), (4, "production", self.plan.production)):
             lines.append(f"[{n}/5] root configs -> {role_name}")
-            for f in self.root_files(role):
+            if k8s:
+                lines += [f"      namespace {ns}: apply ConfigMap(s) {', '.join(k8s_delivery.configmap_names(self.package))}"
+                          f" (bundle {self.package.bundle_sha256[:12]}) with {' '.join(self.plan.delivery.apply_command)}"
+                          for ns in sorted({r.namespace for r in role.roots})]
+            for f in [] if k8s else self.root_files(role):
                 old = hashlib.sha256(f.path.read_bytes()).hexdigest()[:12] if f.path.exists() else "none"
                 new = hashlib.sha256(f.data).hexdigest()[:12]
                 lines.append(f"      {f.root.target}: {f.path} {old} -> {new}" + (" (unchanged)" if old == new else ""))
             lines.append(f"[{n + 1}/5] model configs -> {role_name}")
-            if self.plan.delivery.kubernetes:
-                lines.append(f"      Jobs for the versions of {sorted(self.package.models)} that "
-                             f"{len(role.leaves)} leaf(s) do not list (asked at stage time)")
-                continue
-            versions = self.leaf_versions(role)
+            if k8s:
+                lines += [f"      namespace {lf.namespace} partition {lf.partition}: a model-store Job per version of "
+                          f"{', '.join(lf.models)} newer than {lf.target} lists (asked at stage time)" for lf in role.leaves]
+            versions = [] if k8s else self.leaf_versions(role)
             lines += [f"      {v.leaf.target}: + {v.model}/{v.version} into {v.leaf.repo_dir}" for v in versions]
-            if not versions:
+            if not versions and not k8s:
                 lines.append("      (no new versions)")
             if n == 1:
-                lines.append(f"[3/5] canary analysis: {self.plan.analysis.requests} requests per side, "
-                             f"models {', '.join(self.analysis_models())}")
+                lines.append("[3/5] canary analysis: " + (
+                    f"mirrored production traffic, at least {self.plan.shadow.min_requests} requests"
+                    if self.plan.shadow is not None else f"{self.plan.analysis.requests} requests per side")
+                    + f", models {', '.join(self.analysis_models())}")
+        if self.plan.waves is not None:
+            for wave in waves.plan_waves(self.plan):
+                lines.append(f"      production {wave.label}: roots {', '.join(r.target for r in wave.roots) or '-'}; "
+                             f"leaves {', '.join(lf.target for lf in wave.leaves) or '-'}; then bake "
+                             f"{self.plan.waves.bake_s:g} s and gate")
         return lines
 
     # -- running ---------------------------------------------------------------------------
