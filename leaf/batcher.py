@@ -24,7 +24,7 @@ import numpy as np
 
 from leaf import metrics
 from leaf.converter import ConvertedInputs
-from leaf.device import Placement
+from leaf.device import Placement, Staged
 from leaf.errors import DeadlineExpired, LeafError, ModelFailed, Overloaded, ShuttingDown
 from leaf.model import LoadedVersion
 from transport import tracing
@@ -51,6 +51,8 @@ class BatchPolicy:
 class _Item:
     request_id: str
     inputs: ConvertedInputs
+    staged: Staged
+    """The inputs where the forward reads them (``Placement.stage``)."""
     deadline: float | None
     enqueued: float
     future: asyncio.Future[Outputs]
@@ -122,8 +124,14 @@ class Batcher:
         caller went away meanwhile); not when ``submit`` raises."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("leaf is shutting down")
+        # Bound for an accelerator: copied now, while the device runs the batch before it.
+        staged = self._placement.stage(inputs.tensors, inputs.num_candidates)
         item = _Item(
-            request_id, inputs, deadline, time.monotonic(), future, loop, tracing.capture(), tracing.clock(), on_done
+            request_id, inputs, staged, deadline, time.monotonic(), future, loop, tracing.capture(), tracing.clock(),
+            on_done,
         )
         with self._cond:
             if self._closed:
@@ -238,13 +246,7 @@ class Batcher:
             series.queue_stage.observe(now - item.enqueued)
         forward_started = tracing.clock()
         try:
-            if len(items) == 1:
-                inputs = items[0].inputs.tensors
-            else:
-                inputs = {
-                    name: self._placement.merge([item.inputs.tensors[name] for item in items])
-                    for name in version.signature.input_names
-                }
+            inputs = self._placement.gather([item.staged for item in items], version.signature.input_names)
             results = version.run(inputs, [item.inputs.num_candidates for item in items], items[0].inputs.layout)
         except Exception as exc:  # the model's, or a merge of mismatched requests
             if len(items) > 1:
