@@ -25,7 +25,7 @@ from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from transport.server import GRPC_OPTIONS
 from transport.tls import TlsConfig, aio_channel
 
-__all__ = ["Fleet", "FleetError", "Gap", "find_gaps", "load_fleet", "package_gaps", "read_deployed", "served_versions"]
+__all__ = ["Fleet", "FleetError", "Gap", "find_gaps", "load_fleet", "package_gaps", "read_deployed", "served_by_model", "served_versions"]
 
 Served = dict[str, dict[str, set[str]]]
 """leaf target -> model -> versions it lists."""
@@ -101,14 +101,12 @@ async def served_versions(leaves: Sequence[LeafTarget], tls: TlsConfig, timeout_
     return served
 
 
-def served_by_model(served: Served, models: Iterable[str]) -> dict[str, set[str]]:
-    """model -> every version some leaf serves (for ``models`` only)."""
-    wanted = set(models)
+def served_by_model(served: Served) -> dict[str, set[str]]:
+    """model -> every version some leaf serves."""
     out: dict[str, set[str]] = {}
     for by_model in served.values():
         for model, versions in by_model.items():
-            if model in wanted:
-                out.setdefault(model, set()).update(versions)
+            out.setdefault(model, set()).update(versions)
     return out
 
 
@@ -137,7 +135,6 @@ def read_deployed(paths: Iterable[Path]) -> BundleMap | None:
         except (OSError, BundleError):
             continue
     return None
-
 
 
 async def package_gaps(plan: Plan, listed: Mapping[str, Sequence[str]]) -> list[Gap]:
