@@ -2,7 +2,7 @@
 
 ``create_server`` runs on the caller's event loop thread: it loads the models synchronously,
 starts the repository watcher ("leaf-repo-watch", "leaf-repo-loader") and the inference
-thread ("leaf-infer-<device>"), binds the port and returns. Health reports SERVING once the
+thread ("leaf-infer-<device>") and the decode threads ("leaf-decode"), binds the port and returns. Health reports SERVING once the
 server has started (models are loaded by then). Stopping the returned server drains
 in-flight requests for the grace period, then stops those threads and the metrics endpoint,
 so one process can create and close several leaves.
@@ -24,15 +24,19 @@ from leaf.batcher import Batcher, BatchPolicy
 from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
+from leaf.oip import LeafOipServicer
 from leaf.servicer import SERVICE_NAME, LeafServicer
+from transport import tracing
 from transport.builder import BuiltServer, build_server
 from transport.server import ServerWithParts, run_until_signalled
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["LeafServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+TRACED_METHODS = (f"/{SERVICE_NAME}/Score", f"/{SERVICE_NAME}/ScorePartition", f"/{OIP_SERVICE_NAME}/ModelInfer")
 
 
 class _Runtime:
@@ -42,6 +46,7 @@ class _Runtime:
         self.repository: Repository | None = None
         self.batcher: Batcher | None = None
         self.metrics_server: BuiltServer | None = None
+        self.decode_executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -54,8 +59,11 @@ class _Runtime:
             self.repository.close()
         if self.batcher is not None:
             self.batcher.close()
+        if self.decode_executor is not None:
+            self.decode_executor.shutdown(wait=True)
         if self.metrics_server is not None:
             self.metrics_server.close_metrics()
+        tracing.shutdown()
 
 
 class LeafServer(ServerWithParts):
@@ -99,6 +107,7 @@ def create_server(
     Call from the event loop that will run the server; then ``await server.start()``.
     """
     configure_threads(config.torch_threads)
+    tracing.configure(config.tracing, "rootleaf-leaf")
     placement = Placement(resolve_device(config.device))
     runtime = _Runtime()
     try:
@@ -114,23 +123,29 @@ def create_server(
                 config.max_queue_requests,
             ),
         )
+        runtime.decode_executor = ThreadPoolExecutor(2, thread_name_prefix="leaf-decode")
+        inflight = InflightBytes(config.max_inflight_bytes)  # one bound for every protocol
         servicer = LeafServicer(
             repository,
             runtime.batcher,
-            inflight=InflightBytes(config.max_inflight_bytes),
+            inflight=inflight,
             limits=config.decode_limits,
+            decode_executor=runtime.decode_executor,
+            max_models=config.max_models,
         )
+        oip = LeafOipServicer(repository, runtime.batcher, inflight=inflight, limits=config.decode_limits)
         built = build_server(
             listen=f"{config.host}:{config.port}",
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
-            interceptors=interceptors,
+            interceptors=(*tracing.server_interceptors(TRACED_METHODS), *interceptors),
+            max_receive_message_bytes=config.receive_message_bytes,
         )
         runtime.metrics_server = built
         inner, port, health_servicer = built.server, built.port, built.health
-        inner.add_generic_rpc_handlers((servicer.handler(),))
+        inner.add_generic_rpc_handlers((servicer.handler(), oip_handler(oip)))
     except BaseException:
         runtime.close()
         raise
