@@ -18,11 +18,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from transport.tls import PLAINTEXT, TlsConfig
 from transport.tracing import TracingConfig
+from wire.codec import DEFAULT_LIMITS, largest_tensors_bytes
 
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis", "redis-cluster")
 CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
 STORE_ERROR_POLICIES = ("fail", "defaults")
+MAX_RECEIVE_BYTES = 2**31 - 1  # gRPC's bound on a message length
 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
@@ -235,6 +237,10 @@ class RootConfig:
     max_request_feature_bytes: int = 4 * 1024 * 1024
     """Most decoded bytes of all client-supplied request features of one request (declared
     sizes are checked before anything is decompressed; real ones are a few KB)."""
+    max_receive_message_bytes: int = 0
+    """Largest ``Score`` request gRPC accepts (beyond it: RESOURCE_EXHAUSTED before any
+    parsing); 0 = sized from the request limits above (``receive_message_bytes``: about
+    5.3 MiB with the defaults)."""
     shutdown_grace_s: float = 5.0
     """Seconds in-flight calls get to finish on SIGTERM/SIGINT."""
     workers: int = 0
@@ -303,6 +309,11 @@ class RootConfig:
                 raise ValueError(f"kill_switch_file must be a path string, got {self.kill_switch_file!r}")
             object.__setattr__(self, "kill_switch_file", Path(self.kill_switch_file))
         _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
+        _check_int("root", "max_receive_message_bytes", self.max_receive_message_bytes, 0)
+        if self.max_receive_message_bytes > MAX_RECEIVE_BYTES:
+            raise ValueError(
+                f"max_receive_message_bytes must be <= {MAX_RECEIVE_BYTES}, got {self.max_receive_message_bytes}"
+            )
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
         bundles: dict[str, Path] = {}
@@ -328,6 +339,17 @@ class RootConfig:
                 owner[model] = name
         object.__setattr__(self, "partitions", MappingProxyType(partitions))
 
+    @property
+    def receive_message_bytes(self) -> int:
+        """The request size limit in force: ``max_receive_message_bytes``, or when 0 the
+        largest valid request: ``max_candidates`` ids, ``max_models`` references (name and
+        version of 255 bytes each), ``max_request_features`` tensors decoding to
+        ``max_request_feature_bytes``, and 64 KiB for the request id and field framing."""
+        if self.max_receive_message_bytes:
+            return self.max_receive_message_bytes
+        features = largest_tensors_bytes(DEFAULT_LIMITS, self.max_request_features, self.max_request_feature_bytes)
+        return self.max_candidates * 11 + self.max_models * (2 * 255 + 16) + features + 65536
+
     def settings(self) -> dict[str, str]:
         """The switches, as strings (reported by ``Root.Status``)."""
         return {
@@ -342,6 +364,7 @@ class RootConfig:
             "workers": str(self.workers),
             "max_request_features": str(self.max_request_features),
             "max_request_feature_bytes": str(self.max_request_feature_bytes),
+            "max_receive_message_bytes": str(self.receive_message_bytes),
             "feature_store": self.feature_store.kind,
             "cache_max_bytes": str(self.cache.max_bytes),
             "cache_ttl_s": str(self.cache.ttl_s),

@@ -200,6 +200,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
             metrics_host=config.metrics_host,
             reuse_port=config.workers > 1,
             interceptors=tracing.server_interceptors(TRACED_METHODS),
+            max_receive_message_bytes=config.receive_message_bytes,
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server
