@@ -5,7 +5,11 @@ first (``root.versions``). The feature fetch (cache, then one
 batched store call per entity) happens on the loop; tensor encoding and per-model request
 assembly (CPU-bound, LZ4 releases the GIL) run in the ``root-encode`` thread pool; all
 leaf calls go out concurrently and each model gets its own result, so one failing or slow
-partition affects only its models. Cancelling ``score`` cancels outstanding leaf calls.
+partition affects only its models: a partition whose last health round found no serving
+address fails its models UNAVAILABLE at once (``partition_down``), and every other call is
+bounded by its partition's own timeout as well as by the client's deadline
+(``root.partition_timeout``, applied by the leaf client). Cancelling ``score`` cancels
+outstanding leaf calls.
 
 Allowlist names that are neither in the catalog nor supplied by the client are skipped and
 counted (``rootleaf_root_unknown_allowlist_features_total{model}``): the request still goes
@@ -20,7 +24,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -68,6 +72,11 @@ log = logging.getLogger(__name__)
 # (1 s deadline, a slow leaf, both cores busy with other work).
 DEADLINE_RESERVE_S = 0.100
 DEADLINE_RESERVE_FRACTION = 0.1
+# Also kept back: up to 1% of the remaining time, because the root's view of the client's
+# deadline is rounded up. The grpc-timeout header keeps at most 3 significant digits and gRPC
+# rounds up (a 20 s deadline arrived as 20.1 s), so with the reserve alone a leaf call that
+# ran to its end answered after the client had given up on the whole call.
+DEADLINE_ROUNDING_FRACTION = 0.01
 # Resolutions of a model per call: the first, plus re-resolves after a leaf refused the
 # version (each after a refresh of the partition's versions, within the deadline).
 VERSION_ATTEMPTS = 3
@@ -114,6 +123,7 @@ class ScoreEngine:
         allowlists: Allowlists,
         leaves: Mapping[str, LeafClient],
         encode_executor: Executor | None = None,
+        partition_down: Callable[[str], bool] = lambda partition: False,
     ) -> None:
         missing = set(config.partitions) - set(leaves)
         if missing:
@@ -124,6 +134,7 @@ class ScoreEngine:
         self.allowlists = allowlists
         self.leaves = leaves
         self._executor = encode_executor
+        self._partition_down = partition_down
         self._partition_of = {m: p.name for p in config.partitions.values() for m in p.models}
         self._versions = VersionResolver(allowlists, leaves, self._partition_of, trim=config.trim)
         self._all_names = tuple(catalog.names())
@@ -396,7 +407,8 @@ class ScoreEngine:
 
     @staticmethod
     def _leaf_timeout(remaining: float) -> float:
-        leaf_timeout = remaining - min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
+        reserve = min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
+        leaf_timeout = remaining - reserve - remaining * DEADLINE_ROUNDING_FRACTION
         if leaf_timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the leaf calls")
         return leaf_timeout
@@ -452,6 +464,7 @@ class ScoreEngine:
         partition = payload.partition
         called = time.perf_counter()
         try:
+            self._check_serving(partition)
             response = await self.leaves[partition].score_partition(
                 payload.payload, timeout_s, [(ref.name, ref.version) for ref in payload.models]
             )
@@ -482,6 +495,12 @@ class ScoreEngine:
                 _observe_scores(ref.name, reply.outputs[0])
             out.append(ModelOutcome(ref.name, reply.version, tuple(reply.outputs)))
         return out
+
+    def _check_serving(self, partition: str) -> None:
+        """Fail a partition at once while its last health round found no serving address:
+        a hung leaf would hold the call for its whole timeout, and a dead one refuses it."""
+        if self._partition_down(partition):
+            raise LeafCallError(grpc.StatusCode.UNAVAILABLE, "no leaf address serving at the last health check")
 
     def _prepare(
         self,
@@ -518,6 +537,7 @@ class ScoreEngine:
         partition = self._partition_of[payload.model]
         called = time.perf_counter()
         try:
+            self._check_serving(partition)
             response = await self.leaves[partition].score(
                 payload.payload, timeout_s, payload.model, payload.version or ""
             )
