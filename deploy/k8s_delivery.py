@@ -25,8 +25,8 @@ from contract.bundle_file import BUNDLE_FILE
 from contract.versions import version_key
 from deploy.delivery import Change, DeliveryError, atomic_write, tree_sha256
 from deploy.fleet_config import DeliveryConfig
-from deploy.k8s_render import (applyable, bundle_configmap, bundle_configmap_name, identity, model_job,
-                               root_config_configmap, to_manifest)
+from deploy.k8s_render import (ROOT_CONFIGMAP, applyable, bundle_configmap, bundle_configmap_name, identity,
+                               model_job, root_config_configmap, to_manifest)
 from deploy.package import Package
 from deploy.plan import LeafTarget, Plan, RootTarget
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
@@ -103,10 +103,15 @@ def root_objects(cfg: DeliveryConfig, namespace: str, bundle: str, bundle_bytes:
     package carries other configs (merged over the namespace's current one)."""
     objects = [bundle_configmap(namespace, bundle, bundle_bytes, track=track, rollout_id=rollout_id, build_id=build_id)]
     if configs:
-        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "root-config", "namespace": namespace}}
+        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace}}
         objects.append(root_config_configmap(namespace, read_object(cfg, probe), configs, track=track,
                                              rollout_id=rollout_id, build_id=build_id))
     return objects
+
+
+def configmap_names(package: Package) -> list[str]:
+    """The ConfigMaps stages 1 and 4 apply in each namespace."""
+    return [bundle_configmap_name(package.name)] + ([ROOT_CONFIGMAP] if package.configs else [])
 
 
 def version_job(cfg: DeliveryConfig, verb: str, namespace: str, partition: str, model: str, version: str,

@@ -156,6 +156,8 @@ def stop_processes(popens: Sequence[subprocess.Popen[bytes]], grace_s: float = 1
                 errors.append(exc)
 
     each(lambda p: p.poll() is None and p.terminate(), popens)
+    # A stopped process (a frozen-leaf fault) handles SIGTERM only once it runs again.
+    each(lambda p: p.poll() is None and p.send_signal(signal.SIGCONT), popens)
     deadline = time.monotonic() + grace_s
 
     def wait_or_kill(popen: subprocess.Popen[bytes]) -> None:

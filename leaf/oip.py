@@ -119,7 +119,8 @@ class LeafOipServicer:
             # Headers carry the Tensor fields admission and decoding read.
             admitted = loaded.converter.admit(cast(tuple[Tensor, ...], headers.tensors), n)
             tracing.record("admit", admitting)
-            with self._inflight.hold(admitted.cost.row_bytes):
+            # The received message and the inputs, until the call and the batcher let go.
+            with self._inflight.hold(wire.size + admitted.cost.row_bytes) as hold:
                 decoding = tracing.clock()
                 try:
                     data = oip.payloads(request, headers)
@@ -132,7 +133,9 @@ class LeafOipServicer:
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
                 deadline = None if remaining is None else time.monotonic() + remaining
-                outputs = await self._batcher.submit(loaded, inputs, deadline, request.id)
+                future = self._batcher.submit(loaded, inputs, deadline, request.id, hold.release)
+                hold.retain()
+                outputs = await future
             encoding = tracing.clock()
             response = oip_pb2.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
             oip.write_outputs(response, outputs, names, raw=headers.raw)

@@ -122,6 +122,10 @@ def test_waves_gate_failing_in_the_second_wave_reverts_the_first(
             tables += _leaf_tables(desc, role, bundle, kubernetes=False)
         tables += "[waves]\nroots = [1]\nleaves = [1]\nbake_s = 1\nprobe_requests = 5\nmax_error_rate = 0.05\n"
         _with_tables(Path(args[1]), cluster, tables)
+        assert rollout_main(args + ["--dry-run"]) == 0
+        dry = capsys.readouterr().out
+        assert f"production wave 1/2: roots {desc['roles']['production']['root']['target']}; leaves " in dry
+        assert f"production wave 2/2: roots {target2}; leaves -; then bake 1 s and gate" in dry
         with _under_load(desc, model, tmp_path, monkeypatch, capsys):
             assert rollout_main(args) == 1
         out = capsys.readouterr().out
@@ -195,6 +199,10 @@ def test_kubernetes_delivery_under_load_then_rollback(
     before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
     repos = _repos(desc)
     new_bundle = (tmp_path / "out" / "module_info.json").read_bytes()
+    assert rollout_main(args + ["--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert f"namespace rootleaf-canary: apply ConfigMap(s) bundle-{bundle}" in dry and not store.exists()
+    assert f"namespace rootleaf partition {bundle}: a model-store Job per version of" in dry
     with _under_load(desc, model, tmp_path, monkeypatch, capsys):
         assert rollout_main(args) == 0
         applied = {ns: [json.loads(p.read_text()) for p in sorted((store / ns).rglob("*.json"))] for ns in NAMESPACES.values()}
