@@ -20,7 +20,7 @@ from transport.tls import PLAINTEXT, TlsConfig
 from transport.tracing import TracingConfig
 from wire.codec import DEFAULT_LIMITS, largest_tensors_bytes
 
-COMPRESSIONS = ("lz4", "none")
+COMPRESSIONS = ("lz4", "none", "auto")
 STORE_KINDS = ("local", "redis", "redis-cluster")
 CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
 STORE_ERROR_POLICIES = ("fail", "defaults")
@@ -243,7 +243,12 @@ class RootConfig:
     """Send each model only its allowlisted features; false = every model gets every fetched
     feature and the full catalog is fetched (the baseline)."""
     compression: str = "lz4"
-    """Per-tensor payload compression: ``lz4`` (adaptive) or ``none``."""
+    """Per-tensor payload compression: ``lz4`` (adaptive), ``none``, or ``auto``: per
+    partition, LZ4 when the link bounds rather than the CPU (``root.compression_policy``;
+    needs ``link_gbps``; per-model calls use LZ4)."""
+    link_gbps: float = 0.0
+    """The root's egress toward its leaves, Gbit/s, for ``compression = "auto"`` (0 = not
+    known: the link is taken never to bound and nothing is compressed)."""
     dedup_request_features: bool = True
     """Send request-level features once as ``[1, ...]``; false tiles them to ``[N, ...]``."""
     partition_calls: bool = True
@@ -327,6 +332,10 @@ class RootConfig:
         _check_bool("root", "partition_calls", self.partition_calls)
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        link = self.link_gbps
+        if isinstance(link, bool) or not isinstance(link, (int, float)) or not 0.0 <= link <= 1e6:
+            raise ValueError(f"link_gbps must be a number in [0, 1e6], got {link!r}")
+        object.__setattr__(self, "link_gbps", float(link))
         _check_int("root", "default_deadline_ms", self.default_deadline_ms, 1)
         _check_int("root", "max_candidates", self.max_candidates, 1)
         _check_int("root", "max_models", self.max_models, 1)

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import grpc
 import numpy as np
 
-from wire.codec import decode as decode_tensor
+from wire.codec import Compression, decode as decode_tensor
 from wire.frames import TensorFramer
 from wire.pack import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
@@ -38,6 +38,7 @@ from transport import tracing
 from root.assembly import (
     EncodedFeatures,
     LeafPayload,
+    PackedFeatures,
     PartitionLayout,
     PartitionPayload,
     build_partition_payload,
@@ -48,6 +49,7 @@ from root.assembly import (
     partition_layout,
 )
 from root.catalog import Entity, FeatureCatalog
+from root.compression_policy import AutoCompression
 from root.config import RootConfig
 from root.errors import (
     DeadlineExceeded,
@@ -140,8 +142,12 @@ class ScoreEngine:
         self._all_names = tuple(catalog.names())
         self._in_flight = 0
         # Serialised tensor headers, reused across requests (used by the encode threads).
-        self._framer = TensorFramer(config.compression)
-        self._packer = TensorPacker(config.compression)
+        # ``auto`` chooses per partition call (root.compression_policy); per-model calls use LZ4.
+        fixed = Compression.LZ4 if config.compression == "auto" else Compression(config.compression)
+        self._framer = TensorFramer(fixed)
+        self._compression = fixed
+        self._packers = {c: TensorPacker(c) for c in (Compression.LZ4, Compression.NONE)}
+        self._auto = AutoCompression(config.link_gbps) if config.compression == "auto" else None
         self._layouts: dict[tuple[tuple[str, ...], tuple[frozenset[str] | None, ...]], PartitionLayout] = {}
         # Requested models grouped by partition, per tuple of requested names (call order
         # within a partition follows the request).
@@ -435,29 +441,55 @@ class ScoreEngine:
         routes: list[Route],
     ) -> list[tuple[PartitionPayload, tuple[int, ...]]]:
         """One payload per partition (encode thread), with the positions of its routes."""
-        packed = pack_features(
-            request_cols, candidate_cols, len(request.candidate_ids),
-            dedup_request_features=self.config.dedup_request_features, packer=self._packer,
-        )
-        out = []
-        for partition, positions in self._partition_groups(routes):
-            part_allow = tuple(routes[i].features for i in positions)
-            key = (packed.names, part_allow)
-            layout = self._layouts.get(key)
-            if layout is None:
-                layout = partition_layout(packed.names, part_allow)
-                if len(self._layouts) >= _MAX_PLANS:
-                    self._layouts.clear()
-                self._layouts[key] = layout
-            models = [(routes[i].ref.name, routes[i].version) for i in positions]
-            payload = build_partition_payload(
-                packed, layout, request_id=request.request_id, partition=partition, models=models
+        groups = self._partition_groups(routes)
+        auto = self._auto
+        choices = {p: auto.choose(p) for p, _ in groups} if auto is not None else {}
+        wanted = {c for c, _ in choices.values()} or {self._compression}
+        if any(sample for _, sample in choices.values()):
+            wanted = {Compression.LZ4, Compression.NONE}
+        packs: dict[Compression, PackedFeatures] = {}
+        pack_cpu: dict[Compression, float] = {}
+        for compression in wanted:
+            started = time.thread_time()
+            packs[compression] = pack_features(
+                request_cols, candidate_cols, len(request.candidate_ids),
+                dedup_request_features=self.config.dedup_request_features, packer=self._packers[compression],
             )
+            pack_cpu[compression] = time.thread_time() - started
+        out = []
+        for partition, positions in groups:
+            compression, sample = choices.get(partition, (self._compression, False))
+            payload = self._partition_payload(packs[compression], request, partition, positions, routes)
+            if sample and auto is not None:
+                other = Compression.NONE if compression is Compression.LZ4 else Compression.LZ4
+                second = self._partition_payload(packs[other], request, partition, positions, routes)
+                raw, lz4 = (payload, second) if compression is Compression.NONE else (second, payload)
+                # LZ4's extra CPU over the whole pack, this partition's share of its raw bytes.
+                share = raw.trimmed_bytes / max(packs[Compression.NONE].raw_size, 1)
+                extra = (pack_cpu[Compression.LZ4] - pack_cpu[Compression.NONE]) * share
+                auto.observe(partition, raw.wire_bytes, lz4.wire_bytes, extra)
             metrics.child(metrics.PARTITION_BYTES, partition, "untrimmed").inc(payload.untrimmed_bytes)
             metrics.child(metrics.PARTITION_BYTES, partition, "trimmed").inc(payload.trimmed_bytes)
             metrics.child(metrics.PARTITION_BYTES, partition, "wire").inc(payload.wire_bytes)
             out.append((payload, positions))
+        if auto is not None:
+            auto.request_done()
         return out
+
+    def _partition_payload(
+        self, packed: PackedFeatures, request: ScoreInput, partition: str, positions: tuple[int, ...],
+        routes: list[Route],
+    ) -> PartitionPayload:
+        part_allow = tuple(routes[i].features for i in positions)
+        key = (packed.names, part_allow)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = partition_layout(packed.names, part_allow)
+            if len(self._layouts) >= _MAX_PLANS:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        models = [(routes[i].ref.name, routes[i].version) for i in positions]
+        return build_partition_payload(packed, layout, request_id=request.request_id, partition=partition, models=models)
 
     async def _call_partition(self, payload: PartitionPayload, timeout_s: float) -> list[ModelOutcome]:
         """One outcome per model of the call, in its order; a failed call fails all of them."""
@@ -513,7 +545,7 @@ class ScoreEngine:
             request_cols,
             candidate_cols,
             len(request.candidate_ids),
-            compression=self.config.compression,
+            compression=self._compression,
             dedup_request_features=self.config.dedup_request_features,
             framer=self._framer,
         )
