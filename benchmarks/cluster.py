@@ -438,6 +438,7 @@ def run_cluster_bench(
     root_workers: Sequence[int] = (1,),
     store_timeout_ms: int = STORE_TIMEOUT_MS,
     max_rps_limit: float | None = None,
+    image: str | None = None,
 ) -> dict[str, Any]:
     """Start the workload's cluster, run ``modes`` (per feature store and root worker count
     when several are given), stop it; returns the JSON document."""
@@ -449,7 +450,8 @@ def run_cluster_bench(
     # With several stores the cluster's own overrides hold none of them: each variant's root
     # is started with its store on top of the cluster's (the default local) config.
     base = variants[0].overrides if len(variants) == 1 else {**store_overrides("local", cache_max_bytes), "workers": 1}
-    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
+    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args,
+                           image=image)
     cluster.start()
     try:
         doc = ClusterBench(cluster, options, max_rps_limit).run(modes, variants)
@@ -459,6 +461,7 @@ def run_cluster_bench(
     doc["feature_store"] = kinds[0] if len(kinds) == 1 else kinds
     doc["cache_max_bytes"] = cache_max_bytes
     doc["root_workers"] = list(root_workers)
+    doc["image"] = image
     return doc
 
 
@@ -518,6 +521,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--image", default=None, metavar="TAG", help="run the cluster as containers of this image")
     return p
 
 
@@ -580,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                             feature_store=stores, cache_max_bytes=args.cache_max_bytes,
                             root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms,
                             # with a link that binds, the throughput target is 3x (2x unshaped)
-                            max_rps_limit=3.0 if link.get("shaped") else None)
+                            max_rps_limit=3.0 if link.get("shaped") else None, image=args.image)
     if link:
         doc["link"] = link
     print_table(doc)
