@@ -20,7 +20,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--include-deployed",
         metavar="FILE",
-        help="currently deployed bundle file: its versions are kept (no rollout gap)",
+        help="currently deployed bundle file: its newest --keep-deployed versions are kept",
+    )
+    build.add_argument(
+        "--served-from",
+        metavar="FILE",
+        help="cluster file (cluster.json) or rollout plan (TOML): keep every version its leaves "
+        "serve (Leaf/ListModels), signatures from the bundle its roots load (no rollout gap)",
+    )
+    build.add_argument(
+        "--keep-deployed",
+        type=int,
+        metavar="K",
+        help="also keep the newest K deployed versions of each model (default: 2 without "
+        "--served-from, none beyond the served ones with it); the rest are dropped",
+    )
+    build.add_argument(
+        "--strict-signatures",
+        action="store_true",
+        help="fail when the versions of a model do not all share one signature",
     )
     build.add_argument(
         "--config",
@@ -44,6 +62,9 @@ def main(argv: list[str]) -> int:
             args.out,
             models=models,
             include_deployed=args.include_deployed,
+            served_from=args.served_from,
+            keep_deployed=args.keep_deployed,
+            strict_signatures=args.strict_signatures,
             extra_configs=args.config,
         )
     except (BundleError, PackageError) as exc:
@@ -52,6 +73,10 @@ def main(argv: list[str]) -> int:
     print(f"bundle {result.name}: build {result.package.build_id}")
     for model, versions in result.models.items():
         print(f"  {model}: versions {', '.join(versions)}")
+    for model, versions in result.dropped.items():
+        print(f"  dropped: {model} versions {', '.join(versions)} (deployed, no longer served)")
+    for line in result.signature_changes:
+        print(f"  signature differs: {line}")
     for line in result.skipped:
         print(f"  skipped: {line}")
     print(f"bundle file: {result.bundle_file}")

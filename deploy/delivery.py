@@ -27,7 +27,8 @@ class DeliveryError(RuntimeError):
 class Change:
     """One applied delivery and how to undo it."""
 
-    kind: Literal["file", "version"]
+    kind: Literal["file", "version", "configmap", "job"]
+    """file, version: local delivery; configmap, job: Kubernetes (``deploy.k8s_delivery``)."""
     target: str
     """Absolute path of the delivered file or version directory."""
     new_sha256: str

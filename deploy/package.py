@@ -15,7 +15,7 @@ import io
 import json
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
@@ -59,6 +59,8 @@ class Package:
     bundle_bytes: bytes
     configs: Mapping[str, bytes]
     """Other root config files by file name."""
+    dropped: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """model -> deployed versions the build's retention left out (manifest ``dropped``)."""
 
     @property
     def bundle_sha256(self) -> str:
@@ -97,8 +99,10 @@ def write_package(
     bundle_bytes: bytes,
     models: Mapping[str, tuple[str, ...]],
     configs: Mapping[str, bytes],
+    dropped: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PackageInfo:
-    """Write ``<out_dir>/<name>-<build_id>.rootcfg.tar.gz`` atomically and describe it."""
+    """Write ``<out_dir>/<name>-<build_id>.rootcfg.tar.gz`` atomically and describe it
+    (``dropped``: deployed versions left out, recorded in the manifest when any)."""
     files = {bundle_member(name): bundle_bytes}
     files.update({f"configs/{fname}": data for fname, data in configs.items()})
     body = {
@@ -107,6 +111,8 @@ def write_package(
         "models": {m: list(v) for m, v in sorted(models.items())},
         "files": {member: sha256_hex(data) for member, data in sorted(files.items())},
     }
+    if dropped:
+        body["dropped"] = {m: list(v) for m, v in sorted(dropped.items()) if v}
     # The build id is derived from content only: the same inputs give the same id.
     build_id = sha256_hex(json.dumps(body, sort_keys=True).encode())[:16]
     manifest = dict(body, build_id=build_id)
@@ -142,8 +148,15 @@ class _BoundedReader(io.RawIOBase):
         return n
 
 
+# Member types a package may hold: plain regular files. ``TarInfo.isfile()`` also accepts GNU
+# sparse members, whose holes come out as zeros read from nowhere: a package of 161 bytes
+# produced 360 MiB past a bound that counts the decompressed stream.
+_PLAIN_FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
+
+
 def _read_members(path: Path, max_unpacked: int) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
+    produced = 0
     with gzip.open(path, "rb") as gz:
         stream = io.BufferedReader(_BoundedReader(gz, max_unpacked, path), 1 << 16)
         # Streaming mode ("r|"): members are read in order from the bounded stream, never by
@@ -152,14 +165,25 @@ def _read_members(path: Path, max_unpacked: int) -> dict[str, bytes]:
             for info in tar:
                 if len(files) >= MAX_MEMBERS:
                     raise PackageError(f"{path}: more than {MAX_MEMBERS} members")
-                if not info.isfile() or not _safe_member(info.name) or info.name in files:
+                if info.type not in _PLAIN_FILE_TYPES or info.sparse is not None:
+                    # sparse: GNU's own type, or a PAX header (GNU.sparse.*) on a regular one
+                    sparse = info.sparse is not None or info.type == tarfile.GNUTYPE_SPARSE
+                    kind = "sparse file" if sparse else f"type {info.type!r}"
+                    raise PackageError(f"{path}: member {info.name!r} is a {kind}, not a plain regular file")
+                if not _safe_member(info.name) or info.name in files:
                     raise PackageError(f"{path}: unexpected member {info.name!r}")
-                if info.size > max_unpacked:
-                    raise PackageError(f"{path}: member {info.name!r} declares {info.size} bytes")
+                if info.size > max_unpacked - produced:
+                    raise PackageError(f"{path}: member {info.name!r} declares {info.size} bytes, past the "
+                                       f"{max_unpacked}-byte bound with {produced} bytes read before it")
                 handle = tar.extractfile(info)
                 if handle is None:
                     raise PackageError(f"{path}: cannot read member {info.name!r}")
-                files[info.name] = handle.read()
+                # The bytes that come out are counted, whatever the header declared.
+                data = handle.read(max_unpacked - produced + 1)
+                produced += len(data)
+                if produced > max_unpacked:
+                    raise PackageError(f"{path}: members produce more than {max_unpacked} bytes")
+                files[info.name] = data
     return files
 
 
@@ -222,4 +246,8 @@ def read_package(path: str | Path, *, max_unpacked_bytes: int = MAX_UNPACKED_BYT
         if "/" in fname or not fname or fname == BUNDLE_FILE or fname.startswith("."):
             raise PackageError(f"{path}: config {member!r} is not a plain file name or would overwrite the bundle")
         configs[fname] = data
-    return Package(name, build_id, shipped, files[bundle_member(name)], configs)
+    dropped = manifest.get("dropped", {})
+    if not isinstance(dropped, dict):
+        raise PackageError(f"{path}: manifest 'dropped' must map models to versions")
+    return Package(name, build_id, shipped, files[bundle_member(name)], configs,
+                   _check_models(path, dropped) if dropped else {})

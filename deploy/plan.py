@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from transport.tls import PLAINTEXT, TlsConfig
 
 from contract.names import bundle_name_problem, name_problem
+from deploy.fleet_config import DeliveryConfig, FleetConfigError, ShadowAnalysisConfig, WavesConfig, from_table
 
 _TARGET_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 
@@ -34,6 +35,11 @@ def _check_target(where: str, target: str) -> None:
     m = _TARGET_RE.match(target) if isinstance(target, str) else None
     if m is None or not 0 < int(m.group(2)) < 65536:
         raise PlanError(f"{where}.target must be host:port, got {target!r}")
+
+
+def _check_namespace(where: str, namespace: str) -> None:
+    if not isinstance(namespace, str) or not re.match(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
+        raise PlanError(f"{where}.namespace must be a Kubernetes namespace name, got {namespace!r}")
 
 
 def _check_url(where: str, url: str | None) -> None:
@@ -53,13 +59,18 @@ class RootTarget:
     """Directory that receives the package's other root configs."""
     metrics_url: str | None = None
     """Prometheus endpoint of the root (needed on canary and baseline for analysis)."""
+    namespace: str = ""
+    """Kubernetes namespace of the root's ConfigMaps (delivery kind ``kubernetes``; its
+    bundle_file and config_dir are then the paths inside the pod, not checked here)."""
 
     def __post_init__(self) -> None:
         _check_target("root", self.target)
         _check_url("root", self.metrics_url)
-        if not self.bundle_file.parent.is_dir():
+        if self.namespace:
+            _check_namespace("root", self.namespace)
+        elif not self.bundle_file.parent.is_dir():
             raise PlanError(f"root.bundle_file: directory {self.bundle_file.parent} does not exist")
-        if not self.config_dir.is_dir():
+        if not self.namespace and not self.config_dir.is_dir():
             raise PlanError(f"root.config_dir {self.config_dir} is not a directory")
 
 
@@ -75,11 +86,19 @@ class LeafTarget:
     """Models this leaf serves; empty = the models that have a directory in repo_dir."""
     metrics_url: str | None = None
     """Prometheus endpoint of the leaf (optional; adds leaf error rate to the analysis)."""
+    namespace: str = ""
+    """Kubernetes namespace of the leaf pods (delivery kind ``kubernetes``)."""
+    partition: str = ""
+    """Partition (model store subPath) the leaf serves (delivery kind ``kubernetes``)."""
 
     def __post_init__(self) -> None:
         _check_target("leaf", self.target)
         _check_url("leaf", self.metrics_url)
-        if not self.repo_dir.is_dir():
+        if self.namespace:
+            _check_namespace("leaf", self.namespace)
+            if name_problem(self.partition) or not self.models:
+                raise PlanError(f"leaf {self.target}: a Kubernetes leaf needs partition and models")
+        elif not self.repo_dir.is_dir():
             raise PlanError(f"leaf.repo_dir {self.repo_dir} is not a directory")
         for m in self.models:
             if name_problem(m):
@@ -197,24 +216,39 @@ class Plan:
     """Deadline of each verification RPC."""
     tls: TlsConfig = PLAINTEXT
     """Client TLS for every RPC to roots and leaves (verification, canary traffic)."""
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    """``[delivery]``: local directories (default) or Kubernetes objects."""
+    waves: WavesConfig | None = None
+    """``[waves]``: stages 4 and 5 in waves with bake and gates; None = all at once."""
+    shadow: ShadowAnalysisConfig | None = None
+    """``[shadow]``: stage 3 judges mirrored production traffic instead of synthetic requests."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tls, TlsConfig) or self.tls.client_ca_file:
-            raise PlanError("tls: client settings only (ca_file, cert_file, key_file, server_name)")
+        if not isinstance(self.tls, TlsConfig):
+            raise PlanError(f"tls must be a TlsConfig, got {self.tls!r}")
+        try:
+            self.tls.check_client("tls")
+        except ValueError as exc:
+            raise PlanError(str(exc)) from None
         if bundle_name_problem(self.bundle):
             raise PlanError(f"rollout.bundle {self.bundle!r} {bundle_name_problem(self.bundle)}")
         for name in ("verify_timeout_s", "rpc_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
                 raise PlanError(f"rollout.{name} must be in (0, 3600], got {value!r}")
-        files = [r.bundle_file.resolve() for r in self.canary.roots]
-        repos = [leaf.repo_dir.resolve() for leaf in self.canary.leaves]
+        everyone = self.canary.roots + self.production.roots + self.canary.leaves + self.production.leaves
+        if any(bool(t.namespace) != self.delivery.kubernetes for t in everyone):
+            raise PlanError(f"delivery.kind {self.delivery.kind!r}: "
+                            + ("every target needs a namespace" if self.delivery.kubernetes else
+                               "namespace is only for delivery.kind 'kubernetes'"))
+        files = [(r.namespace, r.bundle_file.resolve()) for r in self.canary.roots]
+        repos = [(lf.namespace, lf.partition, lf.repo_dir.resolve()) for lf in self.canary.leaves]
         for root in self.production.roots:
-            if root.bundle_file.resolve() in files:
-                raise PlanError(f"production root bundle_file {root.bundle_file} is also a canary's")
+            if (root.namespace, root.bundle_file.resolve()) in files:
+                raise PlanError(f"production root bundle_file {root.namespace}:{root.bundle_file} is also a canary's")
         for leaf in self.production.leaves:
-            if leaf.repo_dir.resolve() in repos:
-                raise PlanError(f"production leaf repo_dir {leaf.repo_dir} is also a canary's")
+            if (leaf.namespace, leaf.partition, leaf.repo_dir.resolve()) in repos:
+                raise PlanError(f"production leaf repo_dir {leaf.namespace}:{leaf.repo_dir} is also a canary's")
         if self.canary.roots[0].metrics_url is None or self.production.roots[0].metrics_url is None:
             raise PlanError("the first canary and production roots need metrics_url for the analysis")
 
@@ -235,22 +269,35 @@ def _path(base: Path, value: object, where: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _role_from_tables(base: Path, table: Mapping[str, Any], where: str) -> Role:
+# Where deploy/k8s mounts a bundle's ConfigMap, the root configs and a partition's models.
+K8S_BUNDLE_FILE = "/etc/rootleaf/bundles/{bundle}/module_info.json"
+K8S_CONFIG_DIR = "/etc/rootleaf/root"
+K8S_REPO_DIR = "/models/{partition}"
+
+
+def _role_from_tables(base: Path, table: Mapping[str, Any], where: str, bundle: str) -> Role:
     t = _take(table, where, {"roots", "leaves"})
     roots = []
     for i, r in enumerate(t.get("roots", [])):
-        r = _take(r, f"{where}.roots[{i}]", {"target", "bundle_file", "config_dir", "metrics_url"})
+        r = _take(r, f"{where}.roots[{i}]", {"target", "bundle_file", "config_dir", "metrics_url", "namespace"})
+        if "namespace" in r:  # Kubernetes: the paths are the pod's (deploy/k8s/base/root.yaml)
+            r.setdefault("bundle_file", K8S_BUNDLE_FILE.format(bundle=bundle))
+            r.setdefault("config_dir", K8S_CONFIG_DIR)
         bundle_file = _path(base, r.get("bundle_file"), f"{where}.roots[{i}].bundle_file")
         config_dir = _path(base, r.get("config_dir", str(bundle_file.parent)), f"{where}.roots[{i}].config_dir")
-        roots.append(_named(where + f".roots[{i}]", RootTarget, r.get("target"), bundle_file, config_dir, r.get("metrics_url")))
+        roots.append(_named(where + f".roots[{i}]", RootTarget, r.get("target"), bundle_file, config_dir,
+                            r.get("metrics_url"), r.get("namespace", "")))
     leaves = []
     for i, lf in enumerate(t.get("leaves", [])):
-        lf = _take(lf, f"{where}.leaves[{i}]", {"target", "repo_dir", "models", "metrics_url"})
+        lf = _take(lf, f"{where}.leaves[{i}]", {"target", "repo_dir", "models", "metrics_url", "namespace", "partition"})
+        if "namespace" in lf:
+            lf.setdefault("repo_dir", K8S_REPO_DIR.format(partition=lf.get("partition", "")))
         repo = _path(base, lf.get("repo_dir"), f"{where}.leaves[{i}].repo_dir")
         models = lf.get("models", [])
         if not isinstance(models, list):
             raise PlanError(f"{where}.leaves[{i}].models must be a list of model names")
-        leaves.append(_named(where + f".leaves[{i}]", LeafTarget, lf.get("target"), repo, tuple(models), lf.get("metrics_url")))
+        leaves.append(_named(where + f".leaves[{i}]", LeafTarget, lf.get("target"), repo, tuple(models),
+                             lf.get("metrics_url"), lf.get("namespace", ""), lf.get("partition", "")))
     return _named(where, Role, tuple(roots), tuple(leaves))
 
 
@@ -286,6 +333,23 @@ def _role_from_cluster(cluster: Mapping[str, Any], role: str, bundle: str, sourc
     return _named(role, Role, roots, leaves)
 
 
+def cluster_roles(cluster_path: Path, bundle: str) -> tuple[dict[str, Role], TlsConfig]:
+    """The roles (production, canary: those present) a cluster description runs for
+    ``bundle``, and the client TLS it names; raises ``PlanError``."""
+    try:
+        cluster = json.loads(cluster_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cluster file {cluster_path}: cannot read ({exc})") from None
+    roles_doc = cluster.get("roles") if isinstance(cluster, dict) else None
+    if not isinstance(roles_doc, dict):
+        raise PlanError(f"cluster file {cluster_path}: no roles")
+    roles = {
+        role: _role_from_cluster(cluster, role, bundle, cluster_path)
+        for role in ("production", "canary") if isinstance(roles_doc.get(role), dict) and roles_doc[role].get("root")
+    }
+    return roles, _tls(cluster.get("tls") or {}, cluster_path.parent, f"{cluster_path}: tls")
+
+
 _ANALYSIS_TUPLES = {"user_ids", "item_ids", "models"}
 
 
@@ -299,7 +363,8 @@ def load_plan(path: str | Path) -> Plan:
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan {path}: not valid TOML ({exc})") from None
     base = path.parent.resolve()
-    top = _take(doc, "plan", {"rollout", "targets", "canary", "production", "analysis", "tls"})
+    top = _take(doc, "plan", {"rollout", "targets", "canary", "production", "analysis", "tls",
+                              "delivery", "waves", "shadow"})
     rollout = _take(top.get("rollout", {}), "rollout", {"bundle", "state_dir", "verify_timeout_s", "rpc_timeout_s"})
     if "bundle" not in rollout or "state_dir" not in rollout:
         raise PlanError("rollout: 'bundle' and 'state_dir' are required")
@@ -322,8 +387,8 @@ def load_plan(path: str | Path) -> Plan:
     else:
         if "canary" not in top or "production" not in top:
             raise PlanError("plan needs [targets] cluster_file or both [canary] and [production]")
-        canary = _role_from_tables(base, top["canary"], "canary")
-        production = _role_from_tables(base, top["production"], "production")
+        canary = _role_from_tables(base, top["canary"], "canary", bundle)
+        production = _role_from_tables(base, top["production"], "production", bundle)
         tls = PLAINTEXT
     if "tls" in top:
         tls = _tls(top["tls"], base, "tls")
@@ -340,7 +405,15 @@ def load_plan(path: str | Path) -> Plan:
     extra = {k: rollout[k] for k in ("verify_timeout_s", "rpc_timeout_s") if k in rollout}
     state_dir = _path(base, rollout["state_dir"], "rollout.state_dir")
     try:
-        return Plan(path.resolve(), bundle, state_dir, canary, production, analysis, tls=tls, **extra)
+        fleet = {
+            "delivery": from_table(DeliveryConfig, top.get("delivery", {}), "delivery"),
+            "waves": from_table(WavesConfig, top["waves"], "waves") if "waves" in top else None,
+            "shadow": from_table(ShadowAnalysisConfig, top["shadow"], "shadow") if "shadow" in top else None,
+        }
+    except FleetConfigError as exc:
+        raise PlanError(str(exc)) from None
+    try:
+        return Plan(path.resolve(), bundle, state_dir, canary, production, analysis, tls=tls, **extra, **fleet)
     except TypeError as exc:
         raise PlanError(f"rollout: {exc}") from None
 

@@ -27,6 +27,8 @@ import grpc
 from contract.versions import version_key
 from deploy.canary import FAIL, MARGINAL, report_json, run_analysis
 from deploy.delivery import Change, DeliveryError, atomic_write, deliver_file, deliver_version, revert, tree_sha256
+from deploy import k8s_delivery, rollout_metrics, waves
+from deploy.shadow_analysis import run_shadow_analysis
 from deploy.package import Package
 from deploy.plan import LeafTarget, Plan, PlanError, Role, RootTarget
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
@@ -88,6 +90,7 @@ class StateStore:
     def save(self, doc: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        rollout_metrics.export(self.dir, doc)
 
 
 def _changes(doc: dict[str, Any]) -> list[tuple[Change, bool]]:
@@ -158,6 +161,9 @@ class Rollout:
         self.out = out
         self.store = StateStore(plan.state_dir)
         self.state: dict[str, Any] = {}
+        self.k8s: k8s_delivery.KubernetesStages | None = None
+        self.delivered: list[VersionDelivery] = []
+        """Versions delivered so far (the wave gates re-check them)."""
 
     # -- planning (no side effects) -------------------------------------------------------
     def root_files(self, role: Role) -> list[FileDelivery]:
@@ -206,7 +212,9 @@ class Rollout:
                             f"(status {prior['status']}): run 'rootleaf rollback' first")
         for role in (self.plan.canary, self.plan.production):
             self.root_files(role)
-            self.leaf_versions(role)
+            if not self.plan.delivery.kubernetes:  # Kubernetes: leaves are asked at stage time
+                self.leaf_versions(role)
+        waves.plan_waves(self.plan)
 
     def analysis_models(self) -> list[str]:
         return list(self.plan.analysis.models) or sorted(self.package.models)
@@ -220,6 +228,10 @@ class Rollout:
                 new = hashlib.sha256(f.data).hexdigest()[:12]
                 lines.append(f"      {f.root.target}: {f.path} {old} -> {new}" + (" (unchanged)" if old == new else ""))
             lines.append(f"[{n + 1}/5] model configs -> {role_name}")
+            if self.plan.delivery.kubernetes:
+                lines.append(f"      Jobs for the versions of {sorted(self.package.models)} that "
+                             f"{len(role.leaves)} leaf(s) do not list (asked at stage time)")
+                continue
             versions = self.leaf_versions(role)
             lines += [f"      {v.leaf.target}: + {v.model}/{v.version} into {v.leaf.repo_dir}" for v in versions]
             if not versions:
@@ -234,43 +246,63 @@ class Rollout:
         self.state["changes"].append({"change": change.to_json(), "reverted": False})
         self.store.save(self.state)
 
-    async def _deliver_roots(self, role_name: str, role: Role) -> str:
-        count = 0
-        backup_dir = self.plan.state_dir / "backups" / self.state["id"]
-        for f in self.root_files(role):
-            change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
-            if change is not None:
-                self._record(change)
-                count += 1
+    def _k8s(self) -> k8s_delivery.KubernetesStages:
+        if self.k8s is None:
+            self.k8s = k8s_delivery.KubernetesStages(self.plan, self.package, self.models_dir, self.state["id"],
+                                                     self.plan.state_dir / "backups" / self.state["id"])
+        return self.k8s
+
+    async def _deliver_roots(self, role_name: str, roots: Sequence[RootTarget]) -> str:
+        if self.plan.delivery.kubernetes:
+            count = await self._k8s().deliver_roots(role_name, roots, self._record)
+        else:
+            count = 0
+            backup_dir = self.plan.state_dir / "backups" / self.state["id"]
+            for f in self.root_files(Role(tuple(roots), ())):
+                change = await asyncio.to_thread(deliver_file, f.path, f.data, backup_dir, f"{role_name} root {f.root.target}")
+                if change is not None:
+                    self._record(change)
+                    count += 1
+        await self._verify_roots(roots)
+        unit = "object(s) applied" if self.plan.delivery.kubernetes else "file(s) written"
+        return f"{count} {unit}, {len(roots)} root(s) report {self.package.bundle_sha256[:12]}"
+
+    async def _verify_roots(self, roots: Sequence[RootTarget]) -> None:
         await asyncio.gather(*(
             verify_root(r, self.plan.bundle, self.package.bundle_sha256, self.plan.verify_timeout_s,
                         self.plan.rpc_timeout_s, self.plan.tls)
-            for r in role.roots))
-        return f"{count} file(s) written, {len(role.roots)} root(s) report {self.package.bundle_sha256[:12]}"
+            for r in roots))
 
-    async def _deliver_models(self, role_name: str, role: Role) -> str:
-        deliveries = self.leaf_versions(role)
-        for v in deliveries:
-            change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model, f"{role_name} leaf {v.leaf.target}")
-            if change is not None:
-                self._record(change)
-        waits = []
-        for leaf in role.leaves:
-            want: dict[str, set[str]] = {}
+    async def _deliver_models(self, role_name: str, leaves: Sequence[LeafTarget]) -> str:
+        if self.plan.delivery.kubernetes:
+            jobs = await self._k8s().deliver_models(role_name, leaves, self._record)
+            deliveries = [VersionDelivery(leaf, model, version, self.models_dir / model / version)
+                          for leaf, model, version in jobs]
+        else:
+            deliveries = self.leaf_versions(Role(self.plan.canary.roots, tuple(leaves)))  # uses the leaves only
             for v in deliveries:
-                if v.leaf is leaf:
-                    want.setdefault(v.model, set()).add(v.version)
-            if want:
-                waits.append(verify_leaf(leaf, want, {}, self.plan.verify_timeout_s, self.plan.rpc_timeout_s,
-                                         self.plan.tls))
-        await asyncio.gather(*waits)
+                change = await asyncio.to_thread(deliver_version, v.source, v.leaf.repo_dir, v.model,
+                                                 f"{role_name} leaf {v.leaf.target}")
+                if change is not None:
+                    self._record(change)
+        self.delivered += deliveries
+        await self._verify_leaves(deliveries)
         names = ", ".join(f"{v.model}/{v.version}" for v in deliveries) or "none new"
         return f"{len(deliveries)} version(s) delivered and listed ({names})"
+
+    async def _verify_leaves(self, deliveries: Sequence[VersionDelivery]) -> None:
+        """Wait until every leaf lists the versions delivered to it."""
+        want: dict[int, tuple[LeafTarget, dict[str, set[str]]]] = {}
+        for v in deliveries:
+            want.setdefault(id(v.leaf), (v.leaf, {}))[1].setdefault(v.model, set()).add(v.version)
+        await asyncio.gather(*(verify_leaf(leaf, models, {}, self.plan.verify_timeout_s, self.plan.rpc_timeout_s,
+                                           self.plan.tls) for leaf, models in want.values()))
 
     async def _analyse(self) -> str:
         plan = self.plan
         canary, base = plan.canary, plan.production
-        report = await run_analysis(
+        shadow = plan.shadow is not None  # [shadow]: judge mirrored production traffic instead
+        report = await run_shadow_analysis(plan, self.analysis_models()) if shadow else await run_analysis(
             plan.analysis, self.analysis_models(), canary.roots[0].target, base.roots[0].target,
             [canary.roots[0].metrics_url or ""], [base.roots[0].metrics_url or ""],
             [lf.metrics_url for lf in canary.leaves if lf.metrics_url],
@@ -297,18 +329,19 @@ class Rollout:
         self.store.save(self.state)
         self.out(f"rollout of bundle {self.package.name} build {self.package.build_id} "
                  f"(bundle sha256 {self.package.bundle_sha256[:12]})")
-        stages: Sequence[tuple[str, Callable[[], Awaitable[str]]]] = (
-            ("root configs -> canary", lambda: self._deliver_roots("canary", self.plan.canary)),
-            ("model configs -> canary", lambda: self._deliver_models("canary", self.plan.canary)),
-            ("automated canary analysis", self._analyse),
-            ("root configs -> production", lambda: self._deliver_roots("production", self.plan.production)),
-            ("model configs -> production", lambda: self._deliver_models("production", self.plan.production)),
-        )
-        for number, (name, action) in enumerate(stages, start=1):
+        canary = self.plan.canary
+        stages: list[tuple[int, str, Callable[[], Awaitable[str]]]] = [
+            (1, "root configs -> canary", lambda: self._deliver_roots("canary", canary.roots)),
+            (2, "model configs -> canary", lambda: self._deliver_models("canary", canary.leaves)),
+            (3, "automated canary analysis", self._analyse),
+        ]
+        stages += self._production_stages()
+        for number, name, action in stages:
             start = time.monotonic()
+            self.state["stage"] = number
             try:
                 detail = await action()
-            except (RolloutFailed, DeliveryError, OSError) as exc:
+            except (RolloutFailed, DeliveryError, OSError, waves.GateFailed) as exc:
                 self.out(f"[{number}/5] {name}: FAILED ({time.monotonic() - start:.2f} s) {exc}")
                 self.state["status"] = "failed"
                 self.state["reason"] = f"stage {number} ({name}): {exc}"
@@ -320,8 +353,44 @@ class Rollout:
             self.out(f"[{number}/5] {name}: OK ({time.monotonic() - start:.2f} s) {detail}")
         self.state["status"] = "completed"
         self.store.save(self.state)
+        if self.k8s is not None:
+            self.out(f"      objects applied: {', '.join(k8s_delivery.identity(o) for o in self.k8s.rendered)}")
         self.out(f"rollout COMPLETED: bundle {self.package.name} build {self.package.build_id} in production")
         return 0
+
+    def _production_stages(self) -> list[tuple[int, str, Callable[[], Awaitable[str]]]]:
+        """Stages 4 and 5, per wave; after each wave of a ``[waves]`` plan, its gate."""
+        plan_waves = waves.plan_waves(self.plan)
+        out: list[tuple[int, str, Callable[[], Awaitable[str]]]] = []
+        for wave in plan_waves:
+            suffix = f" {wave.label}" if self.plan.waves is not None else ""
+            snapshots: list[tuple[Any, Any]] = []
+
+            async def roots(wave: waves.Wave = wave, snapshots: list[tuple[Any, Any]] = snapshots) -> str:
+                if self.plan.waves is not None:
+                    snapshots.append(await waves.baseline(plan_waves[:wave.number]))
+                if not wave.roots:
+                    return "no root in this wave"
+                return await self._deliver_roots("production", wave.roots)
+
+            async def leaves(wave: waves.Wave = wave) -> str:
+                return await self._deliver_models("production", wave.leaves)
+
+            async def gate(wave: waves.Wave = wave, snapshots: list[tuple[Any, Any]] = snapshots) -> str:
+                so_far = plan_waves[:wave.number]
+                roots = [r for w in so_far for r in w.roots]
+
+                async def recheck() -> None:
+                    await self._verify_roots(roots)
+                    await self._verify_leaves(self.delivered)
+
+                return await waves.gate(self.plan, wave, so_far, self.analysis_models(), snapshots[0][0],
+                                        snapshots[0][1], recheck)
+
+            out += [(4, f"root configs -> production{suffix}", roots), (5, f"model configs -> production{suffix}", leaves)]
+            if self.plan.waves is not None:
+                out.append((5, f"gate after production {wave.label}", gate))
+        return out
 
 
 async def rollback_state(plan: Plan, store: StateStore, out: Printer) -> bool:
@@ -344,7 +413,10 @@ async def rollback_state(plan: Plan, store: StateStore, out: Printer) -> bool:
         change = Change.from_json(entry["change"])
         start = time.monotonic()
         try:
-            await asyncio.to_thread(revert, change)
+            if change.kind in (k8s_delivery.CONFIGMAP, k8s_delivery.JOB):
+                await asyncio.to_thread(k8s_delivery.revert_change, plan.delivery, change)
+            else:
+                await asyncio.to_thread(revert, change)
         except DeliveryError as exc:
             out(f"  revert {change.target}: FAILED {exc}")
             ok = False
@@ -360,6 +432,15 @@ async def rollback_state(plan: Plan, store: StateStore, out: Printer) -> bool:
             if leaf is not None:
                 gone = leaves_touched.setdefault(str(leaf.repo_dir), (leaf, {}))[1]
                 gone.setdefault(target.parent.name, set()).add(target.name)
+        namespace = k8s_delivery.bundle_configmap_of(change, plan.bundle)
+        for root in plan.canary.roots + plan.production.roots:
+            if namespace is not None and root.namespace == namespace:
+                roots_touched[f"{namespace}/{root.target}"] = (root, change.old_sha256)
+        version = k8s_delivery.version_of(change)
+        for leaf in plan.canary.leaves + plan.production.leaves:
+            if version is not None and (leaf.namespace, leaf.partition) == version[:2]:
+                gone = leaves_touched.setdefault(f"{leaf.namespace}/{leaf.target}", (leaf, {}))[1]
+                gone.setdefault(version[2], set()).add(version[3])
     checks = [
         verify_root(root, plan.bundle, old, plan.verify_timeout_s, plan.rpc_timeout_s, plan.tls)
         for root, old in roots_touched.values() if old is not None

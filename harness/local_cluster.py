@@ -38,6 +38,9 @@ from transport.tls import PLAINTEXT
 
 log = logging.getLogger("rootleaf.harness.local_cluster")
 
+KILL_SWITCH_FILE = "kill_switch.json"
+"""Each root's kill switch, beside its bundle directories (``<role>/root/bundles/``)."""
+
 
 class LocalCluster:
     """Leaves + root(s) of one workload as local processes; see the module docstring."""
@@ -326,6 +329,7 @@ class LocalCluster:
             "compression": "lz4",
             "dedup_request_features": True,
             "bundles": {p: str(base / "bundles" / p / "module_info.json") for p in self.assets.partitions},
+            "kill_switch_file": str(base / "bundles" / KILL_SWITCH_FILE),
             "partitions": {
                 partition: {
                     "targets": [i.target for i in self.leaves(role) if i.partition == partition],

@@ -103,6 +103,7 @@ class InflightBytes:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        metrics.INFLIGHT_BYTES_LIMIT.set(limit)
 
     @contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from leaf.converter import ConvertedInputs
 from leaf.device import Placement
 from leaf.errors import DeadlineExpired, LeafError, ModelFailed, Overloaded, ShuttingDown
 from leaf.model import LoadedVersion
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,10 @@ class _Item:
     enqueued: float
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
+    trace: Any = None
+    """The submitter's trace context (``transport.tracing.capture``); None when tracing is off."""
+    enqueued_ns: int = 0
+    """``tracing.clock()`` at submit (0 when tracing is off)."""
 
 
 def _resolve(answers: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]) -> None:
@@ -107,7 +113,7 @@ class Batcher:
         """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop)
+        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop, tracing.capture(), tracing.clock())
         with self._cond:
             if self._closed:
                 raise ShuttingDown("leaf is shutting down")
@@ -212,8 +218,13 @@ class Batcher:
         if not items:
             return
         series = version.series
-        series.batch_candidates.observe(sum(item.inputs.num_candidates for item in items))
+        candidates = sum(item.inputs.num_candidates for item in items)
+        series.batch_candidates.observe(candidates)
         series.batch_requests.observe(len(items))
+        now = time.monotonic()
+        for item in items:
+            series.queue_stage.observe(now - item.enqueued)
+        forward_started = tracing.clock()
         try:
             if len(items) == 1:
                 inputs = items[0].inputs.tensors
@@ -239,6 +250,12 @@ class Batcher:
             log.error("%s (request: %s)", exc, items[0].request_id, exc_info=exc.__cause__ or exc)
             self._fail(items, exc)
             return
+        if forward_started:
+            forward_ended = tracing.clock()
+            batch = {"batch.requests": len(items), "batch.candidates": candidates}
+            for item in items:
+                tracing.record("queue", item.enqueued_ns, end_ns=forward_started, parent=item.trace)
+                tracing.record("forward", forward_started, batch, end_ns=forward_ended, parent=item.trace)
         for item, value in zip(items, results):
             if isinstance(value, ModelFailed):
                 log.error("%s (request %s)", value, item.request_id)

@@ -10,6 +10,7 @@ from leaf.config import LeafConfig, VersionPolicy
 from leaf.server import serve
 from transport.builder import write_port_file
 from transport.tls import TlsConfig
+from transport.tracing import TracingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", default="",
                    help="PEM CA bundle: require and verify client certificates (mutual TLS)")
+    p.add_argument("--trace-endpoint", default="", help="OTLP/gRPC collector host:port; empty = no tracing")
+    p.add_argument("--trace-sample-ratio", type=float, default=defaults.tracing.sample_ratio,
+                   help="share of traces started here that are recorded (a caller's decision wins)")
+    p.add_argument("--trace-service-name", default="", help="service.name of the spans (default rootleaf-leaf)")
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -64,6 +69,9 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         max_candidates=args.max_candidates,
         grace_s=args.grace_s,
         tls=TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
+        tracing=TracingConfig(
+            endpoint=args.trace_endpoint, sample_ratio=args.trace_sample_ratio, service_name=args.trace_service_name
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 from contract.names import name_problem
 from wire.codec import DecodeLimits
 from transport.tls import PLAINTEXT, TlsConfig
+from transport.tracing import TracingConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -108,12 +109,15 @@ class LeafConfig:
     """Shutdown grace period for in-flight requests."""
     tls: TlsConfig = PLAINTEXT
     """Server TLS: cert_file + key_file; client_ca_file set = callers must present a certificate."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """OpenTelemetry spans over OTLP/gRPC; off when ``tracing.endpoint`` is empty."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.tracing, TracingConfig):
+            raise ValueError(f"LeafConfig.tracing must be a TracingConfig, got {self.tracing!r}")
         if not isinstance(self.tls, TlsConfig):
             raise ValueError(f"LeafConfig.tls must be a TlsConfig, got {self.tls!r}")
-        if self.tls.enabled and not self.tls.cert_file:
-            raise ValueError("LeafConfig.tls: cert_file and key_file are required to serve TLS")
+        self.tls.check_server("LeafConfig.tls")
         if not isinstance(self.repo, Path):
             object.__setattr__(self, "repo", Path(self.repo))
         if self.models is not None:

@@ -52,6 +52,10 @@ INFLIGHT_BYTES = Gauge(
     "rootleaf_leaf_inflight_bytes",
     "Declared bytes (inputs at num_candidates rows) of admitted requests not yet answered",
 )
+INFLIGHT_BYTES_LIMIT = Gauge(
+    "rootleaf_leaf_inflight_bytes_limit",
+    "The bound on rootleaf_leaf_inflight_bytes (max_inflight_bytes): beyond it RESOURCE_EXHAUSTED",
+)
 ADMISSION_REJECTED = Counter(
     "rootleaf_leaf_admission_rejected_total",
     "Requests refused RESOURCE_EXHAUSTED before decoding (reason=queue_full|inflight_bytes)",
@@ -72,6 +76,13 @@ FORWARD_CPU_SECONDS = Counter(
     "rootleaf_leaf_forward_cpu_seconds_total",
     "CPU time of the inference thread inside forward (intra-op helper threads excluded)",
     ["model"],
+)
+STAGE_SECONDS = Histogram(
+    "rootleaf_leaf_stage_seconds",
+    "Time of each request in a stage, by model version: queue (submitted until its batch "
+    "starts), forward (its batch's forward); sum over replicas for fleet quantiles",
+    ["model", "version", "stage"],
+    buckets=_LATENCY_BUCKETS,
 )
 MODEL_LOADS = Counter(
     "rootleaf_leaf_model_loads_total",
@@ -157,6 +168,8 @@ class VersionSeries:
     forward_seconds: Histogram
     batch_candidates: Histogram
     batch_requests: Histogram
+    queue_stage: Histogram
+    forward_stage: Histogram
 
     @classmethod
     def of(cls, model: str, version: str) -> "VersionSeries":
@@ -166,4 +179,6 @@ class VersionSeries:
             FORWARD_SECONDS.labels(model),
             BATCH_CANDIDATES.labels(model),
             BATCH_REQUESTS.labels(model),
+            STAGE_SECONDS.labels(model, version, "queue"),
+            STAGE_SECONDS.labels(model, version, "forward"),
         )

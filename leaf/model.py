@@ -98,7 +98,9 @@ class LoadedVersion:
             outputs = self.forward(inputs, rows)
         finally:
             series.forward_cpu.inc(time.thread_time() - cpu)
-            series.forward_seconds.observe(time.perf_counter() - wall)
+            elapsed = time.perf_counter() - wall
+            series.forward_seconds.observe(elapsed)
+            series.forward_stage.observe(elapsed)
         if self.converter.learn(layout):
             log.info(
                 "%s/%s: inputs its signature leaves open learned from its first forward: %s",

@@ -41,6 +41,7 @@ from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
 from wire.codec import CodecError, DecodeLimits
 from wire.pack import PackReader, PackTable, decode_entry
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,10 @@ class PartitionScorer:
     async def score(self, wire: WirePartition, context: grpc.aio.ServicerContext) -> leaf_pb2.PartitionResponse:
         started = time.perf_counter()
         request = wire.message
+        admitting = tracing.clock()
         try:
             table, models, data = self._admit(wire)
+            tracing.record("admit", admitting, {"models": len(models)})
         except InvalidRequest as exc:  # the call as a whole is malformed
             metrics.REQUESTS.labels(PARTITION_LABEL, "", grpc.StatusCode.INVALID_ARGUMENT.name).inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -217,6 +220,7 @@ class PartitionScorer:
         models: list[_Model],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        decoding = tracing.clock()
         sizes, encodings = table.layout.sizes, table.encodings
         if len(models) == 1:
             admitted = models[0].admitted
@@ -238,6 +242,7 @@ class PartitionScorer:
         n = request.num_candidates
         inputs = self._inputs.build(table, data, used, decompressed, n)
         failed = {i for i in compressed if isinstance(inputs[i], CodecError)}
+        tracing.record("decode", decoding, {"bytes": decoded_bytes})
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(decoded_bytes)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -260,6 +265,7 @@ class PartitionScorer:
             except LeafError as exc:
                 m.fail(exc, request.request_id)
         results = await asyncio.gather(*(future for _, future in waiting), return_exceptions=True)
+        encoding = tracing.clock()
         for (m, _), result in zip(waiting, results):
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
@@ -272,6 +278,7 @@ class PartitionScorer:
                 codec.encode(name, column, codec.Compression.NONE) for name, column in result.items()
             )
             m.reply = reply
+        tracing.record("encode", encoding)
 
 
 def _code_name(value: int) -> str:

@@ -24,15 +24,19 @@ from leaf.batcher import Batcher, BatchPolicy
 from leaf.config import LeafConfig
 from leaf.device import Placement, configure_threads, resolve_device
 from leaf.repository import Repository
+from leaf.oip import LeafOipServicer
 from leaf.servicer import SERVICE_NAME, LeafServicer
+from transport import tracing
 from transport.builder import BuiltServer, build_server
 from transport.server import ServerWithParts, run_until_signalled
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["LeafServer", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+TRACED_METHODS = (f"/{SERVICE_NAME}/Score", f"/{SERVICE_NAME}/ScorePartition", f"/{OIP_SERVICE_NAME}/ModelInfer")
 
 
 class _Runtime:
@@ -56,6 +60,7 @@ class _Runtime:
             self.batcher.close()
         if self.metrics_server is not None:
             self.metrics_server.close_metrics()
+        tracing.shutdown()
 
 
 class LeafServer(ServerWithParts):
@@ -99,6 +104,7 @@ def create_server(
     Call from the event loop that will run the server; then ``await server.start()``.
     """
     configure_threads(config.torch_threads)
+    tracing.configure(config.tracing, "rootleaf-leaf")
     placement = Placement(resolve_device(config.device))
     runtime = _Runtime()
     try:
@@ -114,23 +120,20 @@ def create_server(
                 config.max_queue_requests,
             ),
         )
-        servicer = LeafServicer(
-            repository,
-            runtime.batcher,
-            inflight=InflightBytes(config.max_inflight_bytes),
-            limits=config.decode_limits,
-        )
+        inflight = InflightBytes(config.max_inflight_bytes)  # one bound for every protocol
+        servicer = LeafServicer(repository, runtime.batcher, inflight=inflight, limits=config.decode_limits)
+        oip = LeafOipServicer(repository, runtime.batcher, inflight=inflight, limits=config.decode_limits)
         built = build_server(
             listen=f"{config.host}:{config.port}",
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
-            interceptors=interceptors,
+            interceptors=(*tracing.server_interceptors(TRACED_METHODS), *interceptors),
         )
         runtime.metrics_server = built
         inner, port, health_servicer = built.server, built.port, built.health
-        inner.add_generic_rpc_handlers((servicer.handler(),))
+        inner.add_generic_rpc_handlers((servicer.handler(), oip_handler(oip)))
     except BaseException:
         runtime.close()
         raise

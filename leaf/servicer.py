@@ -29,6 +29,7 @@ from leaf.repository import Repository
 from wire import codec
 from wire.codec import DEFAULT_LIMITS, DecodeLimits
 from protos.rootleaf.v1 import leaf_pb2
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class LeafServicer:
         model_label = UNKNOWN_MODEL_LABEL
         version_served = ""
         try:
+            admitting = tracing.clock()
             if wire.error:
                 raise InvalidRequest(wire.error)
             loaded = self._repository.resolve(request.model, request.version)
@@ -91,18 +93,23 @@ class LeafServicer:
             metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
             self._batcher.check_capacity(loaded)
             admitted = loaded.converter.admit(request.features, request.num_candidates)
+            tracing.record("admit", admitting)
             with self._inflight.hold(admitted.cost.row_bytes):
+                decoding = tracing.clock()
                 inputs = loaded.converter.decode(admitted, wire.payloads)
+                tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
                 metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else time.monotonic() + remaining
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
                 outputs = await self._batcher.submit(loaded, inputs, deadline, request.request_id)
+            encoding = tracing.clock()
             response = leaf_pb2.LeafResponse(model=loaded.model, version=loaded.version)
             response.outputs.extend(
                 codec.encode(name, column, codec.Compression.NONE) for name, column in outputs.items()
             )
+            tracing.record("encode", encoding)
         except asyncio.CancelledError:
             metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
             raise

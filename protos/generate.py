@@ -13,11 +13,13 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "protos" / "rootleaf" / "v1"
+# rootleaf's own protocol, then the Open Inference Protocol (package ``inference``).
+PROTO_DIRS = (PROTO_DIR, REPO_ROOT / "protos" / "inference")
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def proto_files() -> list[Path]:
-    return sorted(PROTO_DIR.glob("*.proto"))
+    return sorted(p for d in PROTO_DIRS for p in d.glob("*.proto"))
 
 
 def generate(out_dir: Path) -> None:
@@ -41,12 +43,14 @@ def generate(out_dir: Path) -> None:
 
 
 def generated_files(root: Path) -> dict[str, bytes]:
-    base = root / "protos" / "rootleaf" / "v1"
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(base.iterdir())
-        if p.name.endswith(GENERATED_SUFFIXES)
-    }
+    found: dict[str, bytes] = {}
+    for proto_dir in PROTO_DIRS:
+        base = root / proto_dir.relative_to(REPO_ROOT)
+        if base.is_dir():
+            for p in sorted(base.iterdir()):
+                if p.name.endswith(GENERATED_SUFFIXES):
+                    found[str(p.relative_to(root))] = p.read_bytes()
+    return found
 
 
 def check() -> list[str]:
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print("generated protos are up to date")
         return 0
     generate(REPO_ROOT)
-    print(f"generated {len(generated_files(REPO_ROOT))} files in {PROTO_DIR}")
+    print(f"generated {len(generated_files(REPO_ROOT))} files in {', '.join(map(str, PROTO_DIRS))}")
     return 0
 
 

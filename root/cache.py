@@ -30,6 +30,7 @@ import numpy as np
 from root import metrics
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.feature_store import FeatureStore, FetchResult
+from transport import tracing
 
 _MIN_SLOTS = 256
 # Per-slot bookkeeping besides the fill-time matrix: id (8), last use (8), live flag (1),
@@ -245,6 +246,7 @@ class CachedFeatureStore:
         hits = int(np.count_nonzero(fresh))
         metrics.child(metrics.CACHE_REQUESTS, entity.value, "hit").inc(hits)
         metrics.child(metrics.CACHE_REQUESTS, entity.value, "miss").inc(n * len(names) - hits)
+        tracing.annotate({"cache.hits": hits, "cache.misses": n * len(names) - hits})
         if hits == n * len(names):
             return FetchResult(out, 0)
         miss_rows = np.flatnonzero(~fresh.all(axis=1))

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from protos.rootleaf.v1 import tensor_pb2
-from root.errors import InvalidRequest
+from root.errors import InvalidRequest, shown
 from wire import codec
 
 # Declared decoded bytes up to which client tensors decode on the event loop: at ~2 GB/s
@@ -49,16 +49,16 @@ def declared_bytes(
     for tensor in tensors:
         name = tensor.name
         if name in seen:
-            raise InvalidRequest(f"request_features: tensor {name!r} given twice")
+            raise InvalidRequest(f"request_features: tensor {shown(name)} given twice")
         seen.add(name)
         if tensor.dtype == _BFLOAT16:
             # The root holds features as numpy arrays, which have no bfloat16.
-            raise InvalidRequest(f"request_features: tensor {name!r}: bfloat16 cannot be passed on by the root")
+            raise InvalidRequest(f"request_features: tensor {shown(name)}: bfloat16 cannot be passed on by the root")
         try:
             size = codec.expected_raw_size(tensor, limits)
         except codec.OverLimit:
             raise InvalidRequest(
-                f"request_features: tensor {name!r} declares more than max_request_feature_bytes={max_bytes}"
+                f"request_features: tensor {shown(name)} declares more than max_request_feature_bytes={max_bytes}"
             ) from None
         except codec.CodecError as exc:
             raise InvalidRequest(f"request_features: {exc}") from None
@@ -86,8 +86,8 @@ def check_passable(features: Mapping[str, np.ndarray]) -> None:
     """Every array has a leading dim of 1 and a dtype the wire carries."""
     for name, array in features.items():
         if array.ndim == 0 or array.shape[0] != 1:
-            raise InvalidRequest(f"request feature {name!r} must have leading dim 1, got shape {list(array.shape)}")
+            raise InvalidRequest(f"request feature {shown(name)} must have leading dim 1, got shape {list(array.shape)}")
         try:
             codec.wire_dtype(array.dtype)
         except ValueError as exc:
-            raise InvalidRequest(f"request feature {name!r}: {exc}") from None
+            raise InvalidRequest(f"request feature {shown(name)}: {exc}") from None

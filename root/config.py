@@ -8,13 +8,16 @@ shared read-only by every coroutine of the root's event loop.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlsplit
 
 from transport.tls import PLAINTEXT, TlsConfig
+from transport.tracing import TracingConfig
 
 COMPRESSIONS = ("lz4", "none")
 STORE_KINDS = ("local", "redis", "redis-cluster")
@@ -30,6 +33,21 @@ def _check_int(owner: str, name: str, value: Any, minimum: int) -> None:
 def _check_bool(owner: str, name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{owner}.{name} must be true or false, got {value!r}")
+
+
+# Query parameters of a rediss:// URL that leave the connection encrypted but unverified:
+# redis-py accepts them, and the URL still reads as TLS.
+_UNVERIFIED_TLS = {"ssl_cert_reqs": ("none", "optional"), "ssl_check_hostname": ("false", "0", "no", "n", "f", "off")}
+
+
+def _check_store_url(url: str) -> None:
+    """Refuse a rediss:// URL whose query turns certificate or host name checks off."""
+    for name, value in parse_qsl(urlsplit(url).query):
+        if value.strip().lower() in _UNVERIFIED_TLS.get(name, ()):
+            raise ValueError(
+                f"feature_store.url: {name}={value} turns off verification of the Redis server's "
+                f"certificate; remove it (give ssl_ca_certs for a private CA)"
+            )
 
 
 def _check_target(owner: str, value: Any) -> None:
@@ -110,6 +128,8 @@ class FeatureStoreConfig:
                 f"feature_store.url {self.url!r} does not fit kind = {self.kind!r}: "
                 f"redis-cluster takes {' or '.join(CLUSTER_URL_SCHEMES)}, redis takes redis://"
             )
+        if self.url:
+            _check_store_url(str(self.url))
         if self.path is not None:
             object.__setattr__(self, "path", Path(self.path))
         _check_int("feature_store", "pool_size", self.pool_size, 1)
@@ -132,6 +152,47 @@ class CacheConfig:
         if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, (int, float)) or not self.ttl_s > 0:
             raise ValueError(f"cache.ttl_s must be a number > 0, got {self.ttl_s!r}")
         object.__setattr__(self, "ttl_s", float(self.ttl_s))
+
+
+def _shadow_number(name: str, value: object, lo: float, hi: float, lo_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < lo or value > hi or (lo_open and value == lo):
+        raise ValueError(f"shadow.{name} must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    """``[shadow]`` of a root config: mirror a sample of requests to a canary root."""
+
+    target: str = ""
+    """Canary root address host:port; empty = no mirroring. Reached with ``[leaf_tls]``."""
+    sample: float = 0.1
+    """Fraction of Score requests mirrored (0-1)."""
+    max_per_s: float = 50.0
+    """Most mirrored requests per second (token bucket, burst of one second)."""
+    max_in_flight: int = 8
+    """Most mirrored calls outstanding; more are dropped."""
+    timeout_s: float = 2.0
+    """Deadline of each mirrored call."""
+    max_score_diff: float = 0.05
+    """A mirrored result whose first output differs from production's by more than this
+    (max absolute difference) counts as ``differ``."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str):
+            raise ValueError(f"shadow.target must be host:port, got {self.target!r}")
+        if self.target and (":" not in self.target or not self.target.rsplit(":", 1)[1].isdigit()):
+            raise ValueError(f"shadow.target must be host:port, got {self.target!r}")
+        _shadow_number("sample", self.sample, 0.0, 1.0)
+        _shadow_number("max_per_s", self.max_per_s, 0.0, 1e6, lo_open=True)
+        _shadow_number("timeout_s", self.timeout_s, 0.0, 600.0, lo_open=True)
+        _shadow_number("max_score_diff", self.max_score_diff, 0.0, math.inf)
+        if isinstance(self.max_in_flight, bool) or not isinstance(self.max_in_flight, int) or self.max_in_flight < 1:
+            raise ValueError(f"shadow.max_in_flight must be an integer >= 1, got {self.max_in_flight!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.target) and self.sample > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +242,12 @@ class RootConfig:
     at most 8; 1 = a single process, no supervisor."""
     bundles: Mapping[str, Path] = field(default_factory=dict)
     """Bundle name -> path of its bundle-level ``module_info.json``."""
+    bundle_max_bytes: int = 64 * 1024 * 1024
+    """A bundle file larger than this is refused (its last good map stays; alert on
+    ``rootleaf_trimmer_bundle_healthy`` 0)."""
+    kill_switch_file: Path | None = None
+    """Hot-reloaded file that turns trimming off for some or all models without a restart
+    (``{"trimming_off": ["*"]}``; README, "The Feature Trimmer"); None = no kill switch."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
     tls: TlsConfig = PLAINTEXT
@@ -192,22 +259,24 @@ class RootConfig:
     load errors (off: names, counts, hashes and switches only; see the trust model)."""
     reflection: bool = False
     """Serve gRPC server reflection (service and proto file descriptors)."""
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    """``[shadow]``: mirror a sample of Score requests to a canary root (off without a target)."""
     hedging: bool = True
     """Route each leaf call to the replica with the lower observed latency (of two) and send
     a second copy to another replica when the first is unanswered after the partition's
     recent p95 (first answer wins; at most 10% of calls hedge). False: round-robin only."""
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    """``[tracing]``: OpenTelemetry spans over OTLP/gRPC (``endpoint``, ``sample_ratio``, ...); off when no endpoint."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
         for name in ("tls", "leaf_tls"):
             if not isinstance(getattr(self, name), TlsConfig):
                 raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
-        if self.tls.enabled and not self.tls.cert_file:
-            raise ValueError("tls.cert_file and tls.key_file are required when [tls] is set")
-        if self.tls.ca_file or self.tls.server_name:
-            raise ValueError("tls: ca_file/server_name are client settings; use client_ca_file for mutual TLS")
-        if self.leaf_tls.client_ca_file:
-            raise ValueError("leaf_tls.client_ca_file is a server setting; use ca_file to verify leaves")
+        self.tls.check_server("tls")
+        self.leaf_tls.check_client("leaf_tls")
+        if not isinstance(self.tracing, TracingConfig):
+            raise ValueError(f"tracing must be a TracingConfig, got {self.tracing!r}")
         _check_target("listen", self.listen)
         _check_int("root", "metrics_port", self.metrics_port, 0)
         if self.metrics_port > 65535:
@@ -228,6 +297,11 @@ class RootConfig:
         _check_int("root", "max_in_flight", self.max_in_flight, 1)
         _check_int("root", "workers", self.workers, 0)
         _check_int("root", "max_request_features", self.max_request_features, 1)
+        _check_int("root", "bundle_max_bytes", self.bundle_max_bytes, 1)
+        if self.kill_switch_file is not None:
+            if not isinstance(self.kill_switch_file, (str, Path)) or not str(self.kill_switch_file):
+                raise ValueError(f"kill_switch_file must be a path string, got {self.kill_switch_file!r}")
+            object.__setattr__(self, "kill_switch_file", Path(self.kill_switch_file))
         _check_int("root", "max_request_feature_bytes", self.max_request_feature_bytes, 1)
         if isinstance(self.shutdown_grace_s, bool) or not isinstance(self.shutdown_grace_s, (int, float)) or self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}")
@@ -276,6 +350,8 @@ class RootConfig:
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
             "hedging": str(self.hedging).lower(),
+            "shadow": f"{self.shadow.target} sample {self.shadow.sample:g}" if self.shadow.enabled else "off",
+            "tracing": f"sample_ratio={self.tracing.sample_ratio}" if self.tracing.enabled else "off",
         }
 
 
@@ -284,7 +360,8 @@ def _tls_mode(tls: TlsConfig, mutual: str) -> str:
 
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
-_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig}
+_SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig, "shadow": ShadowConfig,
+                                   "tracing": TracingConfig}
 _TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 
@@ -308,6 +385,8 @@ def root_config_from_dict(doc: Mapping[str, Any], base_dir: Path) -> RootConfig:
     kwargs: dict[str, Any] = {
         k: v for k, v in doc.items() if k not in ("partitions", "bundles", "catalog", *_SECTION_TYPES, *_TLS_SECTIONS)
     }
+    if "kill_switch_file" in doc:
+        kwargs["kill_switch_file"] = _resolve(base_dir, doc["kill_switch_file"], "kill_switch_file")
     if "catalog" not in doc:
         raise ValueError("root config: 'catalog' is required")
     kwargs["catalog"] = _resolve(base_dir, doc["catalog"], "catalog")

@@ -10,6 +10,18 @@ from __future__ import annotations
 import grpc
 
 
+_SHOWN_CHARS = 256
+"""Most characters of a client-supplied string repeated in an error message."""
+
+
+def shown(text: str) -> str:
+    """``repr(text)`` for an error message, cut after ``_SHOWN_CHARS`` characters: the text is
+    the client's, and the status message must stay small however long it is."""
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:_SHOWN_CHARS]!r}... ({len(text)} chars)"
+
+
 class RootError(Exception):
     """Base of errors the root reports to its client."""
 
@@ -28,7 +40,7 @@ class ModelNotFound(RootError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"model {model!r} is not hosted by any partition")
+        super().__init__(f"model {shown(model)} is not hosted by any partition")
         self.model = model
 
 

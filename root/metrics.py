@@ -25,17 +25,23 @@ REQUEST_SECONDS = Histogram(
 MODEL_RESULTS = Counter(
     "rootleaf_root_model_results_total", "Per-model results returned, by status code", ["model", "code"]
 )
+UNKNOWN_VERSION = "unknown"
+"""The ``version`` label of a request whose version no leaf has reported yet: label values
+come from configuration and from what leaves report, never from a client's text."""
 MODEL_REQUESTS = Counter(
     "rootleaf_root_model_requests_total",
     "Per-model requests by the version resolved and how: exact, latest (omitted or unknown "
     "version: the newest bundle version a leaf serves), untrimmed (no allowlist), unserved "
-    "(the bundle's version is served by no leaf: not sent)",
+    "(the bundle's version is served by no leaf: not sent); version \"unknown\" until the "
+    "partition reports its versions",
     ["model", "version", "decision"],
 )
 UNSERVED_VERSIONS = Gauge(
     "rootleaf_root_unserved_versions",
-    "Versions a model's bundle lists that no leaf of its partition serves (nonzero during a rollout)",
+    "Versions a model's bundle lists that no leaf of its partition serves yet, newer than every "
+    "served one (nonzero during a rollout until the leaves load them; 0 once it completes)",
     ["partition", "model"],
+    multiprocess_mode="livemax",  # several workers: the most any live one sees (dead ones dropped)
 )
 MODEL_SCORE = Histogram(
     "rootleaf_root_model_score",
@@ -62,25 +68,50 @@ FEATURE_DEFAULTS = Counter(
     "rootleaf_root_feature_defaults_total", "Entity ids the store did not have (defaults used)", ["entity"]
 )
 PARTITION_TARGETS = Gauge(
-    "rootleaf_root_partition_addresses", "Leaf addresses of a partition (every resolved one) at the last health round", ["partition"]
+    "rootleaf_root_partition_addresses", "Leaf addresses of a partition (every resolved one) at the last health round",
+    ["partition"], multiprocess_mode="livemax",
 )
 PARTITION_SERVING_TARGETS = Gauge(
-    "rootleaf_root_partition_serving_addresses", "Leaf addresses of a partition serving at the last health round", ["partition"]
+    "rootleaf_root_partition_serving_addresses", "Leaf addresses of a partition serving at the last health round",
+    ["partition"], multiprocess_mode="livemin",  # several workers: 0 when any live one sees none
 )
 FEATURE_STORE_READY = Gauge(
     "rootleaf_root_feature_store_ready",
-    "1 when the feature store passed its start-up check, 0 when it failed (alert on 0)",
+    "1 when the feature store passed its start-up check, 0 when it failed (RootleafFeatureStoreNotReady)",
     multiprocess_mode="livemin",  # several workers: 0 when any live one failed
+)
+TRIM_ENABLED = Gauge(
+    "rootleaf_root_trim_enabled",
+    "1 when the root trims features to allowlists (config trim = true), 0 when it sends every feature",
+    multiprocess_mode="livemin",
 )
 FEATURE_STORE_DEGRADED = Counter(
     "rootleaf_root_feature_store_degraded_total",
     "Fetches answered with catalog defaults because the store failed or was slow (on_error = defaults)",
     ["entity", "reason"],
 )
+MODEL_STAGE_SECONDS = Histogram(
+    "rootleaf_root_model_stage_seconds",
+    "Per model result, time of its request in a stage: fetch (the request's feature fetch), "
+    "leaf (the partition call that answered it); sum over replicas for fleet quantiles",
+    ["model", "version", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 UNKNOWN_ALLOWLIST_FEATURES = Counter(
     "rootleaf_root_unknown_allowlist_features_total",
     "Allowlisted features neither in the catalog nor supplied by the client (skipped)",
     ["model"],
+)
+SHADOW_REQUESTS = Counter(
+    "rootleaf_root_shadow_requests_total",
+    "Score requests mirrored to the canary root ([shadow]): sent, or dropped by the rate or in-flight bound",
+    ["outcome"],
+)
+SHADOW_RESULTS = Counter(
+    "rootleaf_root_shadow_results_total",
+    "Mirrored results compared with this root's own: match, differ (beyond max_score_diff), "
+    "canary_error (the canary failed where this root answered), production_error (not compared)",
+    ["model", "outcome"],
 )
 
 # Scores observed per model result: prometheus observes one value per call, so observing all

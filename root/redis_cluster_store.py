@@ -9,10 +9,13 @@ master replaces one ``GET`` per key: redis-py's cluster pipeline costs ~4.5 ms o
 for 256 keys against ~0.6 ms this way (measured on this machine), because it resolves,
 routes and parses every command in Python.
 
-Never wrong data: a master asked for a key of a slot it does not serve (the slot moved, is
-being migrated and the key is gone, or the node is a replica now) fails the whole script
-("non local key"); so do a cluster that is down and a node that is unreachable. Any of
-these marks the slot map stale: it is re-read from the cluster and the read retried, a
+Never wrong data: a master asked for a key of a slot it does not serve fails the whole
+script ("non local key"). The keys of that master are then read one by one (a pipeline of
+``GET``), which tells why: a key of a slot being migrated that already left answers ``ASK``
+and is read from the node it names, after ``ASKING`` (the migration's target serves it, or
+says it is missing); a slot that moved for good answers ``MOVED``. ``MOVED``, a slot no node
+serves, a slot being rehashed (``TRYAGAIN``), a cluster that is down and a node that is
+unreachable mark the slot map stale: it is re-read from the cluster and the read retried, a
 bounded number of times within the store's ``timeout_ms``; what is still failing then is a
 ``FeatureStoreError`` (the request fails UNAVAILABLE). Missing keys on the slot's owner are
 genuinely missing (defaults, counted). Reads go to masters only.
@@ -40,7 +43,15 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter, Gauge
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from root.catalog import FeatureCatalog
@@ -65,16 +76,35 @@ READ_SCRIPT = (
 )
 READ_SCRIPT_SHA = hashlib.sha1(READ_SCRIPT.encode()).hexdigest()
 
-# Errors meaning "this node does not serve that slot (now)": refresh the map and retry.
-_TOPOLOGY_ERRORS = ("non local key", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "cluster is down")
+# Errors meaning "this node does not serve that slot (now)": refresh the map and retry, by
+# retry cause. redis-py strips the error code (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) from the
+# message of the exception types it maps them to, so those are told by type; errors raised
+# inside the read script are plain ResponseErrors, told by their text (Redis 7.0 to 7.4).
+_NON_LOCAL_KEY = "non local key"
+_TOPOLOGY_TEXT = {
+    _NON_LOCAL_KEY: "moved",
+    "slot not served": "unserved",
+    "cluster is down": "unserved",
+    "rehashing": "migrating",
+}
+_TOPOLOGY_TYPES: tuple[tuple[type[ResponseError], str], ...] = (
+    (AskError, "moved"),  # MovedError too (a subclass)
+    (TryAgainError, "migrating"),
+    (ClusterDownError, "unserved"),
+)
 
 RETRIES_TOTAL = Counter(
     "rootleaf_root_redis_cluster_retries_total",
-    "Cluster reads retried after a slot-map refresh, by cause (moved, connection, timeout)",
+    "Cluster reads retried after a slot-map refresh, by cause (moved, unserved: no node serves the "
+    "slot or the cluster is down, migrating: TRYAGAIN/rehashing, connection, timeout)",
     ["cause"],
 )
 REFRESHES_TOTAL = Counter(
     "rootleaf_root_redis_cluster_refreshes_total", "Slot-map reads from the cluster, by result", ["result"]
+)
+ASK_READS_TOTAL = Counter(
+    "rootleaf_root_redis_cluster_ask_reads_total",
+    "Keys read from the target of a slot migration after an ASK redirection",
 )
 MASTERS = Gauge(
     "rootleaf_root_redis_cluster_masters", "Masters in the slot map in use", multiprocess_mode="livemax"
@@ -229,7 +259,7 @@ class RedisClusterFeatureStore(PackedRecordStore):
                 try:
                     values = await self._read_once(slot_map, all_keys, slots)
                 except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
-                    cause = _retry_cause(exc)
+                    cause = retry_cause(exc)
                     if cause is None or attempt == ATTEMPTS - 1:
                         raise
                     RETRIES_TOTAL.labels(cause).inc()
@@ -278,10 +308,44 @@ class RedisClusterFeatureStore(PackedRecordStore):
     async def _node_get(self, address: tuple[str, int], keys: list[bytes]) -> list[bytes | None]:
         client = self._client(address)
         try:
-            reply = await client.evalsha(READ_SCRIPT_SHA, 0, *keys)
-        except NoScriptError:
-            reply = await client.eval(READ_SCRIPT, 0, *keys)  # loads it for the next call
+            try:
+                reply = await client.evalsha(READ_SCRIPT_SHA, 0, *keys)
+            except NoScriptError:
+                reply = await client.eval(READ_SCRIPT, 0, *keys)  # loads it for the next call
+        except ResponseError as exc:
+            if _NON_LOCAL_KEY not in str(exc):
+                raise
+            return await self._get_asking(address, keys)
         return list(reply)
+
+    async def _get_asking(self, address: tuple[str, int], keys: list[bytes]) -> list[bytes | None]:
+        """``GET`` of each key on ``address``, following ``ASK`` to the node a key of a slot
+        being migrated went to (``ASKING`` before each ``GET`` there). Any other error (a
+        ``MOVED``: the map is stale) raises. Runs only after the script found a key that is not
+        on this node, so the per-key work stays off the usual path."""
+        async with self._client(address).pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        asked: dict[tuple[str, int], list[int]] = {}
+        for position, reply in enumerate(replies):
+            if isinstance(reply, AskError) and not isinstance(reply, MovedError):
+                asked.setdefault((reply.host or address[0], reply.port), []).append(position)
+            elif isinstance(reply, Exception):
+                raise reply
+        for target, positions in asked.items():
+            async with self._client(target).pipeline(transaction=False) as pipe:
+                for position in positions:
+                    pipe.execute_command("ASKING")
+                    pipe.get(keys[position])
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            for answer in answers:
+                if isinstance(answer, Exception):
+                    raise answer  # e.g. MOVED: the migration ended meanwhile
+            for position, answer in zip(positions, answers[1::2]):
+                replies[position] = answer
+        ASK_READS_TOTAL.inc(sum(map(len, asked.values())))
+        return replies
 
     def _where(self) -> str:
         return f"redis cluster {self.address.describe()}"
@@ -296,11 +360,14 @@ class RedisClusterFeatureStore(PackedRecordStore):
         await asyncio.gather(*(c.aclose() for c in clients.values()), return_exceptions=True)
 
 
-def _retry_cause(exc: BaseException) -> str | None:
+def retry_cause(exc: BaseException) -> str | None:
     """Why a read is worth retrying on a fresh slot map, or None (not a topology error)."""
     if isinstance(exc, ResponseError):
+        for kind, cause in _TOPOLOGY_TYPES:
+            if isinstance(exc, kind):
+                return cause
         text = str(exc)
-        return "moved" if any(marker in text for marker in _TOPOLOGY_ERRORS) else None
+        return next((cause for marker, cause in _TOPOLOGY_TEXT.items() if marker in text), None)
     if isinstance(exc, RedisTimeoutError):
         return "timeout"
     return "connection"

@@ -25,8 +25,8 @@ import logging
 import operator
 import time
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, Mapping, Sequence
+from itertools import compress, repeat
+from typing import Any, Mapping, Sequence, cast
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -39,6 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from root.catalog import Entity, FeatureCatalog
 from root.feature_store import FeatureStoreError, FetchResult
+from transport import tracing
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +158,19 @@ class RecordLayout:
         n = len(values)
         present = np.fromiter(map(operator.is_not, values, repeat(None)), dtype=bool, count=n)
         n_present = int(np.count_nonzero(present))
-        # filter(None, ...) also drops empty values, which the size check then reports.
-        blob = b"".join(filter(None, values))
-        if len(blob) != n_present * self.record_size:
+        # The values present (usually all of them: no copy then). Each one's own length is
+        # checked before anything is joined: a total alone would let one value 4 bytes short
+        # and another 4 bytes long shift fields between entities.
+        stored = cast("list[bytes]", values if n_present == n else list(compress(values, present.tolist())))
+        lengths = np.fromiter(map(len, stored), dtype=np.intp, count=n_present)
+        wrong = lengths != self.record_size
+        if wrong.any():
             raise FeatureStoreError(
-                f"redis {self.entity.value} records are corrupt: {len(blob)} bytes for {n_present} "
-                f"records of {self.record_size} bytes (layout {self.digest})"
+                f"redis {self.entity.value} records are corrupt: {int(np.count_nonzero(wrong))} of {n_present} "
+                f"values are not {self.record_size} bytes (the first has {int(lengths[wrong.argmax()])}; "
+                f"layout {self.digest})"
             )
+        blob = b"".join(stored)
         found = np.frombuffer(blob, dtype=self.dtype, count=n_present)
         if n_present == n:
             return found, present
@@ -240,7 +247,9 @@ class PackedRecordStore(ABC):
         # with some, the unique records are re-expanded by one whole-record gather.
         unique, inverse = np.unique(ids, return_inverse=True)
         has_duplicates = len(unique) < len(ids)
+        started = tracing.clock()
         values = await self._records(layout, entity_keys(self._prefixes[entity], unique if has_duplicates else ids))
+        tracing.record("redis read", started, {"db.system": "redis", "db.redis.keys": len(values), "entity": entity.value})
         try:
             records, present = layout.unpack(values)
         except FeatureStoreError:
@@ -289,7 +298,8 @@ class PackedRecordStore(ABC):
         if stored.decode(errors="replace") != layout.digest:
             raise self._failed(
                 "layout",
-                f"redis {layout.entity.value} records were written with layout {stored.decode(errors='replace')!r}, "
+                f"redis {layout.entity.value} records were written with layout "
+                f"{stored[:64].decode(errors='replace')!r}, "
                 f"the catalog expects {layout.digest!r}: reload the features with this catalog",
             )
 

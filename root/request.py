@@ -10,8 +10,28 @@ import grpc
 import numpy as np
 
 from protos.rootleaf.v1 import tensor_pb2
+from root.config import RootConfig
+from root.errors import InvalidRequest
 
-__all__ = ["ModelOutcome", "ModelRef", "ScoreInput"]
+__all__ = ["ModelOutcome", "ModelRef", "ScoreInput", "check_counts"]
+
+
+def check_counts(config: RootConfig, *, models: int, candidates: int, request_features: int) -> None:
+    """Every count limit of a request, on the counts alone (O(1)): the servicer calls it on
+    the received message before it builds anything per element, the engine again on what it
+    is given. Raises ``InvalidRequest`` naming the limit."""
+    if not models:
+        raise InvalidRequest("models must not be empty")
+    if models > config.max_models:
+        raise InvalidRequest(f"{models} models exceed max_models={config.max_models}")
+    if not candidates:
+        raise InvalidRequest("candidate_ids must not be empty")
+    if candidates > config.max_candidates:
+        raise InvalidRequest(f"{candidates} candidates exceed max_candidates={config.max_candidates}")
+    if request_features > config.max_request_features:
+        raise InvalidRequest(
+            f"request_features: {request_features} tensors exceed max_request_features={config.max_request_features}"
+        )
 
 
 @dataclass(frozen=True, slots=True)

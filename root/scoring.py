@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -29,6 +30,7 @@ from wire.frames import TensorFramer
 from wire.pack import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
 from root import client_features, metrics
+from transport import tracing
 from root.assembly import (
     EncodedFeatures,
     LeafPayload,
@@ -50,10 +52,11 @@ from root.errors import (
     ModelNotFound,
     Overloaded,
     StoreUnavailable,
+    shown,
 )
 from root.feature_store import FeatureStore, FeatureStoreError, FetchResult
 from root.leaf_client import LeafClient
-from root.request import ModelOutcome, ModelRef, ScoreInput
+from root.request import ModelOutcome, ModelRef, ScoreInput, check_counts
 from root.versions import Allowlists, Route, VersionResolver
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,8 @@ ENCODE_ON_LOOP_BYTES = 512 * 1024
 # Fetch plans kept per engine: one per distinct set of requested models and allowlist
 # versions in use; the table is cleared when full (after an allowlist reload, say).
 _MAX_PLANS = 256
+_REQUEST_SPAN = {"entity": "request"}
+_CANDIDATE_SPAN = {"entity": "candidate"}
 
 
 class ScoreEngine:
@@ -139,22 +144,16 @@ class ScoreEngine:
     # ---- validation ----
 
     def _validate(self, request: ScoreInput) -> None:
-        cfg = self.config
-        if not request.models:
-            raise InvalidRequest("models must not be empty")
-        if len(request.models) > cfg.max_models:
-            raise InvalidRequest(f"{len(request.models)} models exceed max_models={cfg.max_models}")
-        n = len(request.candidate_ids)
-        if n == 0:
-            raise InvalidRequest("candidate_ids must not be empty")
-        if n > cfg.max_candidates:
-            raise InvalidRequest(f"{n} candidates exceed max_candidates={cfg.max_candidates}")
+        check_counts(
+            self.config, models=len(request.models), candidates=len(request.candidate_ids),
+            request_features=len(request.request_tensors),
+        )
         seen: set[str] = set()
         for ref in request.models:
             if not ref.name:
                 raise InvalidRequest("model name must not be empty")
             if ref.name in seen:
-                raise InvalidRequest(f"model {ref.name!r} requested twice")
+                raise InvalidRequest(f"model {shown(ref.name)} requested twice")
             seen.add(ref.name)
             if ref.name not in self._partition_of:
                 raise ModelNotFound(ref.name)
@@ -180,7 +179,7 @@ class ScoreEngine:
             else:
                 decoded = client_features.decode(tensors, budget)
             for name in decoded.keys() & features.keys():
-                raise InvalidRequest(f"request_features: tensor {name!r} given twice")
+                raise InvalidRequest(f"request_features: tensor {shown(name)} given twice")
             features.update(decoded)
         client_features.check_passable(features)
         for name, array in features.items():
@@ -279,8 +278,10 @@ class ScoreEngine:
         loop = asyncio.get_running_loop()
         timeout = self.config.default_deadline_ms / 1000.0 if timeout_s is None else timeout_s
         deadline = loop.time() + timeout
+        started = tracing.clock()
         self._validate(request)
         client = await self._client_features(request)
+        tracing.record("validate", started)
         unknown = {
             self._partition_of[ref.name]
             for ref in request.models
@@ -299,6 +300,7 @@ class ScoreEngine:
             last = attempt == VERSION_ATTEMPTS - 1
             routes: list[Route] = []
             retry: list[ModelRef] = []
+            started = tracing.clock()
             for ref in pending:
                 resolved = self._versions.resolve(ref)
                 if isinstance(resolved, Route):
@@ -307,13 +309,16 @@ class ScoreEngine:
                     retry.append(ref)
                 else:
                     outcomes[ref.name] = resolved
+            tracing.record("resolve", started, {"attempt": attempt, "models": len(routes)})
             results = await self._run(request, routes, client, deadline) if routes else []
+            started = tracing.clock()
             pending = retry
             for route, outcome in zip(routes, results):
                 if not last and outcome.error_code == grpc.StatusCode.FAILED_PRECONDITION and route.version:
                     pending.append(route.ref)
                 else:
                     outcomes[route.ref.name] = outcome
+            tracing.record("merge", started)
             if not pending:
                 break
             await self._versions.refresh({self._partition_of[ref.name] for ref in pending}, deadline)
@@ -332,16 +337,20 @@ class ScoreEngine:
         wanted, request_names, candidate_names = plan.wanted, plan.request_names, plan.candidate_names
         ids = np.asarray(request.candidate_ids, dtype=np.uint64)
         user = np.array([request.user_id], dtype=np.uint64)
+        fetch_started = time.perf_counter()
         try:
             user_cols, item_cols = await asyncio.wait_for(
                 asyncio.gather(
-                    self._fetch(Entity.REQUEST, user, request_names),
-                    self._fetch(Entity.CANDIDATE, ids, candidate_names),
+                    tracing.traced(self._fetch(Entity.REQUEST, user, request_names), "fetch", _REQUEST_SPAN),
+                    tracing.traced(self._fetch(Entity.CANDIDATE, ids, candidate_names), "fetch", _CANDIDATE_SPAN),
                 ),
                 timeout=max(deadline - loop.time(), 0.0),
             )
         except TimeoutError:
             raise DeadlineExceeded("deadline exceeded while fetching features") from None
+        fetch_s = time.perf_counter() - fetch_started
+        for route in routes:
+            metrics.child(metrics.MODEL_STAGE_SECONDS, route.ref.name, route.label, "fetch").observe(fetch_s)
         sent_client = {name: array for name, array in client.items() if name in wanted}
         request_cols = dict(user_cols.columns)
         request_cols.update(sent_client)
@@ -352,16 +361,21 @@ class ScoreEngine:
             1 if self.config.dedup_request_features else n
         )
         on_loop = raw_bytes <= ENCODE_ON_LOOP_BYTES
+        started = tracing.clock()
         if self.config.partition_calls:
             args = (request, request_cols, candidate_cols, routes)
             if on_loop:
                 parts = self._prepare_partitions(*args)
             else:
                 parts = await loop.run_in_executor(self._executor, self._prepare_partitions, *args)
+            tracing.record("pack", started, {"partitions": len(parts), "raw_bytes": raw_bytes})
             leaf_timeout = self._leaf_timeout(deadline - loop.time())
             outcomes: list[ModelOutcome | None] = [None] * len(routes)
             for (_, positions), results in zip(
-                parts, await asyncio.gather(*(self._call_partition(p, leaf_timeout) for p, _ in parts))
+                parts, await asyncio.gather(
+                    *(tracing.traced(self._call_partition(p, leaf_timeout), "partition", {"partition": p.partition})
+                      for p, _ in parts)
+                )
             ):
                 for position, outcome in zip(positions, results):
                     outcomes[position] = outcome
@@ -372,8 +386,13 @@ class ScoreEngine:
             payloads = await loop.run_in_executor(
                 self._executor, self._prepare, request, request_cols, candidate_cols, routes
             )
+        tracing.record("pack", started, {"models": len(payloads), "raw_bytes": raw_bytes})
         leaf_timeout = self._leaf_timeout(deadline - loop.time())
-        return list(await asyncio.gather(*(self._call(p, leaf_timeout) for p in payloads)))
+        return list(
+            await asyncio.gather(
+                *(tracing.traced(self._call(p, leaf_timeout), "leaf call", {"model": p.model}) for p in payloads)
+            )
+        )
 
     @staticmethod
     def _leaf_timeout(remaining: float) -> float:
@@ -431,6 +450,7 @@ class ScoreEngine:
     async def _call_partition(self, payload: PartitionPayload, timeout_s: float) -> list[ModelOutcome]:
         """One outcome per model of the call, in its order; a failed call fails all of them."""
         partition = payload.partition
+        called = time.perf_counter()
         try:
             response = await self.leaves[partition].score_partition(
                 payload.payload, timeout_s, [(ref.name, ref.version) for ref in payload.models]
@@ -448,6 +468,7 @@ class ScoreEngine:
                 out.append(ModelOutcome(ref.name, ref.version, (), exc.code, f"partition {partition!r}: {exc.message}"))
             return out
         out = []
+        elapsed = time.perf_counter() - called
         for ref, reply in zip(payload.models, response.models):
             if reply.error_code:
                 code = _status_code(reply.error_code)
@@ -456,6 +477,7 @@ class ScoreEngine:
                 out.append(ModelOutcome(ref.name, ref.version, (), code, f"partition {partition!r}: {reply.error_message}"))
                 continue
             metrics.child(metrics.MODEL_RESULTS, ref.name, "OK").inc()
+            metrics.child(metrics.MODEL_STAGE_SECONDS, ref.name, reply.version, "leaf").observe(elapsed)
             if reply.outputs:
                 _observe_scores(ref.name, reply.outputs[0])
             out.append(ModelOutcome(ref.name, reply.version, tuple(reply.outputs)))
@@ -494,6 +516,7 @@ class ScoreEngine:
 
     async def _call(self, payload: LeafPayload, timeout_s: float) -> ModelOutcome:
         partition = self._partition_of[payload.model]
+        called = time.perf_counter()
         try:
             response = await self.leaves[partition].score(
                 payload.payload, timeout_s, payload.model, payload.version or ""
@@ -505,6 +528,9 @@ class ScoreEngine:
                 payload.model, payload.version or "", (), exc.code, f"partition {partition!r}: {exc.message}"
             )
         metrics.child(metrics.MODEL_RESULTS, payload.model, "OK").inc()
+        metrics.child(metrics.MODEL_STAGE_SECONDS, payload.model, response.version, "leaf").observe(
+            time.perf_counter() - called
+        )
         if response.outputs:
             _observe_scores(payload.model, response.outputs[0])
         return ModelOutcome(payload.model, response.version, tuple(response.outputs))

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from transport import tracing
 from transport.builder import build_server
 from transport.server import ServerWithParts, run_until_signalled, tune_allocator
 from root.catalog import FeatureCatalog
@@ -28,11 +29,16 @@ from root.config import RootConfig
 from root import metrics
 from root.feature_store import FeatureStore, FeatureStoreError
 from root.leaf_client import GrpcLeafClient, LeafClient
+from root.oip import RootOipServicer
 from root.partition_health import PartitionProber
 from root.scoring import ScoreEngine
 from root.servicer import SERVICE_NAME, RootServicer
+from root.shadow import ShadowMirror
 from root.stores import open_feature_store
-from trimmer import FeatureTrimmer
+from root.versions import pending_versions
+from contract.versions import latest_version
+from trimmer import FeatureTrimmer, TrimmerConfig
+from wire.oip_service import OIP_SERVICE_NAME, oip_handler
 
 __all__ = ["RootServer", "create_server", "serve"]
 
@@ -46,6 +52,7 @@ leaf has loaded, so a version a leaf loads is routed to within about this long).
 HEALTH_TIMEOUT_S = 1.0
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+TRACED_METHODS = (f"/{SERVICE_NAME}/Score", f"/{OIP_SERVICE_NAME}/ModelInfer")
 
 
 class RootServer(ServerWithParts):
@@ -63,8 +70,10 @@ class RootServer(ServerWithParts):
         health_servicer: health.aio.HealthServicer,
         metrics_server: Any,
         prober: PartitionProber,
+        shadow: ShadowMirror | None = None,
     ) -> None:
         super().__init__(inner)
+        self.shadow = shadow
         self.engine = engine
         self.trimmer = trimmer
         self._store = store
@@ -79,6 +88,7 @@ class RootServer(ServerWithParts):
 
     async def start(self) -> None:
         await self._inner.start()
+        metrics.TRIM_ENABLED.set(1 if self.engine.config.trim else 0)
         await self._check_store()
         # Ready and live while the process serves: a partition without a serving leaf fails
         # its own models (Status, metrics and logs say which); every other model is served.
@@ -117,7 +127,7 @@ class RootServer(ServerWithParts):
             leaf = self._leaves[name]
             for model in partition.models:
                 served = leaf.served_versions(model) or frozenset()
-                unserved = [v for v in bundle_versions.get(model, ()) if v not in served]
+                unserved = pending_versions(bundle_versions.get(model, ()), served, latest_version(served))
                 metrics.UNSERVED_VERSIONS.labels(name, model).set(len(unserved))
 
     async def _watch_partitions(self) -> None:
@@ -142,6 +152,8 @@ class RootServer(ServerWithParts):
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
         await asyncio.gather(*(c.close() for c in self._leaves.values()), self.prober.close())
+        if self.shadow is not None:
+            await self.shadow.close()
         await self._store.close()
         loop = asyncio.get_running_loop()
         # Joining threads blocks: do it off the loop, in a named thread.
@@ -149,6 +161,7 @@ class RootServer(ServerWithParts):
             await loop.run_in_executor(pool, self._close_threads)
 
     def _close_threads(self) -> None:
+        tracing.shutdown()
         self.trimmer.close()
         self._executor.shutdown(wait=True)
         if self._metrics_server is not None:
@@ -166,19 +179,27 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     coroutine this synchronous builder cannot await, so a failed build never opens them.
     """
     tune_allocator()
+    tracing.configure(config.tracing, "rootleaf-root")  # before any channel is built
     catalog = FeatureCatalog.load(config.catalog)
-    trimmer = FeatureTrimmer({name: str(path) for name, path in config.bundles.items()}, watch=True)
+    trimmer = FeatureTrimmer(
+        {name: str(path) for name, path in config.bundles.items()},
+        watch=True,
+        config=TrimmerConfig(max_file_bytes=config.bundle_max_bytes),
+        kill_switch=config.kill_switch_file,
+    )
     closers: list[Callable[[], None]] = [trimmer.close]
     try:
-        # The workers of one root share the port (``root.supervisor``).
+        # The workers of one root share the port (``root.supervisor``); a single root does
+        # not, so a second process on its port fails to bind instead of taking its traffic.
         built = build_server(
             listen=config.listen,
             tls=config.tls,
-            services=(SERVICE_NAME,),
+            services=(SERVICE_NAME, OIP_SERVICE_NAME),
             reflection_enabled=config.reflection,
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
-            reuse_port=True,
+            reuse_port=config.workers > 1,
+            interceptors=tracing.server_interceptors(TRACED_METHODS),
         )
         closers.append(built.close_metrics)
         inner, port, health_servicer, metrics_server = built.server, built.port, built.health, built.metrics_server
@@ -198,8 +219,12 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
     }
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
     engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
+    shadow = ShadowMirror(config.shadow, config.leaf_tls) if config.shadow.enabled else None
     inner.add_generic_rpc_handlers(
-        (RootServicer(engine, config, trimmer.status, lambda: prober.last).handler(),)
+        (
+            RootServicer(engine, config, trimmer.status, lambda: prober.last, shadow).handler(),
+            oip_handler(RootOipServicer(engine, config.bundles, lambda: prober.last)),
+        )
     )
     log.info(
         "root on port %d (tls %s, leaf tls %s): %d features, partitions %s, trim=%s compression=%s dedup=%s",
@@ -222,6 +247,7 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         health_servicer=health_servicer,
         metrics_server=metrics_server,
         prober=prober,
+        shadow=shadow,
     )
     return server, port
 

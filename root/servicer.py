@@ -23,8 +23,9 @@ from root import metrics
 from root.config import RootConfig
 from root.partition_health import PartitionHealth
 from root.errors import InvalidRequest, status_of
-from root.request import ModelRef, ScoreInput
+from root.request import ModelRef, ScoreInput, check_counts
 from root.scoring import ScoreEngine
+from root.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class RootServicer(root_pb2_grpc.RootServicer):
         config: RootConfig,
         bundle_statuses: BundleStatuses,
         partition_health: PartitionHealthView = dict,
+        shadow: ShadowMirror | None = None,
     ) -> None:
         self._engine = engine
+        self._shadow = shadow
         self._config = config
         self._bundle_statuses = bundle_statuses
         self._partition_health = partition_health
@@ -87,6 +90,12 @@ class RootServicer(root_pb2_grpc.RootServicer):
         try:
             if malformed:
                 raise InvalidRequest(malformed)
+            # Counts first, on the message as parsed: nothing below runs per element before
+            # every count is within its limit.
+            check_counts(
+                self._config, models=len(request.models), candidates=len(request.candidate_ids),
+                request_features=len(request.request_features),
+            )
             score_input = ScoreInput(
                 request_id=request_id,
                 user_id=request.user_id,
@@ -106,6 +115,8 @@ class RootServicer(root_pb2_grpc.RootServicer):
                     error_message=outcome.error_message,
                 )
                 result.outputs.extend(outcome.outputs)
+            if self._shadow is not None:
+                self._shadow.offer(request, response)  # O(1), never raises: the answer goes out now
             return response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

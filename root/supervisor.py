@@ -9,7 +9,8 @@ that socket open without listening, so the port stays reserved while workers res
 
 - Metrics: the workers write prometheus-client's multiprocess files into a directory
   (``PROMETHEUS_MULTIPROC_DIR``, a temporary one unless set), and the supervisor alone serves
-  ``metrics_port`` with the sum over workers (gauges per ``multiprocess_mode``).
+  ``metrics_port`` with the sum over workers (gauges per ``multiprocess_mode``), plus its
+  own ``rootleaf_root_worker_restarts_total`` and ``rootleaf_root_workers``.
 - A worker that exits is started again (after a pause that doubles while it keeps dying
   within ``CRASH_WINDOW_S`` of its start, up to ``MAX_BACKOFF_S``).
 - SIGTERM/SIGINT are forwarded to every worker, which drains for ``shutdown_grace_s``;
@@ -135,6 +136,8 @@ class Supervisor:
     on_started: Callable[[int], None] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _children: list[_Worker] = field(default_factory=list)
+    restarts: int = 0
+    """Workers started again after exiting (read by the metrics thread)."""
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
@@ -154,7 +157,8 @@ class Supervisor:
             if not self._wait_serving():
                 return 0 if self._stop.is_set() else 1  # a signal during start-up is a stop
             if self.config.metrics_port:
-                metrics_server = _serve_metrics(self.config.metrics_port, self.config.metrics_host, metrics_dir)
+                metrics_server = _serve_metrics(self.config.metrics_port, self.config.metrics_host, metrics_dir,
+                                                WorkerCollector(self))
             log.info("root supervisor: %d workers on port %d (pids %s)", self.workers, port,
                      [w.proc.pid for w in self._children])
             if self.on_started is not None:
@@ -229,6 +233,7 @@ class Supervisor:
                 fresh = spawn(worker.index)
                 fresh.failures = worker.failures
                 self._children[i] = fresh
+                self.restarts += 1
 
     def _shutdown(self) -> None:
         live = [w.proc for w in self._children if w.proc.poll() is None]
@@ -250,12 +255,42 @@ def _mark_dead(pid: int, metrics_dir: Path) -> None:
     multiprocess.mark_process_dead(pid, str(metrics_dir))
 
 
-def _serve_metrics(port: int, host: str, metrics_dir: Path) -> Any:
-    """prometheus-client's HTTP endpoint over every worker's files (summed per series)."""
+class WorkerCollector:
+    """The supervisor's own series, read from its state when scraped (a collector rather than
+    a ``Counter``: with ``PROMETHEUS_MULTIPROC_DIR`` set a counter would also land in the
+    workers' files and be counted twice)."""
+
+    RESTARTS = "rootleaf_root_worker_restarts"
+    WORKERS = "rootleaf_root_workers"
+
+    def __init__(self, supervisor: Supervisor | None) -> None:
+        self._supervisor = supervisor  # None: describe() only (tests list the names)
+
+    def collect(self) -> list[Any]:
+        if self._supervisor is None:
+            return self.describe()
+        return self._families(self._supervisor.restarts, self._supervisor.workers)
+
+    def describe(self) -> list[Any]:
+        return self._families(0, 0)
+
+    def _families(self, restarts: int, workers: int) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        return [
+            CounterMetricFamily(self.RESTARTS, "Root workers started again after exiting (crash or kill)", value=restarts),
+            GaugeMetricFamily(self.WORKERS, "Root worker processes the supervisor keeps", value=workers),
+        ]
+
+
+def _serve_metrics(port: int, host: str, metrics_dir: Path, own: WorkerCollector) -> Any:
+    """prometheus-client's HTTP endpoint over every worker's files (summed per series) and
+    the supervisor's own series."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+    registry.register(own)
     server, _ = start_http_server(port, host, registry=registry)
     return server
 

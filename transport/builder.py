@@ -49,20 +49,24 @@ def build_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> BuiltServer:
     """Bind ``listen`` (TLS when configured) with health (and reflection of ``services``);
-    start the metrics endpoint when ``metrics_port`` is set. Raises ``OSError`` when the port
-    cannot be bound; nothing is left open then."""
+    start the metrics endpoint when ``metrics_port`` is set. ``reuse_port``: share the port
+    with other servers that set it (SO_REUSEPORT); off, a second server on a held port fails.
+    Raises ``OSError`` when the port cannot be bound; nothing is left open then."""
     options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
-    if reuse_port:
-        # gRPC's default on Linux, stated: processes of one server share the port.
-        options.append(("grpc.so_reuseport", 1))
+    # Stated either way: gRPC's default on Linux is on, and with it a second server (an old
+    # process, a misconfigured copy) binds the same port and silently takes part of the traffic.
+    options.append(("grpc.so_reuseport", 1 if reuse_port else 0))
     server = grpc.aio.server(options=options, interceptors=tuple(interceptors) or None)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = add_port(server, listen, tls)
+    try:
+        port = add_port(server, listen, tls)
+    except RuntimeError:  # gRPC's "Failed to bind to address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {listen}")
+        raise OSError(f"cannot bind {listen}: in use by another process, or not an address of this host")
     metrics_server = None
     if metrics_port:
         metrics_server, _ = start_http_server(metrics_port, metrics_host)

@@ -1,7 +1,10 @@
 """TLS and mutual TLS for every gRPC hop (client -> root, root -> leaf).
 
 Configured by file paths. A server with ``client_ca_file`` set requires and verifies client
-certificates (mutual TLS); a channel with ``cert_file``/``key_file`` presents one.
+certificates (mutual TLS); a channel with ``cert_file``/``key_file`` presents one. A setting
+the side it is given to would ignore is refused (``check_server``/``check_client``, called
+by every config that holds a ``TlsConfig``), never dropped: a server given ``ca_file`` would
+otherwise serve TLS and verify no client.
 Files are read once when the server or channel is built.
 """
 
@@ -12,6 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import grpc
+
+from transport import tracing
 
 _FIELDS = ("cert_file", "key_file", "ca_file", "client_ca_file", "server_name")
 
@@ -42,6 +47,29 @@ class TlsConfig:
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("tls: cert_file and key_file must be set together")
 
+    def check_server(self, where: str = "tls") -> None:
+        """Refuse what a server would ignore: it verifies clients only with ``client_ca_file``,
+        so ``ca_file`` there (a client setting) would look like mutual TLS and serve without
+        verifying anyone. Raises ``ValueError`` naming the field."""
+        if self.ca_file:
+            raise ValueError(
+                f"{where}.ca_file is a client setting and a server ignores it (clients would go "
+                f"unverified); set {where}.client_ca_file to require and verify client certificates"
+            )
+        if self.server_name:
+            raise ValueError(f"{where}.server_name is a client setting; a server ignores it")
+        if self.enabled and not self.cert_file:
+            raise ValueError(f"{where}: a server needs cert_file and key_file to serve TLS")
+
+    def check_client(self, where: str = "tls") -> None:
+        """Refuse what a channel would ignore: ``client_ca_file`` verifies nothing on a
+        client (``ca_file`` verifies the server). Raises ``ValueError`` naming the field."""
+        if self.client_ca_file:
+            raise ValueError(
+                f"{where}.client_ca_file is a server setting and a channel ignores it; "
+                f"set {where}.ca_file to verify the server"
+            )
+
     @property
     def enabled(self) -> bool:
         return any(getattr(self, f) for f in _FIELDS)
@@ -70,8 +98,7 @@ class TlsConfig:
         )
 
     def server_credentials(self) -> grpc.ServerCredentials:
-        if not self.cert_file:
-            raise ValueError("tls: a server needs cert_file and key_file")
+        self.check_server()
         pair = [(_read(self.key_file, "key_file"), _read(self.cert_file, "cert_file"))]
         if self.client_ca_file:
             return grpc.ssl_server_credentials(
@@ -82,6 +109,7 @@ class TlsConfig:
         return grpc.ssl_server_credentials(pair)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
+        self.check_client()
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "ca_file") if self.ca_file else None,
             private_key=_read(self.key_file, "key_file") if self.key_file else None,
@@ -105,9 +133,12 @@ def add_port(server: grpc.aio.Server, address: str, tls: TlsConfig) -> int:
 def aio_channel(target: str, tls: TlsConfig, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
     """An asyncio channel to ``target``, secure when ``tls`` is configured."""
     all_options = [*options, *tls.channel_options()]
+    interceptors = tracing.client_interceptors() or None  # trace context on every call, when on
     if tls.enabled:
-        return grpc.aio.secure_channel(target, tls.channel_credentials(), options=all_options)
-    return grpc.aio.insecure_channel(target, options=all_options)
+        return grpc.aio.secure_channel(
+            target, tls.channel_credentials(), options=all_options, interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors)
 
 
 def sync_channel(target: str, tls: TlsConfig, options: list[tuple[str, Any]]) -> grpc.Channel:

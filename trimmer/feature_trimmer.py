@@ -31,6 +31,7 @@ from typing import Callable, Container, Mapping
 from trimmer import metrics
 from contract.bundle_file import BundleError, BundleMap, parse_bundle
 from trimmer.config import TrimmerConfig
+from trimmer.kill_switch import KillSwitch
 from trimmer.rwlock import RWLock
 from trimmer.snapshot import EMPTY_SNAPSHOT, UNSERVED, UNTRIMMED, Snapshot, TrimDecision, build_snapshot
 from trimmer.watch import DirectoryWatcher, ReloadScheduler
@@ -39,6 +40,8 @@ __all__ = ["BundleStatus", "FeatureTrimmer", "ReloadResult"]
 
 log = logging.getLogger(__name__)
 
+_KILL_SWITCH = "\0kill-switch"
+"""The kill switch's name among the watched files (no bundle name can contain NUL)."""
 
 
 class ReloadResult(str, Enum):
@@ -113,10 +116,12 @@ class FeatureTrimmer:
         config: TrimmerConfig | None = None,
         recheck_interval_s: float | None = None,
         debounce_s: float | None = None,
+        kill_switch: str | os.PathLike[str] | None = None,
     ) -> None:
         """``bundles`` maps bundle name -> path of its bundle-level ``module_info.json``.
         ``watch`` False loads once (``reload_now`` still works); the keyword tunables
-        override the matching ``config`` fields."""
+        override the matching ``config`` fields. ``kill_switch``: the file that turns
+        trimming off for some or all models (``trimmer.kill_switch``), watched like a bundle."""
         cfg = config or TrimmerConfig()
         if recheck_interval_s is not None:
             cfg = replace(cfg, recheck_interval_s=recheck_interval_s)
@@ -140,12 +145,20 @@ class FeatureTrimmer:
         self._closed = False
         self._watcher: DirectoryWatcher | None = None
         self._scheduler: ReloadScheduler | None = None
+        self._kill = KillSwitch(kill_switch) if kill_switch is not None else None
+        if self._kill is not None:
+            self._kill.reload()
         if watch:
             directories: dict[str, tuple[str, ...]] = {}
-            for state in self._states.values():
-                directory = os.path.dirname(state.path)
-                directories[directory] = (*directories.get(directory, ()), state.name)
-            self._scheduler = ReloadScheduler(self._states, self._reload_batch, cfg, self._ensure_watches)
+            watched = [(state.path, state.name) for state in self._states.values()]
+            if self._kill is not None:
+                watched.append((self._kill.path, _KILL_SWITCH))
+            for path, name in watched:
+                directory = os.path.dirname(path)
+                directories[directory] = (*directories.get(directory, ()), name)
+            self._scheduler = ReloadScheduler(
+                [name for _, name in watched], self._reload_batch, cfg, self._ensure_watches
+            )
             self._watcher = DirectoryWatcher(directories, self._scheduler.mark)
             self._watcher.start()  # before the first load, so no change falls in between
         self._load(sorted(self._states), startup=True)
@@ -171,7 +184,8 @@ class FeatureTrimmer:
         finally:
             lock.release_read()
         entry = snapshot.models.get(model)
-        if entry is None:
+        kill = self._kill
+        if entry is None or (kill is not None and kill.is_off(model)):
             metrics.LOOKUP_UNTRIMMED.inc()
             return UNTRIMMED
         if version is not None:
@@ -238,9 +252,28 @@ class FeatureTrimmer:
             raise KeyError(f"unknown bundle {bundle!r}; known: {sorted(self._states)}")
         return self.wait_until(lambda: self.status()[bundle].content_hash == content_hash, timeout)
 
+    @property
+    def trimming_off(self) -> frozenset[str]:
+        """Models the kill switch turns trimming off for now (``"*"`` = all)."""
+        return frozenset() if self._kill is None else self._kill.off
+
+    def reload_kill_switch(self) -> bool:
+        """Read the kill switch file now (on the calling thread); True when its state changed."""
+        if self._kill is None:
+            return False
+        with self._load_mutex:
+            changed = self._kill.reload()
+        with self._changed:
+            self._changed.notify_all()
+        return changed
+
     def _reload_batch(self, bundles: list[str], reason: str) -> None:
         log.debug("trimmer: reloading %s (%s)", bundles, reason)
-        self._load(bundles, startup=False)
+        if _KILL_SWITCH in bundles:
+            self.reload_kill_switch()
+            bundles = [b for b in bundles if b != _KILL_SWITCH]
+        if bundles:
+            self._load(bundles, startup=False)
 
     def _ensure_watches(self) -> None:
         if self._watcher is not None:

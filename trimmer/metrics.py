@@ -21,6 +21,9 @@ __all__ = [
     "LOOKUP_UNTRIMMED",
     "MODEL_CONFLICTS",
     "RELOADS",
+    "KILL_SWITCH_CHANGES",
+    "KILL_SWITCH_ERRORS",
+    "TRIMMING_OFF",
 ]
 
 LOOKUPS = Counter(
@@ -44,6 +47,7 @@ LAST_SUCCESS = Gauge(
     "rootleaf_trimmer_last_success_timestamp_seconds",
     "Unix time of the bundle's last successful load.",
     ["bundle"],
+    multiprocess_mode="livemin",  # root workers: the oldest among live ones (dead ones dropped)
 )
 LOAD_ERRORS = Counter(
     "rootleaf_trimmer_load_errors",
@@ -52,8 +56,9 @@ LOAD_ERRORS = Counter(
 )
 BUNDLE_HEALTHY = Gauge(
     "rootleaf_trimmer_bundle_healthy",
-    "1 when the bundle's current file loaded cleanly, 0 when its last load failed (alert on 0).",
+    "1 when the bundle's current file loaded cleanly, 0 when its last load failed (RootleafBundleUnhealthy).",
     ["bundle"],
+    multiprocess_mode="livemin",  # root workers: 0 when any live one failed (dead ones dropped)
 )
 BUNDLE_INFO = Gauge(
     "rootleaf_trimmer_bundle_info",
@@ -64,4 +69,18 @@ MODEL_CONFLICTS = Counter(
     "rootleaf_trimmer_model_conflicts",
     "A model newly found in more than one bundle; the bundle whose name sorts first wins.",
     ["model", "winner", "shadowed"],
+)
+TRIMMING_OFF = Gauge(
+    "rootleaf_trimmer_trimming_off",
+    "1 while the kill switch file turns trimming off for the model (model=\"*\": every model).",
+    ["model"],
+    multiprocess_mode="livemax",  # root workers: 1 when any live one has it off (dead ones dropped)
+)
+KILL_SWITCH_CHANGES = Counter(
+    "rootleaf_trimmer_kill_switch_changes",
+    "Changes of the kill switch state (each is also logged at WARNING).",
+)
+KILL_SWITCH_ERRORS = Counter(
+    "rootleaf_trimmer_kill_switch_errors",
+    "Kill switch files that could not be used (the last good state stays).",
 )

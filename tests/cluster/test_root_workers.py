@@ -114,8 +114,11 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         assert seen == workers
         # The image's probe command agrees.
         assert health_cli.main(["--target", target, "--service", "rootleaf.v1.Root", "--quiet"]) == 0
-        # The supervisor's endpoint sums every worker's counters.
-        assert scrape(metrics_url).total("rootleaf_root_requests_total", code="OK") - ok0 == calls
+        # The supervisor's endpoint sums every worker's counters and adds its own series.
+        before = scrape(metrics_url)
+        assert before.total("rootleaf_root_requests_total", code="OK") - ok0 == calls
+        assert before.total("rootleaf_root_worker_restarts_total") == 0
+        assert before.total("rootleaf_root_workers") == 2
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
@@ -124,6 +127,14 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         seen.clear()
         poll("the replacement to answer", lambda: both_answer() or (replaced & seen))
         assert root.poll() is None
+        after = scrape(metrics_url)
+        assert after.total("rootleaf_root_worker_restarts_total") == 1
+        # Alerting gauges are one series over the live workers: the dead worker's values are
+        # dropped, not kept under its pid.
+        for name in ("rootleaf_trimmer_bundle_healthy", "rootleaf_root_partition_serving_addresses"):
+            series = after.select(name)
+            assert series and all("pid" not in dict(labels) for labels in series), (name, series)
+        assert after.select("rootleaf_root_trim_enabled") == {(): 1.0}
 
         # SIGTERM: the supervisor forwards it, workers drain, every process exits.
         final = children(root.pid)

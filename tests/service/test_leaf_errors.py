@@ -219,6 +219,7 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
         limits = codec.DecodeLimits(max_total_raw_bytes=request_bytes)
         config = LeafConfig(tmp_path, max_queue_delay_ms=400, decode_limits=limits, max_inflight_bytes=request_bytes + 1)
         async with Leaf(config) as leaf:
+            assert sample("rootleaf_leaf_inflight_bytes_limit", {}) == request_bytes + 1  # what alerts divide by
             rejected = sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"})
             first = leaf.stub.Score(make_request("gated", features(2), 2))
             while sample("rootleaf_leaf_inflight_bytes", {}) < request_bytes:

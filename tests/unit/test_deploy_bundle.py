@@ -12,7 +12,8 @@ from typing import Dict
 
 import pytest
 
-from deploy.bundle import BundleError, build_bundle
+from contract.bundle_file import parse_bundle
+from deploy.bundle import BundleError, FleetView, build_bundle
 from deploy.bundle_cli import main as bundle_main
 from deploy.package import PackageError, read_package
 import torch
@@ -103,16 +104,84 @@ def test_no_signature_at_all_is_an_error(exported: Path, tmp_path: Path) -> None
     assert bundle_main(["build", "--name", "ads", "--repo", str(repo), "--out", str(tmp_path / "o")]) == 1
 
 
-def test_include_deployed_keeps_deployed_versions(exported: Path, tmp_path: Path) -> None:
+def test_include_deployed_keeps_the_newest_deployed_versions(exported: Path, tmp_path: Path) -> None:
     deployed = build_bundle("ads", exported, tmp_path / "deployed").bundle_file
     pending_repo = tmp_path / "pending"
     _export(pending_repo, "ctr", "11", ["f1", "f2"], ["score"])
     result = build_bundle(
         "ads", pending_repo, tmp_path / "out", models=["ctr"], include_deployed=deployed
     )
-    assert dict(result.models) == {"ctr": ("1", "2", "10", "11"), "cvr": ("3",)}
+    # Without the fleet's view the newest 2 deployed versions stay; ctr 1 is dropped.
+    assert dict(result.models) == {"ctr": ("2", "10", "11"), "cvr": ("3",)}
+    assert dict(result.dropped) == {"ctr": ("1",)}
+    assert read_package(result.package.path).dropped == {"ctr": ("1",)}
+    every = build_bundle("ads", pending_repo, tmp_path / "all", include_deployed=deployed, keep_deployed=5)
+    assert dict(every.models) == {"ctr": ("1", "2", "10", "11"), "cvr": ("3",)} and not every.dropped
     without = build_bundle("ads", pending_repo, tmp_path / "out2")
     assert dict(without.models) == {"ctr": ("11",)}
+    assert read_package(without.package.path).dropped == {}
+
+
+@pytest.mark.parametrize(
+    "served, keep, expected, dropped",
+    [
+        # The fleet serves ctr 2 and cvr 3: those stay with the pending 11, the rest goes.
+        ({"ctr": {"2"}, "cvr": {"3"}}, None, {"ctr": ("2", "11"), "cvr": ("3",)}, {"ctr": ("1", "10")}),
+        # Plus the newest K deployed.
+        ({"ctr": {"2"}, "cvr": {"3"}}, 1, {"ctr": ("2", "10", "11"), "cvr": ("3",)}, {"ctr": ("1",)}),
+        # A leaf still serving ctr 1 keeps it; cvr served by no leaf is dropped whole.
+        ({"ctr": {"1", "10"}}, None, {"ctr": ("1", "10", "11")}, {"ctr": ("2",), "cvr": ("3",)}),
+    ],
+)
+def test_retention_keeps_pending_and_served_versions(
+    exported: Path, tmp_path: Path, served: dict[str, set[str]], keep: int | None,
+    expected: dict[str, tuple[str, ...]], dropped: dict[str, tuple[str, ...]],
+) -> None:
+    deployed = parse_bundle(build_bundle("ads", exported, tmp_path / "deployed").bundle_file.read_bytes())
+    pending_repo = tmp_path / "pending"
+    _export(pending_repo, "ctr", "11", ["f1", "f2"], ["score"])
+    fleet = FleetView(served, deployed.models)
+    result = build_bundle("ads", pending_repo, tmp_path / "out", served_from=fleet, keep_deployed=keep)
+    assert dict(result.models) == expected
+    assert dict(result.dropped) == dropped
+    assert read_package(result.package.path).dropped == dropped
+
+
+def test_a_served_version_missing_from_the_deployed_bundle_takes_the_leaf_repository_signature(
+    exported: Path, tmp_path: Path
+) -> None:
+    pending_repo = tmp_path / "pending"
+    _export(pending_repo, "ctr", "11", ["f1", "f2"], ["score"])
+    fleet = FleetView({"ctr": {"2", "99"}}, {}, (exported,))
+    result = build_bundle("ads", pending_repo, tmp_path / "out", served_from=fleet)
+    assert dict(result.models) == {"ctr": ("2", "11")}
+    assert any("ctr version 99: served, but no signature" in line for line in result.skipped)
+
+
+def test_signature_changes_are_reported_and_strict_fails(exported: Path, tmp_path: Path) -> None:
+    repo = _copy(exported, tmp_path / "repo")
+    _export(repo, "ctr", "12", ["f1", "f7"], ["score"])
+    result = build_bundle("ads", repo, tmp_path / "out")
+    assert result.signature_changes == (
+        "ctr: 2 signatures: v1,2,10 inputs [f1, f2] outputs [score]; v12 inputs [f1, f7] outputs [score]",
+    )
+    with pytest.raises(BundleError, match="--strict-signatures: .*ctr: 2 signatures"):
+        build_bundle("ads", repo, tmp_path / "strict", strict_signatures=True)
+    assert not (tmp_path / "strict" / "module_info.json").exists()
+    assert bundle_main(["build", "--name", "ads", "--repo", str(repo), "--strict-signatures",
+                        "--out", str(tmp_path / "cli")]) == 1
+    assert build_bundle("ads", exported, tmp_path / "same", strict_signatures=True).signature_changes == ()
+
+
+def test_the_build_refuses_a_feature_name_the_roots_refuse(exported: Path, tmp_path: Path) -> None:
+    repo = _copy(exported, tmp_path / "repo")
+    version = repo / "ctr" / "12"
+    version.mkdir()
+    # A signature file the signature reader accepts but whose input name a root's parser refuses.
+    (version / "module_info.json").write_text(json.dumps({"input_names": ["f1", " "], "output_names": ["score"]}))
+    with pytest.raises(BundleError, match="the roots would refuse the bundle file built: .*input_names"):
+        build_bundle("ads", repo, tmp_path / "out")
+    assert not (tmp_path / "out" / "module_info.json").exists()
 
 
 def test_unknown_model_and_bad_name_rejected(exported: Path, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import tarfile
+import tracemalloc
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -125,3 +126,107 @@ def test_gzip_bomb_is_bounded_even_when_the_header_lies(tmp_path: Path) -> None:
             gz.write(bytes(1 << 20))
     with pytest.raises(PackageError, match="more than 8388608 bytes"):
         read_package(path, max_unpacked_bytes=8 << 20)
+
+
+def _gnu_sparse_header(name: str, real_size: int) -> bytes:
+    """An old-GNU sparse member header (type 'S'): no data stored, ``real_size`` bytes of hole."""
+    info = tarfile.TarInfo(name)
+    info.size = 0
+    buf = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    buf[156:157] = tarfile.GNUTYPE_SPARSE
+    buf[483:495] = f"{real_size:011o}\0".encode()  # realsize; the sparse map stays empty
+    buf[148:156] = b" " * 8
+    buf[148:156] = f"{sum(buf[:512]):06o}\0 ".encode()
+    return bytes(buf)
+
+
+def _pax_sparse_member(name: str, real_size: int) -> bytes:
+    """A regular member whose PAX header (GNU sparse 0.1) makes it all hole."""
+    info = tarfile.TarInfo(name)
+    info.size = 0
+    info.pax_headers = {"GNU.sparse.map": f"{real_size - 1},0", "GNU.sparse.size": str(real_size)}
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+@pytest.mark.parametrize("member", [_gnu_sparse_header, _pax_sparse_member])
+def test_sparse_members_are_refused_before_their_holes_are_read(
+    tmp_path: Path, member: Any
+) -> None:
+    """Holes come out of the tar reader, not the gzip stream: six members of 60 MiB of hole
+    fit in a few hundred bytes. Refused on the header; what the read allocates stays small."""
+    path = tmp_path / "sparse.tar.gz"
+    with gzip.open(path, "wb") as gz:
+        for i in range(6):
+            gz.write(member(f"configs/hole{i}.bin", 60 << 20))
+        gz.write(bytes(1024))
+    assert path.stat().st_size < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackageError, match="hole0.bin' is a sparse file, not a plain regular file"):
+            read_package(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CONTTYPE, tarfile.FIFOTYPE])
+def test_members_that_are_not_plain_files_are_refused(tmp_path: Path, kind: bytes) -> None:
+    path = tmp_path / "odd.tar.gz"
+    info = tarfile.TarInfo("configs/odd")
+    info.type = kind
+    with gzip.open(path, "wb") as gz:
+        gz.write(info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1024))
+    with pytest.raises(PackageError, match="configs/odd' is a type"):
+        read_package(path)
+
+
+def test_bytes_produced_are_bounded_across_members(tmp_path: Path) -> None:
+    """Ten members of 1 MiB each, every one under the bound alone: the sum is what counts."""
+    path = tmp_path / "many.tar.gz"
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        for i in range(10):
+            info = tarfile.TarInfo(f"configs/c{i}.bin")
+            info.size = 1 << 20
+            gz.write(info.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1 << 20))
+        gz.write(bytes(1024))
+    with pytest.raises(PackageError, match="past the 4194304-byte bound|more than 4194304 bytes"):
+        read_package(path, max_unpacked_bytes=4 << 20)
+
+
+def _members(path: Path, headers: list[bytes], sizes: list[int]) -> Path:
+    with gzip.open(path, "wb", compresslevel=1) as gz:
+        for header, size in zip(headers, sizes):
+            gz.write(header + bytes(-(-size // 512) * 512))
+        gz.write(bytes(1024))
+    return path
+
+
+def _plain(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def test_reading_hostile_packages_allocates_at_most_twice_the_unpacked_bound(tmp_path: Path) -> None:
+    """Families of hostile packages, each refused; the reader's peak Python allocation stays
+    within twice ``max_unpacked_bytes`` (plus a constant), whatever the package claims."""
+    bound = 8 << 20
+    families = {
+        "gzip bomb": _bomb(tmp_path / "bomb.tar.gz", 64 << 20),
+        "many members": _members(tmp_path / "many.tar.gz", [_plain(f"configs/c{i}", 1 << 20) for i in range(20)],
+                                 [1 << 20] * 20),
+        "gnu sparse": _members(tmp_path / "gnu.tar.gz", [_gnu_sparse_header(f"configs/h{i}", 60 << 20) for i in range(6)],
+                               [0] * 6),
+        "pax sparse": _members(tmp_path / "pax.tar.gz", [_pax_sparse_member(f"configs/h{i}", 60 << 20) for i in range(6)],
+                               [0] * 6),
+    }
+    for family, path in families.items():
+        tracemalloc.start()
+        try:
+            with pytest.raises(PackageError):
+                read_package(path, max_unpacked_bytes=bound)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= 2 * bound + (1 << 20), (family, peak)

@@ -153,7 +153,7 @@ def test_plan_tls_section_resolves_paths_and_accepts_client_settings_only(tmp_pa
     (tmp_path / "plan.toml").write_text(text)
     plan = load_plan(tmp_path / "plan.toml")
     assert (plan.tls.ca_file, plan.tls.cert_file) == (str(tmp_path / "certs/ca.pem"), str(tmp_path / "certs/me.pem"))
-    for bad, message in (('client_ca_file = "ca.pem"', "client settings only"), ('colour = "x"', "unknown keys")):
+    for bad, message in (('client_ca_file = "ca.pem"', "tls.client_ca_file is a server setting"), ('colour = "x"', "unknown keys")):
         (tmp_path / "plan.toml").write_text(_plan_text(d) + f"[tls]\n{bad}\n")
         with pytest.raises(PlanError, match=message):
             load_plan(tmp_path / "plan.toml")

@@ -36,6 +36,8 @@ def test_generated_code_imports_from_an_installed_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "protos/rootleaf/v1/leaf_pb2_grpc.py" in names
     assert "protos/rootleaf/v1/root_pb2.pyi" in names
+    assert "protos/inference/grpc_predict_v2_pb2_grpc.py" in names
+    assert "protos/inference/grpc_predict_v2.proto" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)  # a wheel's purelib installs by unpacking
     code = (

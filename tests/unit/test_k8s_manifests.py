@@ -1,8 +1,10 @@
 """deploy/k8s: every manifest, base and rendered overlays, validated offline against the
-Kubernetes JSON schemas shipped in kubernetes-validate (strict: unknown fields fail).
+Kubernetes JSON schemas shipped in kubernetes-validate (strict: unknown fields fail); the
+custom resources (PrometheusRule, KEDA ScaledObject) against the structural schemas of
+``tests/unit/k8s_crds.py``.
 
 Overlays are rendered with the subset of kustomize they use (resources, namespace, labels,
-strategic-merge patches by kind and name); anything else in a kustomization fails the test,
+strategic-merge patches by kind and name, null deleting a field); anything else in a kustomization fails the test,
 so the renderer cannot silently drift from what the files ask for.
 """
 
@@ -14,11 +16,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from contract.bundle_file import parse_bundle
+from tests.unit.k8s_crds import is_custom, validate_custom
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 K8S_VERSION = "1.33.0"
@@ -33,11 +37,14 @@ def _load_docs(path: Path) -> list[dict[str, Any]]:
 
 def _merge(base: Any, patch: Any) -> Any:
     """Strategic merge as kustomize applies it to these patches: maps merge, lists of named
-    maps merge by name, anything else is replaced."""
+    maps merge by name, a null value deletes the key, anything else is replaced."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
-            out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(base[k], v) if k in base else copy.deepcopy(v)
         return out
     if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) and "name" in x for x in base + patch):
         by_name = {x["name"]: x for x in base}
@@ -76,12 +83,19 @@ def render(directory: Path) -> list[dict[str, Any]]:
 TREES = {"base": K8S / "base", "canary": K8S / "overlays" / "canary", "production": K8S / "overlays" / "production"}
 
 
+def validate(doc: dict[str, Any]) -> None:
+    if is_custom(doc):
+        validate_custom(doc, K8S_VERSION)
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
 @pytest.mark.parametrize("tree", sorted(TREES))
 def test_every_resource_validates_against_kubernetes_schemas(tree: str) -> None:
     docs = render(TREES[tree])
     assert docs
     for doc in docs:
-        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        validate(doc)
 
 
 def _referenced(directory: Path) -> set[Path]:
@@ -105,9 +119,9 @@ def test_every_manifest_file_is_used_and_validates() -> None:
                 continue
             # Patches are partial objects: they must still name a known kind and fit its schema
             # once merged (checked above); full objects validate on their own.
-            if path.parent.name in ("canary", "production") and path.name not in ("namespace.yaml",):
+            if path.parent.name in ("canary", "production") and path.name not in ("namespace.yaml", "autoscaling.yaml"):
                 continue
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+            validate(doc)
 
 
 def _by(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -191,3 +205,92 @@ def test_root_probes_follow_the_process_not_the_partitions() -> None:
     assert root["readinessProbe"]["grpc"] == {"port": 50051, "service": "rootleaf.v1.Root"}
     assert root["livenessProbe"]["grpc"] == {"port": 50051}
     assert root["startupProbe"]["grpc"]["service"] == "rootleaf.v1.Root"
+
+
+def test_custom_resource_schemas_refuse_what_their_crds_refuse() -> None:
+    """The structural checks can fail: an unknown field, a number where KEDA wants a string,
+    a bad duration, a rule both record and alert, an unknown relabel action, a bad selector."""
+    docs = render(TREES["production"])
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    bad_docs = []
+    for path, value in [
+        (("spec", "minReplicas"), 2),
+        (("spec", "triggers", 0, "metadata", "threshold"), 4),
+        (("spec", "triggers", 0, "metricType"), "Average"),
+        (("metadata", "labelz"), {"a": "b"}),
+        (("spec", "advanced", "horizontalPodAutoscalerConfig", "behavior", "scaleDown", "stabilizationWindowSecond"), 1),
+    ]:
+        bad = copy.deepcopy(scaled)
+        _set(bad, path, value)
+        bad_docs.append(bad)
+    for path, value in [
+        (("spec", "groups", 1, "rules", 0, "for"), "5 minutes"),
+        (("spec", "groups", 0, "rules", 0, "alert"), "BothRecordAndAlert"),
+        (("spec", "groups", 0, "evaluation_interval"), "1m"),
+    ]:
+        bad = copy.deepcopy(rule)
+        _set(bad, path, value)
+        bad_docs.append(bad)
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    for path, value in [
+        (("spec", "podMetricsEndpoints", 0, "relabelings", 0, "action"), "rename"),
+        (("spec", "selector", "matchExpressions", 0, "operator"), 7),
+        (("spec", "podMetricsEndpoints", 0, "targetPort"), "metrics"),
+    ]:
+        bad = copy.deepcopy(monitor)
+        _set(bad, path, value)
+        bad_docs.append(bad)
+    for bad in bad_docs:
+        with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+            validate(bad)
+
+
+def _set(doc: Any, path: tuple[Any, ...], value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+def test_production_autoscales_roots_on_cpu_and_each_leaf_on_its_own_metrics() -> None:
+    docs = render(TREES["production"])
+    deployments = _by(docs, "Deployment")
+    hpas, scaled = _by(docs, "HorizontalPodAutoscaler"), _by(docs, "ScaledObject")
+    # The autoscalers own the replica counts: apply must not reset them.
+    assert all("replicas" not in d["spec"] for d in deployments.values())
+    root_hpa = hpas["root"]
+    assert root_hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "root"}
+    assert [m["resource"]["name"] for m in root_hpa["spec"]["metrics"]] == ["cpu"]
+    leaves = {name: d for name, d in deployments.items() if name.startswith("leaf-")}
+    assert set(scaled) == set(leaves)  # one ScaledObject per leaf Deployment, none for the root
+    assert not set(hpas) & set(leaves)  # KEDA owns the leaves' HPAs
+    for name, leaf in leaves.items():
+        spec = scaled[name]["spec"]
+        assert spec["scaleTargetRef"]["name"] == name
+        partition = leaf["spec"]["template"]["metadata"]["labels"]["rootleaf.io/partition"]
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "prometheus"
+            query = trigger["metadata"]["query"]
+            # Each selector names this overlay's namespace and this Deployment's partition.
+            selectors = query.count("{")
+            assert selectors and query.count('namespace="rootleaf"') == selectors == query.count(f'partition="{partition}"')
+
+
+def test_canary_keeps_fixed_replicas() -> None:
+    docs = render(TREES["canary"])
+    assert not [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert all(d["spec"]["replicas"] == 1 for d in _by(docs, "Deployment").values())
+
+
+def test_pod_monitor_scrapes_every_pod_on_its_metrics_port() -> None:
+    docs = render(TREES["production"])
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")["spec"]
+    (expression,) = monitor["selector"]["matchExpressions"]
+    port = monitor["podMetricsEndpoints"][0]["port"]
+    for deployment in _by(docs, "Deployment").values():
+        pod = deployment["spec"]["template"]
+        labels = pod["metadata"]["labels"]
+        assert expression["operator"] == "In" and labels[expression["key"]] in expression["values"]
+        assert labels[monitor["jobLabel"]] in ("rootleaf-root", "rootleaf-leaf")  # the rules' job values
+        container = pod["spec"]["containers"][0]
+        assert {p["name"]: p["containerPort"] for p in container["ports"]}[port] == int(pod["metadata"]["annotations"]["prometheus.io/port"])

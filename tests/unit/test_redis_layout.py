@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -86,6 +87,46 @@ def test_wrong_sized_values_are_corrupt() -> None:
     for bad in (good[:-1], good + b"\0", b""):
         with pytest.raises(FeatureStoreError, match="corrupt"):
             layout.unpack([good, bad])
+
+
+def test_values_whose_lengths_cancel_out_are_corrupt() -> None:
+    """One value 4 bytes short and the next 4 bytes long add up to the right total: an error
+    naming the first wrong value, never fields shifted from one entity into the next."""
+    catalog = every_dtype_catalog()
+    layout = RecordLayout.from_catalog(catalog, Entity.CANDIDATE)
+    a, b, c = layout.pack(random_columns(catalog, Entity.CANDIDATE, 3, seed=6), slice(0, 3))
+    with pytest.raises(FeatureStoreError, match=f"2 of 3 values are not {layout.record_size} bytes .the first has {layout.record_size - 4};"):
+        layout.unpack([a, None, b[:-4], c + b"\0\0\0\0"])
+
+
+def test_decoding_hostile_values_stays_within_a_small_multiple_of_their_size() -> None:
+    """Peak Python/numpy memory of ``unpack`` over families of values Redis could return:
+    refused or decoded, at most twice the values' own bytes plus a constant."""
+    catalog = every_dtype_catalog()
+    layout = RecordLayout.from_catalog(catalog, Entity.CANDIDATE)
+    size = layout.record_size
+    good = layout.pack(random_columns(catalog, Entity.CANDIDATE, 1, seed=7), slice(0, 1))[0]
+    families: dict[str, list[bytes | None]] = {
+        "one huge value": [good, b"\0" * (8 << 20)],
+        "many short values": [good[:-1]] * 100_000,
+        "many empty values": [b""] * 100_000,
+        "lengths that cancel out": [good[:-4], good + b"\0" * 4] * 50_000,
+        "valid, mostly missing": [good, *([None] * 100_000)],
+        "valid": [good] * 100_000,
+    }
+    for family, values in families.items():
+        input_bytes = sum(len(v) for v in values if v is not None) + 8 * len(values)
+        tracemalloc.start()
+        try:
+            try:
+                records, _ = layout.unpack(values)
+                output_bytes = records.nbytes
+            except FeatureStoreError:
+                output_bytes = 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak <= 2 * input_bytes + output_bytes + 64 * size + (1 << 16), (family, peak, input_bytes)
 
 
 def test_digest_tracks_layout_not_defaults() -> None:

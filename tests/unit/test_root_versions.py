@@ -100,28 +100,45 @@ def _requests(model: str, version: str, decision: str) -> float:
     return REGISTRY.get_sample_value("rootleaf_root_model_requests_total", labels) or 0.0
 
 
-@pytest.mark.parametrize(
-    "loaded, asked, expected",
-    [
-        ({"1"}, None, "1"),  # rollout window: the bundle has v2, no leaf has loaded it yet
-        ({"1", "2"}, None, "2"),
-        ({"2"}, None, "2"),
-        ({"1", "2"}, "1", "1"),  # pinned and served: exact
-        ({"1"}, "7", "1"),  # unknown to the bundle: the latest served
-        ({"1", "2"}, "7", "2"),
-    ],
-)
-def test_the_leaf_runs_the_version_the_root_trimmed_for(
-    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], loaded: set[str], asked: str | None, expected: str
+# The version rules (README, "Model versions"; ``root.versions.VersionResolver.resolve``),
+# one row each. The bundle lists m 1 and 2; ``loaded`` is what the partition's leaf serves.
+RULES = [
+    # 1. pinned and served: runs as asked, with its allowlist when listed, else untrimmed
+    ({"1", "2"}, "1", "1", "exact"),
+    ({"1", "7"}, "7", "7", "untrimmed"),
+    ({"2", "7"}, "7", "7", "untrimmed"),
+    # 2. listed but served by no leaf: that model fails, nothing is sent
+    ({"1"}, "2", None, "FAILED_PRECONDITION"),
+    # 3. omitted, or neither served nor listed: the newest listed version a leaf serves
+    ({"1"}, None, "1", "latest"),  # rollout window: no leaf has loaded v2 yet
+    ({"1", "2"}, None, "2", "latest"),
+    ({"2"}, None, "2", "latest"),
+    ({"1"}, "9", "1", "latest"),
+    ({"1", "2"}, "9", "2", "latest"),
+    # 4. no listed version served: untrimmed, on the version asked for if served, else the newest
+    ({"7"}, None, "7", "untrimmed"),
+    ({"7", "8"}, "7", "7", "untrimmed"),
+    ({"7", "8"}, "9", "8", "untrimmed"),
+]
+
+
+@pytest.mark.parametrize("loaded, asked, expected, decision", RULES)
+def test_version_rules(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+    loaded: set[str], asked: str | None, expected: str | None, decision: str,
 ) -> None:
-    leaf = VersionedLeaf(loaded)
-    kind = "exact" if asked == expected else "latest"
-    before = _requests("m", expected, kind)
+    leaf = VersionedLeaf(loaded, untrimmed=decision == "untrimmed")
+    before = _requests("m", expected or "", decision)
     outcome = _score(setup, leaf, sorted(loaded), asked)
+    if expected is None:
+        assert outcome.error_code is grpc.StatusCode[decision]
+        assert leaf.served == []  # nothing was sent with another version's allowlist
+        return
     assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
     assert outcome.version == expected
-    assert leaf.served == [(expected, frozenset(SIGNATURES[expected]))]
-    assert _requests("m", expected, kind) == before + 1
+    features = ALL if decision == "untrimmed" else frozenset(SIGNATURES[expected])
+    assert leaf.served == [(expected, features)]
+    assert _requests("m", expected, decision) == before + 1
 
 
 def test_a_pinned_version_no_leaf_serves_is_a_per_model_error(
@@ -162,3 +179,42 @@ def test_untrimmed_requests_name_a_served_version(setup: tuple[RootConfig, Featu
     outcome = _score(setup, leaf, ["1"], "2", trim=False)
     assert outcome.error_code is grpc.StatusCode.OK, outcome.error_message
     assert leaf.served == [("1", frozenset(ALL))]
+
+
+def test_client_version_strings_never_become_metric_labels(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer],
+) -> None:
+    """Before its partition reports versions, an untrimmed model runs whatever version the
+    client names; 200 distinct names add no series to those one request creates."""
+    config, catalog, trimmer = setup
+    assert config.feature_store.path is not None
+
+    async def any_version(request: leaf_pb2.LeafRequest) -> leaf_pb2.LeafResponse:
+        return leaf_pb2.LeafResponse(
+            model=request.model, version="1", outputs=[encode("score", np.zeros(request.num_candidates, np.float32))]
+        )
+
+    engine = ScoreEngine(
+        replace(config, trim=False), catalog, LocalFeatureStore(config.feature_store.path, catalog), trimmer,
+        {"p": InProcessLeafClient(any_version, None)},
+    )
+
+    def series() -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items())))
+            for family in REGISTRY.collect() if family.name.startswith("rootleaf_")
+            for sample in family.samples
+        }
+
+    async def burst(versions: list[str | None]) -> list[ModelOutcome]:
+        out = []
+        for i, version in enumerate(versions):
+            request = ScoreInput(f"r{i}", 1, np.arange(3, dtype=np.uint64), (ModelRef("m", version),))
+            out.extend(await engine.score(request))
+        return out
+
+    asyncio.run(burst([None]))  # the series a request of this model creates anyway
+    before = series()
+    outcomes = asyncio.run(burst([f"client-text-{i}" for i in range(200)]))
+    assert all(o.error_code is grpc.StatusCode.OK for o in outcomes)
+    assert series() - before == set()

@@ -1,0 +1,150 @@
+"""The leaf's Open Inference Protocol face: ``inference.GRPCInferenceService`` beside
+``rootleaf.v1.Leaf`` on the same port.
+
+``ModelInfer`` runs the same path as ``Leaf/Score``: the model version resolves by the
+README's version rules, the inputs are admitted on what they declare (queue capacity,
+``Converter.admit``, then the shared ``InflightBytes`` bound) before a payload is packed or
+decoded, and the forward runs on the batcher's inference thread. Inputs are the model's
+signature inputs by name, each ``[N, ...]`` or ``[1, ...]`` (broadcast); N is the largest
+leading dim. Metadata comes from the signature (an input's datatype and shape once declared
+or learned), readiness from the repository. Errors map to status codes through
+``leaf.errors.to_status``. Runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from contract.oip import OUTPUT_DATATYPE, PLATFORM
+from leaf import metrics
+from leaf.admission import InflightBytes
+from leaf.batcher import Batcher
+from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.repository import Repository
+from protos.inference import grpc_predict_v2_pb2 as oip_pb2
+from wire import oip
+from wire.codec import DecodeLimits
+from wire.oip_service import WireInfer, package_version
+from transport import tracing
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "rootleaf-leaf"
+_UNKNOWN_MODEL_LABEL = "_unknown"
+
+
+class LeafOipServicer:
+    """OIP over the leaf's repository, batcher and in-flight bound (shared with ``Leaf``)."""
+
+    def __init__(
+        self, repository: Repository, batcher: Batcher, *, inflight: InflightBytes, limits: DecodeLimits
+    ) -> None:
+        self._repository = repository
+        self._batcher = batcher
+        self._inflight = inflight
+        self._limits = limits
+
+    async def server_live(
+        self, request: oip_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> oip_pb2.ServerLiveResponse:
+        return oip_pb2.ServerLiveResponse(live=True)
+
+    async def server_ready(
+        self, request: oip_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip_pb2.ServerReadyResponse:
+        slots = self._repository.slots()
+        ready = bool(slots) and all(slot.latest is not None for slot in slots.values())
+        return oip_pb2.ServerReadyResponse(ready=ready)
+
+    async def server_metadata(
+        self, request: oip_pb2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip_pb2.ServerMetadataResponse:
+        return oip_pb2.ServerMetadataResponse(name=SERVER_NAME, version=package_version())
+
+    async def model_ready(
+        self, request: oip_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> oip_pb2.ModelReadyResponse:
+        try:
+            self._repository.resolve(request.name, request.version)
+        except LeafError:
+            return oip_pb2.ModelReadyResponse(ready=False)
+        return oip_pb2.ModelReadyResponse(ready=True)
+
+    async def model_metadata(
+        self, request: oip_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> oip_pb2.ModelMetadataResponse:
+        try:
+            loaded = self._repository.resolve(request.name, request.version)
+        except LeafError as exc:
+            status = to_status(exc)
+            await context.abort(status.code, status.message)
+        slot = self._repository.slots()[loaded.model]
+        response = oip_pb2.ModelMetadataResponse(
+            name=loaded.model, versions=[v.version for v in slot.versions], platform=PLATFORM
+        )
+        for name, (dtype, shape) in zip(loaded.converter.input_names, loaded.converter.expected):
+            response.inputs.add(
+                name=name,
+                datatype="" if dtype is None else oip.datatype_of_wire(dtype),
+                shape=[-1] if shape is None else [-1, *shape],
+            )
+        for name in loaded.signature.output_names:
+            response.outputs.add(name=name, datatype=OUTPUT_DATATYPE, shape=[-1])
+        return response
+
+    async def model_infer(self, wire: WireInfer, context: grpc.aio.ServicerContext) -> oip_pb2.ModelInferResponse:
+        started = time.perf_counter()
+        request = wire.message
+        model_label = _UNKNOWN_MODEL_LABEL
+        version_served = ""
+        try:
+            admitting = tracing.clock()
+            if wire.error:
+                raise InvalidRequest(wire.error)
+            loaded = self._repository.resolve(request.model_name, request.model_version)
+            model_label, version_served = loaded.model, loaded.version
+            metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
+            try:
+                names = oip.requested_outputs(request, loaded.signature.output_names)
+                headers = oip.read_headers(request, self._limits)
+            except oip.OipError as exc:
+                raise InvalidRequest(str(exc)) from None
+            self._batcher.check_capacity(loaded)
+            n = max((t.shape[0] for t in headers.tensors), default=1) or 1
+            admitted = loaded.converter.admit(headers.tensors, n)
+            tracing.record("admit", admitting)
+            with self._inflight.hold(admitted.cost.row_bytes):
+                decoding = tracing.clock()
+                try:
+                    data = oip.payloads(request, headers)
+                except oip.OipError as exc:
+                    raise InvalidRequest(str(exc)) from None
+                inputs = loaded.converter.decode(admitted, {p: memoryview(b) for p, b in data.items()})
+                metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
+                tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    raise DeadlineExpired("deadline passed before the request was queued")
+                deadline = None if remaining is None else time.monotonic() + remaining
+                outputs = await self._batcher.submit(loaded, inputs, deadline, request.id)
+            encoding = tracing.clock()
+            response = oip_pb2.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
+            oip.write_outputs(response, outputs, names, raw=headers.raw)
+            tracing.record("encode", encoding)
+        except asyncio.CancelledError:
+            metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
+            raise
+        except Exception as exc:
+            status = to_status(exc)
+            if not isinstance(exc, LeafError):
+                log.exception("OIP request %r to model %r failed", request.id, request.model_name)
+            metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
+            metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+            await context.abort(status.code, status.message)
+        metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
+        metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+        return response
