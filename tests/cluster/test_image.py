@@ -30,7 +30,7 @@ from harness.containers import IMAGE_UID, PORT_ENV
 from harness.local_cluster import LocalCluster
 from harness.soak_load import LoadProcess, Outcome
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from tests.cluster.test_rollout import _desc, _listed, _prepare, _snapshot, _under_load
+from tests.cluster.test_rollout import _desc, _listed, _prepare, _snapshot
 
 pytestmark = [
     pytest.mark.cluster,
@@ -151,14 +151,13 @@ def test_demo_modes_run_against_containers(built: BuildResult, engine: Engine, t
     assert base["root_cpu_ms_per_request"] > 0  # measured on the container's own process
 
 
-def test_full_rollout_with_canary_analysis(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_full_rollout_with_canary_analysis(cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rollout as tests/cluster/test_rollout.py runs it on processes, without the side load
+    (the analysis sends its own requests to both roots)."""
     desc = _desc(cluster)
     before = _snapshot(desc)
     args, bundle, model, version = _prepare(cluster, tmp_path, broken=False)
-    with _under_load(desc, model, tmp_path, monkeypatch, capsys):
-        assert rollout_main(args) == 0
+    assert rollout_main(args) == 0
     out = capsys.readouterr().out
     assert all(f"[{n}/5] " in out for n in range(1, 6)), out
     assert "verdict PASS" in out and "rollout COMPLETED" in out
@@ -195,8 +194,12 @@ def test_killed_leaf_container_fails_its_models_and_starts_again(cluster: LocalC
 
 
 def test_up_and_down_with_an_image(built: BuildResult, engine: Engine, tmp_path: Path) -> None:
-    up = subprocess.Popen([sys.executable, "-m", "rootleaf.cli", "up", "--image", built.tag, "--dir", str(tmp_path)],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with subprocess.Popen([sys.executable, "-m", "rootleaf.cli", "up", "--image", built.tag, "--dir", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as up:
+        _up_then_down(up, built, engine, tmp_path)
+
+
+def _up_then_down(up: subprocess.Popen[str], built: BuildResult, engine: Engine, tmp_path: Path) -> None:
     try:
         assert up.stdout is not None
         line = ""
