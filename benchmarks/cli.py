@@ -1,4 +1,4 @@
-"""``rootleaf bench [cluster|codec|trimmer|leaf|hedge] ...``: one entry point for every benchmark."""
+"""``rootleaf bench [cluster|codec|trimmer|leaf|hedge|hostile|scale] ...``: one entry point for every benchmark."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ TARGETS: dict[str, str] = {
     "trimmer": "benchmarks.trimmer",
     "leaf": "benchmarks.leaf",
     "hedge": "benchmarks.hedging",
+    "hostile": "benchmarks.hostile",
+    "scale": "benchmarks.scale",
 }
 DEFAULT_TARGET = "cluster"
 

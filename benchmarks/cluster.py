@@ -49,6 +49,7 @@ from benchmarks.cluster_report import evaluate_targets, print_table, write_chart
 from benchmarks.cluster_rounds import aggregate, round_orders
 from benchmarks.floors import Floors, compute_floors
 from benchmarks.link import LINK_ENV, run_shaped
+from benchmarks.tracing_bench import otlp_sink, parse_tracing, sink_spans, tracing_variant
 from harness.demo_assets import DemoAssets
 from harness.local_cluster import LocalCluster
 from harness.workload import Workload
@@ -65,17 +66,20 @@ class Mode:
     dedup: bool
     part: bool = False
     """One ``Leaf/ScorePartition`` call per partition (else one ``Leaf/Score`` per model)."""
+    auto: bool = False
+    """``compression = "auto"`` (LZ4 per partition when the link bounds) instead of ``lz4``."""
 
     @property
     def label(self) -> str:
-        switches = (("trim", self.trim), ("lz4", self.lz4), ("dedup", self.dedup), ("part", self.part))
+        switches = (("trim", self.trim), ("auto" if self.auto else "lz4", self.lz4), ("dedup", self.dedup),
+                    ("part", self.part))
         parts = [name for name, on in switches if on]
         return "+".join(parts) if parts else "baseline"
 
     def overrides(self) -> dict[str, Any]:
         return {
             "trim": self.trim,
-            "compression": "lz4" if self.lz4 else "none",
+            "compression": ("auto" if self.auto else "lz4") if self.lz4 else "none",
             "dedup_request_features": self.dedup,
             "partition_calls": self.part,
         }
@@ -97,6 +101,10 @@ ALL_MODES: tuple[Mode, ...] = (
     Mode(True, True, True),
     Mode(False, True, True, True),
     FULL,
+)
+# Named with --modes only: partition calls without LZ4, and with compression chosen per partition.
+EXTRA_MODES: tuple[Mode, ...] = (
+    Mode(True, False, True, True), Mode(True, True, True, True, auto=True), Mode(False, True, True, True, auto=True),
 )
 
 
@@ -182,6 +190,7 @@ class ClusterBench:
         self.rate = options.rate
         self.floors = Floors(0.0, 0.0)
         self._fresh_root = True
+        self._leaf_args: tuple[str, ...] = ()
         self.reference: dict[str, np.ndarray] | None = None
 
     def _snapshot(self) -> Snapshot:
@@ -194,6 +203,11 @@ class ClusterBench:
 
     def run_mode(self, mode: Mode, variant: "Variant | None" = None) -> dict[str, Any]:
         opts = self.options
+        leaf_args = variant.leaf_args if variant else ()
+        if leaf_args != self._leaf_args:
+            for leaf in self.cluster.leaves():
+                self.cluster.restart_leaf(leaf.partition, extra_args=leaf_args, replica=leaf.replica)
+            self._leaf_args = leaf_args
         root = self.cluster.root()
         wanted = {**(variant.overrides if variant else {}), **mode.overrides()}
         # Every run gets a root started for it (the cluster's first one is fresh already),
@@ -255,7 +269,8 @@ class ClusterBench:
         match, max_diff = _compare(self.reference, scores)
         return {
             "trim": mode.trim,
-            "lz4": mode.lz4,
+            "lz4": mode.lz4 and not mode.auto,
+            "auto": mode.auto,
             "dedup": mode.dedup,
             "part": mode.part,
             "label": f"{variant.name}/{mode.label}" if variant and variant.name else mode.label,
@@ -353,6 +368,8 @@ class Variant:
 
     name: str
     overrides: dict[str, Any]
+    leaf_args: tuple[str, ...] = ()
+    """Extra arguments of every leaf for this variant (leaves are restarted when they change)."""
 
 
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -438,18 +455,42 @@ def run_cluster_bench(
     root_workers: Sequence[int] = (1,),
     store_timeout_ms: int = STORE_TIMEOUT_MS,
     max_rps_limit: float | None = None,
+    tracing: Sequence[float | None] = (),
+    link_gbps: float = 0.0,
+    *,
     image: str | None = None,
+    _tracing_endpoint: tuple[str, tuple[float | None, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Start the workload's cluster, run ``modes`` (per feature store and root worker count
-    when several are given), stop it; returns the JSON document."""
+    """Start the workload's cluster, run ``modes`` (per feature store, root worker count and
+    tracing setting when several are given), stop it; returns the JSON document."""
+    if tracing:
+        sink_dir = Path(directory) / "otlp-sink"
+        with otlp_sink(sink_dir) as endpoint:
+            doc = run_cluster_bench(
+                workload, directory, modes, options, leaf_args, feature_store, cache_max_bytes, root_workers,
+                store_timeout_ms, max_rps_limit, link_gbps=link_gbps, image=image,
+                _tracing_endpoint=(endpoint, tuple(tracing)),
+            )
+        doc["tracing"] = ["off" if r is None else r for r in tracing]
+        doc["tracing_spans_exported"] = sink_spans(sink_dir)
+        return doc
     stores = [feature_store] if isinstance(feature_store, str) else list(feature_store)
     variants = worker_variants(store_variants(stores, cache_max_bytes, store_timeout_ms), root_workers)
+    if _tracing_endpoint is not None:
+        endpoint, ratios = _tracing_endpoint
+        variants = [
+            Variant("/".join(p for p in (v.name, name) if p), {**v.overrides, **overrides}, leaf_args)
+            for v in variants for name, overrides, leaf_args in (tracing_variant(r, endpoint) for r in ratios)
+        ]
+    if link_gbps:  # what compression = "auto" weighs bytes against
+        variants = [Variant(v.name, {**v.overrides, "link_gbps": link_gbps}, v.leaf_args) for v in variants]
     for store in stores:
         if store_kind(store) != "local":
             load_redis(workload, store, options.progress)
     # With several stores the cluster's own overrides hold none of them: each variant's root
     # is started with its store on top of the cluster's (the default local) config.
     base = variants[0].overrides if len(variants) == 1 else {**store_overrides("local", cache_max_bytes), "workers": 1}
+    base = {k: v for k, v in base.items() if not k.startswith("tracing.")}  # variants set it per root
     cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args,
                            image=image)
     cluster.start()
@@ -475,7 +516,7 @@ def _int_list(text: str) -> list[int]:
 def parse_modes(text: str) -> list[Mode]:
     if text == "all":
         return list(ALL_MODES)
-    by_label = {m.label: m for m in ALL_MODES}
+    by_label = {m.label: m for m in (*ALL_MODES, *EXTRA_MODES)}
     out = []
     for label in text.split(","):
         if label not in by_label:
@@ -518,6 +559,8 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--link-gbps", type=float, default=None,
                    help="run the cluster in a private network namespace whose loopback is a G Gbit/s token bucket")
     p.add_argument("--link-delay-us", type=float, default=0.0, help="netem delay on that link (when the kernel has netem)")
+    p.add_argument("--tracing", type=parse_tracing, default=[], metavar="off|R[,...]",
+                   help="tracing settings to compare, e.g. off,0.01,1 (spans to an OTLP sink process)")
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
@@ -583,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                             leaf_args=("--torch-threads", str(args.leaf_torch_threads)),
                             feature_store=stores, cache_max_bytes=args.cache_max_bytes,
                             root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms,
+                            tracing=args.tracing,
+                            link_gbps=float(link.get("gbps", 0.0)) if link.get("shaped") else 0.0,
                             # with a link that binds, the throughput target is 3x (2x unshaped)
                             max_rps_limit=3.0 if link.get("shaped") else None, image=args.image)
     if link:

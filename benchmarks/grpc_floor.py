@@ -1,7 +1,7 @@
 """The gRPC floor of the leaf benchmark: a server built like the leaf whose handlers answer
 at once.
 
-``Leaf/Score`` and ``Leaf/ScorePartition`` get the request as bytes (no parsing) and reply
+``Leaf/Score``, ``Leaf/ScorePartition`` and OIP's ``ModelInfer`` get the request as bytes (no parsing) and reply
 with an empty message, and so does each message of ``rootleaf.bench.Floor/Stream``, a
 bidirectional stream that is the cheapest way Python gRPC moves a request and its answer
 (no call set-up per request); on the server the leaf uses (``transport.builder.build_server``: its
@@ -27,6 +27,7 @@ from protos.rootleaf.v1 import leaf_pb2
 from transport.builder import build_server, write_port_file
 from transport.server import run_until_signalled
 from transport.tls import TlsConfig
+from wire.oip_service import OIP_SERVICE_NAME
 
 SERVICE_NAME = leaf_pb2.DESCRIPTOR.services_by_name["Leaf"].full_name
 METHODS = ("Score", "ScorePartition")
@@ -47,6 +48,9 @@ def create_server() -> tuple[grpc.aio.Server, int]:
     built = build_server(listen="127.0.0.1:0", tls=TlsConfig(), services=(SERVICE_NAME,))
     built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         SERVICE_NAME, {method: grpc.unary_unary_rpc_method_handler(_answer) for method in METHODS},
+    ),))
+    built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        OIP_SERVICE_NAME, {"ModelInfer": grpc.unary_unary_rpc_method_handler(_answer)},
     ),))
     built.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         STREAM_SERVICE, {"Stream": grpc.stream_stream_rpc_method_handler(_answer_each)},

@@ -1,8 +1,9 @@
-"""Leaf benchmark: requests/s, p50/p99 latency and CPU outside the model's forward.
+"""Leaf benchmark: requests/s, p50/p99 latency and leaf CPU against its floor (gRPC + forward).
 
 Starts ``rootleaf leaf`` as a process and drives it from this process with pre-serialised
 requests at several concurrencies, with batching on and off, through ``Leaf/Score`` (one
-``Tensor`` message per feature) and ``Leaf/ScorePartition`` (one ``TensorPack``), on two
+``Tensor`` message per feature), ``Leaf/ScorePartition`` (one ``TensorPack``) and the Open
+Inference Protocol's ``ModelInfer`` (``raw_input_contents``, uncompressed), on two
 cases: ``sparse``, a demo-size model with many inputs (default 150 inputs, hidden [256, 64],
 N=256 candidates per request), and ``dense``, one [500, 3000] float32 input through an MLP
 3000-512-256-2 (6 MB per request). It reads the leaf's process CPU (``/proc``) and forward
@@ -42,7 +43,10 @@ from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
 from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+from contract.oip import DATATYPE_OF_DTYPE
+from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from protos.rootleaf.v1 import leaf_pb2
+from wire.oip_service import OIP_SERVICE_NAME
 from transport.server import GRPC_OPTIONS
 from harness.processes import free_port
 from benchmarks.cluster_metrics import cpu_seconds
@@ -80,6 +84,14 @@ class LeafResult:
     @property
     def forward_ms(self) -> float:
         return self.forward_cpu_s * 1000 / self.requests if self.requests else float("nan")
+
+    @property
+    def floor_factor(self) -> float:
+        """Leaf CPU per request / (unary gRPC floor + forward): 1.0 is a leaf that costs
+        nothing but the call and its model."""
+        if not self.requests:
+            return float("nan")
+        return self.leaf_cpu_s * 1000 / self.requests / (self.floor_cpu_ms + self.forward_ms)
 
     @property
     def floor_share(self) -> float:
@@ -120,7 +132,14 @@ def build_arrays(spec: dict[str, tuple[int, bool, str]], n: int, seed: int) -> d
 
 
 def build_request(arrays: dict[str, np.ndarray], n: int, rpc: str) -> bytes:
-    """The serialised request of ``rpc`` (score | partition), features LZ4 where it pays."""
+    """The serialised request of ``rpc`` (score | partition | oip), features LZ4 where it
+    pays (OIP has no compression: raw binary tensors)."""
+    if rpc == "oip":
+        infer = oip_pb2.ModelInferRequest(model_name=MODEL, model_version="1", id="bench")
+        for name, array in arrays.items():
+            infer.inputs.add(name=name, datatype=DATATYPE_OF_DTYPE[array.dtype.name], shape=array.shape)
+            infer.raw_input_contents.append(array.tobytes())
+        return infer.SerializeToString()
     if rpc == "partition":  # as a root assembles it, in its order (root_pack_order)
         order = root_pack_order(arrays)
         batch = TensorPacker("lz4").pack_many(order, [arrays[name] for name in order])
@@ -141,7 +160,11 @@ def root_pack_order(arrays: dict[str, np.ndarray]) -> list[str]:
     return [name for key in sorted(groups, key=lambda k: k[0]) for name in groups[key]]
 
 
-METHODS = {"score": "/rootleaf.v1.Leaf/Score", "partition": "/rootleaf.v1.Leaf/ScorePartition"}
+METHODS = {
+    "score": "/rootleaf.v1.Leaf/Score",
+    "partition": "/rootleaf.v1.Leaf/ScorePartition",
+    "oip": f"/{OIP_SERVICE_NAME}/ModelInfer",
+}
 
 
 def _failed(rpc: str, reply: bytes) -> bool:
@@ -332,7 +355,7 @@ def run_mode(
 def print_table(results: list[LeafResult]) -> None:
     header = (f"{'case':<7}{'rpc':<10}{'batching':<9}{'conc':>5}{'req/s':>9}{'cand/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'req/fwd':>8}{'cpu ms/req':>11}{'fwd ms/req':>11}{'outside fwd':>12}{'grpc ms/req':>12}"
-              f"{'above grpc':>11}{'floor share':>12}{'stream ms':>10}{'stream share':>13}{'err':>5}")
+              f"{'above grpc':>11}{'x floor':>8}{'floor share':>12}{'stream ms':>10}{'stream share':>13}{'err':>5}")
     print(header)
     print("-" * len(header))
     for r in results:
@@ -340,11 +363,12 @@ def print_table(results: list[LeafResult]) -> None:
         print(f"{r.case:<7}{r.rpc:<10}{r.batching:<9}{r.concurrency:>5}{r.requests_per_s:>9.1f}{r.candidates_per_s:>10.0f}"
               f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch_requests:>8.2f}{r.leaf_cpu_s * per:>11.2f}"
               f"{r.forward_cpu_s * per:>11.2f}{r.outside_forward:>11.1%}{r.floor_cpu_ms:>12.2f}"
-              f"{r.outside_above_floor:>11.1%}{r.floor_share:>12.1%}{r.stream_floor_cpu_ms:>10.2f}"
+              f"{r.outside_above_floor:>11.1%}{r.floor_factor:>8.2f}{r.floor_share:>12.1%}{r.stream_floor_cpu_ms:>10.2f}"
               f"{r.stream_floor_share:>13.1%}{r.errors:>5}")
     print("outside fwd: share of leaf CPU outside the forward; grpc ms/req: CPU per request of a server built like"
           " the leaf that answers at once (gRPC's floor, same payload and client); above grpc: the share of leaf"
-          " CPU outside the forward left after subtracting that floor; floor share: the share outside the forward"
+          " CPU outside the forward left after subtracting that floor; x floor: leaf CPU per request / (grpc ms/req +"
+          " fwd ms/req), 1.00 being a leaf that costs only its call and its forward; floor share: the share outside the forward"
           " of a leaf that cost only that floor besides this forward; stream ms/req and stream share: the same"
           " for one message each way on an open bidirectional stream, the least Python gRPC costs per request")
 
@@ -374,7 +398,8 @@ def dense_case(rows: int = 500, width: int = 3000) -> Case:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench leaf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="sparse,dense", help="sparse (many inputs) and/or dense (one big input)")
-    parser.add_argument("--rpcs", default="score,partition", help="Leaf/Score and/or Leaf/ScorePartition")
+    parser.add_argument("--rpcs", default="score,partition,oip",
+                        help="any of score (Leaf/Score), partition (Leaf/ScorePartition), oip (ModelInfer)")
     parser.add_argument("--inputs", type=int, default=150, help="sparse case: model inputs (default %(default)s)")
     parser.add_argument("--hidden", default="256,64", help="sparse case: hidden sizes")
     parser.add_argument("--candidates", type=int, default=256, help="sparse case: N per request")
@@ -386,11 +411,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--floor-duration", type=float, default=2.0,
                         help="seconds per gRPC floor measurement (0: no floor)")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the leaf runs its models (cuda: benchmarks/cuda_leaf.sh)")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     modes = {
-        "on": ["--max-batch-candidates", "4096", "--max-queue-delay-ms", str(args.queue_delay_ms)],
-        "off": ["--max-batch-candidates", "0"],
+        "on": ["--device", args.device, "--max-batch-candidates", "4096", "--max-queue-delay-ms", str(args.queue_delay_ms)],
+        "off": ["--device", args.device, "--max-batch-candidates", "0"],
     }
     builders = {
         "sparse": lambda: sparse_case(args.inputs, [int(h) for h in args.hidden.split(",")], args.candidates),
@@ -408,7 +435,7 @@ def main(argv: list[str]) -> int:
             payloads = {rpc: build_request(case.arrays, case.n, rpc) for rpc in rpcs}
             print(f"{name}: {len(case.widths)} inputs, hidden {case.hidden}, N={case.n}, request "
                   + ", ".join(f"{rpc} {len(p) / 1e3:,.0f} KB" for rpc, p in payloads.items())
-                  + "; leaf: 1 torch thread, cpu")
+                  + f"; leaf: 1 torch thread, {args.device}")
             floors = measure_floor(workdir, payloads, concurrencies, args.floor_duration) if args.floor_duration > 0 else {}
             for mode in args.modes.split(","):
                 results += run_mode(repo, workdir, name, mode, modes[mode], payloads, case.n, concurrencies,
@@ -416,7 +443,7 @@ def main(argv: list[str]) -> int:
     print_table(results)
     if args.json is not None:
         args.json.write_text(json.dumps([
-            asdict(r) | {"floor_share": r.floor_share, "stream_floor_share": r.stream_floor_share} for r in results
+            asdict(r) | {"floor_factor": r.floor_factor, "floor_share": r.floor_share, "stream_floor_share": r.stream_floor_share} for r in results
         ], indent=1))
     return 0 if all(r.errors == 0 for r in results) else 1
 

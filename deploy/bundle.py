@@ -23,7 +23,7 @@ from contract.bundle_file import BUNDLE_FILE, BundleError, ModelVersion, parse_b
 from contract.names import bundle_name_problem, name_problem
 from contract.signature import SignatureError, read_signature
 from contract.versions import sort_versions
-from deploy.fleet import FleetError, load_fleet, read_deployed, served_versions
+from deploy.fleet import FleetError, load_fleet, read_deployed, served_by_model, served_versions
 from deploy.package import PackageInfo, write_package
 from deploy.retention import retain, signature_changes
 
@@ -118,11 +118,7 @@ def read_fleet(source: str | Path, name: str, timeout_s: float = 5.0) -> FleetVi
     except FleetError as exc:
         raise BundleError(f"--served-from {source}: {exc}") from None
     deployed = read_deployed(fleet.bundle_files)
-    by_model: dict[str, set[str]] = {}
-    for versions in served.values():
-        for model, listed in versions.items():
-            by_model.setdefault(model, set()).update(listed)
-    return FleetView(by_model, deployed.models if deployed is not None else {},
+    return FleetView(served_by_model(served), deployed.models if deployed is not None else {},
                      tuple(leaf.repo_dir for leaf in fleet.leaves))
 
 

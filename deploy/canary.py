@@ -1,7 +1,10 @@
-"""Automated canary analysis: drive identical traffic through a canary and a baseline root,
-scrape both sides' Prometheus endpoints over the window, and judge canary against baseline.
+"""Automated canary analysis: drive identical traffic through the canary and the baseline
+roots (spread over every root of each side), scrape every root's (and leaf's) Prometheus
+endpoint over the window, and judge canary against baseline.
 
-Metrics: error rate (root model results, and leaf requests when leaf endpoints are given),
+Metrics: what trimming is for, on every root of each side (``deploy.trim_analysis``:
+untrimmed share per model, root->leaf bytes per request per partition, bundle health,
+unserved versions), error rate (root model results, and leaf requests when leaf endpoints are given),
 latency p50/p99 (the root's request-latency histogram over the window), and each model's
 score distribution. Scores are the raw first-output values returned to the analysis's own
 requests, not samples rebuilt from the score histogram: rebuilt samples carry only bucket
@@ -16,6 +19,7 @@ forces 0. Traffic runs on the caller's event loop; scrapes run in threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -26,15 +30,16 @@ import grpc
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from deploy.metrics_scrape import Snapshot, delta, histogram_quantile, scrape
+from deploy.metrics_scrape import Snapshot, delta, histogram_quantile, merge, scrape
 from deploy.plan import AnalysisConfig
+from deploy.trim_analysis import RootWindow, judge_trimming
+from deploy.verdict import FAIL, MARGINAL, PASS, MetricResult
 from wire.codec import CodecError, decode
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from transport.server import GRPC_OPTIONS
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 
 MAX_SAMPLES = 50_000  # per side and model: keeps the U test fast on large windows
-PASS, MARGINAL, FAIL = "PASS", "MARGINAL", "FAIL"
 
 
 @dataclass(slots=True)
@@ -50,23 +55,12 @@ class SideObservation:
     versions: dict[str, set[str]] = field(default_factory=dict)
     root_window: Snapshot | None = None
     leaf_window: Snapshot | None = None
+    roots: list[RootWindow] = field(default_factory=list)
+    """Each root's own window and end-of-window gauges (the trimming metrics are per root)."""
 
     def model_scores(self, model: str) -> np.ndarray:
         parts = self.scores.get(model, [])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
-
-
-@dataclass(frozen=True, slots=True)
-class MetricResult:
-    """One compared metric."""
-
-    name: str
-    canary: float | None
-    baseline: float | None
-    verdict: str
-    critical: bool
-    detail: str
-    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,17 +115,22 @@ def make_requests(cfg: AnalysisConfig, models: Sequence[str]) -> list[root_pb2.S
 
 
 async def _drive(
-    target: str,
+    targets: Sequence[str],
     requests: Sequence[root_pb2.ScoreRequest],
     cfg: AnalysisConfig,
     side: SideObservation,
     tls: TlsConfig = PLAINTEXT,
 ) -> None:
-    async with aio_channel(target, tls, list(GRPC_OPTIONS)) as channel:
-        stub = root_pb2_grpc.RootStub(channel)
-        gate = asyncio.Semaphore(cfg.concurrency)
+    """Send ``requests`` round-robin over ``targets`` (every root of one side), at most
+    ``cfg.concurrency`` in flight per root."""
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for target in targets:
+            channel = await stack.enter_async_context(aio_channel(target, tls, list(GRPC_OPTIONS)))
+            stubs.append((root_pb2_grpc.RootStub(channel), asyncio.Semaphore(cfg.concurrency)))
 
-        async def one(request: root_pb2.ScoreRequest) -> None:
+        async def one(i: int, request: root_pb2.ScoreRequest) -> None:
+            stub, gate = stubs[i % len(stubs)]
             async with gate:
                 start = time.perf_counter()
                 try:
@@ -157,53 +156,44 @@ async def _drive(
                     side.scores.setdefault(result.model, []).append(values)
                     side.versions.setdefault(result.model, set()).add(result.version)
 
-        await asyncio.gather(*(one(r) for r in requests))
+        await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
 
 
 async def _scrape_all(urls: Sequence[str]) -> list[Snapshot]:
     return list(await asyncio.gather(*(asyncio.to_thread(scrape, u) for u in urls)))
 
 
-def _merge(snaps: Sequence[Snapshot]) -> Snapshot:
-    merged: dict[Any, float] = {}
-    for s in snaps:
-        for k, v in s.samples.items():
-            merged[k] = merged.get(k, 0.0) + v
-    return Snapshot(merged)
-
-
 async def run_analysis(
     cfg: AnalysisConfig,
     models: Sequence[str],
-    canary_target: str,
-    baseline_target: str,
-    canary_metrics: Sequence[str],
-    baseline_metrics: Sequence[str],
+    canary_roots: Sequence[tuple[str, str]],
+    baseline_roots: Sequence[tuple[str, str]],
     canary_leaf_metrics: Sequence[str] = (),
     baseline_leaf_metrics: Sequence[str] = (),
     tls: TlsConfig = PLAINTEXT,
+    bundle: str = "",
 ) -> AnalysisReport:
-    """Drive the same requests through both roots at once (over ``tls``), scrape, and judge."""
+    """Drive the same requests through both sides at once (over ``tls``), spread over every
+    root of each side (``(target, metrics_url)`` pairs), scrape every root and leaf, and judge."""
     requests = make_requests(cfg, models)
+    sides = [([t for t, _ in canary_roots], SideObservation()), ([t for t, _ in baseline_roots], SideObservation())]
     if cfg.warmup_requests:
         warm = make_requests(replace(cfg, requests=cfg.warmup_requests, seed=cfg.seed + 1), models)
-        await asyncio.gather(_drive(canary_target, warm, cfg, SideObservation(), tls),
-                             _drive(baseline_target, warm, cfg, SideObservation(), tls))
-    canary, baseline = SideObservation(), SideObservation()
-    urls = [list(canary_metrics), list(baseline_metrics), list(canary_leaf_metrics), list(baseline_leaf_metrics)]
+        await asyncio.gather(*(_drive(targets, warm, cfg, SideObservation(), tls) for targets, _ in sides))
+    urls = [[u for _, u in canary_roots], [u for _, u in baseline_roots],
+            list(canary_leaf_metrics), list(baseline_leaf_metrics)]
     before = [await _scrape_all(u) for u in urls]
     start = time.monotonic()
-    await asyncio.gather(
-        _drive(canary_target, requests, cfg, canary, tls), _drive(baseline_target, requests, cfg, baseline, tls)
-    )
+    await asyncio.gather(*(_drive(targets, requests, cfg, side, tls) for targets, side in sides))
     window = time.monotonic() - start
     after = [await _scrape_all(u) for u in urls]
-    windows = [
-        delta(_merge(b), _merge(a)) if u else None for u, b, a in zip(urls, before, after)
-    ]
+    windows = [delta(merge(b), merge(a)) if u else None for u, b, a in zip(urls, before, after)]
+    (_, canary), (_, baseline) = sides
     canary.root_window, baseline.root_window = windows[0], windows[1]
     canary.leaf_window, baseline.leaf_window = windows[2], windows[3]
-    return judge(canary, baseline, cfg, models, window)
+    for i, (side, roots) in enumerate(((canary, canary_roots), (baseline, baseline_roots))):
+        side.roots = [RootWindow(target, delta(b, a), a) for (target, _), b, a in zip(roots, before[i], after[i])]
+    return judge(canary, baseline, cfg, models, window, bundle)
 
 
 def _error_rate(side: SideObservation) -> tuple[float, str]:
@@ -264,6 +254,7 @@ def judge(
     cfg: AnalysisConfig,
     models: Sequence[str],
     window_s: float = 0.0,
+    bundle: str = "",
 ) -> AnalysisReport:
     """Compare the two sides; pure (no I/O), so it is tested on synthetic observations."""
     metrics: list[MetricResult] = []
@@ -296,6 +287,7 @@ def judge(
         versions = "canary v" + ",".join(sorted(canary.versions.get(model, {"?"}))) + \
             " vs baseline v" + ",".join(sorted(baseline.versions.get(model, {"?"})))
         metrics.append(_judge_scores(model, canary.model_scores(model), baseline.model_scores(model), cfg, versions))
+    metrics += judge_trimming(canary.roots, baseline.roots, cfg, models, bundle)
     points = sum(1.0 if m.verdict == PASS else 0.5 if m.verdict == MARGINAL else 0.0 for m in metrics)
     score = 100.0 * points / len(metrics)
     if any(m.critical and m.verdict == FAIL for m in metrics):

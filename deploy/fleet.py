@@ -20,12 +20,12 @@ import grpc
 
 from contract.bundle_file import BundleError, BundleMap, parse_bundle
 from contract.versions import sort_versions
-from deploy.plan import LeafTarget, PlanError, Role, cluster_roles, load_plan
+from deploy.plan import LeafTarget, Plan, PlanError, Role, cluster_roles, load_plan
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from transport.server import GRPC_OPTIONS
 from transport.tls import TlsConfig, aio_channel
 
-__all__ = ["Fleet", "FleetError", "Gap", "find_gaps", "load_fleet", "read_deployed", "served_versions"]
+__all__ = ["Fleet", "FleetError", "Gap", "find_gaps", "load_fleet", "package_gaps", "read_deployed", "served_by_model", "served_versions"]
 
 Served = dict[str, dict[str, set[str]]]
 """leaf target -> model -> versions it lists."""
@@ -101,14 +101,12 @@ async def served_versions(leaves: Sequence[LeafTarget], tls: TlsConfig, timeout_
     return served
 
 
-def served_by_model(served: Served, models: Iterable[str]) -> dict[str, set[str]]:
-    """model -> every version some leaf serves (for ``models`` only)."""
-    wanted = set(models)
+def served_by_model(served: Served) -> dict[str, set[str]]:
+    """model -> every version some leaf serves."""
     out: dict[str, set[str]] = {}
     for by_model in served.values():
         for model, versions in by_model.items():
-            if model in wanted:
-                out.setdefault(model, set()).update(versions)
+            out.setdefault(model, set()).update(versions)
     return out
 
 
@@ -138,3 +136,10 @@ def read_deployed(paths: Iterable[Path]) -> BundleMap | None:
             continue
     return None
 
+
+async def package_gaps(plan: Plan, listed: Mapping[str, Sequence[str]]) -> list[Gap]:
+    """The rollout's pre-stage-1 check: every version of the bundle's models (the package's
+    and those the roots load now) that a canary or production leaf serves and ``listed`` lacks."""
+    served = await served_versions(plan.canary.leaves + plan.production.leaves, plan.tls, plan.rpc_timeout_s)
+    deployed = read_deployed(r.bundle_file for r in plan.production.roots + plan.canary.roots)
+    return find_gaps(listed, served, set(listed) | set(deployed.models if deployed is not None else ()))

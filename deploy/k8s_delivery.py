@@ -25,8 +25,8 @@ from contract.bundle_file import BUNDLE_FILE
 from contract.versions import version_key
 from deploy.delivery import Change, DeliveryError, atomic_write, tree_sha256
 from deploy.fleet_config import DeliveryConfig
-from deploy.k8s_render import (applyable, bundle_configmap, bundle_configmap_name, identity, model_job,
-                               root_config_configmap, to_manifest)
+from deploy.k8s_render import (ROOT_CONFIGMAP, applyable, bundle_configmap, bundle_configmap_name, identity,
+                               model_job, root_config_configmap, to_manifest)
 from deploy.package import Package
 from deploy.plan import LeafTarget, Plan, RootTarget
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
@@ -103,18 +103,23 @@ def root_objects(cfg: DeliveryConfig, namespace: str, bundle: str, bundle_bytes:
     package carries other configs (merged over the namespace's current one)."""
     objects = [bundle_configmap(namespace, bundle, bundle_bytes, track=track, rollout_id=rollout_id, build_id=build_id)]
     if configs:
-        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "root-config", "namespace": namespace}}
+        probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CONFIGMAP, "namespace": namespace}}
         objects.append(root_config_configmap(namespace, read_object(cfg, probe), configs, track=track,
                                              rollout_id=rollout_id, build_id=build_id))
     return objects
 
 
-def version_job(cfg: DeliveryConfig, verb: str, namespace: str, partition: str, model: str, version: str,
-                sha256: str, *, track: str, rollout_id: str, nonce: str) -> dict[str, Any]:
-    assert verb in ("deliver", "remove")
-    return model_job("deliver" if verb == "deliver" else "remove", namespace, partition, model, version, sha256,
-                     nonce=nonce, track=track, rollout_id=rollout_id, image=cfg.image,
-                     models_claim=cfg.models_claim, source_claim=cfg.source_claim)
+def configmap_names(package: Package) -> list[str]:
+    """The ConfigMaps stages 1 and 4 apply in each namespace."""
+    return [bundle_configmap_name(package.name)] + ([ROOT_CONFIGMAP] if package.configs else [])
+
+
+def version_job(cfg: DeliveryConfig, verb: Literal["deliver", "remove"], namespace: str, partition: str, model: str,
+                version: str, sha256: str, *, track: str, rollout_id: str, nonce: str) -> dict[str, Any]:
+    """The model-store Job ``verb`` for one version, with the plan's image and claims."""
+    return model_job(verb, namespace, partition, model, version, sha256, nonce=nonce, track=track,
+                     rollout_id=rollout_id, image=cfg.image, models_claim=cfg.models_claim,
+                     source_claim=cfg.source_claim)
 
 
 def version_target(namespace: str, claim: str, partition: str, model: str, version: str) -> str:
@@ -123,11 +128,13 @@ def version_target(namespace: str, claim: str, partition: str, model: str, versi
 
 
 def deliver_version_job(cfg: DeliveryConfig, namespace: str, partition: str, model: str, version: str,
-                        sha256: str, *, track: str, rollout_id: str, host: str) -> Change:
+                        sha256: str, *, track: str, rollout_id: str, host: str) -> tuple[Change, dict[str, Any]]:
+    """Apply the ``deliver`` Job of one version; the change to record and the Job applied."""
     job = version_job(cfg, "deliver", namespace, partition, model, version, sha256, track=track,
                       rollout_id=rollout_id, nonce=rollout_id)
     apply_objects(cfg, [job], f"{host}: apply {identity(job)}")
-    return Change(JOB, version_target(namespace, cfg.models_claim, partition, model, version), sha256, None, None, host)
+    change = Change(JOB, version_target(namespace, cfg.models_claim, partition, model, version), sha256, None, None, host)
+    return change, job
 
 
 def revert_change(cfg: DeliveryConfig, change: Change) -> None:
@@ -237,11 +244,9 @@ class KubernetesStages:
                     raise DeliveryError(f"{model} version {version} is not on leaf {leaf.target} "
                                         f"and not in --models {self.models_dir}")
                 sha = await asyncio.to_thread(tree_sha256, source)
-                change = await asyncio.to_thread(
+                change, job = await asyncio.to_thread(
                     deliver_version_job, self.cfg, leaf.namespace, leaf.partition, model, version, sha,
                     track=role_name, rollout_id=self.rollout_id, host=f"{role_name} namespace {leaf.namespace}")
-                self.rendered.append(version_job(self.cfg, "deliver", leaf.namespace, leaf.partition, model, version,
-                                                 sha, track=role_name, rollout_id=self.rollout_id,
-                                                 nonce=self.rollout_id))
+                self.rendered.append(job)
                 record(change)
         return out

@@ -156,6 +156,11 @@ class AnalysisConfig:
     """Canary p99 latency may be at most this times the baseline's (plus slack)."""
     latency_slack_ms: float = 20.0
     """Absolute latency slack, so loopback jitter on tiny latencies does not fail a canary."""
+    max_untrimmed_share_increase: float = 0.01
+    """Largest share of a model's requests a canary root may resolve untrimmed beyond the
+    baseline's; more means the package turned trimming off for it (a critical FAIL)."""
+    max_bytes_ratio: float = 1.5
+    """A canary root's root->leaf wire bytes per request may be at most this times the baseline's."""
     pass_score: float = 90.0
     """Score at or above which the verdict is PASS."""
     marginal_score: float = 60.0
@@ -181,6 +186,8 @@ class AnalysisConfig:
         _finite("max_p50_ratio", self.max_p50_ratio, lo=1.0)
         _finite("max_p99_ratio", self.max_p99_ratio, lo=1.0)
         _finite("latency_slack_ms", self.latency_slack_ms, lo=0.0)
+        _finite("max_untrimmed_share_increase", self.max_untrimmed_share_increase, lo=0.0, hi=1.0)
+        _finite("max_bytes_ratio", self.max_bytes_ratio, lo=1.0)
         _finite("pass_score", self.pass_score, lo=0.0, hi=100.0)
         _finite("marginal_score", self.marginal_score, lo=0.0, hi=100.0)
         if self.marginal_score > self.pass_score:
@@ -249,8 +256,11 @@ class Plan:
         for leaf in self.production.leaves:
             if (leaf.namespace, leaf.partition, leaf.repo_dir.resolve()) in repos:
                 raise PlanError(f"production leaf repo_dir {leaf.namespace}:{leaf.repo_dir} is also a canary's")
-        if self.canary.roots[0].metrics_url is None or self.production.roots[0].metrics_url is None:
-            raise PlanError("the first canary and production roots need metrics_url for the analysis")
+        for role_name, role in (("canary", self.canary), ("production", self.production)):
+            for root in role.roots:
+                if root.metrics_url is None:
+                    raise PlanError(f"{role_name} root {root.target} needs metrics_url: the analysis "
+                                    "judges every root of each side")
 
 
 def _take(table: Mapping[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:

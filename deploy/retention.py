@@ -71,7 +71,9 @@ def retain(
     kept: dict[str, list[str]] = {}
     dropped: dict[str, list[str]] = {}
     skipped: list[str] = []
-    for model in sorted(set(deployed) | set(served or {})):
+    # The bundle's models: the deployed bundle's and the pending ones (a leaf may also serve
+    # models of other bundles; those are not this package's business).
+    for model in sorted(set(deployed) | set(entries)):
         by_version = {e.version: e for e in deployed.get(model, ())}
         order = sort_versions(by_version)
         recent = set(order[-newest:]) if newest else set()

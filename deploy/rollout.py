@@ -26,6 +26,7 @@ import grpc
 
 from contract.versions import version_key
 from deploy.canary import FAIL, MARGINAL, report_json, run_analysis
+from deploy.fleet import read_deployed
 from deploy.delivery import Change, DeliveryError, atomic_write, deliver_file, deliver_version, revert, tree_sha256
 from deploy import k8s_delivery, rollout_metrics, waves
 from deploy.shadow_analysis import run_shadow_analysis
@@ -116,21 +117,42 @@ async def _poll(what: str, timeout_s: float, probe: Callable[[], Awaitable[tuple
         delay = min(delay * 2, 0.5)
 
 
+async def root_bundle_error(root: RootTarget, bundle: str, rpc_s: float, tls: TlsConfig = PLAINTEXT) -> str:
+    """The load error the root reports for ``bundle`` now ("" when none, or unreachable)."""
+    async with aio_channel(root.target, tls, list(GRPC_OPTIONS)) as channel:
+        try:
+            status = await root_pb2_grpc.RootStub(channel).Status(root_pb2.RootStatusRequest(), timeout=rpc_s)
+        except grpc.aio.AioRpcError:
+            return ""
+    return next((b.last_error for b in status.bundles if b.name == bundle), "")
+
+
 async def verify_root(root: RootTarget, bundle: str, sha: str | None, timeout_s: float, rpc_s: float,
-                      tls: TlsConfig = PLAINTEXT) -> None:
-    """Wait until the root reports bundle ``bundle`` loaded with content hash ``sha``."""
+                      tls: TlsConfig = PLAINTEXT, refusal_besides: str | None = None) -> str:
+    """Wait until the root reports bundle ``bundle`` loaded with content hash ``sha``; returns "".
+
+    With ``refusal_besides`` (the error the root reported before the delivery), a new load
+    error also ends the wait: the root refused the file (and keeps its last good map); the
+    error is returned, for the canary analysis to judge."""
+    refused = ""
     async with aio_channel(root.target, tls, list(GRPC_OPTIONS)) as channel:
         stub = root_pb2_grpc.RootStub(channel)
 
         async def probe() -> tuple[bool, str]:
+            nonlocal refused
             status = await stub.Status(root_pb2.RootStatusRequest(), timeout=rpc_s)
             for b in status.bundles:
                 if b.name == bundle:
+                    if (refusal_besides is not None and b.content_hash != sha and b.last_error
+                            and b.last_error != refusal_besides):
+                        refused = b.last_error
+                        return True, f"refused: {b.last_error}"
                     return b.content_hash == sha, f"reports {b.content_hash[:12] or 'nothing'}" + (
                         f", last_error {b.last_error!r}" if b.last_error else "")
             return False, f"no bundle {bundle!r}"
 
         await _poll(f"root {root.target} bundle {bundle} hash {str(sha)[:12]}", timeout_s, probe)
+    return refused
 
 
 async def verify_leaf(leaf: LeafTarget, want: dict[str, set[str]], gone: dict[str, set[str]],
@@ -217,28 +239,42 @@ class Rollout:
         waves.plan_waves(self.plan)
 
     def analysis_models(self) -> list[str]:
-        return list(self.plan.analysis.models) or sorted(self.package.models)
+        """The plan's list, else every model of the package and of the bundle the baseline
+        roots load (a model the package drops is judged too: it would go untrimmed)."""
+        deployed = read_deployed(r.bundle_file for r in self.plan.production.roots)
+        return list(self.plan.analysis.models) or sorted(set(self.package.models) | set(deployed.models if deployed else ()))
 
     def describe(self) -> list[str]:
         lines = []
+        k8s = self.plan.delivery.kubernetes
         for n, role_name, role in ((1, "canary", self.plan.canary), (4, "production", self.plan.production)):
             lines.append(f"[{n}/5] root configs -> {role_name}")
-            for f in self.root_files(role):
+            if k8s:
+                lines += [f"      namespace {ns}: apply ConfigMap(s) {', '.join(k8s_delivery.configmap_names(self.package))}"
+                          f" (bundle {self.package.bundle_sha256[:12]}) with {' '.join(self.plan.delivery.apply_command)}"
+                          for ns in sorted({r.namespace for r in role.roots})]
+            for f in [] if k8s else self.root_files(role):
                 old = hashlib.sha256(f.path.read_bytes()).hexdigest()[:12] if f.path.exists() else "none"
                 new = hashlib.sha256(f.data).hexdigest()[:12]
                 lines.append(f"      {f.root.target}: {f.path} {old} -> {new}" + (" (unchanged)" if old == new else ""))
             lines.append(f"[{n + 1}/5] model configs -> {role_name}")
-            if self.plan.delivery.kubernetes:
-                lines.append(f"      Jobs for the versions of {sorted(self.package.models)} that "
-                             f"{len(role.leaves)} leaf(s) do not list (asked at stage time)")
-                continue
-            versions = self.leaf_versions(role)
+            if k8s:
+                lines += [f"      namespace {lf.namespace} partition {lf.partition}: a model-store Job per version of "
+                          f"{', '.join(lf.models)} newer than {lf.target} lists (asked at stage time)" for lf in role.leaves]
+            versions = [] if k8s else self.leaf_versions(role)
             lines += [f"      {v.leaf.target}: + {v.model}/{v.version} into {v.leaf.repo_dir}" for v in versions]
-            if not versions:
+            if not versions and not k8s:
                 lines.append("      (no new versions)")
             if n == 1:
-                lines.append(f"[3/5] canary analysis: {self.plan.analysis.requests} requests per side, "
-                             f"models {', '.join(self.analysis_models())}")
+                lines.append("[3/5] canary analysis: " + (
+                    f"mirrored production traffic, at least {self.plan.shadow.min_requests} requests"
+                    if self.plan.shadow is not None else f"{self.plan.analysis.requests} requests per side")
+                    + f", models {', '.join(self.analysis_models())}")
+        if self.plan.waves is not None:
+            for wave in waves.plan_waves(self.plan):
+                lines.append(f"      production {wave.label}: roots {', '.join(r.target for r in wave.roots) or '-'}; "
+                             f"leaves {', '.join(lf.target for lf in wave.leaves) or '-'}; then bake "
+                             f"{self.plan.waves.bake_s:g} s and gate")
         return lines
 
     # -- running ---------------------------------------------------------------------------
@@ -252,7 +288,12 @@ class Rollout:
                                                      self.plan.state_dir / "backups" / self.state["id"])
         return self.k8s
 
-    async def _deliver_roots(self, role_name: str, roots: Sequence[RootTarget]) -> str:
+    async def _deliver_roots(self, role_name: str, roots: Sequence[RootTarget], *, accept_refusal: bool = False) -> str:
+        """Write the root configs and wait for every root to load them; with
+        ``accept_refusal`` (canary) a root that refuses the bundle file ends its wait too:
+        the analysis then judges the canary with the refusal in effect."""
+        before = {r.target: await root_bundle_error(r, self.plan.bundle, self.plan.rpc_timeout_s, self.plan.tls)
+                  for r in roots} if accept_refusal else None
         if self.plan.delivery.kubernetes:
             count = await self._k8s().deliver_roots(role_name, roots, self._record)
         else:
@@ -263,15 +304,20 @@ class Rollout:
                 if change is not None:
                     self._record(change)
                     count += 1
-        await self._verify_roots(roots)
+        refused = await self._verify_roots(roots, before)
         unit = "object(s) applied" if self.plan.delivery.kubernetes else "file(s) written"
-        return f"{count} {unit}, {len(roots)} root(s) report {self.package.bundle_sha256[:12]}"
+        return (f"{count} {unit}, {len(roots) - len(refused)} root(s) report {self.package.bundle_sha256[:12]}"
+                + "".join(f"; {line}" for line in refused))
 
-    async def _verify_roots(self, roots: Sequence[RootTarget]) -> None:
-        await asyncio.gather(*(
+    async def _verify_roots(self, roots: Sequence[RootTarget], errors_before: dict[str, str] | None = None) -> list[str]:
+        """Wait for every root to report the package's bundle; with ``errors_before`` a root
+        that refuses it (a new load error) ends its wait too, and is named in the result."""
+        refusals = await asyncio.gather(*(
             verify_root(r, self.plan.bundle, self.package.bundle_sha256, self.plan.verify_timeout_s,
-                        self.plan.rpc_timeout_s, self.plan.tls)
+                        self.plan.rpc_timeout_s, self.plan.tls,
+                        None if errors_before is None else errors_before.get(r.target, ""))
             for r in roots))
+        return [f"{r.target} REFUSED it ({e})" for r, e in zip(roots, refusals) if e]
 
     async def _deliver_models(self, role_name: str, leaves: Sequence[LeafTarget]) -> str:
         if self.plan.delivery.kubernetes:
@@ -303,11 +349,11 @@ class Rollout:
         canary, base = plan.canary, plan.production
         shadow = plan.shadow is not None  # [shadow]: judge mirrored production traffic instead
         report = await run_shadow_analysis(plan, self.analysis_models()) if shadow else await run_analysis(
-            plan.analysis, self.analysis_models(), canary.roots[0].target, base.roots[0].target,
-            [canary.roots[0].metrics_url or ""], [base.roots[0].metrics_url or ""],
+            plan.analysis, self.analysis_models(),
+            [(r.target, r.metrics_url or "") for r in canary.roots], [(r.target, r.metrics_url or "") for r in base.roots],
             [lf.metrics_url for lf in canary.leaves if lf.metrics_url],
             [lf.metrics_url for lf in base.leaves if lf.metrics_url],
-            tls=plan.tls,
+            tls=plan.tls, bundle=plan.bundle,
         )
         report_path = plan.state_dir / f"analysis-{self.state['id']}.json"
         await asyncio.to_thread(atomic_write, report_path, report_json(report).encode())
@@ -317,8 +363,8 @@ class Rollout:
         self.store.save(self.state)
         verdict = f"verdict {report.verdict} (score {report.score:.1f})"
         if report.verdict == FAIL or (report.verdict == MARGINAL and plan.analysis.on_marginal == "rollback"):
-            failed = [m.name for m in report.metrics if m.verdict == FAIL]
-            raise RolloutFailed(f"canary analysis {verdict}; failing metrics: {', '.join(failed) or 'none'}")
+            failed = [f"{m.name} ({m.detail})" if m.critical else m.name for m in report.metrics if m.verdict == FAIL]
+            raise RolloutFailed(f"canary analysis {verdict}; failing metrics: {'; '.join(failed) or 'none'}")
         return verdict
 
     async def run(self) -> int:
@@ -331,7 +377,7 @@ class Rollout:
                  f"(bundle sha256 {self.package.bundle_sha256[:12]})")
         canary = self.plan.canary
         stages: list[tuple[int, str, Callable[[], Awaitable[str]]]] = [
-            (1, "root configs -> canary", lambda: self._deliver_roots("canary", canary.roots)),
+            (1, "root configs -> canary", lambda: self._deliver_roots("canary", canary.roots, accept_refusal=True)),
             (2, "model configs -> canary", lambda: self._deliver_models("canary", canary.leaves)),
             (3, "automated canary analysis", self._analyse),
         ]

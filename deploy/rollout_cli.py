@@ -7,9 +7,11 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from deploy.package import PackageError, read_package
-from deploy.plan import PlanError, load_plan
+from deploy.fleet import FleetError, package_gaps
+from deploy.plan import Plan, PlanError, load_plan
 from deploy.rollout import Rollout, StateStore, rollback_state
 
 
@@ -24,6 +26,9 @@ def rollout_main(argv: list[str]) -> int:
     parser.add_argument("--package", required=True, help="root-config package (.rootcfg.tar.gz)")
     parser.add_argument("--models", required=True, help="directory <models>/<model>/<version>/ to ship from")
     parser.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    parser.add_argument("--allow-gap", action="store_true",
+                        help="proceed although the package lacks versions the leaves serve (they go untrimmed "
+                        "until the leaves move on; the canary analysis still judges it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -33,13 +38,39 @@ def rollout_main(argv: list[str]) -> int:
         rollout.validate()
         if args.dry_run:
             _emit(f"dry run: bundle {package.name} build {package.build_id}; nothing is changed")
+            try:
+                _check_gap(plan, package.models, args.allow_gap)
+                _emit("rollout-gap check: passed")
+            except PlanError as exc:
+                _emit(f"rollout-gap check: the rollout would be rejected: {exc}")
             for line in rollout.describe():
                 _emit(line)
             return 0
+        _check_gap(plan, package.models, args.allow_gap)
     except (PlanError, PackageError) as exc:
         print(f"rootleaf rollout: rejected before any change: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(rollout.run())
+
+
+def _check_gap(plan: Plan, listed: Mapping[str, Sequence[str]], allow: bool) -> None:
+    """Refuse (``PlanError``) a package that leaves a rollout gap, unless ``allow``."""
+    try:
+        gaps = asyncio.run(package_gaps(plan, listed))
+    except FleetError as exc:
+        if not allow:
+            raise PlanError(f"{exc}; the rollout-gap check needs every leaf (--allow-gap skips it)") from None
+        _emit(f"WARNING --allow-gap: rollout-gap check skipped: {exc}")
+        return
+    if not gaps:
+        return
+    missing = "; ".join(str(g) for g in gaps)
+    if not allow:
+        raise PlanError(f"rollout gap: the package does not list {len(gaps)} version(s) leaves serve: {missing}. "
+                        "Rebuild it with 'rootleaf bundle build --served-from <cluster file or plan>', "
+                        "or pass --allow-gap")
+    _emit(f"WARNING --allow-gap: the package does not list {len(gaps)} version(s) leaves serve "
+          f"(untrimmed until the leaves move on): {missing}")
 
 
 def rollback_main(argv: list[str]) -> int:

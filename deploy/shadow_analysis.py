@@ -20,6 +20,7 @@ from deploy.canary import FAIL, MARGINAL, PASS, AnalysisReport, MetricResult, Si
 from deploy.fleet_config import ShadowAnalysisConfig
 from deploy.metrics_scrape import ScrapeError, Snapshot, delta, merge, scrape
 from deploy.plan import AnalysisConfig, Plan
+from deploy.trim_analysis import RootWindow, judge_trimming
 
 SENT = "rootleaf_root_shadow_requests_total"
 RESULTS = "rootleaf_root_shadow_results_total"
@@ -76,8 +77,11 @@ async def run_shadow_analysis(plan: Plan, models: Sequence[str]) -> AnalysisRepo
         [lf.metrics_url for lf in plan.canary.leaves if lf.metrics_url],
         [lf.metrics_url for lf in plan.production.leaves if lf.metrics_url],
     ]
+    # Every root on its own too: the trimming metrics judge each canary root (deploy.trim_analysis).
+    roots = [[(r.target, r.metrics_url) for r in role.roots if r.metrics_url] for role in (plan.canary, plan.production)]
     try:
         before = [await _scrape(g) for g in groups]
+        roots_before = [await asyncio.gather(*(asyncio.to_thread(scrape, u) for _, u in side)) for side in roots]
         start = time.monotonic()
         mirrored = 0.0
         while True:
@@ -89,6 +93,7 @@ async def run_shadow_analysis(plan: Plan, models: Sequence[str]) -> AnalysisRepo
         # Mirrored calls still in flight finish within their deadline; give them one poll.
         await asyncio.sleep(POLL_S)
         after = [await _scrape(g) for g in groups]
+        roots_after = [await asyncio.gather(*(asyncio.to_thread(scrape, u) for _, u in side)) for side in roots]
     except ScrapeError as exc:
         metric = MetricResult("shadow_traffic", None, None, FAIL, True, f"cannot scrape ({exc})", "scrape")
         return rescore([metric], plan.analysis, 0, 0.0)
@@ -106,5 +111,10 @@ async def run_shadow_analysis(plan: Plan, models: Sequence[str]) -> AnalysisRepo
         traffic = MetricResult(traffic.name, traffic.canary, traffic.baseline, traffic.verdict, True,
                                traffic.detail + "; not mirrored: " + ", ".join(
                                    f"{v:.0f} {k}" for k, v in sorted(dropped.items()) if k != "sent" and v), "shadow")
-    metrics = [traffic, *base.metrics, *mismatch_metrics(windows[1], models, cfg)]
+    canary_roots, production_roots = (
+        [RootWindow(target, delta(b, a), a) for (target, _), b, a in zip(side, bs, as_)]
+        for side, bs, as_ in zip(roots, roots_before, roots_after)
+    )
+    trimming = judge_trimming(canary_roots, production_roots, plan.analysis, models, plan.bundle)
+    metrics = [traffic, *base.metrics, *mismatch_metrics(windows[1], models, cfg), *trimming]
     return rescore(metrics, plan.analysis, int(mirrored), window_s)

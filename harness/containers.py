@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -61,6 +62,9 @@ class Container:
 
     def wait(self, timeout: float | None = None) -> int:
         return self.client.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        self._signal(signal.Signals(sig).name.removeprefix("SIG"))
 
     def terminate(self) -> None:
         self._signal("TERM")

@@ -86,11 +86,18 @@ def export_models(workload: Workload, models_dir: Path) -> None:
     from leaf.export import export_model
 
     torch.manual_seed(workload.info.seed)
+    catalog = workload.catalog()
     for model in workload.models:
         widths = workload.input_widths(model.name)
+        # Two candidates of each input as the root sends them: the signature then declares
+        # every input's dtype and per-candidate shape.
+        examples = {
+            name: torch.zeros((2, *catalog[name].shape), dtype=getattr(torch, catalog[name].dtype)) for name in widths
+        }
         for version in model.versions:
             module = build_demo_model(widths, model.hidden, model.outputs, workload.model_seed(model.name, version))
-            export_model(module, models_dir / model.name / version, list(widths), list(model.outputs))
+            export_model(module, models_dir / model.name / version, list(widths), list(model.outputs),
+                         example_inputs=examples)
 
 
 def write_bundles(workload: Workload, models_dir: Path, bundles_dir: Path) -> dict[str, Path]:

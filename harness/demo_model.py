@@ -132,7 +132,9 @@ def main(argv: list[str]) -> int:
         widths, dtypes = _parse_inputs(args.inputs)
         hidden = [int(h) for h in _csv(args.hidden)]
         module = build_demo_model(widths, hidden, _csv(args.outputs), args.seed)
-        path = export_model(module, args.out, list(widths), _csv(args.outputs), input_dtypes=dtypes or None)
+        examples = {name: torch.zeros((2, width), dtype=getattr(torch, dtypes.get(name, "float32")))
+                    for name, width in widths.items()}
+        path = export_model(module, args.out, list(widths), _csv(args.outputs), example_inputs=examples)
     except (ValueError, OSError) as exc:
         print(f"rootleaf demo-model: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -189,6 +190,22 @@ class LocalCluster:
             proc.popen.kill()
         proc.popen.wait(timeout=30)
         log.info("killed %s (pid %d)", proc.name, proc.popen.pid)
+        return info
+
+    def freeze_leaf(self, partition: str, role: str = "production", replica: int = 0) -> LeafInfo:
+        """SIGSTOP ``partition``'s leaf (that replica): a hung process, not a dead one. Its
+        port stays open and the kernel still accepts connections; nothing answers. Undo with
+        ``thaw_leaf`` (``stop`` thaws every process before stopping it)."""
+        info, proc = self._leaf(partition, role, replica)
+        proc.popen.send_signal(signal.SIGSTOP)
+        log.info("froze %s (pid %d)", proc.name, proc.popen.pid)
+        return info
+
+    def thaw_leaf(self, partition: str, role: str = "production", replica: int = 0) -> LeafInfo:
+        """SIGCONT a leaf ``freeze_leaf`` stopped."""
+        info, proc = self._leaf(partition, role, replica)
+        proc.popen.send_signal(signal.SIGCONT)
+        log.info("thawed %s (pid %d)", proc.name, proc.popen.pid)
         return info
 
     def restart_leaf(

@@ -29,7 +29,7 @@ from contract.dtypes import NUMPY_DTYPES
 from root.catalog import KINDS, Entity, FeatureCatalog, FeatureSpec
 
 # Bumped whenever generation changes meaning, so cached assets of older runs are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MAX_FEATURES = 100_000
 MAX_ENTITIES = 100_000_000
 

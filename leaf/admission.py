@@ -64,13 +64,16 @@ def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: Decode
     max_name, max_rank, max_bytes = limits.max_name_length, limits.max_rank, limits.max_raw_bytes
     for tensor in tensors:
         dtype = tensor.dtype
-        shape = tuple(tensor.shape)
+        dims = tensor.shape
+        # The rank first: a shape is copied only when it is within the limit.
+        shape = tuple(dims) if len(dims) <= max_rank else ()
         itemsize = _ITEMSIZE.get(dtype)
-        # Fast path for well-formed headers; anything else gets the codec's diagnosis.
+        # Fast path for well-formed headers with elements; anything else (an empty tensor
+        # included) gets the codec's diagnosis.
         size = -1
-        if itemsize is not None and 0 < len(tensor.name) <= max_name and 0 < len(shape) <= max_rank and min(shape) >= 0:
+        if itemsize is not None and 0 < len(tensor.name) <= max_name and shape and min(shape) >= 0:
             size = math.prod(shape) * itemsize
-            if size > max_bytes or tensor.raw_size != size:
+            if not 0 < size <= max_bytes or tensor.raw_size != size:
                 size = -1
         if size < 0:
             size = _checked_size(tensor, limits)
@@ -97,6 +100,28 @@ def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: Decode
     return Cost(raw, rows, tuple(layout), tuple(shapes), tuple(sizes))
 
 
+class Hold:
+    """Bytes of an ``InflightBytes`` held for one request until every holder has let go: the
+    call, and each piece of work it handed on (a decode in an executor, a batcher item),
+    which can outlive a cancelled call or a passed deadline. Loop-owned, like its owner."""
+
+    __slots__ = ("_owner", "nbytes", "_holders")
+
+    def __init__(self, owner: "InflightBytes", nbytes: int) -> None:
+        self._owner = owner
+        self.nbytes = nbytes
+        self._holders = 1
+
+    def retain(self) -> None:
+        """One more holder, which calls ``release`` (on the loop) when its work ends."""
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self._owner._give_back(self.nbytes)
+
+
 class InflightBytes:
     """The server-wide bound on bytes of admitted requests (``LeafConfig.max_inflight_bytes``)."""
 
@@ -105,9 +130,9 @@ class InflightBytes:
         self.held = 0
         metrics.INFLIGHT_BYTES_LIMIT.set(limit)
 
-    @contextmanager
-    def hold(self, nbytes: int) -> Iterator[None]:
-        """Hold ``nbytes`` for the block; ``Overloaded`` (RESOURCE_EXHAUSTED) when they do not fit."""
+    def acquire(self, nbytes: int) -> Hold:
+        """Hold ``nbytes`` until the returned hold is released by all its holders;
+        ``Overloaded`` (RESOURCE_EXHAUSTED) when they do not fit."""
         if self.held + nbytes > self.limit:
             metrics.ADMISSION_REJECTED.labels("inflight_bytes").inc()
             raise Overloaded(
@@ -116,8 +141,17 @@ class InflightBytes:
             )
         self.held += nbytes
         metrics.INFLIGHT_BYTES.inc(nbytes)
+        return Hold(self, nbytes)
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[Hold]:
+        """``acquire`` for the block: the block's own share is released when it ends."""
+        held = self.acquire(nbytes)
         try:
-            yield
+            yield held
         finally:
-            self.held -= nbytes
-            metrics.INFLIGHT_BYTES.dec(nbytes)
+            held.release()
+
+    def _give_back(self, nbytes: int) -> None:
+        self.held -= nbytes
+        metrics.INFLIGHT_BYTES.dec(nbytes)

@@ -18,13 +18,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from leaf import metrics
 from leaf.converter import ConvertedInputs
-from leaf.device import Placement
+from leaf.device import Placement, Staged
 from leaf.errors import DeadlineExpired, LeafError, ModelFailed, Overloaded, ShuttingDown
 from leaf.model import LoadedVersion
 from transport import tracing
@@ -51,6 +51,8 @@ class BatchPolicy:
 class _Item:
     request_id: str
     inputs: ConvertedInputs
+    staged: Staged
+    """The inputs where the forward reads them (``Placement.stage``)."""
     deadline: float | None
     enqueued: float
     future: asyncio.Future[Outputs]
@@ -59,10 +61,16 @@ class _Item:
     """The submitter's trace context (``transport.tracing.capture``); None when tracing is off."""
     enqueued_ns: int = 0
     """``tracing.clock()`` at submit (0 when tracing is off)."""
+    on_done: Callable[[], None] | None = None
+    """Called on ``loop`` once the batcher no longer uses the inputs (answered or dropped)."""
 
 
-def _resolve(answers: list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]) -> None:
-    for future, value in answers:
+def _resolve(answers: list[tuple[_Item, Outputs | BaseException]]) -> None:
+    for item, value in answers:
+        if item.on_done is not None:
+            item.on_done()
+            item.on_done = None
+        future = item.future
         if future.done():
             continue
         if isinstance(value, BaseException):
@@ -109,11 +117,22 @@ class Batcher:
         inputs: ConvertedInputs,
         deadline: float | None,
         request_id: str = "",
+        on_done: Callable[[], None] | None = None,
     ) -> asyncio.Future[Outputs]:
-        """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError."""
+        """Queue a request; the future resolves to ``{output: float32[N]}`` or a LeafError.
+        ``on_done`` runs on this loop when the batcher lets go of ``inputs`` (also when the
+        caller went away meanwhile); not when ``submit`` raises."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outputs] = loop.create_future()
-        item = _Item(request_id, inputs, deadline, time.monotonic(), future, loop, tracing.capture(), tracing.clock())
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("leaf is shutting down")
+        # Bound for an accelerator: copied now, while the device runs the batch before it.
+        staged = self._placement.stage(inputs.tensors, inputs.num_candidates)
+        item = _Item(
+            request_id, inputs, staged, deadline, time.monotonic(), future, loop, tracing.capture(), tracing.clock(),
+            on_done,
+        )
         with self._cond:
             if self._closed:
                 raise ShuttingDown("leaf is shutting down")
@@ -201,8 +220,9 @@ class Batcher:
             queue.popleft()
             self._queued_candidates[version] -= n
             metrics.QUEUE_DEPTH.labels(version.model).dec()
-            if item.future.done():
-                continue  # the caller went away (cancelled)
+            if item.future.done():  # the caller went away (cancelled)
+                self._answers.append((item, asyncio.CancelledError()))
+                continue
             if item.deadline is not None and item.deadline <= now:
                 self._fail([item], DeadlineExpired("deadline passed while queued"))
                 continue
@@ -226,13 +246,7 @@ class Batcher:
             series.queue_stage.observe(now - item.enqueued)
         forward_started = tracing.clock()
         try:
-            if len(items) == 1:
-                inputs = items[0].inputs.tensors
-            else:
-                inputs = {
-                    name: self._placement.merge([item.inputs.tensors[name] for item in items])
-                    for name in version.signature.input_names
-                }
+            inputs = self._placement.gather([item.staged for item in items], version.signature.input_names)
             results = version.run(inputs, [item.inputs.num_candidates for item in items], items[0].inputs.layout)
         except Exception as exc:  # the model's, or a merge of mismatched requests
             if len(items) > 1:
@@ -271,9 +285,9 @@ class Batcher:
         woken earlier would wait for the GIL while this thread finishes it)."""
         if not self._answers:
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outputs], Outputs | BaseException]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, Outputs | BaseException]]] = {}
         for item, value in self._answers:
-            by_loop.setdefault(item.loop, []).append((item.future, value))
+            by_loop.setdefault(item.loop, []).append((item, value))
         self._answers = []
         for loop, answers in by_loop.items():
             try:

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-candidates", type=int, default=defaults.max_candidates)
     p.add_argument("--max-inflight-bytes", type=int, default=defaults.max_inflight_bytes,
                    help="bytes of admitted requests at once; beyond: RESOURCE_EXHAUSTED before decoding")
+    p.add_argument("--max-models", type=int, default=defaults.max_models,
+                   help="most models in one ScorePartition call")
+    p.add_argument("--max-receive-message-bytes", type=int, default=defaults.max_receive_message_bytes,
+                   help="largest request accepted; 0 = sized from the decode limits (at most 256 MiB)")
     p.add_argument("--grace-s", type=float, default=defaults.grace_s, help="shutdown drain period")
     p.add_argument("--tls-cert", default="", help="PEM certificate chain: serve TLS (with --tls-key)")
     p.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
@@ -67,6 +71,8 @@ def config_from_args(args: argparse.Namespace) -> LeafConfig:
         metrics_host=args.metrics_host,
         recheck_interval_s=args.recheck_interval_s,
         max_candidates=args.max_candidates,
+        max_models=args.max_models,
+        max_receive_message_bytes=args.max_receive_message_bytes,
         grace_s=args.grace_s,
         tls=TlsConfig(cert_file=args.tls_cert, key_file=args.tls_key, client_ca_file=args.tls_client_ca),
         tracing=TracingConfig(

@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Literal
 
 from contract.names import name_problem
-from wire.codec import DecodeLimits
+from wire.codec import DecodeLimits, largest_tensors_bytes
 from transport.tls import PLAINTEXT, TlsConfig
 from transport.tracing import TracingConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+# The derived request limit never exceeds this (a leaf's former fixed limit); gRPC's own
+# bound on a message length is what ``max_receive_message_bytes`` may reach.
+DEFAULT_RECEIVE_CAP = 256 * 1024 * 1024
+MAX_RECEIVE_BYTES = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,12 @@ class LeafConfig:
     """Most bytes of admitted requests at once (inputs at ``num_candidates`` rows, declared
     sizes), queued or running; beyond it requests get RESOURCE_EXHAUSTED before decoding.
     At least ``decode_limits.max_total_raw_bytes``, so any valid request fits alone."""
+    max_models: int = 256
+    """Most models in one ``ScorePartition`` call (a root sends at most its own ``max_models``)."""
+    max_receive_message_bytes: int = 0
+    """Largest request message gRPC accepts (beyond it: RESOURCE_EXHAUSTED before any parsing);
+    0 = sized from ``decode_limits`` and ``max_models`` (the largest valid request), at most
+    256 MiB. See ``receive_message_bytes``."""
     grace_s: float = 5.0
     """Shutdown grace period for in-flight requests."""
     tls: TlsConfig = PLAINTEXT
@@ -150,7 +160,7 @@ class LeafConfig:
                 "LeafConfig.max_inflight_bytes must be an int >= decode_limits.max_total_raw_bytes "
                 f"({self.decode_limits.max_total_raw_bytes}), got {self.max_inflight_bytes!r}"
             )
-        for name in ("max_queue_requests", "max_candidates"):
+        for name in ("max_queue_requests", "max_candidates", "max_models"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LeafConfig.{name} must be an int >= 1, got {value!r}")
@@ -164,3 +174,21 @@ class LeafConfig:
             )
         if not self.host:
             raise ValueError("LeafConfig.host must not be empty")
+        value = self.max_receive_message_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RECEIVE_BYTES:
+            raise ValueError(
+                f"LeafConfig.max_receive_message_bytes must be an int in [0, {MAX_RECEIVE_BYTES}], got {value!r}"
+            )
+
+    @property
+    def receive_message_bytes(self) -> int:
+        """The request size limit in force: ``max_receive_message_bytes``, or when 0 the
+        largest valid request (``decode_limits.max_tensors`` tensors decoding to
+        ``max_total_raw_bytes`` and ``max_models`` models each naming every tensor), capped at
+        ``DEFAULT_RECEIVE_CAP``."""
+        if self.max_receive_message_bytes:
+            return self.max_receive_message_bytes
+        limits = self.decode_limits
+        tensors = largest_tensors_bytes(limits, limits.max_tensors, limits.max_total_raw_bytes)
+        models = self.max_models * (2 * 4 * 255 + 5 * limits.max_tensors + 16)
+        return min(DEFAULT_RECEIVE_CAP, tensors + models + 4096)

@@ -158,18 +158,18 @@ class Converter:
                 f"num_candidates must be in [1, {self._max_candidates}], got {n}"
             )
         limits = self._limits
+        given = features if isinstance(features, Sequence) else list(features)
+        # The count first: nothing is done per tensor for a request with too many.
+        if len(given) > limits.max_tensors:
+            raise InvalidRequest(f"{len(given)} tensors exceed the limit of {limits.max_tensors}")
         wanted = self._wanted
         chosen: dict[str, int] = {}
-        given: list[Tensor] = []
-        for position, tensor in enumerate(features):
-            given.append(tensor)
+        for position, tensor in enumerate(given):
             name = tensor.name
             if name in wanted:
                 if name in chosen:
                     raise InvalidRequest(f"feature {name!r}: sent more than once")
                 chosen[name] = position
-        if len(given) > limits.max_tensors:
-            raise InvalidRequest(f"{len(given)} tensors exceed the limit of {limits.max_tensors}")
         positions: list[int] = []
         for name in self.input_names:
             found = chosen.get(name)
@@ -187,6 +187,9 @@ class Converter:
         (layout, indexes, N) of a layout its reader keeps: only a layout seen for the first
         time, or expectations learned since, is checked again. Errors are not remembered (each
         bad request is checked)."""
+        # The count first: no entry is built for a model naming more than any pack holds.
+        if len(indexes) > self._limits.max_tensors:
+            raise InvalidRequest(f"{len(indexes)} tensors exceed the limit of {self._limits.max_tensors}")
         key = (table.layout, tuple(indexes), num_candidates)
         found = self._admissions.get(key)
         expected = self._expected

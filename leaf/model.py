@@ -67,7 +67,8 @@ class LoadedVersion:
         object.__setattr__(self, "series", metrics.VersionSeries.of(self.model, self.version))
 
     def forward(self, inputs: Mapping[str, torch.Tensor], rows: int) -> dict[str, np.ndarray]:
-        """Run the model on ``rows`` rows; one float32 CPU array ``[rows]`` per output name.
+        """Run the model on ``rows`` rows of ``inputs`` (on its device: ``Placement.gather``);
+        one float32 CPU array ``[rows]`` per output name.
 
         Raises ``ModelFailed`` (naming the model) when the model raises or its output breaks
         the calling convention.
@@ -75,7 +76,7 @@ class LoadedVersion:
         where = f"model {self.model!r} version {self.version!r}"
         try:
             with torch.inference_mode():
-                result = self.module(self.placement.to_device(inputs))
+                result = self.module(dict(inputs))
         except Exception as exc:  # the model's own code: any failure is the model's
             raise ModelFailed(f"{where} raised: {_first_line(exc)}") from exc
         return split_outputs(result, self.signature.output_names, rows, where)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import cast
 
 import grpc
 
@@ -27,7 +28,7 @@ from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.repository import Repository
 from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from wire import oip
-from wire.codec import DecodeLimits
+from wire.codec import DecodeLimits, Tensor
 from wire.oip_service import WireInfer, package_version
 from transport import tracing
 
@@ -115,9 +116,11 @@ class LeafOipServicer:
                 raise InvalidRequest(str(exc)) from None
             self._batcher.check_capacity(loaded)
             n = max((t.shape[0] for t in headers.tensors), default=1) or 1
-            admitted = loaded.converter.admit(headers.tensors, n)
+            # Headers carry the Tensor fields admission and decoding read.
+            admitted = loaded.converter.admit(cast(tuple[Tensor, ...], headers.tensors), n)
             tracing.record("admit", admitting)
-            with self._inflight.hold(admitted.cost.row_bytes):
+            # The received message and the inputs, until the call and the batcher let go.
+            with self._inflight.hold(wire.size + admitted.cost.row_bytes) as hold:
                 decoding = tracing.clock()
                 try:
                     data = oip.payloads(request, headers)
@@ -130,7 +133,9 @@ class LeafOipServicer:
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
                 deadline = None if remaining is None else time.monotonic() + remaining
-                outputs = await self._batcher.submit(loaded, inputs, deadline, request.id)
+                future = self._batcher.submit(loaded, inputs, deadline, request.id, hold.release)
+                hold.retain()
+                outputs = await future
             encoding = tracing.clock()
             response = oip_pb2.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
             oip.write_outputs(response, outputs, names, raw=headers.raw)

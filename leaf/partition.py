@@ -11,7 +11,9 @@ and submits them to the batcher, which merges per model version as for ``Leaf/Sc
 reply per model, in request order.
 
 Runs on the server's event loop; a pack whose LZ4 payloads decode to more than
-``OFFLOAD_DECODE_BYTES`` is decoded in the default executor (LZ4 releases the GIL).
+``OFFLOAD_DECODE_BYTES`` is decoded in the leaf's decode executor ("leaf-decode" threads,
+the loop's default executor when none is given; LZ4 releases the GIL). The call's in-flight bytes (``leaf.admission.Hold``) stay held
+until that decode and the batcher are done with its inputs, even when the call ends first.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import ExitStack
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Sequence, cast
+from typing import Any, Callable, Sequence, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -29,11 +31,11 @@ import torch
 from google.protobuf.message import DecodeError
 
 from leaf import metrics
-from leaf.admission import InflightBytes
+from leaf.admission import Hold, InflightBytes
 from leaf.batcher import Batcher, Outputs
 from leaf.converter import ConvertedInputs, PackAdmitted
 from leaf.pack_inputs import InputBuilder
-from leaf.payload_views import split_partition
+from leaf.payload_views import DEFAULT_BOUNDS, DEFAULT_MAX_MODELS, FieldBounds, TooManyFields, split_partition
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.model import LoadedVersion
 from leaf.repository import Repository
@@ -51,6 +53,7 @@ PARTITION_LABEL = "_partition"
 UNKNOWN_MODEL_LABEL = "_unknown"
 # Above this many bytes of LZ4 payload to decompress, decoding leaves the event loop.
 OFFLOAD_DECODE_BYTES = 1 << 20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +68,16 @@ class WirePartition:
     empty); None when it was parsed into the message."""
 
 
-def deserialize_partition(data: bytes) -> WirePartition:
-    """Parse a ``PartitionRequest``, leaving the pack's payload bytes where gRPC put them
-    (a large request is not copied again by the protobuf parser and the field read)."""
-    split = split_partition(data)
+def deserialize_partition(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> WirePartition:
+    """Parse a ``PartitionRequest`` whose field counts are within ``bounds`` (checked first,
+    with work bounded by them), leaving the pack's payload bytes where gRPC put them (a
+    large request is not copied again by the protobuf parser and the field read)."""
+    try:
+        split = split_partition(data, bounds)
+    except TooManyFields as exc:
+        return WirePartition(len(data), leaf_pb2.PartitionRequest(), f"PartitionRequest refused: {exc}")
+    except (IndexError, ValueError):
+        return WirePartition(len(data), leaf_pb2.PartitionRequest(), "malformed PartitionRequest: truncated or invalid field")
     try:
         if split is not None:
             small, payload = split
@@ -121,7 +130,11 @@ class PartitionScorer:
         batcher: Batcher,
         inflight: InflightBytes,
         limits: DecodeLimits,
+        executor: Executor | None = None,
+        max_models: int = DEFAULT_MAX_MODELS,
     ) -> None:
+        self._executor = executor
+        self._max_models = max_models
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
@@ -142,7 +155,7 @@ class PartitionScorer:
         admitted = [m for m in models if m.reply is None]
         try:
             if admitted:
-                await self._run(request, table, data, admitted, context)
+                await self._run(request, table, data, admitted, context, wire.size)
         except asyncio.CancelledError:
             for m in admitted:
                 metrics.REQUESTS.labels(m.label, m.loaded.version if m.loaded else "", "CANCELLED").inc()
@@ -164,6 +177,8 @@ class PartitionScorer:
         request = wire.message
         if not request.models:
             raise InvalidRequest("models must not be empty")
+        if len(request.models) > self._max_models:
+            raise InvalidRequest(f"{len(request.models)} models exceed max_models={self._max_models}")
         # Read once: each read of a bytes field is a new copy (and none when gRPC's bytes are viewed).
         data = wire.data if wire.data is not None else request.features.data
         try:
@@ -185,6 +200,8 @@ class PartitionScorer:
                 loaded = model.loaded = self._repository.resolve(ref.name, ref.version)
                 model.label = loaded.model
                 indexes = ref.features
+                if len(indexes) > count:  # names are unique: a model takes each entry once
+                    raise InvalidRequest(f"{len(indexes)} feature indexes for a {count}-entry pack")
                 if indexes and max(indexes) >= count:
                     raise InvalidRequest(f"feature index {max(indexes)} outside the {count}-entry pack")
                 self._batcher.check_capacity(loaded)
@@ -200,17 +217,22 @@ class PartitionScorer:
         data: bytes | memoryview,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
+        size: int,
     ) -> None:
         """Decode what the admitted models use once, submit each, fill their replies."""
-        cost = sum(m.admitted.cost.row_bytes for m in models if m.admitted is not None)
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(self._inflight.hold(cost))
-            except LeafError as exc:
-                for m in models:
-                    m.fail(exc, request.request_id)
-                return
-            await self._decode_and_submit(request, table, data, models, context)
+        # What the call holds: the received message (alive until the reply) and every
+        # admitted model's inputs at N rows, until the call and the work it handed on end.
+        cost = size + sum(m.admitted.cost.row_bytes for m in models if m.admitted is not None)
+        try:
+            hold = self._inflight.acquire(cost)
+        except LeafError as exc:
+            for m in models:
+                m.fail(exc, request.request_id)
+            return
+        try:
+            await self._decode_and_submit(request, table, data, models, context, hold)
+        finally:
+            hold.release()
 
     async def _decode_and_submit(
         self,
@@ -219,6 +241,7 @@ class PartitionScorer:
         data: bytes | memoryview,
         models: list[_Model],
         context: grpc.aio.ServicerContext,
+        hold: Hold,
     ) -> None:
         decoding = tracing.clock()
         sizes, encodings = table.layout.sizes, table.encodings
@@ -234,9 +257,7 @@ class PartitionScorer:
         decompressed: dict[int, np.ndarray | CodecError] = {}
         if compressed:
             if sum(sizes[i] for i in compressed) > OFFLOAD_DECODE_BYTES:
-                decompressed = await asyncio.get_running_loop().run_in_executor(
-                    None, _decompress, table, data, compressed
-                )
+                decompressed = await self._offload(hold, _decompress, table, data, compressed)
             else:
                 decompressed = _decompress(table, data, compressed)
         n = request.num_candidates
@@ -261,7 +282,9 @@ class PartitionScorer:
                 )
                 cost = m.admitted.cost
                 converted = ConvertedInputs(tensors, n, cost.raw_bytes, cost.layout)
-                waiting.append((m, self._batcher.submit(m.loaded, converted, deadline, request.request_id)))
+                future = self._batcher.submit(m.loaded, converted, deadline, request.request_id, hold.release)
+                hold.retain()
+                waiting.append((m, future))
             except LeafError as exc:
                 m.fail(exc, request.request_id)
         results = await asyncio.gather(*(future for _, future in waiting), return_exceptions=True)
@@ -279,6 +302,30 @@ class PartitionScorer:
             )
             m.reply = reply
         tracing.record("encode", encoding)
+
+
+    async def _offload(self, hold: Hold, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(*args)`` in the decode executor. ``hold`` is kept until the work ends, even
+        when this call is cancelled first: the work is shielded (it runs to its end, so its
+        own ``finally`` is what lets go), since a thread cannot be stopped halfway."""
+        loop = asyncio.get_running_loop()
+
+        def run() -> _T:
+            try:
+                return work(*args)
+            finally:
+                _call_on(loop, hold.release)
+
+        future = loop.run_in_executor(self._executor, run)
+        hold.retain()  # before ``run`` can release it: that lands on this loop, later
+        return await asyncio.shield(future)
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: the server and its bound are gone
+        pass
 
 
 def _code_name(value: int) -> str:

@@ -2,7 +2,7 @@
 
 ``create_server`` runs on the caller's event loop thread: it loads the models synchronously,
 starts the repository watcher ("leaf-repo-watch", "leaf-repo-loader") and the inference
-thread ("leaf-infer-<device>"), binds the port and returns. Health reports SERVING once the
+thread ("leaf-infer-<device>") and the decode threads ("leaf-decode"), binds the port and returns. Health reports SERVING once the
 server has started (models are loaded by then). Stopping the returned server drains
 in-flight requests for the grace period, then stops those threads and the metrics endpoint,
 so one process can create and close several leaves.
@@ -46,6 +46,7 @@ class _Runtime:
         self.repository: Repository | None = None
         self.batcher: Batcher | None = None
         self.metrics_server: BuiltServer | None = None
+        self.decode_executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -58,6 +59,8 @@ class _Runtime:
             self.repository.close()
         if self.batcher is not None:
             self.batcher.close()
+        if self.decode_executor is not None:
+            self.decode_executor.shutdown(wait=True)
         if self.metrics_server is not None:
             self.metrics_server.close_metrics()
         tracing.shutdown()
@@ -120,8 +123,16 @@ def create_server(
                 config.max_queue_requests,
             ),
         )
+        runtime.decode_executor = ThreadPoolExecutor(2, thread_name_prefix="leaf-decode")
         inflight = InflightBytes(config.max_inflight_bytes)  # one bound for every protocol
-        servicer = LeafServicer(repository, runtime.batcher, inflight=inflight, limits=config.decode_limits)
+        servicer = LeafServicer(
+            repository,
+            runtime.batcher,
+            inflight=inflight,
+            limits=config.decode_limits,
+            decode_executor=runtime.decode_executor,
+            max_models=config.max_models,
+        )
         oip = LeafOipServicer(repository, runtime.batcher, inflight=inflight, limits=config.decode_limits)
         built = build_server(
             listen=f"{config.host}:{config.port}",
@@ -130,6 +141,7 @@ def create_server(
             metrics_port=config.metrics_port,
             metrics_host=config.metrics_host,
             interceptors=(*tracing.server_interceptors(TRACED_METHODS), *interceptors),
+            max_receive_message_bytes=config.receive_message_bytes,
         )
         runtime.metrics_server = built
         inner, port, health_servicer = built.server, built.port, built.health

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Executor
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -24,7 +26,7 @@ from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
 from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
 from leaf.partition import PartitionScorer, deserialize_partition
-from leaf.payload_views import split_request
+from leaf.payload_views import DEFAULT_BOUNDS, DEFAULT_MAX_MODELS, FieldBounds, TooManyFields, check_request, split_request
 from leaf.repository import Repository
 from wire import codec
 from wire.codec import DEFAULT_LIMITS, DecodeLimits
@@ -50,8 +52,15 @@ class WireRequest:
     ``data`` is then empty); see ``leaf.payload_views``."""
 
 
-def deserialize_request(data: bytes) -> WireRequest:
-    """Parse a ``LeafRequest``; the payloads of its large tensors stay in ``data``."""
+def deserialize_request(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> WireRequest:
+    """Parse a ``LeafRequest`` whose field count is within ``bounds`` (checked first, with
+    work bounded by it); the payloads of its large tensors stay in ``data``."""
+    try:
+        check_request(data, bounds)
+    except TooManyFields as exc:
+        return WireRequest(len(data), leaf_pb2.LeafRequest(), f"LeafRequest refused: {exc}")
+    except (IndexError, ValueError):
+        return WireRequest(len(data), leaf_pb2.LeafRequest(), "malformed LeafRequest: truncated or invalid field")
     try:
         split = split_request(data)
         if split is not None:
@@ -72,11 +81,14 @@ class LeafServicer:
         *,
         inflight: InflightBytes,
         limits: DecodeLimits = DEFAULT_LIMITS,
+        decode_executor: Executor | None = None,
+        max_models: int = DEFAULT_MAX_MODELS,
     ) -> None:
         self._repository = repository
         self._batcher = batcher
         self._inflight = inflight
-        self._partition = PartitionScorer(repository, batcher, inflight, limits)
+        self._bounds = FieldBounds.of(limits, max_models)
+        self._partition = PartitionScorer(repository, batcher, inflight, limits, decode_executor, max_models)
 
     async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
         started = time.perf_counter()
@@ -94,7 +106,9 @@ class LeafServicer:
             self._batcher.check_capacity(loaded)
             admitted = loaded.converter.admit(request.features, request.num_candidates)
             tracing.record("admit", admitting)
-            with self._inflight.hold(admitted.cost.row_bytes):
+            # What the call holds: the received message (alive until the reply) and its
+            # inputs at N rows; the batcher's share ends when it lets go of the inputs.
+            with self._inflight.hold(wire.size + admitted.cost.row_bytes) as hold:
                 decoding = tracing.clock()
                 inputs = loaded.converter.decode(admitted, wire.payloads)
                 tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
@@ -103,7 +117,9 @@ class LeafServicer:
                 deadline = None if remaining is None else time.monotonic() + remaining
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
-                outputs = await self._batcher.submit(loaded, inputs, deadline, request.request_id)
+                future = self._batcher.submit(loaded, inputs, deadline, request.request_id, hold.release)
+                hold.retain()
+                outputs = await future
             encoding = tracing.clock()
             response = leaf_pb2.LeafResponse(model=loaded.model, version=loaded.version)
             response.outputs.extend(
@@ -143,12 +159,12 @@ class LeafServicer:
             {
                 "Score": grpc.unary_unary_rpc_method_handler(
                     self.score,
-                    request_deserializer=deserialize_request,
+                    request_deserializer=partial(deserialize_request, bounds=self._bounds),
                     response_serializer=leaf_pb2.LeafResponse.SerializeToString,
                 ),
                 "ScorePartition": grpc.unary_unary_rpc_method_handler(
                     self._partition.score,
-                    request_deserializer=deserialize_partition,
+                    request_deserializer=partial(deserialize_partition, bounds=self._bounds),
                     response_serializer=leaf_pb2.PartitionResponse.SerializeToString,
                 ),
                 "ListModels": grpc.unary_unary_rpc_method_handler(

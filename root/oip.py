@@ -33,7 +33,7 @@ from root.partition_health import PartitionHealth
 from root.request import ModelRef, ScoreInput
 from root.scoring import ScoreEngine
 from wire import codec, oip
-from wire.codec import DecodeLimits, Tensor
+from wire.codec import DecodeLimits
 from wire.oip_service import WireInfer, package_version
 
 log = logging.getLogger(__name__)
@@ -203,9 +203,7 @@ class RootOipServicer:
         if user < 0 or (ids < 0).any():
             raise InvalidRequest(f"{CANDIDATE_IDS!r} and {USER_ID!r} must be >= 0")
         features = tuple(
-            Tensor(name=t.name, dtype=t.dtype, shape=t.shape, encoding=t.encoding, raw_size=t.raw_size, data=data[p])
-            for p, t in enumerate(headers.tensors)
-            if t.name not in (CANDIDATE_IDS, USER_ID)
+            t.tensor(data[p]) for p, t in enumerate(headers.tensors) if t.name not in (CANDIDATE_IDS, USER_ID)
         )
         version = request.model_version or None
         return (

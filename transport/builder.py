@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from transport.server import GRPC_OPTIONS
+from transport.server import GRPC_OPTIONS, MAX_MESSAGE_BYTES
 from transport.tls import TlsConfig, add_port
 
 __all__ = ["BuiltServer", "build_server", "write_port_file"]
@@ -47,12 +47,16 @@ def build_server(
     metrics_host: str = "127.0.0.1",
     reuse_port: bool = False,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_receive_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> BuiltServer:
     """Bind ``listen`` (TLS when configured) with health (and reflection of ``services``);
-    start the metrics endpoint when ``metrics_port`` is set. ``reuse_port``: share the port
-    with other servers that set it (SO_REUSEPORT); off, a second server on a held port fails.
-    Raises ``OSError`` when the port cannot be bound; nothing is left open then."""
-    options: list[tuple[str, Any]] = list(GRPC_OPTIONS)
+    start the metrics endpoint when ``metrics_port`` is set. Requests over
+    ``max_receive_message_bytes`` (the role's limit) are refused by gRPC before any of ours
+    runs. ``reuse_port``: share the port with other servers that set it (SO_REUSEPORT); off,
+    a second server on a held port fails. Raises ``OSError`` when the port cannot be bound;
+    nothing is left open then."""
+    options: list[tuple[str, Any]] = [o for o in GRPC_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_receive_message_bytes))
     # Stated either way: gRPC's default on Linux is on, and with it a second server (an old
     # process, a misconfigured copy) binds the same port and silently takes part of the traffic.
     options.append(("grpc.so_reuseport", 1 if reuse_port else 0))

@@ -130,12 +130,14 @@ def clock() -> int:
 
 
 def capture() -> Any:
-    """The current trace context, to parent spans recorded on another thread (None when off)."""
+    """The current trace context, to parent spans recorded on another thread (None when off
+    or when the current trace is not sampled)."""
     if _state.tracer is None:
         return None
-    from opentelemetry import context
+    from opentelemetry import context, trace
 
-    return context.get_current()
+    current = context.get_current()
+    return current if trace.get_current_span(current).is_recording() else None
 
 
 def record(
@@ -146,6 +148,10 @@ def record(
     tracer = _state.tracer
     if tracer is None or not start_ns:
         return
+    from opentelemetry import trace
+
+    if not trace.get_current_span(parent).is_recording():
+        return  # an unsampled trace: its children would not be recorded either
     span = tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
     span.end(end_time=end_ns or time.time_ns())
 
@@ -166,6 +172,10 @@ def traced(awaitable: Awaitable[T], name: str, attributes: Attributes | None = N
     tracer = _state.tracer
     if tracer is None:
         return awaitable
+    from opentelemetry import trace
+
+    if not trace.get_current_span().is_recording():
+        return awaitable  # unsampled: the caller's context (sampled flag off) travels on as is
     return _in_span(tracer, awaitable, name, attributes)
 
 

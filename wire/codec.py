@@ -91,6 +91,15 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+
+
+def largest_tensors_bytes(limits: DecodeLimits, count: int, raw_bytes: int) -> int:
+    """The most bytes ``count`` valid tensors decoding to ``raw_bytes`` in all can take on the
+    wire: payloads (LZ4 of incompressible data grows by 1/255 and a few bytes) plus, per
+    tensor, its field tags and lengths, a name of ``max_name_length`` 4-byte characters,
+    ``max_rank`` 10-byte dims, dtype, encoding and raw_size. What message limits derive from."""
+    header = 4 * limits.max_name_length + 10 * limits.max_rank + 48
+    return raw_bytes + raw_bytes // 255 + count * (header + 16)
 _RAW = int(Encoding.RAW)
 _LZ4 = int(Encoding.LZ4)
 
@@ -218,9 +227,26 @@ def expected_raw_size(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> 
                 name, f"shape {list(tensor.shape)} exceeds the {limits.max_raw_bytes}-byte limit"
             )
     size = count * itemsize
+    if not size:
+        problem = empty_shape_problem(tensor.shape, itemsize, limits.max_raw_bytes)
+        if problem:
+            raise OverLimit(name, problem)
     if tensor.raw_size != size:
         raise CodecError(name, f"raw_size {tensor.raw_size} != {size} implied by shape and dtype")
     return size
+
+
+def empty_shape_problem(shape: Sequence[int], itemsize: int, max_raw_bytes: int) -> str:
+    """For a shape with no elements (a zero dim), why it is refused, else "": its other dims
+    may not describe more than ``max_raw_bytes`` either. numpy refuses such a shape ("array
+    is too big") once they pass its index range, and no valid tensor is that wide."""
+    extent = itemsize
+    for dim in shape:
+        if dim:
+            extent *= dim
+            if extent > max_raw_bytes:
+                return f"shape {list(shape)}: its non-zero dims exceed the {max_raw_bytes}-byte limit"
+    return ""
 
 
 def decode(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:

@@ -11,6 +11,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from protos.inference import grpc_predict_v2_pb2 as oip_pb2
+from wire.codec import DEFAULT_LIMITS
+from wire.protowire import count_fields
 
 __all__ = ["OIP_SERVICE_NAME", "OipServicer", "WireInfer", "deserialize_infer", "oip_handler"]
 
@@ -28,7 +30,19 @@ class WireInfer:
     error: str = ""
 
 
+# The most top-level fields a valid ``ModelInferRequest`` has: an input and a raw content per
+# tensor, and room for requested outputs, parameters and the three names. Checked before the
+# parser allocates per element (tens of bytes for each 2-byte ``inputs`` field).
+MAX_INFER_FIELDS = 2 * DEFAULT_LIMITS.max_tensors + 512
+
+
 def deserialize_infer(data: bytes) -> WireInfer:
+    try:
+        if len(data) > 2 * MAX_INFER_FIELDS and count_fields(data, 0, len(data), MAX_INFER_FIELDS) > MAX_INFER_FIELDS:
+            error = f"ModelInferRequest holds more than {MAX_INFER_FIELDS} fields (inputs, raw contents, outputs, parameters)"
+            return WireInfer(len(data), oip_pb2.ModelInferRequest(), error)
+    except (IndexError, ValueError):
+        return WireInfer(len(data), oip_pb2.ModelInferRequest(), "malformed ModelInferRequest: truncated or invalid field")
     try:
         return WireInfer(len(data), oip_pb2.ModelInferRequest.FromString(data))
     except DecodeError as exc:

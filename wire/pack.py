@@ -28,6 +28,7 @@ from wire.codec import (
     DecodeLimits,
     DType,
     Encoding,
+    empty_shape_problem,
     encode_payload,
     numpy_dtype,
     pack as pack_payload,
@@ -336,7 +337,12 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits, data_size: int | 
         raise CodecError("*", f"dims of {len(dims_bytes)} bytes is not a whole number of uint32")
     if data_size is None:
         data_size = len(pack.data)
-    records = np.frombuffer(table, dtype=RECORD).tolist()
+    table_records = np.frombuffer(table, dtype=RECORD)
+    # The dims' count against the ranks before any dim becomes a Python int.
+    ranks = int(table_records["rank"].sum(dtype=np.int64))
+    if len(dims_bytes) // 4 != ranks:
+        raise CodecError("*", f"dims hold {len(dims_bytes) // 4} values, the ranks need {ranks}")
+    records = table_records.tolist()
     dims = np.frombuffer(dims_bytes, dtype="<u4").tolist()
     entries: list[PackEntry] = []
     seen: set[str] = set()
@@ -356,14 +362,16 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits, data_size: int | 
             raise CodecError(name, f"unknown dtype enum value {dtype}")
         if rank > max_rank:
             raise CodecError(name, f"rank {rank} exceeds {max_rank}")
-        following = position + rank
-        if following > len(dims):
-            raise CodecError(name, "dims table too short")
+        following = position + rank  # within dims: their count equals the ranks' sum
         shape = tuple(dims[position:following])
         position = following
         size = math.prod(shape) * itemsize
         if size > max_raw:
             raise CodecError(name, f"shape {list(shape)} exceeds the {max_raw}-byte limit")
+        if not size and rank:
+            problem = empty_shape_problem(shape, itemsize, max_raw)
+            if problem:
+                raise CodecError(name, problem)
         total += size
         if total > max_total:
             raise CodecError(name, f"total size exceeds {max_total} bytes")
@@ -381,8 +389,6 @@ def read_pack(pack: leaf_pb2.TensorPack, limits: DecodeLimits, data_size: int | 
                                    f"lies outside the {data_size}-byte data")
         end = offset + length
         entries.append(PackEntry(name, dtype, shape, size, encoding, offset, length))
-    if position != len(dims):
-        raise CodecError("*", f"{len(dims) - position} dims left over after the last tensor")
     return entries
 
 
@@ -454,11 +460,11 @@ class PackReader:
         """The validated table of an untrusted pack; ``CodecError`` as ``read_pack`` raises it."""
         if data_size is None:
             data_size = len(pack.data)
-        names = tuple(pack.names)
         table = pack.table
-        count = len(names)
+        count = len(pack.names)
         if count > self.limits.max_tensors or len(table) != count * RECORD_BYTES or not count:
             return self._checked(pack, data_size)
+        names = tuple(pack.names)
         records = np.frombuffer(table, dtype=RECORD)
         dims = pack.dims
         # dtype and rank of every record (the header's part); encodings are checked per pack.

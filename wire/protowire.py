@@ -91,3 +91,38 @@ def field_body(buf: bytes | memoryview, field_start: int) -> int:
     _, pos = read_varint(buf, field_start)
     _, pos = read_varint(buf, pos)
     return pos
+
+
+def count_fields(buf: bytes | memoryview, start: int, end: int, limit: int) -> int:
+    """How many fields ``buf[start:end]`` holds, counting no further than ``limit + 1``: the
+    work is O(min(fields, limit)) whatever the message's size. ``ValueError`` for a
+    truncated field or an unknown wire type met on the way, ``IndexError`` for a truncated
+    varint (what ``scan_fields`` raises, without a tuple per field)."""
+    count = 0
+    pos = start
+    while pos < end:
+        if count > limit:
+            return count
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:
+            key, pos = read_varint(buf, pos - 1)
+        wire_type = key & 7
+        if wire_type == WIRE_TYPE_LEN:
+            length = buf[pos]
+            pos += 1
+            if length >= 0x80:
+                length, pos = read_varint(buf, pos - 1)
+            pos += length
+        elif wire_type == WIRE_TYPE_VARINT:
+            _, pos = read_varint(buf, pos)
+        elif wire_type == WIRE_TYPE_I64:
+            pos += 8
+        elif wire_type == WIRE_TYPE_I32:
+            pos += 4
+        else:
+            raise ValueError(f"wire type {wire_type}")
+        count += 1
+    if pos > end:
+        raise ValueError("truncated field")
+    return count

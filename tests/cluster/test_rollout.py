@@ -147,8 +147,7 @@ def _prepare(cluster: LocalCluster, tmp: Path, *, broken: bool) -> tuple[list[st
                      target, info["input_names"], info["output_names"])
     else:
         shutil.copytree(source, target)  # a retrain that converged to the same weights
-    deployed = desc["roles"]["canary"]["root"]["bundle_files"][bundle]
-    package = build_bundle(bundle, models, tmp / "out", models=[model], include_deployed=deployed).package.path
+    package = build_bundle(bundle, models, tmp / "out", models=[model], served_from=cluster.cluster_json).package.path
     plan = tmp / "plan.toml"
     plan.write_text(
         f'[rollout]\nbundle = "{bundle}"\nstate_dir = "state"\nverify_timeout_s = 30\n'

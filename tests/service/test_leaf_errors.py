@@ -214,8 +214,9 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
             corrupt.features[3].CopyFrom(_lz4_corrupt("item_ids", np.ones((2, 3), np.int64)))
             await expect(leaf.stub.Score(corrupt), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
             assert (await first).version == "1"
-        # Bytes in flight: the queued request holds its declared bytes until it is answered.
-        request_bytes = 2 * (8 + 16 + 4 + 24)  # each input at 2 rows
+        # Bytes in flight: the queued request holds the message it came in and its declared
+        # bytes until it is answered.
+        request_bytes = make_request("gated", features(2), 2).ByteSize() + 2 * (8 + 16 + 4 + 24)  # inputs at 2 rows
         limits = codec.DecodeLimits(max_total_raw_bytes=request_bytes)
         config = LeafConfig(tmp_path, max_queue_delay_ms=400, decode_limits=limits, max_inflight_bytes=request_bytes + 1)
         async with Leaf(config) as leaf:

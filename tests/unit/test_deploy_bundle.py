@@ -152,7 +152,7 @@ def test_a_served_version_missing_from_the_deployed_bundle_takes_the_leaf_reposi
 ) -> None:
     pending_repo = tmp_path / "pending"
     _export(pending_repo, "ctr", "11", ["f1", "f2"], ["score"])
-    fleet = FleetView({"ctr": {"2", "99"}}, {}, (exported,))
+    fleet = FleetView({"ctr": {"2", "99"}, "other_bundles_model": {"1"}}, {}, (exported,))
     result = build_bundle("ads", pending_repo, tmp_path / "out", served_from=fleet)
     assert dict(result.models) == {"ctr": ("2", "11")}
     assert any("ctr version 99: served, but no signature" in line for line in result.skipped)

@@ -109,10 +109,18 @@ def test_model_cli_exports_demo_and_reexports(tmp_path: Path, capsys: pytest.Cap
     out = tmp_path / "demo" / "1"
     assert demo_model.main(["--out", str(out), "--inputs", "a:2,b:3:int64", "--hidden", "4",
                             "--outputs", "ctr,cvr", "--seed", "2"]) == 0
-    assert read_signature(out) == Signature(("a", "b"), ("ctr", "cvr"), {"b": "int64"})
+    assert read_signature(out) == Signature(("a", "b"), ("ctr", "cvr"), {"a": "float32", "b": "int64"}, {"a": (2,), "b": (3,)})
     again = tmp_path / "demo" / "2"
+    examples = tmp_path / "examples.npz"
+    np.savez(examples, a=np.zeros((4, 2), np.float16), b=np.zeros((4, 3), np.int32))
     assert export_cli.main(["export", "--module", str(out / "model.pt"), "--out", str(again),
-                            "--inputs", "a,b", "--outputs", "ctr,cvr"]) == 0
-    assert read_signature(again) == Signature(("a", "b"), ("ctr", "cvr"))
+                            "--inputs", "a,b", "--outputs", "ctr,cvr", "--example-inputs", str(examples)]) == 0
+    assert read_signature(again) == Signature(("a", "b"), ("ctr", "cvr"), {"a": "float16", "b": "int32"}, {"a": (2,), "b": (3,)})
+    # examples the model cannot run are refused, and nothing is written
+    np.savez(examples, a=np.zeros((4, 5), np.float32), b=np.zeros((4, 3), np.int64))
+    assert export_cli.main(["export", "--module", str(out / "model.pt"), "--out", str(tmp_path / "demo" / "3"),
+                            "--inputs", "a,b", "--outputs", "ctr,cvr", "--example-inputs", str(examples)]) == 2
+    assert "example inputs fail the model" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "3").exists()
     assert demo_model.main(["--out", str(out), "--inputs", "a"]) == 2
     assert "name:width" in capsys.readouterr().err
