@@ -141,12 +141,13 @@ def test_containers_score_like_processes(cluster: LocalCluster, tmp_path: Path) 
 
 def test_demo_modes_run_against_containers(built: BuildResult, engine: Engine, tmp_path: Path) -> None:
     options = BenchOptions(closed_s=1.0, open_s=1.0, pool_size=8, probe_requests=2, closed_max_requests=200,
-                           open_min_requests=10, idle_s=0.5, progress=False)
+                           open_min_requests=10, idle_s=0.5, progress=False, rounds=1)
     doc = run_cluster_bench("ci", tmp_path, [Mode(False, False, False), Mode(True, True, True)], options,
                             image=built.tag)
     assert doc["image"] == built.tag
     base, full = doc["modes"]
-    assert all(m["errors"] == 0 and m["scores_match_baseline"] for m in doc["modes"])
+    summary = [(m["label"], m["errors"], m["scores_match_baseline"]) for m in doc["modes"]]
+    assert all(errors == 0 and match for _, errors, match in summary), summary
     assert full["wire_bytes_per_request"] < base["wire_bytes_per_request"]
     assert base["root_cpu_ms_per_request"] > 0  # measured on the container's own process
 
