@@ -458,6 +458,7 @@ def run_cluster_bench(
     tracing: Sequence[float | None] = (),
     link_gbps: float = 0.0,
     *,
+    image: str | None = None,
     _tracing_endpoint: tuple[str, tuple[float | None, ...]] | None = None,
 ) -> dict[str, Any]:
     """Start the workload's cluster, run ``modes`` (per feature store, root worker count and
@@ -467,7 +468,8 @@ def run_cluster_bench(
         with otlp_sink(sink_dir) as endpoint:
             doc = run_cluster_bench(
                 workload, directory, modes, options, leaf_args, feature_store, cache_max_bytes, root_workers,
-                store_timeout_ms, max_rps_limit, link_gbps=link_gbps, _tracing_endpoint=(endpoint, tuple(tracing)),
+                store_timeout_ms, max_rps_limit, link_gbps=link_gbps, image=image,
+                _tracing_endpoint=(endpoint, tuple(tracing)),
             )
         doc["tracing"] = ["off" if r is None else r for r in tracing]
         doc["tracing_spans_exported"] = sink_spans(sink_dir)
@@ -489,7 +491,8 @@ def run_cluster_bench(
     # is started with its store on top of the cluster's (the default local) config.
     base = variants[0].overrides if len(variants) == 1 else {**store_overrides("local", cache_max_bytes), "workers": 1}
     base = {k: v for k, v in base.items() if not k.startswith("tracing.")}  # variants set it per root
-    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
+    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args,
+                           image=image)
     cluster.start()
     try:
         doc = ClusterBench(cluster, options, max_rps_limit).run(modes, variants)
@@ -499,6 +502,7 @@ def run_cluster_bench(
     doc["feature_store"] = kinds[0] if len(kinds) == 1 else kinds
     doc["cache_max_bytes"] = cache_max_bytes
     doc["root_workers"] = list(root_workers)
+    doc["image"] = image
     return doc
 
 
@@ -560,6 +564,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--image", default=None, metavar="TAG", help="run the cluster as containers of this image")
     return p
 
 
@@ -624,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                             tracing=args.tracing,
                             link_gbps=float(link.get("gbps", 0.0)) if link.get("shaped") else 0.0,
                             # with a link that binds, the throughput target is 3x (2x unshaped)
-                            max_rps_limit=3.0 if link.get("shaped") else None)
+                            max_rps_limit=3.0 if link.get("shaped") else None, image=args.image)
     if link:
         doc["link"] = link
     print_table(doc)

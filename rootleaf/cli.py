@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("benchmarks.demo:main", "the main job: local cluster, load, what trimming saved"),
     "bench": ("benchmarks.cli:main", "benchmarks: cluster (default), codec, trimmer, leaf, hedge, hostile, scale"),
     "soak": ("harness.soak:main", "run the cluster under load with injected faults"),
+    "image": ("deploy.image:main", "build the container image from this checkout (docs/image.md)"),
 }
 
 
