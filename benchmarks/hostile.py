@@ -89,13 +89,16 @@ def root_score_families(size: int) -> dict[str, bytes]:
 
 def package_families(directory: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    # A gzip of zeros: the unpack bound stops it.
+    # One member of 1 GiB of zeros, gzipped: the unpack bound stops it.
     bomb = directory / "bomb.rootcfg.tar.gz"
+    member = tarfile.TarInfo("configs/big")
+    member.size = 1024 * MIB
     with gzip.open(bomb, "wb", compresslevel=9) as gz:
+        gz.write(member.tobuf(format=tarfile.GNU_FORMAT))
         block = bytes(MIB)
         for _ in range(1024):
             gz.write(block)
-    out["gzip of 1 GiB of zeros"] = bomb
+    out["a member of 1 GiB of zeros"] = bomb
     # Many empty members.
     many = io.BytesIO()
     with tarfile.open(fileobj=many, mode="w:gz") as tar:
@@ -129,7 +132,7 @@ def _measure_rpc(target: str, method: str, payload: bytes, pid: int, idle_rate: 
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         sent = 0
         start_cpu, start = _cpu_s(pid), time.monotonic()
-        while sent < 3 or (time.monotonic() - start < budget_s and sent < 50):
+        while sent < 1 or (time.monotonic() - start < budget_s and sent < 50):
             try:
                 call(payload, timeout=120)
                 answer = "OK"
@@ -145,7 +148,7 @@ def _measure_call(work: Callable[[], object], size: int, budget_s: float) -> tup
     runs = 0
     answer = ""
     start = time.process_time()
-    while runs < 3 or (time.process_time() - start < budget_s and runs < 50):
+    while runs < 1 or (time.process_time() - start < budget_s and runs < 50):
         try:
             work()
             answer = "accepted"
@@ -202,7 +205,7 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         "records one byte short": [bytes(layout.record_size - 1)] * (size // layout.record_size),
     }
     for family, values in families.items():
-        total = sum(len(v) if v else 1 for v in values)
+        total = sum(5 if v is None else len(v) for v in values)  # a nil is "$-1\r\n" on the wire
         add("Redis record decoder", family, total, _measure_call(lambda: layout.unpack(values), total, budget_s))
     return rows
 
@@ -210,7 +213,7 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench hostile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=float, default=4.0, help="size of each RPC family's input")
-    parser.add_argument("--budget-s", type=float, default=2.0, help="time per family (at least 3 runs)")
+    parser.add_argument("--budget-s", type=float, default=2.0, help="time per family (at least one run)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args(argv)
