@@ -53,14 +53,20 @@ def _cpu_s(pid: int) -> float:
 
 # ---- families --------------------------------------------------------------------------
 
+# Requests name a model the measured leaf hosts (workload ci, partition alpha), so that a
+# request that parses reaches admission.
+MODEL = b"m_a"
+
+
 def leaf_score_families(size: int) -> dict[str, bytes]:
     count = size // 2
+    head = _field(2, MODEL) + b"\x20\x04"  # model, num_candidates 4
     shape = _field(1, b"x") + b"\x10\x01" + _field(3, b"\x00" * size)  # packed shape of zeros
     return {
-        "empty request_id fields": b"\x0a\x00" * count,
-        "empty tensors": b"\x2a\x00" * count,
-        "unknown varint fields": b"\x78\x00" * count,
-        "one tensor, 4M shape dims": _field(2, b"m") + b"\x20\x04" + _field(5, shape),
+        "empty request_id fields": head + b"\x0a\x00" * count,
+        "empty tensors": head + b"\x2a\x00" * count,
+        "unknown varint fields": head + b"\x78\x00" * count,
+        "one tensor, 4M shape dims": head + _field(5, shape),
     }
 
 
@@ -70,10 +76,10 @@ def leaf_partition_families(size: int) -> dict[str, bytes]:
     return {
         "empty request_id fields": b"\x0a\x00" * count,
         "empty models": b"\x1a\x00" * count,
-        "one model, 4M copies of an index": b"\x10\x04" + _field(3, _field(1, b"m") + _field(3, b"\x00" * size))
+        "one model, 4M copies of an index": b"\x10\x04" + _field(3, _field(1, MODEL) + _field(3, b"\x00" * size))
         + _field(4, small_pack),
-        "pack of 2M empty names": b"\x10\x04" + _field(3, _field(1, b"m")) + _field(4, b"\x0a\x00" * count),
-        "pack with 4 MiB of dims": b"\x10\x04" + _field(3, _field(1, b"m")) + _field(4, small_pack + _field(3, bytes(size))),
+        "pack of 2M empty names": b"\x10\x04" + _field(3, _field(1, MODEL)) + _field(4, b"\x0a\x00" * count),
+        "pack with 4 MiB of dims": b"\x10\x04" + _field(3, _field(1, MODEL)) + _field(4, small_pack + _field(3, bytes(size))),
     }
 
 
