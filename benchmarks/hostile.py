@@ -29,21 +29,12 @@ from typing import Callable
 
 import grpc
 
+from wire.protowire import frame_field, varint
+
 MIB = 1 << 20
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, body: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 def _cpu_s(pid: int) -> float:
@@ -58,28 +49,28 @@ def _cpu_s(pid: int) -> float:
 MODEL = b"m_a"
 
 
-def leaf_score_families(size: int) -> dict[str, bytes]:
+def leaf_score_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
     count = size // 2
-    head = _field(2, MODEL) + b"\x20\x04"  # model, num_candidates 4
-    shape = _field(1, b"x") + b"\x10\x01" + _field(3, b"\x00" * size)  # packed shape of zeros
+    head = frame_field(2, model) + b"\x20\x04"  # model, num_candidates 4
+    shape = frame_field(1, b"x") + b"\x10\x01" + frame_field(3, b"\x00" * size)  # packed shape of zeros
     return {
         "empty request_id fields": head + b"\x0a\x00" * count,
         "empty tensors": head + b"\x2a\x00" * count,
         "unknown varint fields": head + b"\x78\x00" * count,
-        "one tensor, 4M shape dims": head + _field(5, shape),
+        "one tensor, 4M shape dims": head + frame_field(5, shape),
     }
 
 
-def leaf_partition_families(size: int) -> dict[str, bytes]:
+def leaf_partition_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
     count = size // 2
-    small_pack = _field(1, b"x") + _field(2, bytes(12)) + _field(3, b"")  # one rank-0 entry
+    small_pack = frame_field(1, b"x") + frame_field(2, bytes(12)) + frame_field(3, b"")  # one rank-0 entry
     return {
         "empty request_id fields": b"\x0a\x00" * count,
         "empty models": b"\x1a\x00" * count,
-        "one model, 4M copies of an index": b"\x10\x04" + _field(3, _field(1, MODEL) + _field(3, b"\x00" * size))
-        + _field(4, small_pack),
-        "pack of 2M empty names": b"\x10\x04" + _field(3, _field(1, MODEL)) + _field(4, b"\x0a\x00" * count),
-        "pack with 4 MiB of dims": b"\x10\x04" + _field(3, _field(1, MODEL)) + _field(4, small_pack + _field(3, bytes(size))),
+        "one model, 4M copies of an index": b"\x10\x04" + frame_field(3, frame_field(1, model) + frame_field(3, b"\x00" * size))
+        + frame_field(4, small_pack),
+        "pack of 2M empty names": b"\x10\x04" + frame_field(3, frame_field(1, model)) + frame_field(4, b"\x0a\x00" * count),
+        "pack with 4 MiB of dims": b"\x10\x04" + frame_field(3, frame_field(1, model)) + frame_field(4, small_pack + frame_field(3, bytes(size))),
     }
 
 
@@ -88,8 +79,8 @@ def root_score_families(size: int) -> dict[str, bytes]:
     return {
         "empty request_id fields": b"\x0a\x00" * count,
         "empty models": b"\x22\x00" * count,
-        "4M candidate ids": b"\x10\x07" + _field(3, b"\x00" * size),
-        "empty request features": _field(4, _field(1, b"m_a")) + b"\x2a\x00" * count,
+        "4M candidate ids": b"\x10\x07" + frame_field(3, b"\x00" * size),
+        "empty request features": frame_field(4, frame_field(1, b"m_a")) + b"\x2a\x00" * count,
     }
 
 

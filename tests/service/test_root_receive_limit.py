@@ -13,6 +13,7 @@ from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
 from root.server import create_server
 from harness.datagen import generate_local_store
+from wire.protowire import varint
 
 MIB = 1 << 20
 
@@ -47,7 +48,7 @@ def test_the_roots_receive_limit_is_sized_from_its_request_limits(tmp_path: Path
                 codes = []
                 for size in (derived + 1, derived - 1024):  # one byte over the limit, and just under it
                     try:
-                        await call(b"\x0a" + _varint(size - 1 - len(_varint(size))) + bytes(size - 1 - len(_varint(size))), timeout=30)
+                        await call(b"\x0a" + varint(size - 1 - len(varint(size))) + bytes(size - 1 - len(varint(size))), timeout=30)
                         codes.append(grpc.StatusCode.OK)
                     except grpc.aio.AioRpcError as exc:
                         codes.append(exc.code())
@@ -59,11 +60,3 @@ def test_the_roots_receive_limit_is_sized_from_its_request_limits(tmp_path: Path
     assert over == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert under == grpc.StatusCode.INVALID_ARGUMENT  # parsed, and refused for what it holds
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
