@@ -106,7 +106,7 @@ def check_request(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> None:
         if number == _REQUEST_FEATURES and wire_type == WIRE_TYPE_LEN and end - start >= INSPECT_TENSOR_BYTES:
             body = field_body(data, start)
             check_field_count(data, body, end, _TENSOR_FIELDS, "a LeafRequest tensor")
-            for inner, inner_type, inner_start, inner_end in scan_fields(data, body, end, _TENSOR_FIELDS):
+            for inner, _, inner_start, inner_end in scan_fields(data, body, end, _TENSOR_FIELDS):
                 if inner == _TENSOR_SHAPE and inner_end - field_body(data, inner_start) > bounds.shape_bytes:
                     raise TooManyFields(f"a LeafRequest tensor's shape holds more than {bounds.shape_bytes} bytes")
 
