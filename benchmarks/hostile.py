@@ -86,16 +86,18 @@ def root_score_families(size: int) -> dict[str, bytes]:
 
 def package_families(directory: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    # One member of 1 GiB of zeros, gzipped: the unpack bound stops it.
+    # Members of 60 MiB of zeros each (each under the per-member bound), gzipped: the
+    # decompressed-bytes bound stops the stream.
     bomb = directory / "bomb.rootcfg.tar.gz"
-    member = tarfile.TarInfo("configs/big")
-    member.size = 1024 * MIB
     with gzip.open(bomb, "wb", compresslevel=9) as gz:
-        gz.write(member.tobuf(format=tarfile.GNU_FORMAT))
-        block = bytes(MIB)
-        for _ in range(1024):
-            gz.write(block)
-    out["a member of 1 GiB of zeros"] = bomb
+        for i in range(6):
+            member = tarfile.TarInfo(f"configs/big{i}")
+            member.size = 60 * MIB
+            gz.write(member.tobuf(format=tarfile.GNU_FORMAT))
+            block = bytes(MIB)
+            for _ in range(60):
+                gz.write(block)
+    out["6 members of 60 MiB of zeros"] = bomb
     # Many empty members.
     many = io.BytesIO()
     with tarfile.open(fileobj=many, mode="w:gz") as tar:
@@ -103,20 +105,26 @@ def package_families(directory: Path) -> dict[str, Path]:
             tar.addfile(tarfile.TarInfo(f"configs/f{i}"), io.BytesIO(b""))
     out["20k empty members"] = directory / "many.rootcfg.tar.gz"
     out["20k empty members"].write_bytes(many.getvalue())
-    # A GNU sparse member: 360 MiB of holes in a few hundred bytes.
-    header = bytearray(tarfile.TarInfo("manifest.json").tobuf(format=tarfile.GNU_FORMAT)[:512])
+    # GNU sparse members: 6 x 60 MiB of holes in a few hundred bytes.
+    headers = b"".join(_sparse_header(f"configs/s{i}", 60 * MIB) for i in range(6))
+    sparse = directory / "sparse.rootcfg.tar.gz"
+    sparse.write_bytes(gzip.compress(headers + bytes(1024)))
+    out["6 GNU sparse members (360 MiB of holes)"] = sparse
+    return out
+
+
+def _sparse_header(name: str, real: int) -> bytes:
+    """An old-GNU sparse member's header: no stored data, one empty sparse entry at the end,
+    ``real`` bytes long (all holes)."""
+    header = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.GNU_FORMAT)[:512])
     header[156] = ord("S")  # GNUTYPE_SPARSE
     header[124:136] = b"%011o\0" % 0  # no stored data
-    real = 360 * MIB
-    header[386:398] = b"%011o\0" % (real - 1)  # one sparse entry: offset
+    header[386:398] = b"%011o\0" % real  # one sparse entry: at the end ...
     header[398:410] = b"%011o\0" % 0  # ... of 0 bytes
     header[483:495] = b"%011o\0" % real  # realsize
     header[148:156] = b" " * 8
     header[148:156] = b"%06o\0 " % sum(header)
-    sparse = directory / "sparse.rootcfg.tar.gz"
-    sparse.write_bytes(gzip.compress(bytes(header) + bytes(1024)))
-    out["GNU sparse member (360 MiB of holes)"] = sparse
-    return out
+    return bytes(header)
 
 
 # ---- measurement -----------------------------------------------------------------------
@@ -161,13 +169,11 @@ def _idle_rate(pid: int, seconds: float = 2.0) -> float:
     return (_cpu_s(pid) - start_cpu) / (time.monotonic() - start)
 
 
-def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
+ENTRIES = ("rpc", "package", "redis")
+
+
+def run(size: int, budget_s: float, directory: Path, entries: tuple[str, ...] = ENTRIES) -> list[dict[str, object]]:
     from deploy.package import read_package
-    from harness.demo_assets import ensure_assets
-    from harness.local_cluster import LocalCluster
-    from harness.workload import builtin_workload
-    from root.catalog import Entity, FeatureCatalog
-    from root.redis_records import RecordLayout
 
     rows: list[dict[str, object]] = []
 
@@ -177,6 +183,20 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         print(f"{entry:22} {family:40} {size_bytes / MIB:8.3f} MiB {result[0]:10.2f} ms/MiB  {result[1]}", flush=True)
 
     print(f"{'entry point':22} {'family':40} {'input':>12} {'CPU':>16}  answer")
+    if "rpc" in entries:
+        _run_rpcs(size, budget_s, directory, add)
+    if "package" in entries:
+        for family, path in package_families(directory).items():
+            add("package reading", family, path.stat().st_size,
+                _measure_call(lambda: read_package(path), path.stat().st_size, budget_s))
+    if "redis" in entries:
+        _run_redis(size, budget_s, directory, add)
+    return rows
+
+
+def _run_rpcs(size: int, budget_s: float, directory: Path, add: Callable[[str, str, int, tuple[float, str]], None]) -> None:
+    from harness.local_cluster import LocalCluster
+
     with LocalCluster("ci", directory / "cluster", root_overrides={"workers": 1}) as cluster:
         leaf = cluster.leaves()[0]
         root = cluster.root()
@@ -190,9 +210,14 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         for family, payload in root_score_families(size).items():
             add("root Score", family, len(payload),
                 _measure_rpc(root.target, "/rootleaf.v1.Root/Score", payload, root.pid, root_idle, budget_s))
-    for family, path in package_families(directory).items():
-        add("package reading", family, path.stat().st_size,
-            _measure_call(lambda: read_package(path), path.stat().st_size, budget_s))
+
+
+def _run_redis(size: int, budget_s: float, directory: Path, add: Callable[[str, str, int, tuple[float, str]], None]) -> None:
+    from harness.demo_assets import ensure_assets
+    from harness.workload import builtin_workload
+    from root.catalog import Entity, FeatureCatalog
+    from root.redis_records import RecordLayout
+
     assets = ensure_assets(builtin_workload("ci"), directory / "cluster")  # the cluster's own
     layout = RecordLayout.from_catalog(FeatureCatalog.load(assets.catalog), Entity.CANDIDATE)
     count = size // 4
@@ -204,20 +229,26 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
     for family, values in families.items():
         total = sum(5 if v is None else len(v) for v in values)  # a nil is "$-1\r\n" on the wire
         add("Redis record decoder", family, total, _measure_call(lambda: layout.unpack(values), total, budget_s))
-    return rows
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench hostile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=float, default=4.0, help="size of each RPC family's input")
     parser.add_argument("--budget-s", type=float, default=2.0, help="time per family (at least one run)")
+    parser.add_argument("--entries", default=",".join(ENTRIES),
+                        help="which to measure: rpc (leaf Score, ScorePartition, root Score on a local cluster), "
+                             "package, redis (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rootleaf-hostile-") as tmp:
         directory = args.dir or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        rows = run(int(args.size_mib * MIB), args.budget_s, directory)
+        entries = tuple(e.strip() for e in args.entries.split(",") if e.strip())
+        unknown = sorted(set(entries) - set(ENTRIES))
+        if unknown:
+            parser.error(f"--entries: unknown {unknown}; known: {', '.join(ENTRIES)}")
+        rows = run(int(args.size_mib * MIB), args.budget_s, directory, entries)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
