@@ -1,4 +1,4 @@
-"""``rootleaf bench [cluster|codec|trimmer|leaf|hedge|hostile] ...``: one entry point for every benchmark."""
+"""``rootleaf bench [cluster|codec|trimmer|leaf|hedge|hostile|scale] ...``: one entry point for every benchmark."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ TARGETS: dict[str, str] = {
     "leaf": "benchmarks.leaf",
     "hedge": "benchmarks.hedging",
     "hostile": "benchmarks.hostile",
+    "scale": "benchmarks.scale",
 }
 DEFAULT_TARGET = "cluster"
 

@@ -66,17 +66,20 @@ class Mode:
     dedup: bool
     part: bool = False
     """One ``Leaf/ScorePartition`` call per partition (else one ``Leaf/Score`` per model)."""
+    auto: bool = False
+    """``compression = "auto"`` (LZ4 per partition when the link bounds) instead of ``lz4``."""
 
     @property
     def label(self) -> str:
-        switches = (("trim", self.trim), ("lz4", self.lz4), ("dedup", self.dedup), ("part", self.part))
+        switches = (("trim", self.trim), ("auto" if self.auto else "lz4", self.lz4), ("dedup", self.dedup),
+                    ("part", self.part))
         parts = [name for name, on in switches if on]
         return "+".join(parts) if parts else "baseline"
 
     def overrides(self) -> dict[str, Any]:
         return {
             "trim": self.trim,
-            "compression": "lz4" if self.lz4 else "none",
+            "compression": ("auto" if self.auto else "lz4") if self.lz4 else "none",
             "dedup_request_features": self.dedup,
             "partition_calls": self.part,
         }
@@ -98,6 +101,10 @@ ALL_MODES: tuple[Mode, ...] = (
     Mode(True, True, True),
     Mode(False, True, True, True),
     FULL,
+)
+# Named with --modes only: partition calls without LZ4, and with compression chosen per partition.
+EXTRA_MODES: tuple[Mode, ...] = (
+    Mode(True, False, True, True), Mode(True, True, True, True, auto=True), Mode(False, True, True, True, auto=True),
 )
 
 
@@ -262,7 +269,8 @@ class ClusterBench:
         match, max_diff = _compare(self.reference, scores)
         return {
             "trim": mode.trim,
-            "lz4": mode.lz4,
+            "lz4": mode.lz4 and not mode.auto,
+            "auto": mode.auto,
             "dedup": mode.dedup,
             "part": mode.part,
             "label": f"{variant.name}/{mode.label}" if variant and variant.name else mode.label,
@@ -448,7 +456,9 @@ def run_cluster_bench(
     store_timeout_ms: int = STORE_TIMEOUT_MS,
     max_rps_limit: float | None = None,
     tracing: Sequence[float | None] = (),
+    link_gbps: float = 0.0,
     *,
+    image: str | None = None,
     _tracing_endpoint: tuple[str, tuple[float | None, ...]] | None = None,
 ) -> dict[str, Any]:
     """Start the workload's cluster, run ``modes`` (per feature store, root worker count and
@@ -458,7 +468,8 @@ def run_cluster_bench(
         with otlp_sink(sink_dir) as endpoint:
             doc = run_cluster_bench(
                 workload, directory, modes, options, leaf_args, feature_store, cache_max_bytes, root_workers,
-                store_timeout_ms, max_rps_limit, _tracing_endpoint=(endpoint, tuple(tracing)),
+                store_timeout_ms, max_rps_limit, link_gbps=link_gbps, image=image,
+                _tracing_endpoint=(endpoint, tuple(tracing)),
             )
         doc["tracing"] = ["off" if r is None else r for r in tracing]
         doc["tracing_spans_exported"] = sink_spans(sink_dir)
@@ -471,6 +482,8 @@ def run_cluster_bench(
             Variant("/".join(p for p in (v.name, name) if p), {**v.overrides, **overrides}, leaf_args)
             for v in variants for name, overrides, leaf_args in (tracing_variant(r, endpoint) for r in ratios)
         ]
+    if link_gbps:  # what compression = "auto" weighs bytes against
+        variants = [Variant(v.name, {**v.overrides, "link_gbps": link_gbps}, v.leaf_args) for v in variants]
     for store in stores:
         if store_kind(store) != "local":
             load_redis(workload, store, options.progress)
@@ -478,7 +491,8 @@ def run_cluster_bench(
     # is started with its store on top of the cluster's (the default local) config.
     base = variants[0].overrides if len(variants) == 1 else {**store_overrides("local", cache_max_bytes), "workers": 1}
     base = {k: v for k, v in base.items() if not k.startswith("tracing.")}  # variants set it per root
-    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args)
+    cluster = LocalCluster(workload, directory, root_overrides={**base, **modes[0].overrides()}, leaf_args=leaf_args,
+                           image=image)
     cluster.start()
     try:
         doc = ClusterBench(cluster, options, max_rps_limit).run(modes, variants)
@@ -488,6 +502,7 @@ def run_cluster_bench(
     doc["feature_store"] = kinds[0] if len(kinds) == 1 else kinds
     doc["cache_max_bytes"] = cache_max_bytes
     doc["root_workers"] = list(root_workers)
+    doc["image"] = image
     return doc
 
 
@@ -501,7 +516,7 @@ def _int_list(text: str) -> list[int]:
 def parse_modes(text: str) -> list[Mode]:
     if text == "all":
         return list(ALL_MODES)
-    by_label = {m.label: m for m in ALL_MODES}
+    by_label = {m.label: m for m in (*ALL_MODES, *EXTRA_MODES)}
     out = []
     for label in text.split(","):
         if label not in by_label:
@@ -549,6 +564,7 @@ def build_parser(prog: str = "rootleaf bench cluster") -> argparse.ArgumentParse
     p.add_argument("--rounds", type=int, default=defaults.rounds,
                    help="interleaved rounds (modes in forward order, then reversed, ...); medians are reported")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--image", default=None, metavar="TAG", help="run the cluster as containers of this image")
     return p
 
 
@@ -611,8 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                             feature_store=stores, cache_max_bytes=args.cache_max_bytes,
                             root_workers=args.root_workers, store_timeout_ms=args.store_timeout_ms,
                             tracing=args.tracing,
+                            link_gbps=float(link.get("gbps", 0.0)) if link.get("shaped") else 0.0,
                             # with a link that binds, the throughput target is 3x (2x unshaped)
-                            max_rps_limit=3.0 if link.get("shaped") else None)
+                            max_rps_limit=3.0 if link.get("shaped") else None, image=args.image)
     if link:
         doc["link"] = link
     print_table(doc)

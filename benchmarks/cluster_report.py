@@ -19,7 +19,9 @@ def _find(
     modes: Sequence[Mapping[str, Any]], trim: bool, lz4: bool, dedup: bool, part: bool = False
 ) -> Mapping[str, Any] | None:
     for mode in modes:
-        if (mode["trim"], mode["lz4"], mode["dedup"], mode.get("part", False)) == (trim, lz4, dedup, part):
+        if (mode["trim"], mode["lz4"], mode["dedup"], mode.get("part", False)) == (trim, lz4, dedup, part) and not mode.get(
+            "auto", False
+        ):
             return mode
     return None
 

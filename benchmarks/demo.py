@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=None, help="open-loop req/s (default: half the baseline's max)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds per mode (medians reported)")
     p.add_argument("--verbose", action="store_true", help="log cluster start/stop details")
+    p.add_argument("--image", default=None, metavar="TAG",
+                   help="run the cluster as containers of this image (rootleaf image build; docs/image.md)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     started = time.perf_counter()
     try:
-        doc = run_cluster_bench(args.workload, args.dir, args.modes, options)
+        doc = run_cluster_bench(args.workload, args.dir, args.modes, options, image=args.image)
     except (ClusterError, WorkloadError) as exc:
         print(f"rootleaf demo: {exc}", file=sys.stderr)
         return 1

@@ -114,12 +114,12 @@ def configmap_names(package: Package) -> list[str]:
     return [bundle_configmap_name(package.name)] + ([ROOT_CONFIGMAP] if package.configs else [])
 
 
-def version_job(cfg: DeliveryConfig, verb: str, namespace: str, partition: str, model: str, version: str,
-                sha256: str, *, track: str, rollout_id: str, nonce: str) -> dict[str, Any]:
-    assert verb in ("deliver", "remove")
-    return model_job("deliver" if verb == "deliver" else "remove", namespace, partition, model, version, sha256,
-                     nonce=nonce, track=track, rollout_id=rollout_id, image=cfg.image,
-                     models_claim=cfg.models_claim, source_claim=cfg.source_claim)
+def version_job(cfg: DeliveryConfig, verb: Literal["deliver", "remove"], namespace: str, partition: str, model: str,
+                version: str, sha256: str, *, track: str, rollout_id: str, nonce: str) -> dict[str, Any]:
+    """The model-store Job ``verb`` for one version, with the plan's image and claims."""
+    return model_job(verb, namespace, partition, model, version, sha256, nonce=nonce, track=track,
+                     rollout_id=rollout_id, image=cfg.image, models_claim=cfg.models_claim,
+                     source_claim=cfg.source_claim)
 
 
 def version_target(namespace: str, claim: str, partition: str, model: str, version: str) -> str:
@@ -128,11 +128,13 @@ def version_target(namespace: str, claim: str, partition: str, model: str, versi
 
 
 def deliver_version_job(cfg: DeliveryConfig, namespace: str, partition: str, model: str, version: str,
-                        sha256: str, *, track: str, rollout_id: str, host: str) -> Change:
+                        sha256: str, *, track: str, rollout_id: str, host: str) -> tuple[Change, dict[str, Any]]:
+    """Apply the ``deliver`` Job of one version; the change to record and the Job applied."""
     job = version_job(cfg, "deliver", namespace, partition, model, version, sha256, track=track,
                       rollout_id=rollout_id, nonce=rollout_id)
     apply_objects(cfg, [job], f"{host}: apply {identity(job)}")
-    return Change(JOB, version_target(namespace, cfg.models_claim, partition, model, version), sha256, None, None, host)
+    change = Change(JOB, version_target(namespace, cfg.models_claim, partition, model, version), sha256, None, None, host)
+    return change, job
 
 
 def revert_change(cfg: DeliveryConfig, change: Change) -> None:
@@ -242,11 +244,9 @@ class KubernetesStages:
                     raise DeliveryError(f"{model} version {version} is not on leaf {leaf.target} "
                                         f"and not in --models {self.models_dir}")
                 sha = await asyncio.to_thread(tree_sha256, source)
-                change = await asyncio.to_thread(
+                change, job = await asyncio.to_thread(
                     deliver_version_job, self.cfg, leaf.namespace, leaf.partition, model, version, sha,
                     track=role_name, rollout_id=self.rollout_id, host=f"{role_name} namespace {leaf.namespace}")
-                self.rendered.append(version_job(self.cfg, "deliver", leaf.namespace, leaf.partition, model, version,
-                                                 sha, track=role_name, rollout_id=self.rollout_id,
-                                                 nonce=self.rollout_id))
+                self.rendered.append(job)
                 record(change)
         return out

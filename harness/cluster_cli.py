@@ -33,6 +33,8 @@ def _up_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=int, default=1, help="leaf processes per partition (default 1)")
     parser.add_argument("--tls-dir", default=None,
                         help="serve mutual TLS everywhere with ca.pem, server.pem/.key, client.pem/.key from DIR")
+    parser.add_argument("--image", default=None, metavar="TAG",
+                        help="run every root and leaf as a container of this image (rootleaf image build; docs/image.md)")
     return parser
 
 
@@ -48,7 +50,7 @@ def up_main(argv: list[str]) -> int:
         tls = ClusterTls.from_dir(args.tls_dir) if args.tls_dir else None
         cluster = LocalCluster(args.workload, args.dir, canary=args.canary, root_overrides=overrides,
                                startup_timeout_s=args.startup_timeout, launcher="up", replicas=args.replicas,
-                               tls=tls)
+                               tls=tls, image=args.image)
     except (ClusterError, WorkloadError) as exc:
         print(f"rootleaf up: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@
 directories (``production`` and, with ``canary=True``, ``canary``: own repositories, own
 bundle files), starts one leaf process per partition and one root per role on port 0, waits
 for gRPC health SERVING (bounded), and writes ``<dir>/cluster.json`` describing what runs.
+With ``image=TAG`` every server is a container of that image instead, on ports picked here
+(``harness.containers``); everything else, cluster.json included, is the same.
 ``rootleaf up`` and ``rootleaf down`` (``harness.cluster_cli``) wrap it. Servers are started
 only as subprocesses (``harness.processes``), never imported.
 
@@ -16,14 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from deploy.engine import Engine, EngineError, ensure_engine
 from harness.cluster_config import (
     CLUSTER_FILE, ROLES, SCHEMA_VERSION, ClusterTls, LeafInfo, RootInfo, apply_overrides, render_toml, tls_json,
 )
+from harness.containers import Mount, readable_by_image, spawn_container, writable_by_image
 from harness.demo_assets import DemoAssets, copy_tree, ensure_assets
 from harness.processes import (
     ClusterError, Proc, free_port, is_ours, pid_alive, spawn, stop_process, stop_processes, wait_port, wait_serving,
@@ -52,7 +58,11 @@ class LocalCluster:
         launcher: str = "api",
         replicas: int = 1,
         tls: ClusterTls | None = None,
+        image: str | None = None,
+        engine: Engine | None = None,
     ) -> None:
+        if image is not None and tls is not None:
+            raise ClusterError("a cluster of containers serves plaintext only: the image's HEALTHCHECK probes without TLS")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 16:
             raise ClusterError(f"replicas must be an integer in [1, 16], got {replicas!r}")
         self.workload_path = builtin_workload(str(workload)).resolve()
@@ -67,6 +77,11 @@ class LocalCluster:
         self.tls = tls
         self.client_tls = tls.client() if tls is not None else PLAINTEXT
         """What a client of this cluster (root or leaf) connects with."""
+        self.image = image
+        """Run every server as a container of this image (None: as processes)."""
+        self._engine = engine
+        self._own_engine: Engine | None = None
+        """The engine ``start()`` started (stopped again by ``stop()``)."""
         self.assets: DemoAssets | None = None
         self._leaves: dict[str, list[tuple[LeafInfo, Proc]]] = {}
         self._roots: dict[str, tuple[RootInfo, Proc]] = {}
@@ -88,6 +103,11 @@ class LocalCluster:
                 f"stop it first: rootleaf down --dir {self.directory}"
             )
         try:
+            if self.image is not None and self._engine is None:
+                try:
+                    self._engine = self._own_engine = ensure_engine(self.directory / "engine")
+                except EngineError as exc:
+                    raise ClusterError(f"--image needs a container engine: {exc}") from None
             self.assets = ensure_assets(self.workload_path, self.directory)
             deadline = time.monotonic() + self.startup_timeout_s
             pending: list[tuple[str, str, Proc, Path, tuple[str, ...]]] = []
@@ -97,7 +117,8 @@ class LocalCluster:
                     base = self.directory / role / "leaves" / partition
                     for replica in range(self.replicas):
                         metrics_port = free_port()
-                        proc = self._spawn_leaf(role, partition, models, 0, metrics_port, (), replica)
+                        port = free_port() if self.image else 0  # a container's HEALTHCHECK needs its port up front
+                        proc = self._spawn_leaf(role, partition, models, port, metrics_port, (), replica)
                         pending.append((role, partition, proc, base, models))
                         self._leaves.setdefault(role, []).append(
                             (LeafInfo(partition, "", f"http://127.0.0.1:{metrics_port}/metrics", str(base / "repo"),
@@ -139,6 +160,9 @@ class LocalCluster:
                 self.cluster_json.unlink()
         except (OSError, ValueError):
             pass
+        if self._own_engine is not None:
+            self._own_engine.close()
+            self._own_engine = self._engine = None
         if errors:
             raise errors[0]
 
@@ -166,6 +190,22 @@ class LocalCluster:
             proc.popen.kill()
         proc.popen.wait(timeout=30)
         log.info("killed %s (pid %d)", proc.name, proc.popen.pid)
+        return info
+
+    def freeze_leaf(self, partition: str, role: str = "production", replica: int = 0) -> LeafInfo:
+        """SIGSTOP ``partition``'s leaf (that replica): a hung process, not a dead one. Its
+        port stays open and the kernel still accepts connections; nothing answers. Undo with
+        ``thaw_leaf`` (``stop`` thaws every process before stopping it)."""
+        info, proc = self._leaf(partition, role, replica)
+        proc.popen.send_signal(signal.SIGSTOP)
+        log.info("froze %s (pid %d)", proc.name, proc.popen.pid)
+        return info
+
+    def thaw_leaf(self, partition: str, role: str = "production", replica: int = 0) -> LeafInfo:
+        """SIGCONT a leaf ``freeze_leaf`` stopped."""
+        info, proc = self._leaf(partition, role, replica)
+        proc.popen.send_signal(signal.SIGCONT)
+        log.info("thawed %s (pid %d)", proc.name, proc.popen.pid)
         return info
 
     def restart_leaf(
@@ -220,6 +260,7 @@ class LocalCluster:
             "state": self._state,
             "replicas": self.replicas,
             "tls": tls_json(self.client_tls),
+            "image": self.image,
             "catalog": str(self.assets.catalog),
             "feature_store": str(self.assets.store),
             "models_dir": str(self.assets.models_dir),
@@ -261,13 +302,26 @@ class LocalCluster:
         if self.tls is not None:
             tls_args = ["--tls-cert", self.tls.server_cert, "--tls-key", self.tls.server_key,
                         "--tls-client-ca", self.tls.ca_file]
-        return spawn(
+        return self._launch(
             f"{role} leaf {partition}" + (f" replica {replica}" if self.replicas > 1 else ""),
             ["harness-leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / f"{stem}.port"),
              "--models", ",".join(models), "--metrics-port", str(metrics_port), *tls_args, *self.leaf_args, *extra],
-            base / f"{stem}.log",
-            base / f"{stem}.port",
+            base, stem, port, base / "repo",
         )
+
+    def _launch(self, name: str, args: Sequence[str], own_dir: Path, stem: str, port: int, reads: Path) -> Proc:
+        """A server process, or a container of ``self.image``: the cluster directory read-only,
+        ``own_dir`` writable (port file), ``reads`` (its models or bundles) read-only."""
+        log_path, port_file = own_dir / f"{stem}.log", own_dir / f"{stem}.port"
+        if self.image is None:
+            return spawn(name, args, log_path, port_file)
+        assert self._engine is not None
+        writable_by_image(own_dir)
+        for path in (self.directory, reads):
+            readable_by_image(path)
+        mounts = [Mount(self.directory), Mount(own_dir, writable=True), Mount(reads)]
+        return spawn_container(self._engine, self.image, "rootleaf-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", name), args,
+                               log_path, port_file, port, mounts)
 
     def _prepare_role(self, role: str) -> None:
         """Fresh copies of the generated repositories and bundle files for ``role``."""
@@ -315,16 +369,16 @@ class LocalCluster:
         base.mkdir(parents=True, exist_ok=True)
         metrics_port = free_port()
         doc = self._root_config(role, overrides, metrics_port)
+        port = 0
+        if self.image is not None:
+            port = free_port()
+            doc["listen"] = f"127.0.0.1:{port}"
         config_file = base / "root.toml"
         tmp = base / ".root.toml.tmp"
         tmp.write_text(render_toml(doc), encoding="utf-8")
         tmp.replace(config_file)
-        proc = spawn(
-            f"{role} root",
-            ["root", "--config", str(config_file), "--port-file", str(base / "root.port")],
-            base / "root.log",
-            base / "root.port",
-        )
+        proc = self._launch(f"{role} root", ["root", "--config", str(config_file), "--port-file", str(base / "root.port")],
+                            base, "root", port, base / "bundles")
         self._roots[role] = (RootInfo("", "", "", "", {}, proc.popen.pid, str(proc.log_path)), proc)
         self._write_description()  # the new pid, before waiting on it
         port = wait_port(proc, deadline)

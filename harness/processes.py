@@ -1,6 +1,9 @@
 """Process control for the local cluster: spawning servers with a port file, waiting on
 ports and gRPC health (bounded), and stopping them (terminate -> wait -> kill).
 
+A server is controlled through a ``Handle``: a ``subprocess.Popen`` here, or a container
+(``harness.containers``), which has the same methods and is stopped by its name.
+
 Children get SIGTERM when the launcher's process dies (``transport.parent_death``), so a
 crashed launcher leaves no orphans. Functions run on the caller's thread.
 """
@@ -16,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,10 +61,25 @@ def is_ours(pid: int) -> bool:
     return b"rootleaf" in cmdline
 
 
+class Handle(Protocol):
+    """What a server is controlled by (``subprocess.Popen``'s methods of that name)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Proc:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Handle
+    """The process, or the container (``harness.containers.Container``)."""
     log_path: Path
     port_file: Path
 
@@ -135,19 +153,19 @@ def wait_serving(
                     raise ClusterError(f"{target}: health check failed: {exc.code().name} {exc.details()}") from None
 
 
-def stop_process(popen: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+def stop_process(popen: Handle, grace_s: float = 10.0) -> None:
     """terminate -> wait (bounded) -> kill -> wait."""
     stop_processes([popen], grace_s)
 
 
-def stop_processes(popens: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+def stop_processes(popens: Sequence[Handle], grace_s: float = 10.0) -> None:
     """Stop several processes together: terminate all, wait (one shared bound), kill the rest.
 
     Every process is signalled and waited for even when handling another one raises; the
     first error is raised once all of them had their turn."""
     errors: list[BaseException] = []
 
-    def each(action: Any, targets: Sequence[subprocess.Popen[bytes]]) -> None:
+    def each(action: Any, targets: Sequence[Handle]) -> None:
         for popen in targets:
             try:
                 action(popen)
@@ -156,9 +174,11 @@ def stop_processes(popens: Sequence[subprocess.Popen[bytes]], grace_s: float = 1
                 errors.append(exc)
 
     each(lambda p: p.poll() is None and p.terminate(), popens)
+    # A stopped process (a frozen-leaf fault) handles SIGTERM only once it runs again.
+    each(lambda p: p.poll() is None and p.send_signal(signal.SIGCONT), popens)
     deadline = time.monotonic() + grace_s
 
-    def wait_or_kill(popen: subprocess.Popen[bytes]) -> None:
+    def wait_or_kill(popen: Handle) -> None:
         try:
             popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:

@@ -4,7 +4,8 @@ Starts a ``LocalCluster`` (ci workload by default), drives it with a ``LoadProce
 closed-loop client in its own process) for M minutes while the fault schedule runs: a leaf SIGKILLed and
 restarted on its port, an allowlist reload storm (10% of rewrites corrupt or half-written),
 a slow-leaf phase (the leaf restarted with an injected delay longer than the deadline, then
-restored), a model version rollout and rollback, with steady gaps between them. Each
+restored), a model version rollout and rollback, a frozen leaf (SIGSTOP: a hung process,
+not a dead one, then SIGCONT), with steady gaps between them (``--faults`` picks some). Each
 partition runs ``--replicas`` leaf processes (2 by default) and leaf faults hit one replica
 at a time. Afterwards it prints a table (requests sent, succeeded, failed by code, reloads,
 corrupt reloads, leaf kills, lost), the same per fault kind (success rate, failures by code,
@@ -44,7 +45,7 @@ from transport.tls import TlsConfig, sync_channel
 
 log = logging.getLogger("rootleaf.soak")
 
-FAULTS = ("leaf_kill", "storm", "slow_leaf", "rollout")
+FAULTS = ("leaf_kill", "storm", "slow_leaf", "rollout", "frozen_leaf")
 WAIT_S = 60.0
 """Bound on every wait of the schedule (a leaf listing a version, the root reporting a hash)."""
 
@@ -55,6 +56,7 @@ class FaultLog:
 
     leaf_kills: int = 0
     slow_phases: int = 0
+    frozen_phases: int = 0
     storms: int = 0
     rollouts: int = 0
     events: list[str] = field(default_factory=list)
@@ -80,7 +82,7 @@ class SoakOptions:
     down_s: float = 2.0
     """How long a killed leaf stays down."""
     slow_s: float = 3.0
-    """How long a slow-leaf phase (and a rolled-out version) lasts."""
+    """How long a slow-leaf phase (a frozen leaf, a rolled-out version) lasts."""
     gap_s: float = 3.0
     """Steady load between faults."""
     seed: int = 0
@@ -88,8 +90,12 @@ class SoakOptions:
     """Offered requests per second (0 = closed loop, as fast as answers come back)."""
     replicas: int = 2
     """Leaf processes per partition; faults hit one replica at a time."""
+    faults: tuple[str, ...] = FAULTS
+    """The fault kinds the schedule cycles through, in this order."""
 
     def __post_init__(self) -> None:
+        if not self.faults or set(self.faults) - set(FAULTS) or len(set(self.faults)) != len(self.faults):
+            raise ValueError(f"faults must be distinct names from {FAULTS}, got {self.faults!r}")
         if not self.minutes > 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes!r}")
         for name in ("concurrency", "deadline_ms", "storm_rewrites", "replicas"):
@@ -168,7 +174,7 @@ def _served_again(load: LoadProcess, models: Sequence[str], since: float) -> Non
 def _run_faults(
     cluster: LocalCluster, storm: AllowlistStorm, opts: SoakOptions, until: float, load: LoadProcess
 ) -> FaultLog:
-    """The fault schedule: cycles through FAULTS with steady gaps until ``until`` (monotonic),
+    """The fault schedule: cycles through the faults with steady gaps until ``until`` (monotonic),
     each fault at least once, each leaf fault on one replica (rotating); the fault in
     progress at that time finishes, so every leaf is up when it returns. A leaf fault's phase
     ends once the root serves the partition again."""
@@ -185,13 +191,14 @@ def _run_faults(
     def note(text: str) -> None:
         faults.note(started, text)
 
+    kinds = opts.faults
     for i in range(1_000_000):
         pause(opts.gap_s)
-        if time.monotonic() >= until and i >= len(FAULTS):  # every fault runs at least once
+        if time.monotonic() >= until and i >= len(kinds):  # every fault runs at least once
             break
-        fault = FAULTS[i % len(FAULTS)]
+        fault = kinds[i % len(kinds)]
         partition = rng.choice(partitions)
-        replica = (i // len(FAULTS)) % opts.replicas
+        replica = (i // len(kinds)) % opts.replicas
         begin = time.monotonic()
         if fault == "leaf_kill":
             note(f"SIGKILL leaf {partition} replica {replica}")
@@ -214,6 +221,16 @@ def _run_faults(
             cluster.restart_leaf(partition, replica=replica)
             _served_again(load, models_of[partition], time.monotonic())
             note(f"leaf {partition} replica {replica} fast again and served")
+        elif fault == "frozen_leaf":
+            note(f"SIGSTOP leaf {partition} replica {replica}")
+            cluster.freeze_leaf(partition, replica=replica)
+            faults.frozen_phases += 1
+            try:
+                time.sleep(opts.slow_s)  # the replica stays frozen this long
+            finally:
+                cluster.thaw_leaf(partition, replica=replica)
+            _served_again(load, models_of[partition], time.monotonic())
+            note(f"leaf {partition} replica {replica} SIGCONT and served again")
         else:
             _rollout(cluster, storm, partition, opts.slow_s, note)
             faults.rollouts += 1
@@ -265,6 +282,7 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
         "leaf_kills": faults.leaf_kills,
         "lost": stats.lost,
         "slow_phases": faults.slow_phases,
+        "frozen_phases": faults.frozen_phases,
         "storms": faults.storms,
         "rollouts": faults.rollouts,
         "model_results": dict(sorted(stats.model_results.items())),
@@ -291,6 +309,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("corrupt reloads", report["corrupt_reloads"]),
         ("leaf kills", report["leaf_kills"]),
         ("slow-leaf phases", report["slow_phases"]),
+        ("frozen-leaf phases", report["frozen_phases"]),
         ("version rollouts", report["rollouts"]),
         ("lost", report["lost"]),
         ("leaf requests checked", report["leaf_requests_recorded"]),
@@ -302,13 +321,16 @@ def format_table(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value:>10}" for name, value in rows]
     lines.append("")
-    lines.append(f"{'phase':<10} {'requests':>8} {'success':>9} {'p50 ms':>7} {'p99 ms':>7} {'others':>8}  failed")
+    lines.append(f"{'phase':<11} {'requests':>8} {'success':>9} {'p50 ms':>7} {'p99 ms':>7} {'others':>8} "
+                 f"{'in p99':>8}  failed")
     for kind, row in report["by_fault"].items():
-        others = row["other_partitions_served_rate"]
+        others, fast = row["other_partitions_served_rate"], row["other_partitions_within_steady_p99_rate"]
         lines.append(
-            f"{kind:<10} {row['requests']:>8} {100 * row['success_rate']:>8.3f}% {row['p50_ms']:>7} {row['p99_ms']:>7} "
-            f"{'-' if others is None else f'{100 * others:.2f}%':>8}  {row['failed_by_code'] or ''}"
+            f"{kind:<11} {row['requests']:>8} {100 * row['success_rate']:>8.3f}% {row['p50_ms']:>7} {row['p99_ms']:>7} "
+            f"{'-' if others is None else f'{100 * others:.2f}%':>8} {'-' if fast is None else f'{100 * fast:.2f}%':>8}"
+            f"  {row['failed_by_code'] or ''}"
         )
+    lines.append("others: other partitions' model results served; in p99: ... and within the steady p99")
     lines.append("targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in report["targets"].items()))
     return "\n".join(lines)
 
@@ -326,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-s", type=float, default=3.0, help="steady load between faults")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replicas", type=int, default=2, help="leaf processes per partition (default 2)")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated fault kinds to cycle through (default: all of {','.join(FAULTS)})")
     return p
 
 
@@ -334,7 +358,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         opts = SoakOptions(args.minutes, args.concurrency, args.deadline_ms, args.storm_rewrites,
-                           gap_s=args.gap_s, seed=args.seed, rate=args.rate, replicas=args.replicas)
+                           gap_s=args.gap_s, seed=args.seed, rate=args.rate, replicas=args.replicas,
+                           faults=tuple(f.strip() for f in args.faults.split(",") if f.strip()))
     except ValueError as exc:
         print(f"rootleaf soak: {exc}", file=sys.stderr)
         return 2

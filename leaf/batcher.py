@@ -234,7 +234,9 @@ class Batcher:
             del self._queued_candidates[version]
         return items
 
-    def _execute(self, version: LoadedVersion, items: list[_Item]) -> None:
+    def _execute(self, version: LoadedVersion, items: list[_Item], rerun: bool = False) -> None:
+        """Run ``items`` in one forward; ``rerun``: each again alone after their merged
+        forward failed (their queue time was counted with that one)."""
         if not items:
             return
         series = version.series
@@ -242,8 +244,9 @@ class Batcher:
         series.batch_candidates.observe(candidates)
         series.batch_requests.observe(len(items))
         now = time.monotonic()
-        for item in items:
-            series.queue_stage.observe(now - item.enqueued)
+        if not rerun:
+            for item in items:
+                series.queue_stage.observe(now - item.enqueued)
         forward_started = tracing.clock()
         try:
             inputs = self._placement.gather([item.staged for item in items], version.signature.input_names)
@@ -257,7 +260,7 @@ class Batcher:
                     len(items), version.model, version.version, exc,
                 )
                 for item in items:
-                    self._execute(version, [item])
+                    self._execute(version, [item], rerun=True)
                 return
             if not isinstance(exc, ModelFailed):
                 raise
@@ -268,6 +271,7 @@ class Batcher:
             forward_ended = tracing.clock()
             batch = {"batch.requests": len(items), "batch.candidates": candidates}
             for item in items:
+                # (a rerun's queue span runs to its own forward: the failed merged one records none)
                 tracing.record("queue", item.enqueued_ns, end_ns=forward_started, parent=item.trace)
                 tracing.record("forward", forward_started, batch, end_ns=forward_ended, parent=item.trace)
         for item, value in zip(items, results):

@@ -20,7 +20,7 @@ from transport.tls import PLAINTEXT, TlsConfig
 from transport.tracing import TracingConfig
 from wire.codec import DEFAULT_LIMITS, largest_tensors_bytes
 
-COMPRESSIONS = ("lz4", "none")
+COMPRESSIONS = ("lz4", "none", "auto")
 STORE_KINDS = ("local", "redis", "redis-cluster")
 CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
 STORE_ERROR_POLICIES = ("fail", "defaults")
@@ -198,6 +198,32 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionTimeoutConfig:
+    """``[partition_timeout]``: how long one attempt of a leaf partition call may take, on the
+    partition's own terms, however long the client's deadline (``root.partition_timeout``)."""
+
+    p99_multiple: float = 4.0
+    """The timeout is this many times the partition's recent p99 (of answered calls)."""
+    floor_ms: int = 250
+    """Never less than this (a partition answering in 1 ms still gets it)."""
+    cap_ms: int = 2000
+    """Never more than this; also the timeout until the partition has answered enough calls
+    to have a p99. ``floor_ms = cap_ms`` gives a fixed timeout."""
+
+    def __post_init__(self) -> None:
+        multiple = self.p99_multiple
+        if isinstance(multiple, bool) or not isinstance(multiple, (int, float)) or not 1.0 <= multiple <= 1000.0:
+            raise ValueError(f"partition_timeout.p99_multiple must be a number in [1, 1000], got {multiple!r}")
+        object.__setattr__(self, "p99_multiple", float(multiple))
+        _check_int("partition_timeout", "floor_ms", self.floor_ms, 1)
+        _check_int("partition_timeout", "cap_ms", self.cap_ms, 1)
+        if self.cap_ms < self.floor_ms:
+            raise ValueError(
+                f"partition_timeout.cap_ms must be >= floor_ms ({self.floor_ms}), got {self.cap_ms!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class RootConfig:
     """Everything a root needs to serve."""
 
@@ -217,7 +243,12 @@ class RootConfig:
     """Send each model only its allowlisted features; false = every model gets every fetched
     feature and the full catalog is fetched (the baseline)."""
     compression: str = "lz4"
-    """Per-tensor payload compression: ``lz4`` (adaptive) or ``none``."""
+    """Per-tensor payload compression: ``lz4`` (adaptive), ``none``, or ``auto``: per
+    partition, LZ4 when the link bounds rather than the CPU (``root.compression_policy``;
+    needs ``link_gbps``; per-model calls use LZ4)."""
+    link_gbps: float = 0.0
+    """The root's egress toward its leaves, Gbit/s, for ``compression = "auto"`` (0 = not
+    known: the link is taken never to bound and nothing is compressed)."""
     dedup_request_features: bool = True
     """Send request-level features once as ``[1, ...]``; false tiles them to ``[N, ...]``."""
     partition_calls: bool = True
@@ -256,6 +287,8 @@ class RootConfig:
     (``{"trimming_off": ["*"]}``; README, "The Feature Trimmer"); None = no kill switch."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
+    partition_timeout: PartitionTimeoutConfig = field(default_factory=PartitionTimeoutConfig)
+    """How long one attempt of a partition call may take (whatever the client's deadline)."""
     tls: TlsConfig = PLAINTEXT
     """``[tls]``: the root's server side (cert_file + key_file; client_ca_file = mutual TLS)."""
     leaf_tls: TlsConfig = PLAINTEXT
@@ -276,6 +309,8 @@ class RootConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "catalog", Path(self.catalog))
+        if not isinstance(self.partition_timeout, PartitionTimeoutConfig):
+            raise ValueError(f"partition_timeout must be a PartitionTimeoutConfig, got {self.partition_timeout!r}")
         for name in ("tls", "leaf_tls"):
             if not isinstance(getattr(self, name), TlsConfig):
                 raise ValueError(f"{name} must be a TlsConfig, got {getattr(self, name)!r}")
@@ -297,6 +332,10 @@ class RootConfig:
         _check_bool("root", "partition_calls", self.partition_calls)
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        link = self.link_gbps
+        if isinstance(link, bool) or not isinstance(link, (int, float)) or not 0.0 <= link <= 1e6:
+            raise ValueError(f"link_gbps must be a number in [0, 1e6], got {link!r}")
+        object.__setattr__(self, "link_gbps", float(link))
         _check_int("root", "default_deadline_ms", self.default_deadline_ms, 1)
         _check_int("root", "max_candidates", self.max_candidates, 1)
         _check_int("root", "max_models", self.max_models, 1)
@@ -373,9 +412,14 @@ class RootConfig:
             "status_detail": str(self.status_detail).lower(),
             "reflection": str(self.reflection).lower(),
             "hedging": str(self.hedging).lower(),
+            "partition_timeout": _timeout_rule(self.partition_timeout),
             "shadow": f"{self.shadow.target} sample {self.shadow.sample:g}" if self.shadow.enabled else "off",
             "tracing": f"sample_ratio={self.tracing.sample_ratio}" if self.tracing.enabled else "off",
         }
+
+
+def _timeout_rule(cfg: PartitionTimeoutConfig) -> str:
+    return f"{cfg.p99_multiple:g}x p99 in [{cfg.floor_ms}, {cfg.cap_ms}] ms"
 
 
 def _tls_mode(tls: TlsConfig, mutual: str) -> str:
@@ -384,7 +428,7 @@ def _tls_mode(tls: TlsConfig, mutual: str) -> str:
 
 _TOP_KEYS = {f.name for f in fields(RootConfig)}
 _SECTION_TYPES: dict[str, type] = {"feature_store": FeatureStoreConfig, "cache": CacheConfig, "shadow": ShadowConfig,
-                                   "tracing": TracingConfig}
+                                   "tracing": TracingConfig, "partition_timeout": PartitionTimeoutConfig}
 _TLS_SECTIONS = ("tls", "leaf_tls")
 _PARTITION_KEYS = {"targets", "models"}
 

@@ -2,8 +2,11 @@
 
 ``GrpcLeafClient`` keeps one ``grpc.aio`` channel per target (TLS when configured), sends
 the pre-assembled request bytes as they are (identity request serializer), round-robins over
-the targets that passed the last health check, and retries once on another target when a
-call finds its target UNAVAILABLE and time remains. It also knows which model versions each
+the targets that passed the last health check, and bounds each attempt by the partition's
+own timeout as well as the caller's deadline (``root.partition_timeout``: a hung leaf costs
+a call that long, not the client's deadline); it retries once on another target when an
+attempt finds its target UNAVAILABLE, or ran out of the partition's timeout, and the
+caller's deadline leaves time. It also knows which model versions each
 target has loaded (``Leaf/ListModels`` at every health round) and sends a request naming a
 version only to targets that have it, so replicas that briefly disagree during a rollout
 never get a request trimmed for a version they do not run; a target that answers
@@ -35,8 +38,10 @@ from protos.rootleaf.v1 import leaf_pb2
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 from transport.server import GRPC_OPTIONS
 from root import metrics
+from root.config import PartitionTimeoutConfig
 from root.errors import LeafCallError
-from root.hedging import TargetLatency
+from root.hedging import TargetLatency, counts_against
+from root.partition_timeout import Attempt, PartitionTimeout
 
 log = logging.getLogger(__name__)
 _FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION.value[0]
@@ -104,6 +109,15 @@ def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
     return LeafCallError(code, exc.details() or code.name)
 
 
+class _Race:
+    """A hedged call's two copies: ``won`` once one answered (the other is then overtaken)."""
+
+    __slots__ = ("won",)
+
+    def __init__(self) -> None:
+        self.won = False
+
+
 class GrpcLeafClient:
     """Leaf partition reached over gRPC, round-robin over its targets."""
 
@@ -115,6 +129,7 @@ class GrpcLeafClient:
         tls: TlsConfig = PLAINTEXT,
         hedging: bool = False,
         name: str = "",
+        timeout: PartitionTimeoutConfig = PartitionTimeoutConfig(),
     ) -> None:
         if not targets:
             raise ValueError("GrpcLeafClient needs at least one target")
@@ -122,6 +137,8 @@ class GrpcLeafClient:
         self.name = name
         self.latency: TargetLatency | None = TargetLatency(len(self.targets)) if hedging else None
         """Observed latency per target (choice and hedging); None = plain round-robin."""
+        self.timeout = PartitionTimeout(timeout)
+        """The partition's own timeout for each attempt (``root.partition_timeout``)."""
         channel_options = [*GRPC_OPTIONS, ("grpc.lb_policy_name", "round_robin"), *RECONNECT_OPTIONS, *options]
         self._channels = [aio_channel(t, tls, channel_options) for t in self.targets]
         self._score = [
@@ -193,7 +210,6 @@ class GrpcLeafClient:
     async def score(
         self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
     ) -> leaf_pb2.LeafResponse:
-        deadline = time.monotonic() + timeout_s
         index = self._pick(model=model, version=version)
         if index is None:
             raise self._unroutable(model, version)
@@ -202,66 +218,92 @@ class GrpcLeafClient:
             if version:
                 self._strike(target, model, version)
 
-        try:
-            response: leaf_pb2.LeafResponse
-            response, index = await self._first_answer(
-                self._score, index, payload, deadline, lambda i: self._pick(exclude=i, model=model, version=version),
-                refused=refused,
-            )
-            return response
-        except grpc.aio.AioRpcError as exc:
-            error = _error_of(exc)
-            remaining = deadline - time.monotonic()
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
-                self._strike(index, model, version)
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.targets) == 1 or remaining <= 0:
-                raise error from None
-        # One retry on another target: the first was unreachable, the request never ran there.
-        if index in self._healthy:
-            self._healthy.remove(index)
-            self._update_served()
-        index = self._pick(exclude=index, model=model, version=version)
-        if index is None:
-            raise error
-        try:
-            response = await self._timed(self._score, index, payload, remaining)
-            return response
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
-                self._strike(index, model, version)
-            raise _error_of(exc) from None
+        def other(index: int, timed_out: bool = False) -> int | None:
+            return self._pick(exclude=index, model=model, version=version)
+
+        response: leaf_pb2.LeafResponse = await self._call(
+            self._score, index, payload, timeout_s, other, other, refused=refused
+        )
+        return response
 
     async def score_partition(
         self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
     ) -> leaf_pb2.PartitionResponse:
-        deadline = time.monotonic() + timeout_s
         index = self._pick(models=models)
         assert index is not None  # without a version filter some target is always chosen
-        try:
-            response: leaf_pb2.PartitionResponse
-            response, index = await self._first_answer(
-                self._score_partition, index, payload, deadline,
-                lambda i: self._pick(exclude=i, models=models, all_models=True),
-                refused_in=lambda response, i: self._strike_refusals(response, i, models),
-            )
-        except grpc.aio.AioRpcError as exc:
-            error = _error_of(exc)
-            remaining = deadline - time.monotonic()
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or len(self.targets) == 1 or remaining <= 0:
-                raise error from None
-            # One retry on another target: the first was unreachable, the request never ran there.
-            if index in self._healthy:
-                self._healthy.remove(index)
-                self._update_served()
-            index = self._pick(exclude=index, models=models)
-            if index is None:
-                raise error from None
-            try:
-                response = await self._timed(self._score_partition, index, payload, remaining)
-            except grpc.aio.AioRpcError as retry_exc:
-                raise _error_of(retry_exc) from None
-            self._strike_refusals(response, index, models)
+        response: leaf_pb2.PartitionResponse = await self._call(
+            self._score_partition, index, payload, timeout_s,
+            lambda i: self._pick(exclude=i, models=models, all_models=True),
+            # Unreachable: any other target (one that lacks a version refuses just that
+            # model); timed out (it may still answer): only one known to have every version.
+            lambda i, timed_out: self._pick(exclude=i, models=models, all_models=timed_out),
+            refused_in=lambda response, i: self._strike_refusals(response, i, models),
+        )
         return response
+
+    async def _call(
+        self,
+        stubs: Sequence[Any],
+        index: int,
+        payload: bytes,
+        timeout_s: float,
+        pick_other: Callable[[int], int | None],
+        pick_retry: Callable[[int, bool], int | None],
+        *,
+        refused: Callable[[int], None] | None = None,
+        refused_in: Callable[[Any, int], bool] | None = None,
+    ) -> Any:
+        """A call to ``index`` (hedged: ``_first_answer``), each attempt bounded by the
+        partition's timeout and the caller's ``timeout_s``, and at most one retry on
+        ``pick_retry(index, timed_out)`` (see ``_retry``). A target that refuses a version
+        is reported to ``refused`` (an RPC error) or ``refused_in`` (replies in an answer)."""
+        deadline = time.monotonic() + timeout_s
+        attempt = self.timeout.attempt_deadline(deadline)
+        try:
+            answer, index = await self._first_answer(
+                stubs, index, payload, attempt, pick_other, refused=refused, refused_in=refused_in
+            )
+            return answer
+        except grpc.aio.AioRpcError as exc:
+            error = self._call_error(exc, attempt)
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
+                refused(index)
+            if not self._retry(exc, attempt, index, deadline):
+                raise error from None
+            retry = pick_retry(index, exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+            if retry is None:
+                raise error from None
+        attempt = self.timeout.attempt_deadline(deadline)
+        try:
+            answer = await self._start(stubs, retry, payload, attempt)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
+                refused(retry)
+            raise self._call_error(exc, attempt) from None
+        if refused_in is not None:
+            refused_in(answer, retry)
+        return answer
+
+    def _retry(self, exc: grpc.aio.AioRpcError, attempt: Attempt, index: int, deadline: float) -> bool:
+        """Whether a failed first attempt goes once more to another target: when its target
+        was unreachable (the request never ran there; it is struck off until the next health
+        round), or the partition's own timeout ended it (scoring is idempotent) and the
+        caller's deadline leaves time."""
+        code = exc.code()
+        if code == grpc.StatusCode.UNAVAILABLE and index in self._healthy and len(self.targets) > 1:
+            self._healthy.remove(index)
+            self._update_served()
+        own_timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt.own
+        return (code == grpc.StatusCode.UNAVAILABLE or own_timeout) and len(self.targets) > 1 \
+            and deadline > time.monotonic()
+
+    def _call_error(self, exc: grpc.aio.AioRpcError, attempt: Attempt) -> LeafCallError:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and attempt.own:
+            return LeafCallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer within the partition timeout ({1000 * self.timeout.timeout_s():.0f} ms now)",
+            )
+        return _error_of(exc)
 
     def _strike_refusals(
         self, response: leaf_pb2.PartitionResponse, index: int, models: Sequence[tuple[str, str]]
@@ -275,28 +317,50 @@ class GrpcLeafClient:
                 refusals = True
         return refusals
 
-    async def _timed(self, stubs: Sequence[Any], index: int, payload: bytes, timeout_s: float) -> Any:
-        """One call through ``stubs[index]``, its latency observed (a call cut short by its
-        hedge or its deadline counts longer: see ``root.hedging``)."""
+    def _start(
+        self, stubs: Sequence[Any], index: int, payload: bytes, attempt: Attempt, race: _Race | None = None,
+        name: str = "root-leaf-call",
+    ) -> asyncio.Task[Any]:
+        """``_timed`` as a task, counted in flight on its target from now until it is done
+        (so the next pick, even within the same loop turn, sees it)."""
+        task = asyncio.create_task(self._timed(stubs, index, payload, attempt, race), name=name)
+        latency = self.latency
+        if latency is not None:
+            latency.begin(index)
+            task.add_done_callback(lambda _: latency.end(index))
+        return task
+
+    async def _timed(
+        self, stubs: Sequence[Any], index: int, payload: bytes, attempt: Attempt, race: _Race | None = None
+    ) -> Any:
+        """One call through ``stubs[index]`` until ``attempt`` ends, its latency observed: an
+        answer for the partition's timeout and the target's mean, a call its hedge
+        overtook (``race``) and a failure that ``counts_against`` the target for its mean
+        only (see ``root.hedging``); nothing else, so no caller's deadline steers the choice."""
         started = time.monotonic()
-        ok = overtaken = False
+        latency = self.latency
         try:
-            response = await stubs[index](payload, timeout=timeout_s)
-            ok = True
-            return response
+            response = await stubs[index](payload, timeout=attempt.remaining())
         except asyncio.CancelledError:
-            overtaken = True  # its hedge answered first (or the whole request was cancelled)
+            if latency is not None and race is not None and race.won:  # not the caller cancelling
+                latency.observe(index, time.monotonic() - started, ok=False, overtaken=True)
             raise
-        finally:
-            if self.latency is not None:
-                self.latency.observe(index, time.monotonic() - started, ok, overtaken)
+        except grpc.aio.AioRpcError as exc:
+            if latency is not None and counts_against(exc.code(), attempt.own):
+                latency.observe(index, time.monotonic() - started, ok=False)
+            raise
+        elapsed = time.monotonic() - started
+        self.timeout.observe(elapsed)
+        if latency is not None:
+            latency.observe(index, elapsed)
+        return response
 
     async def _first_answer(
         self,
         stubs: Sequence[Any],
         index: int,
         payload: bytes,
-        deadline: float,
+        attempt: Attempt,
         pick_other: Callable[[int], int | None],
         *,
         refused: Callable[[int], None] | None = None,
@@ -307,18 +371,19 @@ class GrpcLeafClient:
         that gave it) and the other call is cancelled. A hedge refused FAILED_PRECONDITION is
         reported to ``refused``. Every answer is shown to ``refused_in(answer, target)``; one
         for which it is true (it refuses a version in its replies) wins only if the other
-        copy fails too. Raises the primary's ``AioRpcError`` when both fail."""
-        remaining = deadline - time.monotonic()
+        copy fails too. Both copies end with ``attempt``. Raises the primary's
+        ``AioRpcError`` when both fail."""
         latency = self.latency
         delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
-        if latency is None or delay is None or delay >= remaining:
+        if latency is None or delay is None or delay >= attempt.remaining():
             if latency is not None:
                 latency.record_call(hedged=False)
-            answer = await self._timed(stubs, index, payload, remaining)
+            answer = await self._start(stubs, index, payload, attempt)
             if refused_in is not None:
                 refused_in(answer, index)
             return answer, index
-        primary = asyncio.create_task(self._timed(stubs, index, payload, remaining), name="root-leaf-call")
+        race = _Race()
+        primary = self._start(stubs, index, payload, attempt, race)
         started: dict[asyncio.Task[Any], int] = {primary: index}
         try:
             done, _ = await asyncio.wait(started, timeout=delay)
@@ -326,9 +391,8 @@ class GrpcLeafClient:
             latency.record_call(hedged=other is not None)
             if other is not None:
                 metrics.LEAF_HEDGES.labels(self.name).inc()
-                hedge = asyncio.create_task(
-                    self._timed(stubs, other, payload, deadline - time.monotonic()), name="root-leaf-hedge"
-                )
+                # No race for the hedge: cancelled when the primary answers first, it had less time.
+                hedge = self._start(stubs, other, payload, attempt, name="root-leaf-hedge")
                 started[hedge] = other
             pending = set(started)
             refusing: tuple[Any, int] | None = None
@@ -338,6 +402,7 @@ class GrpcLeafClient:
                     error = task.exception()
                     if error is None:
                         if refused_in is None or not refused_in(task.result(), started[task]):
+                            race.won = task is not primary  # the primary, cancelled below, was overtaken
                             return task.result(), started[task]
                         refusing = refusing or (task.result(), started[task])
                     elif task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \

@@ -4,8 +4,10 @@ A partition target may name many pods (``dns:///leaf-ads.ns.svc:50051`` behind a
 Service); a health Check on that channel reaches whichever pod the balancer picks, so it
 says nothing about the others. ``PartitionProber`` resolves ``dns:///`` targets to all their
 addresses each round and checks each address on its own channel (plain ``host:port`` targets
-are one address). The result goes to ``Root/Status``, metrics and logs; it never decides the
-root's own readiness: a root with a partition down still serves every other partition.
+are one address). The result goes to ``Root/Status``, metrics and logs, and a partition with
+no serving address has its models failed UNAVAILABLE at once (``down``) instead of calling
+it; it never decides the root's own readiness: a root with a partition down still serves
+every other partition.
 Routing among targets stays with the leaf clients. State is owned by the root's event loop.
 """
 
@@ -102,6 +104,12 @@ class PartitionProber:
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
         self.last: dict[str, PartitionHealth] = {}
         """The last round per partition (empty until the first)."""
+
+    def down(self, name: str) -> bool:
+        """Whether the last round found no serving address for partition ``name`` (False
+        before the first round)."""
+        part = self.last.get(name)
+        return part is not None and part.serving == 0
 
     async def _resolve(self, target: str) -> tuple[list[tuple[str, str]], str]:
         """``[(address, server_name), ...]`` and an error text when resolution failed."""

@@ -5,7 +5,11 @@ first (``root.versions``). The feature fetch (cache, then one
 batched store call per entity) happens on the loop; tensor encoding and per-model request
 assembly (CPU-bound, LZ4 releases the GIL) run in the ``root-encode`` thread pool; all
 leaf calls go out concurrently and each model gets its own result, so one failing or slow
-partition affects only its models. Cancelling ``score`` cancels outstanding leaf calls.
+partition affects only its models: a partition whose last health round found no serving
+address fails its models UNAVAILABLE at once (``partition_down``), and every other call is
+bounded by its partition's own timeout as well as by the client's deadline
+(``root.partition_timeout``, applied by the leaf client). Cancelling ``score`` cancels
+outstanding leaf calls.
 
 Allowlist names that are neither in the catalog nor supplied by the client are skipped and
 counted (``rootleaf_root_unknown_allowlist_features_total{model}``): the request still goes
@@ -20,12 +24,12 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
 
-from wire.codec import decode as decode_tensor
+from wire.codec import Compression, decode as decode_tensor
 from wire.frames import TensorFramer
 from wire.pack import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
@@ -34,6 +38,7 @@ from transport import tracing
 from root.assembly import (
     EncodedFeatures,
     LeafPayload,
+    PackedFeatures,
     PartitionLayout,
     PartitionPayload,
     build_partition_payload,
@@ -44,6 +49,7 @@ from root.assembly import (
     partition_layout,
 )
 from root.catalog import Entity, FeatureCatalog
+from root.compression_policy import AutoCompression
 from root.config import RootConfig
 from root.errors import (
     DeadlineExceeded,
@@ -68,6 +74,11 @@ log = logging.getLogger(__name__)
 # (1 s deadline, a slow leaf, both cores busy with other work).
 DEADLINE_RESERVE_S = 0.100
 DEADLINE_RESERVE_FRACTION = 0.1
+# Also kept back: up to 1% of the remaining time, because the root's view of the client's
+# deadline is rounded up. The grpc-timeout header keeps at most 3 significant digits and gRPC
+# rounds up (a 20 s deadline arrived as 20.1 s), so with the reserve alone a leaf call that
+# ran to its end answered after the client had given up on the whole call.
+DEADLINE_ROUNDING_FRACTION = 0.01
 # Resolutions of a model per call: the first, plus re-resolves after a leaf refused the
 # version (each after a refresh of the partition's versions, within the deadline).
 VERSION_ATTEMPTS = 3
@@ -114,6 +125,7 @@ class ScoreEngine:
         allowlists: Allowlists,
         leaves: Mapping[str, LeafClient],
         encode_executor: Executor | None = None,
+        partition_down: Callable[[str], bool] = lambda partition: False,
     ) -> None:
         missing = set(config.partitions) - set(leaves)
         if missing:
@@ -124,13 +136,18 @@ class ScoreEngine:
         self.allowlists = allowlists
         self.leaves = leaves
         self._executor = encode_executor
+        self._partition_down = partition_down
         self._partition_of = {m: p.name for p in config.partitions.values() for m in p.models}
         self._versions = VersionResolver(allowlists, leaves, self._partition_of, trim=config.trim)
         self._all_names = tuple(catalog.names())
         self._in_flight = 0
         # Serialised tensor headers, reused across requests (used by the encode threads).
-        self._framer = TensorFramer(config.compression)
-        self._packer = TensorPacker(config.compression)
+        # ``auto`` chooses per partition call (root.compression_policy); per-model calls use LZ4.
+        fixed = Compression.LZ4 if config.compression == "auto" else Compression(config.compression)
+        self._framer = TensorFramer(fixed)
+        self._compression = fixed
+        self._packers = {c: TensorPacker(c) for c in (Compression.LZ4, Compression.NONE)}
+        self._auto = AutoCompression(config.link_gbps) if config.compression == "auto" else None
         self._layouts: dict[tuple[tuple[str, ...], tuple[frozenset[str] | None, ...]], PartitionLayout] = {}
         # Requested models grouped by partition, per tuple of requested names (call order
         # within a partition follows the request).
@@ -396,7 +413,8 @@ class ScoreEngine:
 
     @staticmethod
     def _leaf_timeout(remaining: float) -> float:
-        leaf_timeout = remaining - min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
+        reserve = min(DEADLINE_RESERVE_S, remaining * DEADLINE_RESERVE_FRACTION)
+        leaf_timeout = remaining - reserve - remaining * DEADLINE_ROUNDING_FRACTION
         if leaf_timeout <= 0:
             raise DeadlineExceeded("deadline exceeded before the leaf calls")
         return leaf_timeout
@@ -423,35 +441,62 @@ class ScoreEngine:
         routes: list[Route],
     ) -> list[tuple[PartitionPayload, tuple[int, ...]]]:
         """One payload per partition (encode thread), with the positions of its routes."""
-        packed = pack_features(
-            request_cols, candidate_cols, len(request.candidate_ids),
-            dedup_request_features=self.config.dedup_request_features, packer=self._packer,
-        )
-        out = []
-        for partition, positions in self._partition_groups(routes):
-            part_allow = tuple(routes[i].features for i in positions)
-            key = (packed.names, part_allow)
-            layout = self._layouts.get(key)
-            if layout is None:
-                layout = partition_layout(packed.names, part_allow)
-                if len(self._layouts) >= _MAX_PLANS:
-                    self._layouts.clear()
-                self._layouts[key] = layout
-            models = [(routes[i].ref.name, routes[i].version) for i in positions]
-            payload = build_partition_payload(
-                packed, layout, request_id=request.request_id, partition=partition, models=models
+        groups = self._partition_groups(routes)
+        auto = self._auto
+        choices = {p: auto.choose(p) for p, _ in groups} if auto is not None else {}
+        wanted = {c for c, _ in choices.values()} or {self._compression}
+        if any(sample for _, sample in choices.values()):
+            wanted = {Compression.LZ4, Compression.NONE}
+        packs: dict[Compression, PackedFeatures] = {}
+        pack_cpu: dict[Compression, float] = {}
+        for compression in wanted:
+            started = time.thread_time()
+            packs[compression] = pack_features(
+                request_cols, candidate_cols, len(request.candidate_ids),
+                dedup_request_features=self.config.dedup_request_features, packer=self._packers[compression],
             )
+            pack_cpu[compression] = time.thread_time() - started
+        out = []
+        for partition, positions in groups:
+            compression, sample = choices.get(partition, (self._compression, False))
+            payload = self._partition_payload(packs[compression], request, partition, positions, routes)
+            if sample and auto is not None:
+                other = Compression.NONE if compression is Compression.LZ4 else Compression.LZ4
+                second = self._partition_payload(packs[other], request, partition, positions, routes)
+                raw, lz4 = (payload, second) if compression is Compression.NONE else (second, payload)
+                # LZ4's extra CPU over the whole pack, this partition's share of its raw bytes.
+                share = raw.trimmed_bytes / max(packs[Compression.NONE].raw_size, 1)
+                extra = (pack_cpu[Compression.LZ4] - pack_cpu[Compression.NONE]) * share
+                auto.observe(partition, raw.wire_bytes, lz4.wire_bytes, extra)
             metrics.child(metrics.PARTITION_BYTES, partition, "untrimmed").inc(payload.untrimmed_bytes)
             metrics.child(metrics.PARTITION_BYTES, partition, "trimmed").inc(payload.trimmed_bytes)
             metrics.child(metrics.PARTITION_BYTES, partition, "wire").inc(payload.wire_bytes)
             out.append((payload, positions))
+        if auto is not None:
+            auto.request_done()
         return out
+
+    def _partition_payload(
+        self, packed: PackedFeatures, request: ScoreInput, partition: str, positions: tuple[int, ...],
+        routes: list[Route],
+    ) -> PartitionPayload:
+        part_allow = tuple(routes[i].features for i in positions)
+        key = (packed.names, part_allow)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = partition_layout(packed.names, part_allow)
+            if len(self._layouts) >= _MAX_PLANS:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        models = [(routes[i].ref.name, routes[i].version) for i in positions]
+        return build_partition_payload(packed, layout, request_id=request.request_id, partition=partition, models=models)
 
     async def _call_partition(self, payload: PartitionPayload, timeout_s: float) -> list[ModelOutcome]:
         """One outcome per model of the call, in its order; a failed call fails all of them."""
         partition = payload.partition
         called = time.perf_counter()
         try:
+            self._check_serving(partition)
             response = await self.leaves[partition].score_partition(
                 payload.payload, timeout_s, [(ref.name, ref.version) for ref in payload.models]
             )
@@ -483,6 +528,12 @@ class ScoreEngine:
             out.append(ModelOutcome(ref.name, reply.version, tuple(reply.outputs)))
         return out
 
+    def _check_serving(self, partition: str) -> None:
+        """Fail a partition at once while its last health round found no serving address:
+        a hung leaf would hold the call for its whole timeout, and a dead one refuses it."""
+        if self._partition_down(partition):
+            raise LeafCallError(grpc.StatusCode.UNAVAILABLE, "no leaf address serving at the last health check")
+
     def _prepare(
         self,
         request: ScoreInput,
@@ -494,7 +545,7 @@ class ScoreEngine:
             request_cols,
             candidate_cols,
             len(request.candidate_ids),
-            compression=self.config.compression,
+            compression=self._compression,
             dedup_request_features=self.config.dedup_request_features,
             framer=self._framer,
         )
@@ -518,6 +569,7 @@ class ScoreEngine:
         partition = self._partition_of[payload.model]
         called = time.perf_counter()
         try:
+            self._check_serving(partition)
             response = await self.leaves[partition].score(
                 payload.payload, timeout_s, payload.model, payload.version or ""
             )

@@ -215,11 +215,13 @@ def create_server(config: RootConfig) -> tuple[RootServer, int]:
         raise
     # From here on nothing reads files or binds ports; the constructors only build objects.
     leaves: dict[str, LeafClient] = {
-        name: GrpcLeafClient(part.targets, tls=config.leaf_tls, hedging=config.hedging, name=name)
+        name: GrpcLeafClient(
+            part.targets, tls=config.leaf_tls, hedging=config.hedging, name=name, timeout=config.partition_timeout
+        )
         for name, part in config.partitions.items()
     }
     prober = PartitionProber({name: part.targets for name, part in config.partitions.items()}, config.leaf_tls)
-    engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor)
+    engine = ScoreEngine(config, catalog, store, trimmer, leaves, executor, partition_down=prober.down)
     shadow = ShadowMirror(config.shadow, config.leaf_tls) if config.shadow.enabled else None
     inner.add_generic_rpc_handlers(
         (

@@ -30,8 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("harness.cluster_cli:down_main", "stop a local cluster started with 'up'"),
     "monitor": ("harness.monitor:main", "run Prometheus with the shipped rules on a local cluster"),
     "demo": ("benchmarks.demo:main", "the main job: local cluster, load, what trimming saved"),
-    "bench": ("benchmarks.cli:main", "benchmarks: cluster (default), codec, trimmer, leaf"),
+    "bench": ("benchmarks.cli:main", "benchmarks: cluster (default), codec, trimmer, leaf, hedge, hostile, scale"),
     "soak": ("harness.soak:main", "run the cluster under load with injected faults"),
+    "image": ("deploy.image:main", "build the container image from this checkout (docs/image.md)"),
 }
 
 

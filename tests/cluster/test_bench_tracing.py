@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cluster import main
-from benchmarks.tracing_bench import parse_tracing
+from benchmarks.tracing_bench import hooks_cost, parse_tracing
+
+
+def test_hooks_cost_runs_the_off_hooks() -> None:
+    assert set(hooks_cost(repeat=50)) == {"root_us", "leaf_us"}
 
 
 def test_tracing_settings_parse() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import contextmanager
 import os
 import sys
 import time
@@ -25,12 +26,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from deploy import rollout_cli
 from deploy.delivery import tree_sha256
 from deploy.rollout_cli import rollback_main, rollout_main
 from deploy.rollout_metrics import METRICS_FILE
 from harness.cluster_config import render_toml
 from harness.local_cluster import LocalCluster
+from harness.soak_load import LoadProcess
 from harness.processes import free_port, spawn, stop_process, wait_port, wait_serving
 from tests.cluster.test_rollout import _desc, _listed, _prepare, _root_hash, _under_load
 
@@ -256,10 +257,26 @@ def test_kubernetes_broken_canary_rolls_back_under_load(
 
 # ----------------------------------------------------------------------------- shadow traffic
 
+@contextmanager
+def _production_load(desc: dict[str, Any], model: str, tmp: Path) -> Iterator[None]:
+    """User traffic on the production root only (the canary sees only what is mirrored);
+    every request must succeed."""
+    load = LoadProcess(desc["roles"]["production"]["root"]["target"], tmp / "load-production.jsonl", users=200,
+                       items=1000, candidates=16, concurrency=4, deadline_ms=2000, models=(model,), rate=60.0)
+    try:
+        assert load.wait_for(lambda o: o.ok, 60.0) is not None
+        yield
+        stats = load.stop()
+    finally:
+        if load.summary is None:
+            load.stop()
+    failed = [o for o in load.outcomes if not o.ok]
+    assert stats.lost == 0 and failed == [], failed[:3]
+
+
 @pytest.mark.parametrize("broken", [False, True], ids=["good", "broken"])
 def test_shadow_analysis_judges_mirrored_production_traffic(
-    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    broken: bool,
+    cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: bool,
 ) -> None:
     """The production root mirrors every request to the canary root; stage 3 sends nothing of
     its own and judges the canary on those requests (a broken canary differs on them)."""
@@ -272,7 +289,7 @@ def test_shadow_analysis_judges_mirrored_production_traffic(
         plan.write_text(plan.read_text().replace("[analysis]\n", f'[analysis]\nmodels = ["{model}"]\n')
                         + "[shadow]\nmin_requests = 30\nwindow_s = 60\nmax_mismatch_rate = 0.01\n")
         before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
-        with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+        with _production_load(desc, model, tmp_path):
             assert rollout_main(args) == (1 if broken else 0)
             if not broken:
                 assert rollback_main(["--plan", args[1]]) == 0

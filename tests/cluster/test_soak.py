@@ -24,10 +24,10 @@ def test_short_soak_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert report["replicas"] == 2
     assert report["lost"] == 0 and report["allowlist_violations"] == 0 and report["root_alive"]
     assert report["leaf_kills"] >= 1 and report["reloads"] + report["corrupt_reloads"] >= 60 and report["corrupt_reloads"] >= 6
-    assert report["slow_phases"] >= 1 and report["rollouts"] >= 1
+    assert report["slow_phases"] >= 1 and report["rollouts"] >= 1 and report["frozen_phases"] >= 1
     assert report["sent"] == report["succeeded"] + sum(report["failed_by_code"].values()) + report["lost"]
     assert set(report["failed_by_code"]) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
-    assert {"leaf_kill", "storm", "slow_leaf", "rollout"} <= set(report["by_fault"])
+    assert {"leaf_kill", "storm", "slow_leaf", "rollout", "frozen_leaf"} <= set(report["by_fault"])
     assert sum(row["requests"] for row in report["by_fault"].values()) == report["sent"] - report["lost"]
     # A reload storm hits no partition's availability, whatever the machine's load.
     assert report["by_fault"]["storm"]["failed_by_code"] == {}

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 
 from harness.leaf_hooks import DelayInterceptor, ObservedRequest
 from leaf.config import LeafConfig
+from root.config import PartitionTimeoutConfig
 from root.hedging import EXPLORE_EVERY
 from root.leaf_client import GrpcLeafClient
 from tests.service.test_leaf_partition import NAMES, partition_request
@@ -51,7 +52,9 @@ async def rollout(tmp_path: Path, b_versions: tuple[str, ...]) -> AsyncIterator[
         export_demo(tmp_path / "b", "m", version, seed=int(version))
     a, b = Replica(tmp_path / "a", 0.0), Replica(tmp_path / "b", 30.0)
     async with a.leaf, b.leaf:
-        client = GrpcLeafClient([f"127.0.0.1:{a.leaf.port}", f"127.0.0.1:{b.leaf.port}"], hedging=True, name="p")
+        # A fixed partition timeout far above SLOW_S: what is tested is where hedges go.
+        client = GrpcLeafClient([f"127.0.0.1:{a.leaf.port}", f"127.0.0.1:{b.leaf.port}"], hedging=True, name="p",
+                                timeout=PartitionTimeoutConfig(floor_ms=5000, cap_ms=5000))
         try:
             assert await client.check_ready(5.0) == 2
             assert client.latency is not None

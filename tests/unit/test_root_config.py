@@ -56,6 +56,10 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert cfg.metrics_port == 0 and cfg.metrics_host == "127.0.0.1"
     assert cfg.settings()["trim"] == "false"
     assert cfg.max_request_features == 1024 and cfg.max_request_feature_bytes == 4 * 1024 * 1024
+    assert cfg.partition_timeout.cap_ms == 2000  # the default rule
+    timed = load_root_config(_write(tmp_path, GOOD + "[partition_timeout]\np99_multiple = 3\nfloor_ms = 40\n"))
+    assert (timed.partition_timeout.p99_multiple, timed.partition_timeout.floor_ms) == (3.0, 40)
+    assert timed.settings()["partition_timeout"] == "3x p99 in [40, 2000] ms"
 
 
 def test_absolute_paths_stay(tmp_path: Path) -> None:
@@ -68,6 +72,8 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
     [
         ('trim = false', 'trim = false\ntrimm = true', "'trimm'"),
         ('ttl_s = 5', 'ttl_s = 5\nttl = 3', "'ttl'"),
+        ('ttl_s = 5', 'ttl_s = 5\n[partition_timeout]\nfloor = 3', "'floor'"),
+        ('ttl_s = 5', 'ttl_s = 5\n[partition_timeout]\nfloor_ms = 500\ncap_ms = 400', "cap_ms"),
         ('models = ["m3"]', 'models = ["m3"]\nweight = 2', "'weight'"),
         ('path = "store"', 'path = "store"\npool = 3', "'pool'"),
         ('compression = "none"', 'compression = "zstd"', "'zstd'"),

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from collections import Counter
 
-from root.hedging import EXPLORE_EVERY, HEDGE_BUDGET, MIN_HEDGE_S, MIN_SAMPLES, TargetLatency
+import grpc
+import pytest
+
+from root.hedging import (
+    EXPLORE_EVERY, FAILURE_PENALTY, HEDGE_BUDGET, MAX_PENALTY, MIN_HEDGE_S, MIN_SAMPLES, PENALTY_HALF_LIFE_S,
+    TargetLatency, counts_against,
+)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_the_faster_of_two_targets_gets_all_but_the_exploring_picks() -> None:
@@ -80,10 +96,10 @@ def test_a_replica_that_refuses_calls_fast_does_not_become_the_fastest() -> None
     for _ in range(10):
         latency.observe(0, 0.040)
         latency.observe(1, 0.040)
-    means = []
+    means: list[float] = []
     for _ in range(3):
         latency.observe(1, 0.0005, ok=False)  # connection refused
-        means.append(latency.mean_s(1))
+        means.append(latency.mean_s(1) or 0.0)
     assert means == sorted(means) and means[0] > 0.040  # each failure raises its mean
     picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
     assert picks[1] <= 4  # only the exploring picks
@@ -93,9 +109,48 @@ def test_a_replica_that_refuses_calls_fast_does_not_become_the_fastest() -> None
 
 
 def test_a_failure_before_any_answer_counts_its_own_time_penalised() -> None:
-    latency = TargetLatency(1)
+    latency = TargetLatency(1, clock=Clock())
     latency.observe(0, 0.5, ok=False)
-    assert latency.mean_s(0) == 2.0
+    assert latency.mean_s(0) == 0.5 * (1 + FAILURE_PENALTY)
+
+
+def test_the_failure_penalty_is_capped_and_decays_with_time_and_answers() -> None:
+    clock = Clock()
+    latency = TargetLatency(2, seed=8, clock=clock)
+    for _ in range(10):
+        latency.observe(0, 0.010)
+        latency.observe(1, 0.010)
+    for _ in range(1000):  # however many failures: at most 1 + MAX_PENALTY times the mean
+        latency.observe(1, 0.001, ok=False)
+    assert latency.mean_s(1) == pytest.approx(0.010 * (1 + MAX_PENALTY))
+    clock.now += PENALTY_HALF_LIFE_S
+    assert latency.mean_s(1) == pytest.approx(0.010 * (1 + MAX_PENALTY / 2))
+    clock.now += 10 * PENALTY_HALF_LIFE_S  # no calls at all: the penalty is gone by itself
+    assert latency.mean_s(1) == pytest.approx(0.010, rel=0.02)
+    for _ in range(1000):
+        latency.observe(1, 0.001, ok=False)
+    for _ in range(12):  # and answers halve it, each
+        latency.observe(1, 0.010)
+    assert latency.mean_s(1) == pytest.approx(0.010, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("code", "own_timeout", "counts"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, False, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, True),
+        (grpc.StatusCode.CANCELLED, False, True),  # the leaf dropped the call
+        (grpc.StatusCode.DEADLINE_EXCEEDED, True, True),  # the partition's own timeout
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False, False),  # the caller's deadline
+        (grpc.StatusCode.INVALID_ARGUMENT, False, False),
+        (grpc.StatusCode.FAILED_PRECONDITION, False, False),
+        (grpc.StatusCode.INTERNAL, True, False),
+    ],
+)
+def test_only_failures_that_say_something_about_the_replica_count(
+    code: grpc.StatusCode, own_timeout: bool, counts: bool
+) -> None:
+    assert counts_against(code, own_timeout) is counts
 
 
 def test_no_exploring_pick_goes_out_once_the_hedge_budget_is_spent() -> None:
@@ -113,3 +168,15 @@ def test_no_exploring_pick_goes_out_once_the_hedge_budget_is_spent() -> None:
         latency.record_call(hedged=False)  # budget back: exploring resumes
     picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
     assert 0 < picks[1] <= 4
+
+
+def test_calls_in_flight_spill_concurrent_traffic_to_an_equal_replica() -> None:
+    """The mean alone sends every call to whichever of two equal replicas sampled luckier."""
+    latency = TargetLatency(2, seed=9)
+    latency.observe(0, 0.020)
+    latency.observe(1, 0.021)
+    assert latency.choose([0, 1]) == 0  # pick 1 of EXPLORE_EVERY: none of these explores
+    latency.begin(0)  # one call out on replica 0: 0.040 against 0.021
+    assert {latency.choose([0, 1]) for _ in range(EXPLORE_EVERY - 3)} == {1}
+    latency.end(0)
+    assert latency.choose([0, 1]) == 0
