@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -167,12 +167,7 @@ def run_point(preset: Preset, point: Point, directory: Path) -> dict[str, Any]:
     path.write_text(to_toml(workload_doc(base, point)), encoding="utf-8")
     doc = run_cluster_bench(path, directory / point.name, list(MODES), preset.options)
     modes = {m["label"]: {k: m[k] for k in FIGURES} | {"spread": m.get("spread", {})} for m in doc["modes"]}
-    return {"point": _point_dict(point), "untrimmed": modes[UNTRIMMED.label], "trimmed": modes[FULL.label]}
-
-
-def _point_dict(point: Point) -> dict[str, Any]:
-    return {"candidates": point.candidates, "models": point.models, "partitions": point.partitions,
-            "features": point.features}
+    return {"point": asdict(point), "untrimmed": modes[UNTRIMMED.label], "trimmed": modes[FULL.label]}
 
 
 def evaluate(preset: Preset, results: Sequence[Mapping[str, Any]], axes: Sequence[str]) -> list[dict[str, Any]]:
@@ -197,23 +192,25 @@ def evaluate(preset: Preset, results: Sequence[Mapping[str, Any]], axes: Sequenc
 def along(preset: Preset, results: Sequence[Mapping[str, Any]], axis: str) -> list[Mapping[str, Any]]:
     """The points of ``axis`` (the others at the base), in axis order."""
     others = [a for a in AXES if a != axis]
-    base = _point_dict(preset.base)
+    base = asdict(preset.base)
     chosen = [r for r in results if all(r["point"][a] == base[a] for a in others)
               and r["point"][axis] in preset.axes[axis]]
     return sorted(chosen, key=lambda r: r["point"][axis])
 
 
 def print_table(doc: Mapping[str, Any], out: Any = sys.stdout) -> None:
-    header = (f"{'axis':<11}{'value':>7} {'mode':<10}{'root ms':>9}{'us/(c*m)':>10}{'leaf ms':>9}{'KB/req':>10}"
+    header = (f"{'axis':<11}{'value':>7} {'mode':<10}{'root ms':>9}{'us/(c*m)':>10}{'+-':>6}{'leaf ms':>9}{'KB/req':>10}"
               f"{'/pfloor':>8}{'max rps':>9}{'rate':>7}{'p99 ms':>9}{'err':>5}")
     print(header, file=out)
     print("-" * len(header), file=out)
+    # +-: spread (max - min) of us/(c*m) over the interleaved rounds (nan with one round)
     for axis in doc["axes"]:
         for r in doc["by_axis"][axis]:
             for mode in ("untrimmed", "trimmed"):
                 m = r[mode]
                 print(f"{axis:<11}{r['point'][axis]:>7g} {mode:<10}{m['root_cpu_ms_per_request']:>9.2f}"
-                      f"{m['root_cpu_us_per_candidate_model']:>10.2f}{m['leaf_cpu_ms_per_request']:>9.2f}"
+                      f"{m['root_cpu_us_per_candidate_model']:>10.2f}"
+                      f"{m['spread'].get('root_cpu_us_per_candidate_model', math.nan):>6.2f}{m['leaf_cpu_ms_per_request']:>9.2f}"
                       f"{m['wire_bytes_per_request'] / 1e3:>10.1f}{m['wire_over_partition_floor']:>8.3f}"
                       f"{m['max_rps']:>9.1f}{m['offered_rps']:>7.1f}{m['p99_ms']:>9.1f}{m['errors']:>5}", file=out)
     for t in doc["targets"]:
@@ -268,7 +265,8 @@ def run_scale(preset: Preset, directory: Path, axes: Sequence[str]) -> dict[str,
         results.append(run_point(preset, point, directory))
     return {
         "base_workload": preset.workload,
-        "base": _point_dict(preset.base),
+        "rounds": preset.options.rounds,
+        "base": asdict(preset.base),
         "axes": list(axes),
         "modes": {"untrimmed": UNTRIMMED.label, "trimmed": FULL.label},
         "points": results,
@@ -283,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--axes", default=",".join(AXES), help=f"comma-separated, of {', '.join(AXES)}")
     p.add_argument("--dir", type=Path, default=Path(".rootleaf/bench-scale"), help="work directory")
     p.add_argument("--out", type=Path, default=Path("scale-out"), help="where scale.json and the PNGs go")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per point (default: the preset's)")
     args = p.parse_args(argv)
     axes = args.axes.split(",")
     if any(a not in AXES for a in axes):
         p.error(f"--axes: each of {', '.join(AXES)}, got {args.axes!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     preset = PRESETS[args.preset]
+    if args.rounds is not None:
+        if args.rounds < 1:
+            p.error(f"--rounds must be >= 1, got {args.rounds}")
+        preset = replace(preset, options=replace(preset.options, rounds=args.rounds))
     doc = run_scale(preset, args.dir, axes)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ throughput is bounded by the busier of the two, so a partition is compressed whe
 
 with ``link_s`` the link time per request of every partition as currently sent. Without a
 ``link_gbps`` the link is taken never to bound (loopback, or a NIC nobody sized): nothing is
-compressed. The estimates are exponential averages: bytes of both encodings and LZ4's CPU
+compressed; nor is anything before the first CPU estimate (``FIRST_CPU_WINDOW`` requests). The estimates are exponential averages: bytes of both encodings and LZ4's CPU
 from the requests packed both ways (the first of each partition, then one in
 ``sample_every``), CPU per request from the scorer's process CPU over windows of requests.
 Owned by the encode path of one scorer (the event loop or its encode threads: a lock).
@@ -27,6 +27,9 @@ SAMPLE_EVERY = 32
 """One request in this many (per partition) is packed both ways to refresh the estimates."""
 CPU_WINDOW = 64
 """Requests per window of the CPU-per-request estimate."""
+FIRST_CPU_WINDOW = 8
+"""Requests of the first window: nothing is compressed before it ends (which resource
+bounds is not known before the CPU per request is)."""
 WEIGHT = 0.2
 """Weight of a new observation in the averages."""
 
@@ -74,7 +77,7 @@ class AutoCompression:
         """Count a request toward the CPU-per-request window."""
         with self._lock:
             self._window_requests += 1
-            if self._window_requests < CPU_WINDOW:
+            if self._window_requests < (CPU_WINDOW if self._windows else FIRST_CPU_WINDOW):
                 return
             now = time.process_time()
             per_request = (now - self._window_cpu) / self._window_requests
@@ -95,7 +98,7 @@ class AutoCompression:
             self._decide()
 
     def _decide(self) -> None:
-        if not self._link_bytes_per_s:
+        if not self._link_bytes_per_s or not self._windows:
             for state in self._partitions.values():
                 state.compress = False
             return

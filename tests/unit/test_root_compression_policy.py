@@ -5,29 +5,40 @@ fixed settings do."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from typing import Iterator
+from pathlib import Path
+from typing import Sequence
 
 import grpc
+import numpy as np
 import pytest
 
-from root.compression_policy import CPU_WINDOW, AutoCompression
-from root.config import RootConfig
-from trimmer import FeatureTrimmer
-from root.catalog import FeatureCatalog
+from harness.datagen import generate_local_store
+from protos.rootleaf.v1 import leaf_pb2
+from root.catalog import Entity, FeatureCatalog, FeatureSpec
+from root.compression_policy import FIRST_CPU_WINDOW, AutoCompression
+from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
+from root.local_store import LocalFeatureStore
+from root.request import ModelRef, ScoreInput
+from root.scoring import ScoreEngine
+from tests.doubles import InProcessLeafClient
 from tests.unit.test_root_scoring import Leaf, _engine, _input, setup  # noqa: F401  (fixture)
-from wire.codec import Compression, decode_all
+from trimmer import FeatureTrimmer
+from wire.codec import Compression, Encoding, decode_all
+from wire.pack import RECORD
 
 
 def _policy(link_gbps: float, raw: int, lz4: int, lz4_cpu_s: float, cpu_s: float) -> AutoCompression:
     policy = AutoCompression(link_gbps)
     assert policy.choose("p") == (Compression.NONE, True)  # nothing known yet: measure both ways
     policy.observe("p", raw, lz4, lz4_cpu_s)
-    # The CPU per request as measured over a window: here set by the window's own length.
+    assert policy.compressing() == {"p": False}  # nothing before the CPU per request is known
+    # The CPU per request as measured over the first window: here set by the window's length.
     started = time.process_time()
-    while time.process_time() - started < cpu_s * CPU_WINDOW:
+    while time.process_time() - started < cpu_s * FIRST_CPU_WINDOW:
         pass
-    for _ in range(CPU_WINDOW):
+    for _ in range(FIRST_CPU_WINDOW):
         policy.request_done()
     return policy
 
@@ -78,3 +89,49 @@ def test_a_root_on_auto_scores_as_fixed_settings_do(
         return outs
 
     assert scores(compression="auto", link_gbps=link_gbps) == scores(compression="lz4") == scores(compression="none")
+
+
+class _Recording(InProcessLeafClient):
+    """The in-process partition, keeping each call's encodings (RAW 0, LZ4 1) as received."""
+
+    def __init__(self, handler: Leaf) -> None:
+        super().__init__(handler)
+        self.encodings: list[set[int]] = []
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        table = leaf_pb2.PartitionRequest.FromString(payload).features.table
+        self.encodings.append({int(e) for e in np.frombuffer(table, dtype=RECORD)["encoding"]})
+        return await super().score_partition(payload, timeout_s, models)
+
+
+@pytest.mark.parametrize("link_gbps, compressed", [(1e-6, True), (100.0, False), (0.0, False)])
+def test_auto_sends_lz4_over_a_slow_link_and_raw_over_a_fast_one(
+    tmp_path: Path, link_gbps: float, compressed: bool
+) -> None:
+    # Mostly-zero id lists: LZ4 shrinks them many times over.
+    catalog = FeatureCatalog.of([
+        FeatureSpec("u_a", Entity.REQUEST, "float32", ()),
+        FeatureSpec("c_ids", Entity.CANDIDATE, "int64", (64,), kind="ids", zero_fraction=0.95),
+    ])
+    generate_local_store(catalog, tmp_path / "store", users=4, items=20, seed=2)
+    bundle = tmp_path / "module_info.json"
+    bundle.write_text(json.dumps({"m": [{"version": "1", "input_names": ["u_a", "c_ids"], "output_names": ["score"]}]}))
+    config = RootConfig(
+        catalog=tmp_path / "catalog.json", partitions={"p": PartitionConfig("p", ("in-process",), ("m",))},
+        feature_store=FeatureStoreConfig(path=tmp_path / "store"), compression="auto", link_gbps=link_gbps,
+    )
+    trimmer = FeatureTrimmer({"b": bundle}, watch=False)
+    leaf = _Recording(Leaf())
+    try:
+        engine = ScoreEngine(config, catalog, LocalFeatureStore(tmp_path / "store", catalog), trimmer, {"p": leaf})
+        for _ in range(FIRST_CPU_WINDOW + 4):
+            outcomes = asyncio.run(engine.score(ScoreInput("r", 1, np.arange(10, dtype=np.uint64), (ModelRef("m"),))))
+            assert outcomes[0].error_code is grpc.StatusCode.OK
+    finally:
+        trimmer.close()
+    # Raw until the first CPU window is measured, then LZ4 only where the link bounds.
+    lz4 = int(Encoding.LZ4)
+    assert all(lz4 not in used for used in leaf.encodings[:FIRST_CPU_WINDOW])
+    assert all((lz4 in used) is compressed for used in leaf.encodings[FIRST_CPU_WINDOW:])
