@@ -246,7 +246,7 @@ class LocalCluster:
 
     @property
     def description(self) -> dict[str, Any]:
-        """The cluster.json document (schema in the README and /tmp/team/requests.md)."""
+        """The cluster.json document (schema in docs/local-cluster.md)."""
         assert self.assets is not None, "start() first"
         return {
             "schema": SCHEMA_VERSION,
