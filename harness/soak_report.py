@@ -4,9 +4,11 @@ The fault schedule records each fault as a ``Phase`` (kind, the partition it hit
 end on the monotonic clock, which the load process shares); every outcome is attributed to
 the first phase its request overlapped (from send to answer: a call in flight when a leaf is
 killed is that fault's), else to "steady". Per kind the report gives requests,
-successes, the success rate, failed requests by code, p50/p99 latency, and the share of
-model results served for partitions *not* under that fault (isolation: 100% expected even
-with one replica). Pure functions on the caller's thread.
+successes, the success rate, failed requests by code, p50/p99 latency, the share of model
+results served for partitions *not* under that fault (isolation: 100% expected even with one
+replica), and the share of those served within the steady phases' p99 (a request also waits
+for the partition under fault until it fails, at most that partition's timeout). Pure
+functions on the caller's thread.
 """
 
 from __future__ import annotations
@@ -55,16 +57,19 @@ def by_fault(
         phase = _phase_of(outcome, phases)
         groups.setdefault(phase.kind if phase else STEADY, []).append((outcome, phase))
     report: dict[str, dict[str, Any]] = {}
+    steady = groups.get(STEADY, [])
+    steady_p99_s = float(np.percentile([o.elapsed_s for o, _ in steady], 99)) if steady else None
     for kind, members in sorted(groups.items()):
         failed: Counter[str] = Counter(_failure_code(o) for o, _ in members if not o.ok)
         latencies = np.array([o.elapsed_s * 1000.0 for o, _ in members])
-        others_ok = others = 0
+        others_ok = others = others_fast = 0
         for outcome, phase in members:
             for model, code in outcome.models.items():
                 if phase is not None and phase.partition is not None and partition_of.get(model) == phase.partition:
                     continue
                 others += 1
                 others_ok += code == "OK"
+                others_fast += code == "OK" and steady_p99_s is not None and outcome.elapsed_s <= steady_p99_s
         succeeded = len(members) - sum(failed.values())
         report[kind] = {
             "phases": len({p for _, p in members if p is not None}),
@@ -75,6 +80,9 @@ def by_fault(
             "p50_ms": round(float(np.percentile(latencies, 50)), 1),
             "p99_ms": round(float(np.percentile(latencies, 99)), 1),
             "other_partitions_served_rate": round(others_ok / others, 6) if others else None,
+            "other_partitions_within_steady_p99_rate": (
+                round(others_fast / others, 6) if others and steady_p99_s is not None else None
+            ),
         }
     return report
 

@@ -110,12 +110,13 @@ def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
 
 
 class _Race:
-    """A hedged call's two copies: ``won`` once one answered (the other is then overtaken)."""
+    """A hedged call: ``overtaken`` once its hedge answered first (the primary, then
+    cancelled, would have taken longer still)."""
 
-    __slots__ = ("won",)
+    __slots__ = ("overtaken",)
 
     def __init__(self) -> None:
-        self.won = False
+        self.overtaken = False
 
 
 class GrpcLeafClient:
@@ -210,7 +211,6 @@ class GrpcLeafClient:
     async def score(
         self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
     ) -> leaf_pb2.LeafResponse:
-        deadline = time.monotonic() + timeout_s
         index = self._pick(model=model, version=version)
         if index is None:
             raise self._unroutable(model, version)
@@ -219,31 +219,71 @@ class GrpcLeafClient:
             if version:
                 self._strike(target, model, version)
 
+        def other(index: int, timed_out: bool = False) -> int | None:
+            return self._pick(exclude=index, model=model, version=version)
+
+        response: leaf_pb2.LeafResponse = await self._call(
+            self._score, index, payload, timeout_s, other, other, refused=refused
+        )
+        return response
+
+    async def score_partition(
+        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
+    ) -> leaf_pb2.PartitionResponse:
+        index = self._pick(models=models)
+        assert index is not None  # without a version filter some target is always chosen
+        response: leaf_pb2.PartitionResponse = await self._call(
+            self._score_partition, index, payload, timeout_s,
+            lambda i: self._pick(exclude=i, models=models, all_models=True),
+            # Unreachable: any other target (one that lacks a version refuses just that
+            # model); timed out (it may still answer): only one known to have every version.
+            lambda i, timed_out: self._pick(exclude=i, models=models, all_models=timed_out),
+            refused_in=lambda response, i: self._strike_refusals(response, i, models),
+        )
+        return response
+
+    async def _call(
+        self,
+        stubs: Sequence[Any],
+        index: int,
+        payload: bytes,
+        timeout_s: float,
+        pick_other: Callable[[int], int | None],
+        pick_retry: Callable[[int, bool], int | None],
+        *,
+        refused: Callable[[int], None] | None = None,
+        refused_in: Callable[[Any, int], bool] | None = None,
+    ) -> Any:
+        """A call to ``index`` (hedged: ``_first_answer``), each attempt bounded by the
+        partition's timeout and the caller's ``timeout_s``, and at most one retry on
+        ``pick_retry(index, timed_out)`` (see ``_retry``). A target that refuses a version
+        is reported to ``refused`` (an RPC error) or ``refused_in`` (replies in an answer)."""
+        deadline = time.monotonic() + timeout_s
         attempt = self.timeout.attempt_deadline(deadline)
         try:
-            response: leaf_pb2.LeafResponse
-            response, index = await self._first_answer(
-                self._score, index, payload, attempt, lambda i: self._pick(exclude=i, model=model, version=version),
-                refused=refused,
+            answer, index = await self._first_answer(
+                stubs, index, payload, attempt, pick_other, refused=refused, refused_in=refused_in
             )
-            return response
+            return answer
         except grpc.aio.AioRpcError as exc:
-            error = self._error_of(exc, attempt)
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
-                self._strike(index, model, version)
+            error = self._call_error(exc, attempt)
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
+                refused(index)
             if not self._retry(exc, attempt, index, deadline):
                 raise error from None
-        index = self._pick(exclude=index, model=model, version=version)
-        if index is None:
-            raise error
+            retry = pick_retry(index, exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+            if retry is None:
+                raise error from None
         attempt = self.timeout.attempt_deadline(deadline)
         try:
-            response = await self._start(self._score, index, payload, attempt)
-            return response
+            answer = await self._start(stubs, retry, payload, attempt)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and version:
-                self._strike(index, model, version)
-            raise self._error_of(exc, attempt) from None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
+                refused(retry)
+            raise self._call_error(exc, attempt) from None
+        if refused_in is not None:
+            refused_in(answer, retry)
+        return answer
 
     def _retry(self, exc: grpc.aio.AioRpcError, attempt: Attempt, index: int, deadline: float) -> bool:
         """Whether a failed first attempt goes once more to another target: when its target
@@ -258,45 +298,13 @@ class GrpcLeafClient:
         return (code == grpc.StatusCode.UNAVAILABLE or own_timeout) and len(self.targets) > 1 \
             and deadline > time.monotonic()
 
-    def _error_of(self, exc: grpc.aio.AioRpcError, attempt: Attempt) -> LeafCallError:
+    def _call_error(self, exc: grpc.aio.AioRpcError, attempt: Attempt) -> LeafCallError:
         if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and attempt.own:
             return LeafCallError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no answer within the partition timeout ({1000 * self.timeout.timeout_s():.0f} ms now)",
             )
         return _error_of(exc)
-
-    async def score_partition(
-        self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
-    ) -> leaf_pb2.PartitionResponse:
-        deadline = time.monotonic() + timeout_s
-        index = self._pick(models=models)
-        assert index is not None  # without a version filter some target is always chosen
-        attempt = self.timeout.attempt_deadline(deadline)
-        try:
-            response: leaf_pb2.PartitionResponse
-            response, index = await self._first_answer(
-                self._score_partition, index, payload, attempt,
-                lambda i: self._pick(exclude=i, models=models, all_models=True),
-                refused_in=lambda response, i: self._strike_refusals(response, i, models),
-            )
-        except grpc.aio.AioRpcError as exc:
-            error = self._error_of(exc, attempt)
-            if not self._retry(exc, attempt, index, deadline):
-                raise error from None
-            # Unreachable: any other target (one that lacks a version refuses just that model);
-            # timed out (it may still answer): only a target known to have every version.
-            timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            index = self._pick(exclude=index, models=models, all_models=timed_out)
-            if index is None:
-                raise error from None
-            attempt = self.timeout.attempt_deadline(deadline)
-            try:
-                response = await self._start(self._score_partition, index, payload, attempt)
-            except grpc.aio.AioRpcError as retry_exc:
-                raise self._error_of(retry_exc, attempt) from None
-            self._strike_refusals(response, index, models)
-        return response
 
     def _strike_refusals(
         self, response: leaf_pb2.PartitionResponse, index: int, models: Sequence[tuple[str, str]]
@@ -335,7 +343,7 @@ class GrpcLeafClient:
         try:
             response = await stubs[index](payload, timeout=attempt.remaining())
         except asyncio.CancelledError:
-            if latency is not None and race is not None and race.won:  # not the caller cancelling
+            if latency is not None and race is not None and race.overtaken:  # not the caller cancelling
                 latency.observe(index, time.monotonic() - started, ok=False, overtaken=True)
             raise
         except grpc.aio.AioRpcError as exc:
@@ -395,7 +403,7 @@ class GrpcLeafClient:
                     error = task.exception()
                     if error is None:
                         if refused_in is None or not refused_in(task.result(), started[task]):
-                            race.won = task is not primary  # the primary, cancelled below, was overtaken
+                            race.overtaken = task is not primary  # the primary is cancelled below
                             return task.result(), started[task]
                         refusing = refusing or (task.result(), started[task])
                     elif task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Dict
 
@@ -125,13 +126,17 @@ def test_bfloat16_and_request_level_features(tmp_path: Path) -> None:
     run(body)
 
 
+HOLD_MS = 5000  # how long a lone request waits in the batcher's queue for company
+
+
 def test_queue_full_and_expired_deadline(tmp_path: Path) -> None:
     export_demo(tmp_path, "slowq", "1")
     labels = {"model": "slowq"}
 
     async def body() -> None:
-        # The first request waits 400 ms in the queue for company; the queue holds one.
-        config = LeafConfig(tmp_path, max_queue_delay_ms=400, max_queue_requests=1)
+        # The first request waits in the queue for company; the queue holds one. The wait is
+        # long so that the next request finds it there even on a busy machine.
+        config = LeafConfig(tmp_path, max_queue_delay_ms=HOLD_MS, max_queue_requests=1)
         async with Leaf(config) as leaf:
             first = leaf.stub.Score(make_request("slowq", features(2), 2))
             while sample("rootleaf_leaf_queue_depth", labels) < 1:
@@ -141,10 +146,10 @@ def test_queue_full_and_expired_deadline(tmp_path: Path) -> None:
             # A request whose deadline passes while queued is never run.
             forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
             await expect(leaf.stub.Score(make_request("slowq", features(2), 2), timeout=0.1), grpc.StatusCode.DEADLINE_EXCEEDED)
-            for _ in range(200):
-                if sample("rootleaf_leaf_queue_depth", labels) == 0:
-                    break
-                await asyncio.sleep(0.005)
+            # It leaves the queue when the batch would go out (HOLD_MS), dropped, not run.
+            give_up = time.monotonic() + HOLD_MS / 1000 + 30
+            while sample("rootleaf_leaf_queue_depth", labels) != 0 and time.monotonic() < give_up:
+                await asyncio.sleep(0.02)
             assert sample("rootleaf_leaf_queue_depth", labels) == 0
             assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
 
@@ -204,8 +209,9 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
     labels = {"model": "gated"}
 
     async def body() -> None:
-        # The first request waits 400 ms in the queue for company; the queue holds one.
-        config = LeafConfig(tmp_path, max_queue_delay_ms=400, max_queue_requests=1)
+        # The first request waits in the queue for company; the queue holds one. The wait is
+        # long so that the next request finds it there even on a busy machine.
+        config = LeafConfig(tmp_path, max_queue_delay_ms=HOLD_MS, max_queue_requests=1)
         async with Leaf(config) as leaf:
             first = leaf.stub.Score(make_request("gated", features(2), 2))
             while sample("rootleaf_leaf_queue_depth", labels) < 1:
@@ -218,7 +224,7 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
         # bytes until it is answered.
         request_bytes = make_request("gated", features(2), 2).ByteSize() + 2 * (8 + 16 + 4 + 24)  # inputs at 2 rows
         limits = codec.DecodeLimits(max_total_raw_bytes=request_bytes)
-        config = LeafConfig(tmp_path, max_queue_delay_ms=400, decode_limits=limits, max_inflight_bytes=request_bytes + 1)
+        config = LeafConfig(tmp_path, max_queue_delay_ms=HOLD_MS, decode_limits=limits, max_inflight_bytes=request_bytes + 1)
         async with Leaf(config) as leaf:
             assert sample("rootleaf_leaf_inflight_bytes_limit", {}) == request_bytes + 1  # what alerts divide by
             rejected = sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"})

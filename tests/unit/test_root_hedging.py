@@ -96,10 +96,10 @@ def test_a_replica_that_refuses_calls_fast_does_not_become_the_fastest() -> None
     for _ in range(10):
         latency.observe(0, 0.040)
         latency.observe(1, 0.040)
-    means = []
+    means: list[float] = []
     for _ in range(3):
         latency.observe(1, 0.0005, ok=False)  # connection refused
-        means.append(latency.mean_s(1))
+        means.append(latency.mean_s(1) or 0.0)
     assert means == sorted(means) and means[0] > 0.040  # each failure raises its mean
     picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
     assert picks[1] <= 4  # only the exploring picks
@@ -168,3 +168,15 @@ def test_no_exploring_pick_goes_out_once_the_hedge_budget_is_spent() -> None:
         latency.record_call(hedged=False)  # budget back: exploring resumes
     picks = Counter(latency.choose([0, 1]) for _ in range(EXPLORE_EVERY * 4))
     assert 0 < picks[1] <= 4
+
+
+def test_calls_in_flight_spill_concurrent_traffic_to_an_equal_replica() -> None:
+    """The mean alone sends every call to whichever of two equal replicas sampled luckier."""
+    latency = TargetLatency(2, seed=9)
+    latency.observe(0, 0.020)
+    latency.observe(1, 0.021)
+    assert latency.choose([0, 1]) == 0  # pick 1 of EXPLORE_EVERY: none of these explores
+    latency.begin(0)  # one call out on replica 0: 0.040 against 0.021
+    assert {latency.choose([0, 1]) for _ in range(EXPLORE_EVERY - 3)} == {1}
+    latency.end(0)
+    assert latency.choose([0, 1]) == 0

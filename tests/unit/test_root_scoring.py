@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -131,6 +132,30 @@ def test_failed_partition_errors_its_models_only(setup: tuple[RootConfig, Featur
     outcomes = {o.model: o for o in asyncio.run(engine.score(_input()))}
     assert outcomes["m2"].error_code is grpc.StatusCode.UNAVAILABLE and "p2" in outcomes["m2"].error_message
     assert outcomes["m1"].error_code is grpc.StatusCode.OK and outcomes["m3"].error_code is grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("partition_calls", [True, False])
+def test_a_partition_seen_down_fails_its_models_at_once_without_a_call(
+    setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], partition_calls: bool
+) -> None:
+    """A hung leaf would hold a call for its whole timeout: while the last health round found
+    no serving address for p2, its models fail UNAVAILABLE and nothing is sent to it."""
+    config, catalog, trimmer = setup
+    config = replace(config, partition_calls=partition_calls)
+    assert config.feature_store.path is not None
+    p1, p2 = Leaf(), Leaf()
+    leaves = {"p1": InProcessLeafClient(p1), "p2": InProcessLeafClient(p2)}
+    engine = ScoreEngine(config, catalog, LocalFeatureStore(config.feature_store.path, catalog), trimmer, leaves,
+                         partition_down=lambda partition: partition == "p2")
+
+    async def go() -> dict[str, tuple[grpc.StatusCode, str]]:
+        p2.gate = asyncio.Event()  # never set: p2 would never answer
+        return {o.model: (o.error_code, o.error_message) for o in await engine.score(_input(), timeout_s=30.0)}
+
+    outcomes = asyncio.run(go())
+    assert outcomes["m1"][0] is outcomes["m3"][0] is grpc.StatusCode.OK
+    assert outcomes["m2"] == (grpc.StatusCode.UNAVAILABLE, "partition 'p2': no leaf address serving at the last health check")
+    assert p2.requests == []
 
 
 def test_slow_partition_times_out_its_models_only(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:

@@ -28,6 +28,8 @@ def test_outcomes_go_to_the_phase_they_started_in() -> None:
     steady = report["steady"]
     assert steady["requests"] == 2 and steady["failed_by_code"] == {"UNAVAILABLE": 1}
     assert steady["other_partitions_served_rate"] == 1.0  # a failed RPC has no model results
+    # The steady p99 is 10 ms: the 900 ms call served alpha, but not within it.
+    assert kill["other_partitions_within_steady_p99_rate"] == round(2 / 3, 6)
 
 
 def test_targets_depend_on_replicas() -> None:
