@@ -28,22 +28,14 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
+import numpy as np
+
+from wire.protowire import frame_field, varint
 
 MIB = 1 << 20
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, body: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 def _cpu_s(pid: int) -> float:
@@ -53,27 +45,35 @@ def _cpu_s(pid: int) -> float:
 
 # ---- families --------------------------------------------------------------------------
 
-def leaf_score_families(size: int) -> dict[str, bytes]:
+# Requests name a model the measured leaf hosts (workload ci, partition alpha), so that a
+# request that parses reaches admission.
+MODEL = b"m_a"
+
+
+def leaf_score_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
     count = size // 2
-    shape = _field(1, b"x") + b"\x10\x01" + _field(3, b"\x00" * size)  # packed shape of zeros
+    head = frame_field(2, model) + b"\x20\x04"  # model, num_candidates 4
+    shape = frame_field(1, b"x") + b"\x10\x01" + frame_field(3, b"\x00" * size)  # packed shape of zeros
     return {
-        "empty request_id fields": b"\x0a\x00" * count,
-        "empty tensors": b"\x2a\x00" * count,
-        "unknown varint fields": b"\x78\x00" * count,
-        "one tensor, 4M shape dims": _field(2, b"m") + b"\x20\x04" + _field(5, shape),
+        "empty request_id fields": head + b"\x0a\x00" * count,
+        "empty tensors": head + b"\x2a\x00" * count,
+        "unknown varint fields": head + b"\x78\x00" * count,
+        "one tensor, 4M shape dims": head + frame_field(5, shape),
     }
 
 
-def leaf_partition_families(size: int) -> dict[str, bytes]:
+def leaf_partition_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
     count = size // 2
-    small_pack = _field(1, b"x") + _field(2, bytes(12)) + _field(3, b"")  # one rank-0 entry
+    from wire.pack import encode_pack
+
+    small_pack = encode_pack({"x": np.ones((4, 1), np.float32)}, "none").SerializeToString()  # one valid entry
     return {
         "empty request_id fields": b"\x0a\x00" * count,
         "empty models": b"\x1a\x00" * count,
-        "one model, 4M copies of an index": b"\x10\x04" + _field(3, _field(1, b"m") + _field(3, b"\x00" * size))
-        + _field(4, small_pack),
-        "pack of 2M empty names": b"\x10\x04" + _field(3, _field(1, b"m")) + _field(4, b"\x0a\x00" * count),
-        "pack with 4 MiB of dims": b"\x10\x04" + _field(3, _field(1, b"m")) + _field(4, small_pack + _field(3, bytes(size))),
+        "one model, 4M copies of an index": b"\x10\x04" + frame_field(3, frame_field(1, model) + frame_field(3, b"\x00" * size))
+        + frame_field(4, small_pack),
+        "pack of 2M empty names": b"\x10\x04" + frame_field(3, frame_field(1, model)) + frame_field(4, b"\x0a\x00" * count),
+        "pack with 4 MiB of dims": b"\x10\x04" + frame_field(3, frame_field(1, model)) + frame_field(4, small_pack + frame_field(3, bytes(size))),
     }
 
 
@@ -82,20 +82,25 @@ def root_score_families(size: int) -> dict[str, bytes]:
     return {
         "empty request_id fields": b"\x0a\x00" * count,
         "empty models": b"\x22\x00" * count,
-        "4M candidate ids": b"\x10\x07" + _field(3, b"\x00" * size),
-        "empty request features": _field(4, _field(1, b"m_a")) + b"\x2a\x00" * count,
+        "4M candidate ids": b"\x10\x07" + frame_field(3, b"\x00" * size),
+        "empty request features": frame_field(4, frame_field(1, b"m_a")) + b"\x2a\x00" * count,
     }
 
 
 def package_families(directory: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
-    # A gzip of zeros: the unpack bound stops it.
+    # Members of 60 MiB of zeros each (each under the per-member bound), gzipped: the
+    # decompressed-bytes bound stops the stream.
     bomb = directory / "bomb.rootcfg.tar.gz"
     with gzip.open(bomb, "wb", compresslevel=9) as gz:
-        block = bytes(MIB)
-        for _ in range(1024):
-            gz.write(block)
-    out["gzip of 1 GiB of zeros"] = bomb
+        for i in range(6):
+            member = tarfile.TarInfo(f"configs/big{i}")
+            member.size = 60 * MIB
+            gz.write(member.tobuf(format=tarfile.GNU_FORMAT))
+            block = bytes(MIB)
+            for _ in range(60):
+                gz.write(block)
+    out["6 members of 60 MiB of zeros"] = bomb
     # Many empty members.
     many = io.BytesIO()
     with tarfile.open(fileobj=many, mode="w:gz") as tar:
@@ -103,20 +108,26 @@ def package_families(directory: Path) -> dict[str, Path]:
             tar.addfile(tarfile.TarInfo(f"configs/f{i}"), io.BytesIO(b""))
     out["20k empty members"] = directory / "many.rootcfg.tar.gz"
     out["20k empty members"].write_bytes(many.getvalue())
-    # A GNU sparse member: 360 MiB of holes in a few hundred bytes.
-    header = bytearray(tarfile.TarInfo("manifest.json").tobuf(format=tarfile.GNU_FORMAT)[:512])
+    # GNU sparse members: 6 x 60 MiB of holes in a few hundred bytes.
+    headers = b"".join(_sparse_header(f"configs/s{i}", 60 * MIB) for i in range(6))
+    sparse = directory / "sparse.rootcfg.tar.gz"
+    sparse.write_bytes(gzip.compress(headers + bytes(1024)))
+    out["6 GNU sparse members (360 MiB of holes)"] = sparse
+    return out
+
+
+def _sparse_header(name: str, real: int) -> bytes:
+    """An old-GNU sparse member's header: no stored data, one empty sparse entry at the end,
+    ``real`` bytes long (all holes)."""
+    header = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.GNU_FORMAT)[:512])
     header[156] = ord("S")  # GNUTYPE_SPARSE
     header[124:136] = b"%011o\0" % 0  # no stored data
-    real = 360 * MIB
-    header[386:398] = b"%011o\0" % (real - 1)  # one sparse entry: offset
+    header[386:398] = b"%011o\0" % real  # one sparse entry: at the end ...
     header[398:410] = b"%011o\0" % 0  # ... of 0 bytes
     header[483:495] = b"%011o\0" % real  # realsize
     header[148:156] = b" " * 8
     header[148:156] = b"%06o\0 " % sum(header)
-    sparse = directory / "sparse.rootcfg.tar.gz"
-    sparse.write_bytes(gzip.compress(bytes(header) + bytes(1024)))
-    out["GNU sparse member (360 MiB of holes)"] = sparse
-    return out
+    return bytes(header)
 
 
 # ---- measurement -----------------------------------------------------------------------
@@ -129,13 +140,14 @@ def _measure_rpc(target: str, method: str, payload: bytes, pid: int, idle_rate: 
         call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
         sent = 0
         start_cpu, start = _cpu_s(pid), time.monotonic()
-        while sent < 3 or (time.monotonic() - start < budget_s and sent < 50):
+        while sent < 1 or (time.monotonic() - start < budget_s and sent < 50):
             try:
                 call(payload, timeout=120)
                 answer = "OK"
             except grpc.RpcError as exc:
                 answer = exc.code().name
             sent += 1
+        _wait_quiet(pid, idle_rate)  # a server may work on after the client gave up: that counts
         elapsed = time.monotonic() - start
         cpu = _cpu_s(pid) - start_cpu - idle_rate * elapsed
     return max(cpu, 0.0) * 1000 / (sent * len(payload) / MIB), answer
@@ -145,7 +157,7 @@ def _measure_call(work: Callable[[], object], size: int, budget_s: float) -> tup
     runs = 0
     answer = ""
     start = time.process_time()
-    while runs < 3 or (time.process_time() - start < budget_s and runs < 50):
+    while runs < 1 or (time.process_time() - start < budget_s and runs < 50):
         try:
             work()
             answer = "accepted"
@@ -155,19 +167,24 @@ def _measure_call(work: Callable[[], object], size: int, budget_s: float) -> tup
     return (time.process_time() - start) * 1000 / (runs * size / MIB), answer
 
 
+def _wait_quiet(pid: int, idle_rate: float, timeout_s: float = 300.0) -> None:
+    """Until ``pid`` uses no more CPU than when idle (plus 5% of a core), at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _idle_rate(pid, 0.5) > idle_rate + 0.05:
+        pass
+
+
 def _idle_rate(pid: int, seconds: float = 2.0) -> float:
     start_cpu, start = _cpu_s(pid), time.monotonic()
     time.sleep(seconds)
     return (_cpu_s(pid) - start_cpu) / (time.monotonic() - start)
 
 
-def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
+ENTRIES = ("rpc", "package", "redis")
+
+
+def run(size: int, budget_s: float, directory: Path, entries: tuple[str, ...] = ENTRIES) -> list[dict[str, object]]:
     from deploy.package import read_package
-    from harness.demo_assets import ensure_assets
-    from harness.local_cluster import LocalCluster
-    from harness.workload import builtin_workload
-    from root.catalog import Entity, FeatureCatalog
-    from root.redis_records import RecordLayout
 
     rows: list[dict[str, object]] = []
 
@@ -177,6 +194,20 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         print(f"{entry:22} {family:40} {size_bytes / MIB:8.3f} MiB {result[0]:10.2f} ms/MiB  {result[1]}", flush=True)
 
     print(f"{'entry point':22} {'family':40} {'input':>12} {'CPU':>16}  answer")
+    if "rpc" in entries:
+        _run_rpcs(size, budget_s, directory, add)
+    if "package" in entries:
+        for family, path in package_families(directory).items():
+            add("package reading", family, path.stat().st_size,
+                _measure_call(lambda: read_package(path), path.stat().st_size, budget_s))
+    if "redis" in entries:
+        _run_redis(size, budget_s, directory, add)
+    return rows
+
+
+def _run_rpcs(size: int, budget_s: float, directory: Path, add: Callable[[str, str, int, tuple[float, str]], None]) -> None:
+    from harness.local_cluster import LocalCluster
+
     with LocalCluster("ci", directory / "cluster", root_overrides={"workers": 1}) as cluster:
         leaf = cluster.leaves()[0]
         root = cluster.root()
@@ -190,9 +221,14 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         for family, payload in root_score_families(size).items():
             add("root Score", family, len(payload),
                 _measure_rpc(root.target, "/rootleaf.v1.Root/Score", payload, root.pid, root_idle, budget_s))
-    for family, path in package_families(directory).items():
-        add("package reading", family, path.stat().st_size,
-            _measure_call(lambda: read_package(path), path.stat().st_size, budget_s))
+
+
+def _run_redis(size: int, budget_s: float, directory: Path, add: Callable[[str, str, int, tuple[float, str]], None]) -> None:
+    from harness.demo_assets import ensure_assets
+    from harness.workload import builtin_workload
+    from root.catalog import Entity, FeatureCatalog
+    from root.redis_records import RecordLayout
+
     assets = ensure_assets(builtin_workload("ci"), directory / "cluster")  # the cluster's own
     layout = RecordLayout.from_catalog(FeatureCatalog.load(assets.catalog), Entity.CANDIDATE)
     count = size // 4
@@ -202,22 +238,28 @@ def run(size: int, budget_s: float, directory: Path) -> list[dict[str, object]]:
         "records one byte short": [bytes(layout.record_size - 1)] * (size // layout.record_size),
     }
     for family, values in families.items():
-        total = sum(len(v) if v else 1 for v in values)
+        total = sum(5 if v is None else len(v) for v in values)  # a nil is "$-1\r\n" on the wire
         add("Redis record decoder", family, total, _measure_call(lambda: layout.unpack(values), total, budget_s))
-    return rows
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="rootleaf bench hostile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=float, default=4.0, help="size of each RPC family's input")
-    parser.add_argument("--budget-s", type=float, default=2.0, help="time per family (at least 3 runs)")
+    parser.add_argument("--budget-s", type=float, default=2.0, help="time per family (at least one run)")
+    parser.add_argument("--entries", default=",".join(ENTRIES),
+                        help="which to measure: rpc (leaf Score, ScorePartition, root Score on a local cluster), "
+                             "package, redis (default: all)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a temporary one)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="rootleaf-hostile-") as tmp:
         directory = args.dir or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
-        rows = run(int(args.size_mib * MIB), args.budget_s, directory)
+        entries = tuple(e.strip() for e in args.entries.split(",") if e.strip())
+        unknown = sorted(set(entries) - set(ENTRIES))
+        if unknown:
+            parser.error(f"--entries: unknown {unknown}; known: {', '.join(ENTRIES)}")
+        rows = run(int(args.size_mib * MIB), args.budget_s, directory, entries)
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

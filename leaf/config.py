@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from contract.names import name_problem
+from leaf.payload_views import DEFAULT_MAX_MODELS
 from wire.codec import DecodeLimits, largest_tensors_bytes
 from transport.tls import PLAINTEXT, TlsConfig
 from transport.tracing import TracingConfig
@@ -109,7 +110,7 @@ class LeafConfig:
     """Most bytes of admitted requests at once (inputs at ``num_candidates`` rows, declared
     sizes), queued or running; beyond it requests get RESOURCE_EXHAUSTED before decoding.
     At least ``decode_limits.max_total_raw_bytes``, so any valid request fits alone."""
-    max_models: int = 256
+    max_models: int = DEFAULT_MAX_MODELS
     """Most models in one ``ScorePartition`` call (a root sends at most its own ``max_models``)."""
     max_receive_message_bytes: int = 0
     """Largest request message gRPC accepts (beyond it: RESOURCE_EXHAUSTED before any parsing);

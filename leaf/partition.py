@@ -12,8 +12,9 @@ reply per model, in request order.
 
 Runs on the server's event loop; a pack whose LZ4 payloads decode to more than
 ``OFFLOAD_DECODE_BYTES`` is decoded in the leaf's decode executor ("leaf-decode" threads,
-the loop's default executor when none is given; LZ4 releases the GIL). The call's in-flight bytes (``leaf.admission.Hold``) stay held
-until that decode and the batcher are done with its inputs, even when the call ends first.
+the loop's default executor when none is given; LZ4 releases the GIL). The call's in-flight
+bytes (``leaf.admission.Hold``) stay held until that decode and the batcher are done with
+its inputs, even when the call ends first.
 """
 
 from __future__ import annotations
@@ -302,7 +303,6 @@ class PartitionScorer:
             )
             m.reply = reply
         tracing.record("encode", encoding)
-
 
     async def _offload(self, hold: Hold, work: Callable[..., _T], *args: Any) -> _T:
         """``work(*args)`` in the decode executor. ``hold`` is kept until the work ends, even

@@ -22,6 +22,7 @@ from wire.codec import DecodeLimits
 from wire.protowire import WIRE_TYPE_LEN, count_fields, field_body, frame_field, read_varint, scan_fields, tag
 
 _PARTITION_FEATURES = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["features"].number
+_PARTITION_MODELS = leaf_pb2.PartitionRequest.DESCRIPTOR.fields_by_name["models"].number
 _PACK_DATA = leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name["data"].number
 _PACK_NAMES_TAG = tag(leaf_pb2.TensorPack.DESCRIPTOR.fields_by_name["names"].number, WIRE_TYPE_LEN)
 _REQUEST_FEATURES = leaf_pb2.LeafRequest.DESCRIPTOR.fields_by_name["features"].number
@@ -64,6 +65,9 @@ class FieldBounds:
     """``TensorPack``: ``max_tensors`` names."""
     shape_bytes: int
     """A tensor's packed ``shape``: ``max_rank`` varints of at most 10 bytes."""
+    model_bytes: int
+    """A ``PartitionModel``: a name and a version of at most 255 UTF-8 bytes each and at most
+    ``max_tensors`` indexes of at most 5 bytes, with their tags and lengths."""
 
     @classmethod
     def of(cls, limits: DecodeLimits, max_models: int) -> "FieldBounds":
@@ -72,6 +76,7 @@ class FieldBounds:
             max_models + _PARTITION_SINGLE_FIELDS,
             limits.max_tensors,
             10 * limits.max_rank,
+            2 * (255 + 3) + 5 * limits.max_tensors + 8,
         )
 
 
@@ -101,7 +106,7 @@ def check_request(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> None:
         if number == _REQUEST_FEATURES and wire_type == WIRE_TYPE_LEN and end - start >= INSPECT_TENSOR_BYTES:
             body = field_body(data, start)
             check_field_count(data, body, end, _TENSOR_FIELDS, "a LeafRequest tensor")
-            for inner, inner_type, inner_start, inner_end in scan_fields(data, body, end, _TENSOR_FIELDS):
+            for inner, _, inner_start, inner_end in scan_fields(data, body, end, _TENSOR_FIELDS):
                 if inner == _TENSOR_SHAPE and inner_end - field_body(data, inner_start) > bounds.shape_bytes:
                     raise TooManyFields(f"a LeafRequest tensor's shape holds more than {bounds.shape_bytes} bytes")
 
@@ -123,12 +128,15 @@ def split_partition(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> tuple[
     limit = bounds.partition_fields
     check_field_count(data, 0, len(data), limit, "PartitionRequest")
     top = scan_fields(data, 0, len(data), limit)
+    for number, _, start, end in top:  # O(1) per model: the parser makes 4-8 bytes of an index byte
+        if number == _PARTITION_MODELS and end - start > bounds.model_bytes:
+            raise TooManyFields(f"a PartitionModel of {end - start} bytes, more than a valid one ({bounds.model_bytes})")
     features = [f for f in top if f[0] == _PARTITION_FEATURES]
     if len(features) > 1:  # the parser would merge them: one pack's bounds no longer hold
         raise TooManyFields("PartitionRequest holds more than one features field")
     if not features:
         return None
-    number, wire_type, first, end = features[0]
+    _, wire_type, first, end = features[0]
     if wire_type != WIRE_TYPE_LEN:
         return None
     inner_start = field_body(data, first)

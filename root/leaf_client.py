@@ -110,12 +110,13 @@ def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
 
 
 class _Race:
-    """A hedged call's two copies: ``won`` once one answered (the other is then overtaken)."""
+    """A hedged call: ``overtaken`` once its hedge answered first (the primary, then
+    cancelled, would have taken longer still)."""
 
-    __slots__ = ("won",)
+    __slots__ = ("overtaken",)
 
     def __init__(self) -> None:
-        self.won = False
+        self.overtaken = False
 
 
 class GrpcLeafClient:
@@ -342,7 +343,7 @@ class GrpcLeafClient:
         try:
             response = await stubs[index](payload, timeout=attempt.remaining())
         except asyncio.CancelledError:
-            if latency is not None and race is not None and race.won:  # not the caller cancelling
+            if latency is not None and race is not None and race.overtaken:  # not the caller cancelling
                 latency.observe(index, time.monotonic() - started, ok=False, overtaken=True)
             raise
         except grpc.aio.AioRpcError as exc:
@@ -402,7 +403,7 @@ class GrpcLeafClient:
                     error = task.exception()
                     if error is None:
                         if refused_in is None or not refused_in(task.result(), started[task]):
-                            race.won = task is not primary  # the primary, cancelled below, was overtaken
+                            race.overtaken = task is not primary  # the primary is cancelled below
                             return task.result(), started[task]
                         refusing = refusing or (task.result(), started[task])
                     elif task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \

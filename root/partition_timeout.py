@@ -58,7 +58,8 @@ class PartitionTimeout:
         self._attempts = 0
 
     def observe(self, seconds: float) -> None:
-        """An attempt was answered after ``seconds`` (any answer: the leaf responded)."""
+        """An attempt was answered after ``seconds`` (a failed one says nothing about when it
+        would have answered)."""
         self._answered.append(seconds)
         self._cached = None
 

@@ -31,7 +31,9 @@ _M_MMAP_THRESHOLD: Final = -3
 DEFAULT_MMAP_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_TRIM_THRESHOLD = 256 * 1024 * 1024
 
-# Largest message either side accepts; larger requests are rejected by gRPC itself
+# Largest message a channel sends or receives, and a server sends; what a server receives is
+# its role's limit (``RootConfig`` / ``LeafConfig.receive_message_bytes``, passed to
+# ``transport.builder.build_server``). Larger messages are rejected by gRPC itself
 # (RESOURCE_EXHAUSTED) before they reach our code.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 

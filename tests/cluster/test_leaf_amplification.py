@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.hostile import leaf_partition_families, leaf_score_families
 from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from protos.rootleaf.v1 import leaf_pb2
 from tests.cluster.processes import wait_port
 from tests.cluster.test_leaf_process import REPO_ROOT
 from wire import codec
-from wire.pack import encode_pack
 
 MIB = 1 << 20
 SIZE = 4 * MIB
@@ -37,49 +37,19 @@ MULTIPLE = 4
 SLACK = 24 * MIB
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, body: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 def _score_families() -> dict[str, bytes]:
-    count = SIZE // 2
-    shape = _field(1, b"x") + b"\x10\x01" + _field(3, b"\x00" * SIZE)
     huge_empty = leaf_pb2.LeafRequest(model="m", num_candidates=4)
     huge_empty.features.append(codec.encode("x", np.zeros((4, 1), np.float32)))
     huge_empty.features[0].ClearField("shape")
     huge_empty.features[0].shape.extend([4, 0, 2**40, 2**40])
     huge_empty.features[0].raw_size, huge_empty.features[0].data = 0, b""
-    return {
-        "empty request ids": b"\x0a\x00" * count,
-        "empty tensors": b"\x2a\x00" * count,
-        "unknown fields": b"\x78\x00" * count,
-        "4M shape dims": _field(2, b"m") + b"\x20\x04" + _field(5, shape),
-        "empty shape, huge dims": huge_empty.SerializeToString(),
-    }
+    return {**leaf_score_families(SIZE, b"m"), "empty shape, huge dims": huge_empty.SerializeToString()}
 
 
 def _partition_families() -> dict[str, bytes]:
-    count = SIZE // 2
-    pack = encode_pack({"x": np.ones((4, 1), np.float32)}, "none").SerializeToString()
-    bad_dims = encode_pack({"x": np.ones((4, 1), np.float32)}, "none")
-    bad_dims.dims = bad_dims.dims + bytes(SIZE)
-    model = _field(1, b"m") + _field(2, b"1")
-    return {
-        "empty request ids": b"\x0a\x00" * count,
-        "empty models": b"\x1a\x00" * count,
-        "4M copies of an index": b"\x10\x04" + _field(3, model + _field(3, b"\x00" * SIZE)) + _field(4, pack),
-        "2M empty names": b"\x10\x04" + _field(3, model) + _field(4, b"\x0a\x00" * count),
-        "4 MiB of dims": b"\x10\x04" + _field(3, model + _field(3, b"\x00")) + _field(4, bad_dims.SerializeToString()),
-    }
+    return leaf_partition_families(SIZE, b"m")
 
 
 def _status(pid: int) -> dict[str, int]:

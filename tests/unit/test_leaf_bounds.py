@@ -23,7 +23,7 @@ from leaf.servicer import deserialize_request
 from protos.rootleaf.v1 import leaf_pb2
 from wire.codec import CodecError, DecodeLimits
 from wire.pack import PackReader, encode_pack, read_pack
-from wire.protowire import count_fields
+from wire.protowire import count_fields, frame_field, varint
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -78,22 +78,14 @@ def test_infer_requests_with_more_fields_than_a_valid_one_are_refused_after_boun
 def test_a_pack_with_more_names_than_tensors_allowed_is_refused() -> None:
     body = b"\x0a\x00" * (DEFAULT_BOUNDS.pack_names + 4)  # more fields than a valid pack has
     pack = leaf_pb2.PartitionRequest(models=[leaf_pb2.PartitionModel(name="m")]).SerializeToString()
-    pack += b"\x22" + _varint(len(body)) + body
+    pack += b"\x22" + varint(len(body)) + body
     assert "more than" in deserialize_partition(pack).error
     # as many fields as a valid pack may have are parsed (and refused later by the count)
     body = body[8:]
     ok = leaf_pb2.PartitionRequest(models=[leaf_pb2.PartitionModel(name="m")]).SerializeToString()
-    ok += b"\x22" + _varint(len(body)) + body
+    ok += b"\x22" + varint(len(body)) + body
     assert not deserialize_partition(ok).error
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 # Finding 2: counts are checked before anything is built per element.
@@ -113,7 +105,7 @@ def test_score_admission_checks_the_tensor_count_first() -> None:
 def test_pack_admission_checks_the_index_count_first() -> None:
     pack = encode_pack({"x": np.ones((4, 1), np.float32)}, "none")
     table = PackReader(DecodeLimits()).read(pack)
-    indexes = leaf_pb2.PartitionModel.FromString(b"\x1a" + _varint(4 * MIB) + b"\x00" * (4 * MIB)).features
+    indexes = leaf_pb2.PartitionModel.FromString(b"\x1a" + varint(4 * MIB) + b"\x00" * (4 * MIB)).features
     converter = Converter(Signature(("x",), ("s",)), DecodeLimits(), 100)
     tracemalloc.start()
     try:
