@@ -274,8 +274,11 @@ class GrpcLeafClient:
         - a retry: when every copy failed and one found its target UNAVAILABLE (struck off
           until the next health round), a copy goes to any target not tried yet.
 
-        At most one hedge and one more copy (at the timeout, or the retry) per call; each copy
-        counted against the hedge budget. The first answer wins; an answer that refuses a
+        At most one hedge and one more copy (at the timeout, or the retry) per call, each to a
+        target not tried yet. The call counts in the hedge budget once its hedge is decided
+        (at once when it cannot hedge), as hedged when it sent a hedge or a copy at the
+        timeout (a copy at the timeout of a call counted unhedged adds one entry); the
+        budget refuses hedges, never a copy at the timeout. The first answer wins; an answer that refuses a
         version (``refused_in``: replies in an answer) wins only when no other copy runs;
         the others are cancelled, a copy cancelled counting against its target only when a
         copy sent after it answered first and its own timeout had not counted already. A
@@ -284,26 +287,31 @@ class GrpcLeafClient:
         deadline = time.monotonic() + timeout_s
         latency = self.latency
         copies: dict[asyncio.Task[Any], _Copy] = {}
-        extra = False  # a hedge or a copy at the timeout went out (what the hedge budget counts)
+        counted: bool | None = None  # how the call counts in the hedge budget (None: not yet)
         second = False  # the copy at the timeout, or the retry, went out
 
-        def send(complete: bool, name: str) -> bool:
-            nonlocal extra
+        def send(complete: bool, kind: str) -> bool:
+            """A copy (``kind``: call, hedge, copy at the timeout, retry) to a target not tried."""
+            nonlocal counted
             target = self._choose(pool([c.target for c in copies.values()], complete))
             if target is None:
                 return False
             copy = _Copy(target, len(copies), self.timeout.attempt_deadline(deadline))
-            copies[self._start(stubs, copy, payload, deadline, name)] = copy
-            if name != "root-leaf-call" and name != "root-leaf-retry":
+            copies[self._start(stubs, copy, payload, deadline, f"root-leaf-{kind}")] = copy
+            if kind in ("hedge", "copy"):
                 metrics.LEAF_HEDGES.labels(self.name).inc()
-                if latency is not None and not extra:
-                    latency.record_call(hedged=True)
-                extra = True
+                if latency is not None and not counted:
+                    latency.record_call(hedged=True)  # a call counted already: one more entry
+                counted = True
             return True
 
         delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
         hedge_at = None if delay is None else time.monotonic() + delay
-        send(False, "root-leaf-call")
+        if latency is not None and delay is None:
+            latency.record_call(hedged=False)  # counted now: no hedge can follow
+            counted = False
+        sent = send(False, "call")
+        assert sent  # without a version filter some target is always chosen; score() checked its own
         refusing: Any = None
         failures: list[tuple[_Copy, BaseException]] = []
         try:
@@ -329,16 +337,18 @@ class GrpcLeafClient:
                 now = time.monotonic()
                 if hedge_at is not None and now >= hedge_at:
                     hedge_at = None
-                    if len(copies) == 1 and live:
-                        send(True, "root-leaf-hedge")
+                    if not (len(copies) == 1 and live and send(True, "hedge")) and latency is not None \
+                            and counted is None:
+                        latency.record_call(hedged=False)
+                        counted = False
                 timed_out = [copies[t] for t in live if copies[t].turn.own and not copies[t].timed_out
                              and copies[t].turn.deadline <= now]
                 for copy in timed_out:
                     copy.timed_out = True
-                    if latency is not None:
+                    if latency is not None and counts_against(grpc.StatusCode.DEADLINE_EXCEEDED, own_timeout=True):
                         latency.observe(copy.target, now - copy.started, ok=False)
                 if timed_out and all(copies[t].timed_out for t in live):
-                    if not second and send(True, "root-leaf-copy"):
+                    if not second and send(True, "copy"):
                         second = True
                     elif len(live) == 1:  # no other copy, nowhere else to turn: it ends here
                         raise self._own_timeout()
@@ -348,7 +358,7 @@ class GrpcLeafClient:
                     return refusing
                 unreachable = any(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
                                   for _, e in failures)
-                if unreachable and not second and deadline > now and send(False, "root-leaf-retry"):
+                if unreachable and not second and deadline > now and send(False, "retry"):
                     second = True
                     continue
                 first = min(failures, key=lambda f: f[0].order)[1]
@@ -356,7 +366,7 @@ class GrpcLeafClient:
                     raise _error_of(first) from None
                 raise first
         finally:
-            if latency is not None and not extra:
+            if latency is not None and counted is None:
                 latency.record_call(hedged=False)
             for task in copies:
                 task.cancel()
@@ -417,7 +427,7 @@ class GrpcLeafClient:
                 latency.observe(index, time.monotonic() - copy.started, ok=False, overtaken=True)
             raise
         except grpc.aio.AioRpcError as exc:
-            if latency is not None and counts_against(exc.code(), False):
+            if latency is not None and counts_against(exc.code(), own_timeout=False):
                 latency.observe(index, time.monotonic() - copy.started, ok=False)
             raise
         elapsed = time.monotonic() - copy.started
