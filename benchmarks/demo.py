@@ -2,9 +2,10 @@
 and a table of what request-feature dedup, LZ4 and trimming each save.
 
 Generates (or reuses, cached by the workload's hash) the demo data, models and bundles in
-``--dir`` (default ``.rootleaf/demo``), starts the leaves and a root, and runs five modes of
+``--dir`` (default ``.rootleaf/demo``), starts the leaves and a root, and runs six modes of
 the root's switches, restarting only the root between them: baseline (nothing), dedup,
-dedup + LZ4, trim + dedup, and all three. Writes ``demo.json`` and ``demo.png`` next to the
+dedup + LZ4, trim + dedup, all three with one call per model, and all three with one call
+per partition (the default). Writes ``demo.json`` and ``demo.png`` next to the
 assets, then stops the cluster. Runs on the main thread (see ``benchmarks.cluster``).
 """
 

@@ -1,7 +1,7 @@
 """What the fleet serves: the model versions every leaf lists (``Leaf/ListModels``), and the
 rollout-gap rule that compares them with a package.
 
-The gap rule (README, "Shipping models"): a package must list every version of its bundle's
+The gap rule (docs/hourly-rollouts.md): a package must list every version of its bundle's
 models that some canary or production leaf serves, besides the pending ones; a served version
 it lacks would have no allowlist on the roots between the root-config and model-config
 stages (those requests go untrimmed: the bandwidth spike the trimmer exists to prevent).

@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         result = build_image(engine, REPO, args.base, args.python_image, args.cache_dir, args.tag)
-    except EngineError as exc:
+    except (EngineError, OSError) as exc:  # OSError: not a checkout (no Dockerfile, no lock)
         print(f"rootleaf image: {exc}", file=sys.stderr)
         return 1
     finally:

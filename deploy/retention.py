@@ -1,6 +1,6 @@
 """What a bundle build keeps besides the pending versions, and the signature report.
 
-Retention (README, "Shipping models"): the package lists
+Retention (docs/hourly-rollouts.md): the package lists
 
 - every pending version (the ones the build read from the model repository);
 - the deployed versions some leaf serves, when the build knows what the fleet serves

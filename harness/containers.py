@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -130,6 +131,21 @@ def spawn_container(
             time.sleep(0.1)
     log.info("started %s (container %s, pid %d): %s", name, container, pid, " ".join(args))
     return Proc(name, Container(engine, container, client, pid), log_path, port_file)
+
+
+def spawn_server(
+    engine: Engine, image: str, name: str, args: Sequence[str], log_path: Path, port_file: Path, port: int,
+    cluster_dir: Path, reads: Path,
+) -> Proc:
+    """A cluster server in a container: ``cluster_dir`` read-only, the directory of its log
+    and port file writable, ``reads`` (its models or bundles) read-only on top."""
+    own_dir = log_path.parent
+    writable_by_image(own_dir)
+    for path in (cluster_dir, reads):
+        readable_by_image(path)
+    mounts = [Mount(cluster_dir), Mount(own_dir, writable=True), Mount(reads)]
+    return spawn_container(engine, image, "rootleaf-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", name), args, log_path,
+                           port_file, port, mounts)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

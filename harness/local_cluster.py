@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -29,7 +28,7 @@ from deploy.engine import Engine, EngineError, ensure_engine
 from harness.cluster_config import (
     CLUSTER_FILE, ROLES, SCHEMA_VERSION, ClusterTls, LeafInfo, RootInfo, apply_overrides, render_toml, tls_json,
 )
-from harness.containers import Mount, readable_by_image, spawn_container, writable_by_image
+from harness.containers import spawn_server
 from harness.demo_assets import DemoAssets, copy_tree, ensure_assets
 from harness.processes import (
     ClusterError, Proc, free_port, is_ours, pid_alive, spawn, stop_process, stop_processes, wait_port, wait_serving,
@@ -247,7 +246,7 @@ class LocalCluster:
 
     @property
     def description(self) -> dict[str, Any]:
-        """The cluster.json document (schema in the README and /tmp/team/requests.md)."""
+        """The cluster.json document (schema in docs/local-cluster.md)."""
         assert self.assets is not None, "start() first"
         return {
             "schema": SCHEMA_VERSION,
@@ -310,18 +309,12 @@ class LocalCluster:
         )
 
     def _launch(self, name: str, args: Sequence[str], own_dir: Path, stem: str, port: int, reads: Path) -> Proc:
-        """A server process, or a container of ``self.image``: the cluster directory read-only,
-        ``own_dir`` writable (port file), ``reads`` (its models or bundles) read-only."""
+        """A server process, or a container of ``self.image`` (``harness.containers.spawn_server``)."""
         log_path, port_file = own_dir / f"{stem}.log", own_dir / f"{stem}.port"
         if self.image is None:
             return spawn(name, args, log_path, port_file)
         assert self._engine is not None
-        writable_by_image(own_dir)
-        for path in (self.directory, reads):
-            readable_by_image(path)
-        mounts = [Mount(self.directory), Mount(own_dir, writable=True), Mount(reads)]
-        return spawn_container(self._engine, self.image, "rootleaf-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", name), args,
-                               log_path, port_file, port, mounts)
+        return spawn_server(self._engine, self.image, name, args, log_path, port_file, port, self.directory, reads)
 
     def _prepare_role(self, role: str) -> None:
         """Fresh copies of the generated repositories and bundle files for ``role``."""

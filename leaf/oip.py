@@ -2,7 +2,7 @@
 ``rootleaf.v1.Leaf`` on the same port.
 
 ``ModelInfer`` runs the same path as ``Leaf/Score``: the model version resolves by the
-README's version rules, the inputs are admitted on what they declare (queue capacity,
+version rules (docs/versions-and-trimming.md), the inputs are admitted on what they declare (queue capacity,
 ``Converter.admit``, then the shared ``InflightBytes`` bound) before a payload is packed or
 decoded, and the forward runs on the batcher's inference thread. Inputs are the model's
 signature inputs by name, each ``[N, ...]`` or ``[1, ...]`` (broadcast); N is the largest

@@ -284,7 +284,7 @@ class RootConfig:
     ``rootleaf_trimmer_bundle_healthy`` 0)."""
     kill_switch_file: Path | None = None
     """Hot-reloaded file that turns trimming off for some or all models without a restart
-    (``{"trimming_off": ["*"]}``; README, "The Feature Trimmer"); None = no kill switch."""
+    (``{"trimming_off": ["*"]}``; docs/versions-and-trimming.md); None = no kill switch."""
     cache: CacheConfig = field(default_factory=CacheConfig)
     """The feature cache."""
     partition_timeout: PartitionTimeoutConfig = field(default_factory=PartitionTimeoutConfig)

@@ -1,6 +1,6 @@
 """Which version of each requested model runs: resolved by the root among the versions its
 partition's leaves have loaded, so the leaf always runs the version whose allowlist was
-applied (README, "Model versions"). Owned by the root's event loop.
+applied (docs/versions-and-trimming.md, "Model versions"). Owned by the root's event loop.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class VersionResolver:
         """The version ``ref`` runs on and its allowlist, among the versions its partition
         serves; an error outcome when the version asked for is known but served nowhere.
 
-        The rules (README, "Model versions"), in order:
+        The rules (docs/versions-and-trimming.md, "Model versions"), in order:
 
         1. a version the client names and a leaf of the partition serves runs as asked: with
            its allowlist when the bundle lists it (``exact``), untrimmed otherwise (the
