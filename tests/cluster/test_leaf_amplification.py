@@ -25,7 +25,8 @@ from benchmarks.hostile import leaf_partition_families, leaf_score_families
 from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from protos.rootleaf.v1 import leaf_pb2
-from tests.cluster.test_leaf_process import REPO_ROOT, wait_for_file
+from tests.cluster.processes import wait_port
+from tests.cluster.test_leaf_process import REPO_ROOT
 from wire import codec
 
 MIB = 1 << 20
@@ -75,7 +76,7 @@ def test_hostile_requests_cost_a_leaf_a_small_multiple_of_their_size(tmp_path: P
     )
     results: dict[str, tuple[str, int]] = {}
     try:
-        port = int(wait_for_file(port_file, proc, timeout=60))
+        port = wait_port(port_file, proc, 60)
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * MIB)]) as channel:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=30)
             for method, families in (("Score", _score_families()), ("ScorePartition", _partition_families())):

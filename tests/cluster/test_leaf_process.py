@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,19 +20,9 @@ from leaf.export import export_model
 from wire import codec
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from harness.processes import free_port
+from tests.cluster.processes import wait_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return path.read_text()
-        if proc.poll() is not None:
-            raise AssertionError(f"leaf exited with {proc.returncode}")
-        time.sleep(0.02)
-    raise AssertionError(f"{path} not written within {timeout}s")
 
 
 @pytest.mark.cluster
@@ -51,7 +40,7 @@ def test_leaf_process_serves_records_and_drains(tmp_path: Path) -> None:
         cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"},
     )
     try:
-        port = int(wait_for_file(port_file, proc, timeout=60))
+        port = wait_port(port_file, proc, 60)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             status = health.Check(health_pb2.HealthCheckRequest(service=""), wait_for_ready=True, timeout=30)

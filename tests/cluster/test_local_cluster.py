@@ -20,6 +20,7 @@ from harness.cluster_config import LeafInfo, RootInfo, apply_overrides, parse_ov
 from harness.local_cluster import LocalCluster
 from harness.processes import REPO_ROOT, ClusterError, Proc, pid_alive
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
+from tests.cluster.processes import cluster_description
 
 WAIT_S = 120.0
 
@@ -47,22 +48,6 @@ def _status(target: str) -> root_pb2.RootStatusResponse:
         return reply
 
 
-def _wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float, state: str = "running") -> dict[str, Any]:
-    """The cluster description once it says ``state`` ("starting" or "running")."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"rootleaf up exited early with {proc.returncode}")
-        try:
-            doc: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if doc.get("state") == state:
-            return doc
-        time.sleep(0.1)  # polling a file the launcher rewrites, bounded by the deadline
-    raise AssertionError(f"{path} did not say state {state!r} within {timeout_s} s")
-
-
 def _all_pids(doc: dict[str, Any]) -> list[int]:
     pids = []
     for role in doc["roles"].values():
@@ -82,7 +67,7 @@ def test_up_canary_then_down(tmp_path: Path) -> None:
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
     )
     try:
-        doc = _wait_for_file(tmp_path / "c" / "cluster.json", proc, WAIT_S)
+        doc = cluster_description(tmp_path / "c" / "cluster.json", proc, WAIT_S)
         assert doc["schema"] == 1 and doc["workload"] == "ci" and doc["launcher"] == "up"
         assert set(doc["roles"]) == {"production", "canary"}
         prod, canary = doc["roles"]["production"], doc["roles"]["canary"]
@@ -174,7 +159,7 @@ def test_interrupt_during_start_up_stops_everything(tmp_path: Path, how: str) ->
     stops the launcher and every process it started without waiting for start-up to end."""
     proc, log = _start_up(tmp_path)
     try:
-        doc = _wait_for_file(tmp_path / "c" / "cluster.json", proc, WAIT_S, state="starting")
+        doc = cluster_description(tmp_path / "c" / "cluster.json", proc, WAIT_S, state="starting")
         leaves = [leaf["pid"] for role in doc["roles"].values() for leaf in role["leaves"]]
         assert len(leaves) == 2 and all(pid_alive(p) for p in leaves)
         if how == "sigint":

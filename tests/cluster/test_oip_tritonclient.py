@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +19,7 @@ import pytest
 from harness.local_cluster import LocalCluster
 from harness.processes import REPO_ROOT
 from root.client import RootClient
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -31,13 +31,9 @@ WAIT_S = 60.0
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster("ci", tmp_path_factory.mktemp("oip"), leaf_args=("--torch-threads", "1", "--versions", "all")) as c:
         with RootClient(c.root().target) as client:
-            deadline = time.monotonic() + WAIT_S
-            while True:  # the root's health round has seen every partition serve
-                status = client.status()
-                if all(p.serving_addresses > 0 for p in status.partitions):
-                    break
-                assert time.monotonic() < deadline, f"partitions not serving: {status}"
-                time.sleep(0.2)
+            # The root's health round has seen every partition serve.
+            eventually(lambda: all(p.serving_addresses > 0 for p in client.status().partitions),
+                       lambda: f"partitions serving: {client.status()}", WAIT_S)
         yield c
 
 

@@ -21,8 +21,8 @@ from deploy.prometheus_rule import RULES_FILE
 from harness.monitor import scrape_config
 from harness.processes import REPO_ROOT
 from root.client import RootClient
-from tests.cluster.test_local_cluster import _wait_for_file
-from tests.cluster.test_root_workers import children, poll
+from tests.cluster.processes import cluster_description
+from tests.cluster.test_root_workers import children
 from tests.prometheus_server import PrometheusServer, shortened_rules, start_prometheus
 from tests.unit.test_monitoring import dashboard_queries
 
@@ -41,7 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT,
     )
     try:
-        yield _wait_for_file(base / "c" / "cluster.json", proc, WAIT_S)
+        yield cluster_description(base / "c" / "cluster.json", proc, WAIT_S)
     finally:
         if proc.poll() is None:
             proc.terminate()  # up stops every root and leaf it started, then exits
@@ -83,10 +83,10 @@ def test_a_corrupt_bundle_fires_the_alert_and_repairing_it_resolves_it(
 ) -> None:
     production = cluster["roles"]["production"]
     targets = 1 + len(production["leaves"])
-    poll("every target scraped and up", lambda: len([s for s in prometheus.query("up == 1")]) == targets)
+    eventually(lambda: len([s for s in prometheus.query("up == 1")]) == targets, "every target scraped and up", WAIT_S)
     bundles = production["root"]["bundle_files"]
     healthy = lambda: {s["metric"]["bundle"] for s in prometheus.query("rootleaf_trimmer_bundle_healthy == 1")}  # noqa: E731
-    poll("every bundle healthy", lambda: healthy() == set(bundles))
+    eventually(lambda: healthy() == set(bundles), "every bundle healthy", WAIT_S)
     assert prometheus.alerts(ALERT) == []
 
     name, path = sorted(bundles.items())[0]
@@ -97,7 +97,7 @@ def test_a_corrupt_bundle_fires_the_alert_and_repairing_it_resolves_it(
     start = time.monotonic()
     corrupt.replace(bundle_file)  # atomic, as a ConfigMap update lands
     try:
-        poll(f"{ALERT} firing for {name}", lambda: _firing(prometheus) == {name})
+        eventually(lambda: _firing(prometheus) == {name}, f"{ALERT} firing for {name}", WAIT_S)
         fired_s = time.monotonic() - start
         # Only the corrupt bundle: the others stay healthy and quiet.
         assert {a["labels"]["bundle"] for a in prometheus.alerts(ALERT)} == {name}
@@ -108,7 +108,7 @@ def test_a_corrupt_bundle_fires_the_alert_and_repairing_it_resolves_it(
         repaired.write_bytes(good)
         start = time.monotonic()
         repaired.replace(bundle_file)
-    poll(f"{ALERT} resolved", lambda: prometheus.alerts(ALERT) == [])
+    eventually(lambda: prometheus.alerts(ALERT) == [], f"{ALERT} resolved", WAIT_S)
     resolved_s = time.monotonic() - start
     assert healthy() == set(bundles)
     print(f"\n{ALERT}{{bundle={name}}}: firing {fired_s:.1f} s after the corrupt write, "
@@ -126,7 +126,7 @@ def test_every_dashboard_query_returns_series(cluster: dict[str, Any], prometheu
         return not empty
 
     try:
-        poll("every dashboard query to return series", all_answer)
+        eventually(all_answer, "every dashboard query to return series", WAIT_S)
     except AssertionError:
         raise AssertionError("queries without series:\n" + "\n".join(empty)) from None
     print(f"\n{len(queries)} dashboard queries, each with series")
@@ -135,13 +135,13 @@ def test_every_dashboard_query_returns_series(cluster: dict[str, Any], prometheu
 @pytest.mark.cluster
 def test_a_killed_root_worker_fires_the_restart_alert(cluster: dict[str, Any], prometheus: PrometheusServer) -> None:
     alert = "RootleafRootWorkersRestarting"
-    poll("the supervisor's series scraped", lambda: prometheus.query("rootleaf_root_worker_restarts_total == 0"))
+    eventually(lambda: prometheus.query("rootleaf_root_worker_restarts_total == 0"), "the supervisor's series scraped", WAIT_S)
     assert prometheus.alerts(alert) == []
     supervisor = cluster["roles"]["production"]["root"]["pid"]
     workers = children(supervisor)
     assert len(workers) == 2
     os.kill(min(workers), signal.SIGKILL)
-    poll("a replacement worker", lambda: len(children(supervisor) - workers) == 1)
-    firing = poll(f"{alert} firing", lambda: [a for a in prometheus.alerts(alert) if a["state"] == "firing"])
+    eventually(lambda: len(children(supervisor) - workers) == 1, "a replacement worker", WAIT_S)
+    firing = eventually(lambda: [a for a in prometheus.alerts(alert) if a["state"] == "firing"], f"{alert} firing", WAIT_S)
     assert [a["labels"]["job"] for a in firing] == ["rootleaf-root"]
     _score(cluster, 3)  # the root serves on

@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import grpc
 import pytest
@@ -32,6 +32,7 @@ from deploy.delivery import atomic_write, tree_sha256
 from deploy.metrics_scrape import scrape
 from harness.local_cluster import KILL_SWITCH_FILE, LocalCluster
 from harness.soak_load import LoadProcess
+from tests.waiting import eventually
 from deploy.rollout_cli import rollout_main
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 
@@ -54,14 +55,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def _desc(cluster: LocalCluster) -> dict[str, Any]:
     return json.loads(cluster.cluster_json.read_text())
-
-
-def _eventually(predicate: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)  # polling a condition, bounded by WAIT_S
 
 
 def _deployed_versions(cluster: LocalCluster, model: str) -> list[str]:
@@ -131,7 +124,7 @@ def test_24_hourly_rollouts_stay_bounded_and_lose_nothing(
         ended = time.monotonic()
         for role in ("production", "canary"):
             url = desc["roles"][role]["root"]["metrics_url"]
-            _eventually(lambda: _unserved(url) == 0, f"{role} root's unserved versions back to 0")
+            eventually(lambda: _unserved(url) == 0, f"{role} root's unserved versions back to 0", WAIT_S)
         stats = {role: load.stop() for role, load in loads.items()}
     finally:
         for load in loads.values():
@@ -250,12 +243,12 @@ def test_the_kill_switch_turns_trimming_off_on_a_running_root(cluster: LocalClus
     before = untrimmed_after_one_request()
     try:
         atomic_write(switch, json.dumps({"trimming_off": [MODEL]}).encode())
-        _eventually(lambda: off(MODEL) == 1, "the kill switch on")
+        eventually(lambda: off(MODEL) == 1, "the kill switch on", WAIT_S)
         assert f"trimming is OFF for ['{MODEL}']" in Path(root["log"]).read_text()
         during = untrimmed_after_one_request()
         assert during == {MODEL: before[MODEL] + 1, OTHER: before[OTHER]}  # one model only, no restart
     finally:
         switch.unlink(missing_ok=True)
-    _eventually(lambda: off(MODEL) == 0, "the kill switch off again")
+    eventually(lambda: off(MODEL) == 0, "the kill switch off again", WAIT_S)
     assert untrimmed_after_one_request() == during
     assert "trimming is back ON for every model" in Path(root["log"]).read_text()

@@ -5,14 +5,11 @@ traffic and rollback all go over TLS (a plaintext client is refused by every ser
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -23,25 +20,12 @@ from harness.cluster_cli import down_main
 from harness.processes import REPO_ROOT, pid_alive
 from deploy.rollout_cli import rollback_main, rollout_main
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc, root_pb2, root_pb2_grpc
+from tests.cluster.processes import cluster_description
 from tests.tls_certs import make_certs
 from transport.tls import PLAINTEXT, TlsConfig, aio_channel
 
 pytestmark = [pytest.mark.cluster]
 WAIT_S = 180.0
-
-
-def _wait_running(path: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"rootleaf up exited with {proc.returncode}"
-        try:
-            doc: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            doc = {}
-        if doc.get("state") == "running":
-            return doc
-        time.sleep(0.1)  # polling a file the launcher rewrites, bounded by the deadline
-    raise AssertionError(f"{path} never said running")
 
 
 async def _root_hash(target: str, bundle: str, tls: TlsConfig) -> str:
@@ -65,7 +49,7 @@ def test_rollout_and_rollback_over_mutual_tls(tmp_path: Path, capsys: pytest.Cap
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT,
     )
     try:
-        desc = _wait_running(tmp_path / "c" / "cluster.json", proc)
+        desc = cluster_description(tmp_path / "c" / "cluster.json", proc, WAIT_S)
         tls = TlsConfig.from_mapping(desc["tls"])
         assert tls.ca_file == str(certs.ca) and tls.cert_file == str(certs.client_cert)
         canary_leaf = desc["roles"]["canary"]["leaves"][0]

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from harness.demo_model import build_demo_model
 from leaf.export import export_model
@@ -22,40 +18,9 @@ from root import client_cli
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from root.client import RootClient
 from harness.datagen import generate_local_store
+from tests.cluster.processes import stop, wait_port, wait_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-START_S = 60.0
-
-
-def _wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float = START_S) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            return int(path.read_text())
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}")
-        time.sleep(0.02)
-    raise AssertionError(f"{path} not written within {timeout}s")
-
-
-def _wait_serving(target: str, service: str) -> None:
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for reply in stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=START_S):
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-    raise AssertionError(f"{target} never reported SERVING")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(10)
-    return proc.returncode
 
 
 @pytest.mark.cluster
@@ -86,7 +51,7 @@ def test_root_process_scores_through_a_leaf_process(tmp_path: Path, capsys: pyte
             cwd=REPO_ROOT, stdout=logs[0], stderr=subprocess.STDOUT, env=env,
         )
         procs.append(leaf)
-        leaf_port = _wait_port(tmp_path / "leaf.port", leaf)
+        leaf_port = wait_port(tmp_path / "leaf.port", leaf)
         (tmp_path / "root.toml").write_text(
             f"""
 catalog = "catalog.json"
@@ -107,8 +72,8 @@ max_bytes = 1000000
             cwd=REPO_ROOT, stdout=logs[1], stderr=subprocess.STDOUT, env=env,
         )
         procs.append(root)
-        target = f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}"
-        _wait_serving(target, "rootleaf.v1.Root")
+        target = f"127.0.0.1:{wait_port(tmp_path / 'root.port', root)}"
+        wait_serving(target, "rootleaf.v1.Root")
         with RootClient(target) as client:
             results = client.score(3, [1, 2, 3, 500], ["rank"], request_id="proc-1")
             assert results["rank"].ok and results["rank"].version == "1"
@@ -122,10 +87,10 @@ max_bytes = 1000000
         assert score_of_1 == pytest.approx(float(results["rank"].outputs["ctr"][0]), abs=1e-6)
         assert client_cli.main(["--target", target, "--model", "nope", "--user", "3", "--candidates", "1"]) == 1
         assert "NOT_FOUND" in capsys.readouterr().err
-        assert _stop(root) == 0
+        assert stop(root) == 0
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
         for f in logs:
             f.close()
     assert np.isfinite(results["rank"].outputs["ctr"]).all()

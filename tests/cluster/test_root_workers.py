@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import pytest
 
@@ -21,22 +20,11 @@ from harness.processes import free_port, pid_alive
 from root.client import RootClient
 from root.supervisor import available_cores, resolve_workers
 from transport import health_cli
-from tests.cluster.test_root_process import REPO_ROOT, _wait_port, _wait_serving
+from tests.cluster.processes import wait_port, wait_serving
+from tests.cluster.test_root_process import REPO_ROOT
+from tests.waiting import eventually
 
-T = TypeVar("T")
 WAIT_S = 60.0
-
-
-def poll(what: str, probe: Callable[[], T | None], timeout_s: float = WAIT_S) -> T:
-    """``probe()`` until it returns something other than None/False (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def children(pid: int) -> set[int]:
@@ -88,8 +76,8 @@ def start_root(cluster: LocalCluster, tmp_path: Path, workers: int) -> tuple[sub
 def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp_path: Path) -> None:
     root, metrics_port = start_root(cluster, tmp_path, 2)
     try:
-        target = f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}"
-        _wait_serving(target, "rootleaf.v1.Root")
+        target = f"127.0.0.1:{wait_port(tmp_path / 'root.port', root)}"
+        wait_serving(target, "rootleaf.v1.Root")
         workers = children(root.pid)
         assert len(workers) == 2
         models = [m.name for m in cluster.assets.workload.models]  # type: ignore[union-attr]
@@ -110,7 +98,7 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
                 calls += 1
             return seen == workers
 
-        poll("both workers to answer", both_answer)
+        eventually(both_answer, "both workers to answer", WAIT_S)
         assert seen == workers
         # The image's probe command agrees.
         assert health_cli.main(["--target", target, "--service", "rootleaf.v1.Root", "--quiet"]) == 0
@@ -122,10 +110,10 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
 
         victim = min(workers)
         os.kill(victim, signal.SIGKILL)
-        replaced = poll("a replacement worker", lambda: (children(root.pid) - workers) or None)
+        replaced = eventually(lambda: children(root.pid) - workers, "a replacement worker", WAIT_S)
         assert victim not in children(root.pid) and len(children(root.pid)) == 2
         seen.clear()
-        poll("the replacement to answer", lambda: both_answer() or (replaced & seen))
+        eventually(lambda: both_answer() or (replaced & seen), "the replacement to answer", WAIT_S)
         assert root.poll() is None
         after = scrape(metrics_url)
         assert after.total("rootleaf_root_worker_restarts_total") == 1
@@ -140,7 +128,7 @@ def test_two_workers_share_the_port_restart_and_drain(cluster: LocalCluster, tmp
         final = children(root.pid)
         root.send_signal(signal.SIGTERM)
         assert root.wait(WAIT_S) == 0
-        poll("every worker to exit", lambda: not any(pid_alive(pid) for pid in final))
+        eventually(lambda: not any(pid_alive(pid) for pid in final), "every worker to exit", WAIT_S)
     finally:
         if root.poll() is None:
             root.kill()
@@ -153,12 +141,12 @@ def test_workers_stop_when_the_supervisor_is_killed(cluster: LocalCluster, tmp_p
     root, _ = start_root(cluster, tmp_path, 2)
     workers: set[int] = set()
     try:
-        _wait_serving(f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}", "rootleaf.v1.Root")
+        wait_serving(f"127.0.0.1:{wait_port(tmp_path / 'root.port', root)}", "rootleaf.v1.Root")
         workers = children(root.pid)
         assert len(workers) == 2
         root.kill()  # no chance to forward anything
         root.wait(WAIT_S)
-        poll("orphaned workers to stop by themselves", lambda: not any(pid_alive(pid) for pid in workers))
+        eventually(lambda: not any(pid_alive(pid) for pid in workers), "orphaned workers to stop by themselves", WAIT_S)
     finally:
         for pid in workers:
             if pid_alive(pid):

@@ -6,7 +6,6 @@ only because the root passed the sampled context on."""
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.local_cluster import LocalCluster
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -55,14 +55,17 @@ def score(target: str, traceparent: str) -> root_pb2.ScoreResponse:
 
 def trace_spans(receiver: OtlpReceiver, trace_id: str, leaf_stages: set[str]) -> list[ReceivedSpan]:
     """The trace's spans once the leaf's stages have all arrived (bounded wait)."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        spans = [s for s in receiver.spans() if s.trace_id == trace_id]
+    def of_trace() -> list[ReceivedSpan]:
+        return [s for s in receiver.spans() if s.trace_id == trace_id]
+
+    def complete() -> list[ReceivedSpan]:
+        spans = of_trace()
         names = {s.name for s in spans}
-        if leaf_stages <= names and ROOT_STAGES <= names and "rootleaf.v1.Root/Score" in names:
-            return spans
-        assert time.monotonic() < deadline, f"spans of trace {trace_id} so far: {sorted(names)}"
-        time.sleep(0.2)
+        whole = leaf_stages <= names and ROOT_STAGES <= names and "rootleaf.v1.Root/Score" in names
+        return spans if whole else []
+
+    return eventually(complete, lambda: f"spans of trace {trace_id} so far: {sorted({s.name for s in of_trace()})}",
+                      WAIT_S, every_s=0.2)
 
 
 def test_one_call_is_one_trace_across_root_and_leaf(traced: tuple[LocalCluster, OtlpReceiver]) -> None:

@@ -24,7 +24,9 @@ from leaf.export import export_model
 from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from root.catalog import Entity, FeatureCatalog, FeatureSpec
 from harness.datagen import generate_local_store
-from tests.cluster.test_root_process import REPO_ROOT, _stop, _wait_port, _wait_serving
+from tests.cluster.processes import stop, wait_port, wait_serving
+from tests.cluster.test_root_process import REPO_ROOT
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.cluster
 
@@ -37,15 +39,6 @@ def _loaded(target: str) -> set[str]:
     with grpc.insecure_channel(target) as channel:
         reply = leaf_pb2_grpc.LeafStub(channel).ListModels(leaf_pb2.ListModelsRequest(), timeout=5)
     return {v for m in reply.models if m.name == "rank" for v in m.versions}
-
-
-def _wait(predicate: object, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)  # polling a condition, bounded by WAIT_S
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_unversioned_load_never_mismatches_through_a_replica_by_replica_rollout(tmp_path: Path) -> None:
@@ -84,7 +77,7 @@ def test_unversioned_load_never_mismatches_through_a_replica_by_replica_rollout(
                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
             procs.append(proc)
-            targets[name] = f"127.0.0.1:{_wait_port(tmp_path / f'leaf-{name}.port', proc)}"
+            targets[name] = f"127.0.0.1:{wait_port(tmp_path / f'leaf-{name}.port', proc)}"
         (tmp_path / "root.toml").write_text(f"""
 catalog = "catalog.json"
 [bundles]
@@ -104,8 +97,8 @@ path = "store"
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         procs.append(root)
-        target = f"127.0.0.1:{_wait_port(tmp_path / 'root.port', root)}"
-        _wait_serving(target, "rootleaf.v1.Root")
+        target = f"127.0.0.1:{wait_port(tmp_path / 'root.port', root)}"
+        wait_serving(target, "rootleaf.v1.Root")
 
         load = LoadProcess(target, tmp_path / "load.jsonl", users=50, items=200, candidates=8,
                            concurrency=4, deadline_ms=2000, models=("rank",), rate=80.0)
@@ -118,15 +111,15 @@ path = "store"
             # ... then replica b; requests reach v2 there once the root has seen it load.
             shutil.copytree(staged / "2", tmp_path / "repo-b" / "rank" / ".2.tmp")
             os.replace(tmp_path / "repo-b" / "rank" / ".2.tmp", tmp_path / "repo-b" / "rank" / "2")
-            _wait(lambda: "2" in _loaded(targets["b"]), "replica b to load v2")
+            eventually(lambda: "2" in _loaded(targets["b"]), "replica b to load v2", WAIT_S)
             loaded_b = time.monotonic()
-            _wait(lambda: any(r["version_served"] == "2" for r in read_records(tmp_path / "leaf-b.jsonl")),
-                  "replica b to serve v2")
+            eventually(lambda: any(r["version_served"] == "2" for r in read_records(tmp_path / "leaf-b.jsonl")),
+                       "replica b to serve v2", WAIT_S)
             reached_b_s = time.monotonic() - loaded_b
             # Rollback, one replica at a time: v2 leaves the repositories.
             for name in replicas:
                 os.replace(tmp_path / f"repo-{name}" / "rank" / "2", tmp_path / f"repo-{name}" / "rank" / ".2.gone")
-                _wait(lambda: _loaded(targets[name]) == {"1"}, f"replica {name} back on v1")  # noqa: B023
+                eventually(lambda: _loaded(targets[name]) == {"1"}, f"replica {name} back on v1", WAIT_S)  # noqa: B023
             back = time.monotonic()
             assert load.wait_for(lambda o: o.started > back and o.versions.get("rank") == "1", WAIT_S) is not None
             stats = load.stop()
@@ -153,6 +146,6 @@ path = "store"
               f"refused and re-resolved by replica: {refused}")
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc)
         for f in logs:
             f.close()

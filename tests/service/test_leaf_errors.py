@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Dict
 
@@ -18,6 +17,7 @@ from wire import codec
 from wire.codec import DType, Encoding
 from protos.rootleaf.v1 import leaf_pb2
 from tests.service.test_leaf_server import Leaf, export_demo, features, make_request, run, sample
+from tests.waiting import eventually_async
 
 
 class Fragile(torch.nn.Module):
@@ -139,18 +139,15 @@ def test_queue_full_and_expired_deadline(tmp_path: Path) -> None:
         config = LeafConfig(tmp_path, max_queue_delay_ms=HOLD_MS, max_queue_requests=1)
         async with Leaf(config) as leaf:
             first = leaf.stub.Score(make_request("slowq", features(2), 2))
-            while sample("rootleaf_leaf_queue_depth", labels) < 1:
-                await asyncio.sleep(0.005)
+            await eventually_async(lambda: sample("rootleaf_leaf_queue_depth", labels) >= 1, "the first request queued")
             await expect(leaf.stub.Score(make_request("slowq", features(2), 2)), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
             assert (await first).version == "1"
             # A request whose deadline passes while queued is never run.
             forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
             await expect(leaf.stub.Score(make_request("slowq", features(2), 2), timeout=0.1), grpc.StatusCode.DEADLINE_EXCEEDED)
             # It leaves the queue when the batch would go out (HOLD_MS), dropped, not run.
-            give_up = time.monotonic() + HOLD_MS / 1000 + 30
-            while sample("rootleaf_leaf_queue_depth", labels) != 0 and time.monotonic() < give_up:
-                await asyncio.sleep(0.02)
-            assert sample("rootleaf_leaf_queue_depth", labels) == 0
+            await eventually_async(lambda: sample("rootleaf_leaf_queue_depth", labels) == 0, "the expired request dropped",
+                                   HOLD_MS / 1000 + 30)
             assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
 
     run(body)
@@ -161,13 +158,12 @@ def test_injected_delay_delays_and_expires_requests(tmp_path: Path) -> None:
     labels = {"model": "delayed"}
 
     async def body() -> None:
-        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0), delay_ms=300) as leaf:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
+        # The delay is far above what a call takes even on a busy machine: a deadline between
+        # the two expires only because of the delay.
+        async with Leaf(LeafConfig(tmp_path, max_queue_delay_ms=0), delay_ms=3000) as leaf:
             assert (await leaf.stub.Score(make_request("delayed", features(3), 3))).version == "1"
-            assert loop.time() - started >= 0.3
             forwards = sample("rootleaf_leaf_batch_candidates_count", labels)
-            await expect(leaf.stub.Score(make_request("delayed", features(3), 3), timeout=0.05), grpc.StatusCode.DEADLINE_EXCEEDED)
+            await expect(leaf.stub.Score(make_request("delayed", features(3), 3), timeout=1.0), grpc.StatusCode.DEADLINE_EXCEEDED)
         # The server drained before stop returned: the expired request never reached the model.
         assert sample("rootleaf_leaf_batch_candidates_count", labels) == forwards
 
@@ -214,8 +210,7 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
         config = LeafConfig(tmp_path, max_queue_delay_ms=HOLD_MS, max_queue_requests=1)
         async with Leaf(config) as leaf:
             first = leaf.stub.Score(make_request("gated", features(2), 2))
-            while sample("rootleaf_leaf_queue_depth", labels) < 1:
-                await asyncio.sleep(0.005)
+            await eventually_async(lambda: sample("rootleaf_leaf_queue_depth", labels) >= 1, "the first request queued")
             corrupt = make_request("gated", features(2), 2)
             corrupt.features[3].CopyFrom(_lz4_corrupt("item_ids", np.ones((2, 3), np.int64)))
             await expect(leaf.stub.Score(corrupt), grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
@@ -229,8 +224,7 @@ def test_queue_full_and_inflight_bytes_are_answered_before_decoding(tmp_path: Pa
             assert sample("rootleaf_leaf_inflight_bytes_limit", {}) == request_bytes + 1  # what alerts divide by
             rejected = sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"})
             first = leaf.stub.Score(make_request("gated", features(2), 2))
-            while sample("rootleaf_leaf_inflight_bytes", {}) < request_bytes:
-                await asyncio.sleep(0.005)
+            await eventually_async(lambda: sample("rootleaf_leaf_inflight_bytes", {}) >= request_bytes, "the first request's bytes held")
             await expect(leaf.stub.Score(corrupt), grpc.StatusCode.RESOURCE_EXHAUSTED, "max_inflight_bytes")
             assert sample("rootleaf_leaf_admission_rejected_total", {"reason": "inflight_bytes"}) == rejected + 1
             assert (await first).version == "1"

@@ -24,16 +24,10 @@ from protos.rootleaf.v1 import leaf_pb2, leaf_pb2_grpc
 from tests.service.test_leaf_errors import expect
 from tests.service.test_leaf_partition import NAMES, partition_request
 from tests.service.test_leaf_server import Leaf, export_demo, features, make_request, run, sample
+from tests.waiting import eventually_async
 from wire import codec
 
 MIB = 1 << 20
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class GatedExecutor(ThreadPoolExecutor):
@@ -79,14 +73,14 @@ def test_a_cancelled_calls_bytes_stay_held_until_its_offloaded_decode_ends(tmp_p
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = leaf_pb2_grpc.LeafStub(channel).ScorePartition(request)
-                await eventually(gated.started.is_set)
+                await eventually_async(gated.started.is_set)
                 held = inflight.held
                 assert held >= request.ByteSize()
                 call.cancel()
-                await eventually(lambda: sample("rootleaf_leaf_requests_total", cancelled) > before)
+                await eventually_async(lambda: sample("rootleaf_leaf_requests_total", cancelled) > before)
                 assert inflight.held == held  # the call is over, its decode is not
                 gated.gate.set()
-                await eventually(lambda: inflight.held == 0)
+                await eventually_async(lambda: inflight.held == 0)
         finally:
             gated.gate.set()
             await server.stop(None)
@@ -113,7 +107,7 @@ def test_the_hold_covers_the_whole_received_message(tmp_path: Path, rpc: str) ->
             else:
                 request = partition_request(arrays, n, [("m", "1", NAMES)])
                 call = leaf.stub.ScorePartition(request)
-            await eventually(lambda: sample("rootleaf_leaf_inflight_bytes", {}) > 0)
+            await eventually_async(lambda: sample("rootleaf_leaf_inflight_bytes", {}) > 0)
             assert sample("rootleaf_leaf_inflight_bytes", {}) >= request.ByteSize() > 4 * MIB
             await call
             assert sample("rootleaf_leaf_inflight_bytes", {}) == 0

@@ -14,6 +14,7 @@ from leaf.server import LeafServer
 from protos.rootleaf.v1 import leaf_pb2
 from tests.service.test_leaf_errors import expect
 from tests.service.test_leaf_server import Leaf, export_demo, expected_scores, features, make_request, run, sample, scores_of
+from tests.waiting import eventually_async
 
 
 async def scan(server: LeafServer) -> None:
@@ -49,9 +50,8 @@ def test_hot_load_under_load_switches_without_failures(tmp_path: Path) -> None:
                         return
 
             clients = [asyncio.create_task(client(), name=f"client-{i}") for i in range(4)]
-            await asyncio.sleep(0)
-            while len(seen) < 20:
-                await asyncio.wait(clients, timeout=0.01)
+            # A client that fails stops the wait; its error is raised by the gather below.
+            await eventually_async(lambda: len(seen) >= 20 or any(c.done() for c in clients), "20 answers on version 1")
             module2 = await asyncio.to_thread(export_demo, tmp_path, "hot", "2", 2)
             await asyncio.wait_for(asyncio.gather(*clients), timeout=30)  # any failure raises here
             assert seen[0] == "1" and seen[-1] == "2"

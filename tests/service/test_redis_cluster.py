@@ -30,6 +30,7 @@ from tests.service.test_redis_root import (  # noqa: F401 - assets is a fixture
     root,
     root_config,
 )
+from tests.waiting import eventually_async
 
 T = TypeVar("T")
 NO_CACHE = CacheConfig(max_bytes=0)
@@ -182,18 +183,20 @@ class Load:
         """Load before, during and after ``event`` (run in a thread) until ``after_ok`` more
         answers came back correct after it."""
         tasks = [asyncio.create_task(self.caller(k * 3), name=f"load-{k}") for k in range(callers)]
+
+        def reached(ok: int) -> bool:
+            for t in tasks:
+                if t.done():
+                    t.result()  # an assertion inside a caller
+                    raise AssertionError(f"{t.get_name()} stopped")
+            assert self.calls < self.MAX_CALLS, f"only {self.ok} correct answers in {self.calls} calls"
+            return self.ok >= ok
+
         try:
-            while self.ok < 10:  # some traffic before the event
-                await asyncio.sleep(0.01)
-                assert self.calls < self.MAX_CALLS and not any(t.done() for t in tasks)
+            await eventually_async(lambda: reached(10), "some traffic before the event", 60)
             await asyncio.to_thread(event)
             target = self.ok + after_ok
-            while self.ok < target:
-                await asyncio.sleep(0.01)
-                assert self.calls < self.MAX_CALLS, f"only {self.ok} correct answers in {self.calls} calls"
-                for t in tasks:
-                    if t.done():
-                        t.result()  # an assertion inside a caller
+            await eventually_async(lambda: reached(target), f"{after_ok} correct answers after the event", 60)
         finally:
             self.stop.set()
             await asyncio.gather(*tasks)

@@ -22,6 +22,7 @@ from root.config import CacheConfig, FeatureStoreConfig, PartitionConfig, RootCo
 from harness.datagen import load_generated
 from root.server import create_server as create_root
 from tests.redis_server import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.waiting import eventually_async
 
 T = TypeVar("T")
 NO_CACHE = CacheConfig(max_bytes=0)
@@ -39,17 +40,6 @@ def run(body: Callable[[], Awaitable[T]]) -> T:
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def counted(name: str, want: float, timeout_s: float = 10.0, **labels: str) -> bool:
-    """True once the sample reaches ``want`` (bounded polling: the count follows the reply)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while sample(name, **labels) < want:
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return sample(name, **labels) == want
 
 
 def models_of(assets: DemoAssets) -> list[str]:
@@ -212,7 +202,9 @@ def test_redis_outage_fails_unavailable_then_recovers(assets: DemoAssets, redis_
                         await client.score(11, candidates, models)
                     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
                 # The servicer counts a call after its status went out: wait for the count.
-                assert await counted("rootleaf_root_requests_total", unavailable0 + 3, code="UNAVAILABLE")
+                await eventually_async(lambda: sample("rootleaf_root_requests_total", code="UNAVAILABLE") >= unavailable0 + 3,
+                                       "3 UNAVAILABLE calls counted")
+                assert sample("rootleaf_root_requests_total", code="UNAVAILABLE") == unavailable0 + 3
                 assert sample("rootleaf_root_redis_errors_total", kind="connection") > errors0
 
                 # Frozen rather than gone: the store's timeout bounds the wait.

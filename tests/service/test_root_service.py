@@ -40,6 +40,7 @@ from harness.datagen import generate_local_store
 from root.local_store import LocalFeatureStore
 from root.server import RootServer
 from root.server import create_server as create_root_server
+from tests.waiting import eventually, eventually_async
 
 T = TypeVar("T")
 USERS, ITEMS, SEED = 40, 300, 11
@@ -453,10 +454,7 @@ def test_bad_requests_get_their_codes(
     assert err.code() is code
     assert fragment in (err.details() or "")
     # The root counts the call after the status has gone out: poll (bounded) for the count.
-    for _ in range(1000):
-        if metric("rootleaf_root_requests_total", {"code": code.name}) > before:
-            break
-        cluster.loop.run(asyncio.sleep(0.005))
+    eventually(lambda: metric("rootleaf_root_requests_total", {"code": code.name}) > before, f"a {code.name} call counted")
     assert metric("rootleaf_root_requests_total", {"code": code.name}) == before + 1
 
 
@@ -491,10 +489,7 @@ def test_admission_comes_before_decoding_client_features(cluster: Cluster) -> No
         async with AsyncRootClient(f"127.0.0.1:{port}") as client:
             slow = asyncio.ensure_future(client.score(1, np.arange(2, dtype=np.uint64), ["m_slow"], timeout_s=WAIT_S))
             try:
-                for _ in range(2000):  # the slow call enters the engine (bounded poll)
-                    if server.engine.in_flight:
-                        break
-                    await asyncio.sleep(0.005)
+                await eventually_async(lambda: server.engine.in_flight, "the slow call in the engine")
                 assert server.engine.in_flight == 1
                 try:
                     await _score_raw(f"127.0.0.1:{port}", _request(["m_a"], [1], [_corrupt_tensor()]))

@@ -16,6 +16,7 @@ from protos.rootleaf.v1 import root_pb2
 from root.config import ShadowConfig
 from root.shadow import SHADOW_METADATA, ShadowMirror
 from wire.codec import encode
+from tests.waiting import eventually_async
 
 WAIT_S = 10.0
 
@@ -54,14 +55,6 @@ def _count(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def _until(predicate: Any) -> None:
-    for _ in range(int(WAIT_S / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 def test_mirror_is_bounded_in_flight_and_compares_answers() -> None:
     async def scenario() -> None:
         canary = Canary(0.5)
@@ -77,10 +70,10 @@ def test_mirror_is_bounded_in_flight_and_compares_answers() -> None:
             assert mirror.in_flight == 2
             assert _count("rootleaf_root_shadow_requests_total", outcome="sent") - sent == 2
             assert _count("rootleaf_root_shadow_requests_total", outcome="dropped_in_flight") - dropped == 3
-            await _until(lambda: len(canary.calls) == 2)
+            await eventually_async(lambda: len(canary.calls) == 2, "both calls mirrored to the canary", WAIT_S)
             assert all(meta.get(SHADOW_METADATA[0]) == SHADOW_METADATA[1] for _, meta in canary.calls)
             canary.release.set()
-            await _until(lambda: mirror.in_flight == 0)
+            await eventually_async(lambda: mirror.in_flight == 0, "the mirror idle", WAIT_S)
             # r0: production 0.5 vs canary 0.5; r1: production 0.9 vs canary 0.5
             assert _count("rootleaf_root_shadow_results_total", model="m", outcome="match") - match == 1
             assert _count("rootleaf_root_shadow_results_total", model="m", outcome="differ") - differ == 1
@@ -109,7 +102,7 @@ def test_mirror_rate_bound_and_sample() -> None:
                 mirror.offer(root_pb2.ScoreRequest(request_id=f"b{i}"), _answer(f"b{i}", 0.5))
             assert _count("rootleaf_root_shadow_requests_total", outcome="sent") - sent == 6
             assert _count("rootleaf_root_shadow_requests_total", outcome="dropped_rate") - dropped == 14
-            await _until(lambda: mirror.in_flight == 0)
+            await eventually_async(lambda: mirror.in_flight == 0, "the mirror idle", WAIT_S)
             sampled = ShadowMirror(ShadowConfig(target=target, sample=0.25, max_in_flight=100), rng=random.Random(3))
             draws = random.Random(3)
             expected = sum(1 for _ in range(40) if draws.random() < 0.25)
@@ -134,7 +127,7 @@ def test_dead_canary_fails_nothing_on_the_production_side() -> None:
         errors = _count("rootleaf_root_shadow_results_total", model="m", outcome="canary_error")
         try:
             mirror.offer(root_pb2.ScoreRequest(request_id="d"), _answer("d", 0.5))
-            await _until(lambda: mirror.in_flight == 0)
+            await eventually_async(lambda: mirror.in_flight == 0, "the mirror idle", WAIT_S)
             assert _count("rootleaf_root_shadow_results_total", model="m", outcome="canary_error") - errors == 1
         finally:
             await mirror.close()

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from transport.parent_death import PARENT_PID_ENV
 from harness.processes import REPO_ROOT, pid_alive
+from tests.waiting import eventually
 
 CHILD = (
     "import os, sys, time\n"
@@ -68,10 +68,7 @@ def test_child_stops_when_its_launcher_dies(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", launcher], env=_env(), check=True, timeout=60)
     child = int(pid_file.read_text())
     try:
-        deadline = time.monotonic() + 30
-        while pid_alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not pid_alive(child), "child outlived its launcher"
+        eventually(lambda: not pid_alive(child), "the child to exit after its launcher")
     finally:
         if pid_alive(child):
             os.kill(child, signal.SIGKILL)

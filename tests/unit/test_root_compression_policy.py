@@ -23,10 +23,10 @@ from root.local_store import LocalFeatureStore
 from root.request import ModelRef, ScoreInput
 from root.scoring import ScoreEngine
 from tests.doubles import InProcessLeafClient
-from tests.unit.test_root_scoring import Leaf, _engine, _input, setup  # noqa: F401  (fixture)
+from tests.unit.scoring_setup import Leaf, make_engine, score_input, setup  # noqa: F401  (fixture)
 from trimmer import FeatureTrimmer
 from wire.codec import Compression, Encoding, decode_all
-from wire.pack import RECORD
+from wire.pack_format import RECORD
 
 
 def _policy(link_gbps: float, raw: int, lz4: int, lz4_cpu_s: float, cpu_s: float) -> AutoCompression:
@@ -80,10 +80,10 @@ def test_a_root_on_auto_scores_as_fixed_settings_do(
     setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], link_gbps: float  # noqa: F811
 ) -> None:
     def scores(**overrides: object) -> list[dict[str, object]]:
-        engine = _engine(setup, Leaf(), Leaf(), max_in_flight=4, **overrides)
+        engine = make_engine(setup, Leaf(), Leaf(), max_in_flight=4, **overrides)
         outs = []
         for _ in range(6):  # past the first (both-ways) request of each partition
-            outcomes = asyncio.run(engine.score(_input()))
+            outcomes = asyncio.run(engine.score(score_input()))
             assert all(o.error_code is grpc.StatusCode.OK for o in outcomes)
             outs.append({o.model: decode_all(o.outputs)["score"].tolist() for o in outcomes})
         return outs

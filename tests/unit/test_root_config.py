@@ -38,14 +38,14 @@ ttl_s = 5
 """
 
 
-def _write(tmp_path: Path, text: str) -> Path:
+def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "root.toml"
     path.write_text(text)
     return path
 
 
 def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
-    cfg = load_root_config(_write(tmp_path, GOOD))
+    cfg = load_root_config(write_config(tmp_path, GOOD))
     assert cfg.catalog == tmp_path / "catalog.json"
     assert cfg.bundles["ads"] == tmp_path / "bundles/ads/module_info.json"
     assert cfg.feature_store.path == tmp_path / "store"
@@ -57,14 +57,14 @@ def test_good_config_loads_and_resolves_paths(tmp_path: Path) -> None:
     assert cfg.settings()["trim"] == "false"
     assert cfg.max_request_features == 1024 and cfg.max_request_feature_bytes == 4 * 1024 * 1024
     assert cfg.partition_timeout.cap_ms == 2000  # the default rule
-    timed = load_root_config(_write(tmp_path, GOOD + "[partition_timeout]\np99_multiple = 3\nfloor_ms = 40\n"))
+    timed = load_root_config(write_config(tmp_path, GOOD + "[partition_timeout]\np99_multiple = 3\nfloor_ms = 40\n"))
     assert (timed.partition_timeout.p99_multiple, timed.partition_timeout.floor_ms) == (3.0, 40)
     assert timed.settings()["partition_timeout"] == "3x p99 in [40, 2000] ms"
 
 
 def test_absolute_paths_stay(tmp_path: Path) -> None:
     text = GOOD.replace('catalog = "catalog.json"', 'catalog = "/etc/rl/catalog.json"')
-    assert load_root_config(_write(tmp_path, text)).catalog == Path("/etc/rl/catalog.json")
+    assert load_root_config(write_config(tmp_path, text)).catalog == Path("/etc/rl/catalog.json")
 
 
 @pytest.mark.parametrize(
@@ -97,23 +97,23 @@ def test_absolute_paths_stay(tmp_path: Path) -> None:
 def test_bad_configs_name_the_field(tmp_path: Path, old: str, new: str, fragment: str) -> None:
     assert old in GOOD
     with pytest.raises(ValueError) as info:
-        load_root_config(_write(tmp_path, GOOD.replace(old, new)))
+        load_root_config(write_config(tmp_path, GOOD.replace(old, new)))
     assert fragment in str(info.value)
 
 
 def test_redis_config(tmp_path: Path) -> None:
     text = GOOD.replace('kind = "local"\npath = "store"', 'kind = "redis"\nurl = "redis://127.0.0.1:6379/0"\npool_size = 4\ntimeout_ms = 20')
-    cfg = load_root_config(_write(tmp_path, text))
+    cfg = load_root_config(write_config(tmp_path, text))
     assert cfg.feature_store.kind == "redis" and cfg.feature_store.pool_size == 4 and cfg.feature_store.timeout_ms == 20
 
 
 def test_redis_cluster_config(tmp_path: Path) -> None:
     url = "redis-cluster://10.0.0.1:7000,10.0.0.2:7000"
     text = GOOD.replace('kind = "local"\npath = "store"', f'kind = "redis-cluster"\nurl = "{url}"')
-    cfg = load_root_config(_write(tmp_path, text))
+    cfg = load_root_config(write_config(tmp_path, text))
     assert (cfg.feature_store.kind, cfg.feature_store.url) == ("redis-cluster", url)
 
 
 def test_unparsable_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="root.toml"):
-        load_root_config(_write(tmp_path, "listen = ["))
+        load_root_config(write_config(tmp_path, "listen = ["))

@@ -7,7 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import grpc
 import numpy as np
@@ -15,100 +15,23 @@ import pytest
 from prometheus_client import REGISTRY
 
 from wire.codec import DType, decode_all, encode
-from protos.rootleaf.v1 import leaf_pb2
-from root.catalog import Entity, FeatureCatalog, FeatureSpec
-from root.config import FeatureStoreConfig, PartitionConfig, RootConfig
-from harness.datagen import generate_local_store
-from root.errors import InvalidRequest, LeafCallError, ModelNotFound, Overloaded, StoreUnavailable
+from root.catalog import Entity, FeatureCatalog
+from root.config import FeatureStoreConfig, RootConfig
+from root.errors import InvalidRequest, ModelNotFound, Overloaded, StoreUnavailable
 from root.feature_store import FeatureStoreError, FetchResult
 from tests.doubles import InProcessLeafClient
+from tests.unit.scoring_setup import Leaf, make_engine, score_input, setup  # noqa: F401  (fixture)
 from root.local_store import LocalFeatureStore
 from root.client_features import DECODE_ON_LOOP_BYTES
-from root.request import ModelRef, ScoreInput
+from root.request import ScoreInput
 from root.scoring import ScoreEngine
 from trimmer import FeatureTrimmer
 
-R, C = Entity.REQUEST, Entity.CANDIDATE
-ALLOW = {"m1": ["u_a", "c_a", "ghost"], "m2": ["c_b"]}
-
-
-class Leaf:
-    """An in-process leaf: scores = row sum of the candidate features it got; records requests."""
-
-    def __init__(self, fail: grpc.StatusCode | None = None) -> None:
-        self.requests: list[leaf_pb2.LeafRequest] = []
-        self.fail = fail
-        self.entered = asyncio.Event()
-        self.gate: asyncio.Event | None = None
-        self.cancelled = False
-
-    async def __call__(self, request: leaf_pb2.LeafRequest) -> leaf_pb2.LeafResponse:
-        self.requests.append(request)
-        self.entered.set()
-        if self.gate is not None:
-            try:
-                await self.gate.wait()
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-        if self.fail is not None:
-            raise LeafCallError(self.fail, "leaf says no")
-        arrays = decode_all(request.features)
-        n = request.num_candidates
-        total = np.zeros(n, dtype=np.float32)
-        for array in arrays.values():
-            if array.shape[0] == n and array.dtype.kind == "f":
-                total += array.reshape(n, -1).sum(axis=1).astype(np.float32)
-        return leaf_pb2.LeafResponse(model=request.model, version="7", outputs=[encode("score", total)])
-
-
-@pytest.fixture()
-def setup(tmp_path: Path) -> Iterator[tuple[RootConfig, FeatureCatalog, FeatureTrimmer]]:
-    catalog = FeatureCatalog.of(
-        [
-            FeatureSpec("u_a", R, "float32", ()),
-            FeatureSpec("c_a", C, "float32", (), kind="ratio"),
-            FeatureSpec("c_b", C, "float32", (2,), kind="embedding"),
-            FeatureSpec("c_c", C, "int32", (3,), kind="ids"),
-        ]
-    )
-    generate_local_store(catalog, tmp_path / "store", users=4, items=20, seed=2)
-    bundle = tmp_path / "module_info.json"
-    bundle.write_text(json.dumps({m: [{"version": "1", "input_names": f, "output_names": ["score"]}] for m, f in ALLOW.items()}))
-    config = RootConfig(
-        catalog=tmp_path / "catalog.json",
-        partitions={
-            "p1": PartitionConfig("p1", ("in-process",), ("m1", "m3")),
-            "p2": PartitionConfig("p2", ("in-process",), ("m2",)),
-        },
-        feature_store=FeatureStoreConfig(path=tmp_path / "store"),
-        max_in_flight=1,
-        max_candidates=10,
-    )
-    trimmer = FeatureTrimmer({"b": bundle}, watch=False)
-    yield config, catalog, trimmer
-    trimmer.close()
-
-
-def _engine(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], p1: Leaf, p2: Leaf, **overrides: object) -> ScoreEngine:
-    from dataclasses import replace
-
-    config, catalog, trimmer = setup
-    config = replace(config, **overrides)  # type: ignore[arg-type]
-    assert config.feature_store.path is not None
-    store = LocalFeatureStore(config.feature_store.path, catalog)
-    return ScoreEngine(config, catalog, store, trimmer, {"p1": InProcessLeafClient(p1), "p2": InProcessLeafClient(p2)})
-
-
-def _input(models: tuple[str, ...] = ("m1", "m2", "m3"), n: int = 5, **kw: object) -> ScoreInput:
-    return ScoreInput("rid", 1, np.arange(n, dtype=np.uint64), tuple(ModelRef(m) for m in models), **kw)  # type: ignore[arg-type]
-
-
 def test_trimmed_fan_out_and_merge(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
     p1, p2 = Leaf(), Leaf()
-    engine = _engine(setup, p1, p2)
+    engine = make_engine(setup, p1, p2)
     ghost = REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) or 0.0
-    outcomes = asyncio.run(engine.score(_input()))
+    outcomes = asyncio.run(engine.score(score_input()))
     assert [o.model for o in outcomes] == ["m1", "m2", "m3"]
     assert all(o.error_code is grpc.StatusCode.OK and o.version == "7" for o in outcomes)
     sent = {r.model: {t.name for t in r.features} for r in p1.requests + p2.requests}
@@ -118,8 +41,8 @@ def test_trimmed_fan_out_and_merge(setup: tuple[RootConfig, FeatureCatalog, Feat
 
 def test_trim_off_sends_everything(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
     p1, p2 = Leaf(), Leaf()
-    trimmed = asyncio.run(_engine(setup, Leaf(), Leaf()).score(_input(("m2",))))
-    untrimmed = asyncio.run(_engine(setup, p1, p2, trim=False).score(_input(("m2",))))
+    trimmed = asyncio.run(make_engine(setup, Leaf(), Leaf()).score(score_input(("m2",))))
+    untrimmed = asyncio.run(make_engine(setup, p1, p2, trim=False).score(score_input(("m2",))))
     assert {t.name for t in p2.requests[0].features} == {"u_a", "c_a", "c_b", "c_c"}
     # This leaf sums every float candidate feature it gets, so the extra c_a shows in the score.
     got_trimmed = decode_all(trimmed[0].outputs)["score"]
@@ -128,8 +51,8 @@ def test_trim_off_sends_everything(setup: tuple[RootConfig, FeatureCatalog, Feat
 
 
 def test_failed_partition_errors_its_models_only(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
-    engine = _engine(setup, Leaf(), Leaf(fail=grpc.StatusCode.UNAVAILABLE))
-    outcomes = {o.model: o for o in asyncio.run(engine.score(_input()))}
+    engine = make_engine(setup, Leaf(), Leaf(fail=grpc.StatusCode.UNAVAILABLE))
+    outcomes = {o.model: o for o in asyncio.run(engine.score(score_input()))}
     assert outcomes["m2"].error_code is grpc.StatusCode.UNAVAILABLE and "p2" in outcomes["m2"].error_message
     assert outcomes["m1"].error_code is grpc.StatusCode.OK and outcomes["m3"].error_code is grpc.StatusCode.OK
 
@@ -150,7 +73,7 @@ def test_a_partition_seen_down_fails_its_models_at_once_without_a_call(
 
     async def go() -> dict[str, tuple[grpc.StatusCode, str]]:
         p2.gate = asyncio.Event()  # never set: p2 would never answer
-        return {o.model: (o.error_code, o.error_message) for o in await engine.score(_input(), timeout_s=30.0)}
+        return {o.model: (o.error_code, o.error_message) for o in await engine.score(score_input(), timeout_s=30.0)}
 
     outcomes = asyncio.run(go())
     assert outcomes["m1"][0] is outcomes["m3"][0] is grpc.StatusCode.OK
@@ -160,11 +83,11 @@ def test_a_partition_seen_down_fails_its_models_at_once_without_a_call(
 
 def test_slow_partition_times_out_its_models_only(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
     slow = Leaf()
-    engine = _engine(setup, Leaf(), slow)
+    engine = make_engine(setup, Leaf(), slow)
 
     async def go() -> dict[str, grpc.StatusCode]:
         slow.gate = asyncio.Event()
-        return {o.model: o.error_code for o in await engine.score(_input(), timeout_s=0.2)}
+        return {o.model: o.error_code for o in await engine.score(score_input(), timeout_s=0.2)}
 
     codes = asyncio.run(go())
     assert codes == {"m1": grpc.StatusCode.OK, "m2": grpc.StatusCode.DEADLINE_EXCEEDED, "m3": grpc.StatusCode.OK}
@@ -172,15 +95,15 @@ def test_slow_partition_times_out_its_models_only(setup: tuple[RootConfig, Featu
 
 def test_cancel_propagates_to_leaf_calls(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
     leaf = Leaf()
-    engine = _engine(setup, leaf, Leaf())
+    engine = make_engine(setup, leaf, Leaf())
 
     async def go() -> None:
         leaf.gate = asyncio.Event()
-        task = asyncio.create_task(engine.score(_input(("m1",)), timeout_s=30))
+        task = asyncio.create_task(engine.score(score_input(("m1",)), timeout_s=30))
         await asyncio.wait_for(leaf.entered.wait(), 5)
         assert engine.in_flight == 1
         with pytest.raises(Overloaded):
-            await engine.score(_input(("m1",)))
+            await engine.score(score_input(("m1",)))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -192,9 +115,9 @@ def test_cancel_propagates_to_leaf_calls(setup: tuple[RootConfig, FeatureCatalog
 
 def test_client_features_override_and_add(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer]) -> None:
     p1 = Leaf()
-    engine = _engine(setup, p1, Leaf())
+    engine = make_engine(setup, p1, Leaf())
     extra = {"u_a": np.array([9.0], np.float32), "ghost": np.array([[1, 2]], np.int64)}
-    asyncio.run(engine.score(_input(("m1",), request_features=extra)))
+    asyncio.run(engine.score(score_input(("m1",), request_features=extra)))
     arrays = decode_all(p1.requests[0].features)
     assert arrays["u_a"].tolist() == [9.0] and arrays["ghost"].tolist() == [[1, 2]]
 
@@ -202,25 +125,25 @@ def test_client_features_override_and_add(setup: tuple[RootConfig, FeatureCatalo
 @pytest.mark.parametrize(
     ("inp", "exc", "text"),
     [
-        (_input(()), InvalidRequest, "models"),
-        (_input(n=0), InvalidRequest, "candidate_ids"),
-        (_input(n=11), InvalidRequest, "max_candidates=10"),
-        (_input(("m1", "zz")), ModelNotFound, "'zz'"),
-        (_input(("m1",), request_features={"u_a": np.zeros((1,), np.float64)}), InvalidRequest, "u_a"),
-        (_input(("m1",), request_features={"c_a": np.zeros((1,), np.float32)}), InvalidRequest, "candidate"),
+        (score_input(()), InvalidRequest, "models"),
+        (score_input(n=0), InvalidRequest, "candidate_ids"),
+        (score_input(n=11), InvalidRequest, "max_candidates=10"),
+        (score_input(("m1", "zz")), ModelNotFound, "'zz'"),
+        (score_input(("m1",), request_features={"u_a": np.zeros((1,), np.float64)}), InvalidRequest, "u_a"),
+        (score_input(("m1",), request_features={"c_a": np.zeros((1,), np.float32)}), InvalidRequest, "candidate"),
         # A dtype the root cannot pass on to the leaves (none encodes uint16) is the client's error.
-        (_input(("m1",), request_features={"u_x": np.zeros((1, 2), np.uint16)}), InvalidRequest, "u_x"),
-        (_input(("m1",), request_tensors=(encode("u_x", np.zeros((1, 2), np.uint16), dtype=DType.BFLOAT16),)),
+        (score_input(("m1",), request_features={"u_x": np.zeros((1, 2), np.uint16)}), InvalidRequest, "u_x"),
+        (score_input(("m1",), request_tensors=(encode("u_x", np.zeros((1, 2), np.uint16), dtype=DType.BFLOAT16),)),
          InvalidRequest, "u_x.*bfloat16"),
-        (_input(("m1",), request_tensors=(encode("u_a", np.zeros((1,), np.float32)),) * 2), InvalidRequest, "twice"),
-        (_input(("m1",), request_tensors=tuple(encode(f"x{i}", np.zeros((1, 64), np.float32)) for i in range(3))),
+        (score_input(("m1",), request_tensors=(encode("u_a", np.zeros((1,), np.float32)),) * 2), InvalidRequest, "twice"),
+        (score_input(("m1",), request_tensors=tuple(encode(f"x{i}", np.zeros((1, 64), np.float32)) for i in range(3))),
          InvalidRequest, "max_request_features=2"),
-        (_input(("m1",), request_tensors=(encode("x", np.zeros((1, 300), np.float32)),)),
+        (score_input(("m1",), request_tensors=(encode("x", np.zeros((1, 300), np.float32)),)),
          InvalidRequest, "max_request_feature_bytes=1024"),
     ],
 )
 def test_validation(setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], inp: ScoreInput, exc: type, text: str) -> None:
-    engine = _engine(setup, Leaf(), Leaf(), max_request_features=2, max_request_feature_bytes=1024)
+    engine = make_engine(setup, Leaf(), Leaf(), max_request_features=2, max_request_feature_bytes=1024)
     with pytest.raises(exc, match=text):
         asyncio.run(engine.score(inp))
 
@@ -253,15 +176,15 @@ def test_client_tensors_are_decoded_and_large_ones_off_the_loop(
     engine = ScoreEngine(config, catalog, store, trimmer, {"p1": InProcessLeafClient(p1), "p2": InProcessLeafClient(Leaf())}, executor)
     try:
         small = encode("u_a", np.array([9.0], np.float32))
-        asyncio.run(engine.score(_input(("m1",), request_tensors=(small,))))
+        asyncio.run(engine.score(score_input(("m1",), request_tensors=(small,))))
         assert executor.calls == 0  # a small tensor decodes, and a small request encodes, on the loop
         assert decode_all(p1.requests[-1].features)["u_a"].tolist() == [9.0]
         large = np.arange(DECODE_ON_LOOP_BYTES // 4 + 1, dtype=np.float32).reshape(1, -1)
-        asyncio.run(engine.score(_input(("m3",), request_tensors=(encode("u_big", large),))))
+        asyncio.run(engine.score(score_input(("m3",), request_tensors=(encode("u_big", large),))))
         assert executor.calls == 1  # decoding in the executor; the request is still small to encode
         np.testing.assert_array_equal(decode_all(p1.requests[-1].features)["u_big"], large)
         huge = np.arange(ENCODE_ON_LOOP_BYTES // 4 + 1, dtype=np.float32).reshape(1, -1)
-        asyncio.run(engine.score(_input(("m3",), request_tensors=(encode("u_big", huge),))))
+        asyncio.run(engine.score(score_input(("m3",), request_tensors=(encode("u_big", huge),))))
         assert executor.calls == 3  # decoding, then encoding, each in the executor
         np.testing.assert_array_equal(decode_all(p1.requests[-1].features)["u_big"], huge)
     finally:
@@ -277,13 +200,13 @@ def test_fetch_plans_follow_allowlist_reloads_and_count_unknown_names_per_reques
     setup: tuple[RootConfig, FeatureCatalog, FeatureTrimmer], tmp_path: Path
 ) -> None:
     p1, p2 = Leaf(), Leaf()
-    engine = _engine(setup, p1, p2, max_in_flight=4)
+    engine = make_engine(setup, p1, p2, max_in_flight=4)
     _, _, trimmer = setup
     ghost = REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) or 0.0
 
     async def twice() -> None:
         for _ in range(2):
-            await engine.score(_input(("m1", "m2")))
+            await engine.score(score_input(("m1", "m2")))
 
     asyncio.run(twice())
     assert REGISTRY.get_sample_value("rootleaf_root_unknown_allowlist_features_total", {"model": "m1"}) == ghost + 2
@@ -338,7 +261,7 @@ def test_store_failure_fails_the_request_unavailable_by_default(
 ) -> None:
     engine, leaf = _engine_with_store(setup, fault, fetch_timeout_ms=200)
     with pytest.raises(StoreUnavailable, match="connection refused" if fault == "error" else "fetch_timeout_ms=200"):
-        asyncio.run(engine.score(_input(("m1",))))
+        asyncio.run(engine.score(score_input(("m1",))))
     assert leaf.requests == []  # nothing was sent on made-up data
     assert engine.in_flight == 0
 
@@ -350,7 +273,7 @@ def test_store_failure_serves_defaults_when_configured(
     engine, leaf = _engine_with_store(setup, fault, fetch_timeout_ms=200, on_error="defaults")
     labels = {"entity": "candidate", "reason": reason}
     before = REGISTRY.get_sample_value("rootleaf_root_feature_store_degraded_total", labels) or 0.0
-    outcomes = asyncio.run(engine.score(_input(("m1",))))
+    outcomes = asyncio.run(engine.score(score_input(("m1",))))
     assert outcomes[0].error_code is grpc.StatusCode.OK
     sent = decode_all(leaf.requests[0].features)
     assert set(sent) == {"u_a", "c_a"}
@@ -371,7 +294,7 @@ def test_partition_calls_see_a_reloaded_allowlist_and_a_new_version_on_the_next_
     """Partition calls keep layouts (union, indexes, serialised models) between requests:
     a changed allowlist or a new version must show on the very next request."""
     p1, p2 = Leaf(), Leaf()
-    engine = _engine(setup, p1, p2, max_in_flight=4, partition_calls=True)
+    engine = make_engine(setup, p1, p2, max_in_flight=4, partition_calls=True)
     _, _, trimmer = setup
     bundle = tmp_path / "module_info.json"
 
@@ -380,7 +303,7 @@ def test_partition_calls_see_a_reloaded_allowlist_and_a_new_version_on_the_next_
 
     async def twice() -> None:
         for _ in range(2):
-            await engine.score(_input(("m1", "m2", "m3")))
+            await engine.score(score_input(("m1", "m2", "m3")))
 
     asyncio.run(twice())
     assert sent(p1, 0) == [("m1", "1", {"u_a", "c_a"}), ("m3", "", {"u_a", "c_a", "c_b", "c_c"})] * 2

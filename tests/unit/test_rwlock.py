@@ -8,17 +8,8 @@ from typing import Callable
 
 import pytest
 
+from tests.waiting import eventually
 from trimmer.rwlock import RWLock
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition with a bounded timeout (for lock states no event announces)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def start(target: Callable[[], object], name: str) -> threading.Thread:
@@ -111,7 +102,7 @@ def test_waiting_writer_blocks_new_readers() -> None:
             got_write.set()
 
     w = start(writer, "writer")
-    assert eventually(lambda: lock.writers_waiting == 1)
+    eventually(lambda: lock.writers_waiting == 1, "the writer waits")
     # Writer preference: a new reader queues behind the waiting writer.
     assert not lock.acquire_read(timeout=0)
     assert not got_write.is_set()
@@ -136,17 +127,17 @@ def test_writer_not_starved_by_overlapping_readers() -> None:
                 stop.wait(0.002)  # hold the shared side so readers always overlap
 
     readers = [start(reader, f"reader-{i}") for i in range(4)]
-    assert eventually(lambda: reads[0] > 20)
-    began = time.monotonic()
+    eventually(lambda: reads[0] > 20, "readers overlapping")
     acquired = lock.acquire_write(timeout=5)
-    waited = time.monotonic() - began
+    # Held exclusively: every reader left and none entered behind the waiting writer.
+    held_alone = acquired and lock.write_held and lock.readers == 0
     if acquired:
         lock.release_write()
     stop.set()
     for t in readers:
         t.join(5)
     assert acquired, "writer starved by a stream of readers"
-    assert waited < 5
+    assert held_alone
 
 
 def test_writer_that_gives_up_releases_queued_readers() -> None:
@@ -163,7 +154,7 @@ def test_writer_that_gives_up_releases_queued_readers() -> None:
             reader_in.set()
 
     w = start(writer, "writer")
-    assert eventually(lambda: lock.writers_waiting == 1)
+    eventually(lambda: lock.writers_waiting == 1, "the writer waits")
     r = start(late_reader, "late-reader")
     w.join(5)
     assert writer_result == [False]

@@ -9,7 +9,7 @@ import pytest
 
 from leaf.cli import build_parser, config_from_args
 from root.config import load_root_config
-from tests.unit.test_root_config import GOOD, _write
+from tests.unit.test_root_config import GOOD, write_config
 from transport import tracing
 from transport.tracing import TracingConfig
 
@@ -30,14 +30,14 @@ def test_off_by_default_and_the_hooks_do_nothing() -> None:
 
 
 def test_root_tracing_table(tmp_path: Path) -> None:
-    config = load_root_config(_write(tmp_path, GOOD + '\n[tracing]\nendpoint = "127.0.0.1:4317"\nsample_ratio = 0.25\n'))
+    config = load_root_config(write_config(tmp_path, GOOD + '\n[tracing]\nendpoint = "127.0.0.1:4317"\nsample_ratio = 0.25\n'))
     assert config.tracing == TracingConfig(endpoint="127.0.0.1:4317", sample_ratio=0.25)
     assert config.settings()["tracing"] == "sample_ratio=0.25"
-    assert load_root_config(_write(tmp_path, GOOD)).settings()["tracing"] == "off"
+    assert load_root_config(write_config(tmp_path, GOOD)).settings()["tracing"] == "off"
     with pytest.raises(ValueError, match="unknown key 'ratio'"):
-        load_root_config(_write(tmp_path, GOOD + "\n[tracing]\nratio = 0.5\n"))
+        load_root_config(write_config(tmp_path, GOOD + "\n[tracing]\nratio = 0.5\n"))
     with pytest.raises(ValueError, match="sample_ratio"):
-        load_root_config(_write(tmp_path, GOOD + '\n[tracing]\nendpoint = "x:1"\nsample_ratio = 2\n'))
+        load_root_config(write_config(tmp_path, GOOD + '\n[tracing]\nendpoint = "x:1"\nsample_ratio = 2\n'))
 
 
 def test_leaf_flags_map_onto_the_config(tmp_path: Path) -> None:

@@ -87,12 +87,9 @@ def test_lookups_never_see_a_mixed_or_broken_map(tmp_path: Path) -> None:
         readers = [threading.Thread(target=reader, args=(i, t), name=f"stress-reader-{i}") for i in range(READERS)]
         for r in readers:
             r.start()
-        started = time.monotonic()
         applied = 0
         try:
-            for k in range(1, WRITES + 1):
-                if time.monotonic() - started > TIME_LIMIT_S:
-                    break
+            for k in range(1, WRITES + 1):  # each wait below is bounded: no time limit on the whole
                 models = generation_models(k)
                 register(models)
                 data = bundle_bytes(models)
@@ -107,8 +104,7 @@ def test_lookups_never_see_a_mixed_or_broken_map(tmp_path: Path) -> None:
             stop.set()
             for r in readers:
                 r.join(10)
-        elapsed = time.monotonic() - started
     assert not problems, problems[:10]
-    assert applied == WRITES, f"only {applied}/{WRITES} writes became visible in {elapsed:.1f} s"
+    assert applied == WRITES, f"only {applied}/{WRITES} writes became visible"
     assert all(n > 0 for n in lookups)
     assert len(seen_versions) == 2  # readers saw both "2" and "10" as the latest across reloads
