@@ -64,7 +64,7 @@ def leaf_score_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
 
 def leaf_partition_families(size: int, model: bytes = MODEL) -> dict[str, bytes]:
     count = size // 2
-    from wire.pack import encode_pack
+    from wire.pack_writer import encode_pack
 
     small_pack = encode_pack({"x": np.ones((4, 1), np.float32)}, "none").SerializeToString()  # one valid entry
     return {

@@ -42,7 +42,7 @@ import numpy as np
 from harness.demo_model import build_demo_model
 from leaf.export import export_model
 from wire import codec
-from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+from wire.pack_writer import PartitionModelRef, TensorPacker, assemble_partition_request
 from contract.oip import DATATYPE_OF_DTYPE
 from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from protos.rootleaf.v1 import leaf_pb2

@@ -23,7 +23,7 @@ from leaf.partition import WirePartition
 from leaf.servicer import SERVICE_NAME, WireRequest
 from protos.rootleaf.v1 import leaf_pb2
 from wire.codec import DEFAULT_LIMITS, CodecError
-from wire.pack import read_pack
+from wire.pack_reader import read_pack
 
 __all__ = ["DelayInterceptor", "ObservedRequest", "RecordingInterceptor", "RequestRecorder"]
 

@@ -26,12 +26,13 @@ from typing import Iterable, Mapping, Sequence, cast
 import numpy as np
 import torch
 
+from contract.cache import BoundedCache
 from leaf.admission import Cost, Layout, declared_cost
 from leaf.errors import InvalidRequest
 from leaf.export import Signature
 from wire import codec
 from wire.codec import CodecError, DecodeLimits, DType, Tensor
-from wire.pack import PackLayout, PackTable
+from wire.pack_reader import PackLayout, PackTable
 
 _WIRE_DTYPE_BY_NAME = codec.DTYPE_BY_NAME
 _BFLOAT16 = int(DType.BFLOAT16)
@@ -90,7 +91,7 @@ class PackAdmitted:
 
 
 _Expected = tuple[tuple[int | None, tuple[int, ...] | None], ...]
-# Distinct (pack layout, indexes, N) admissions kept per version; cleared when full.
+# Distinct (pack layout, indexes, N) admissions kept per version (``contract.cache``).
 MAX_PACK_ADMISSIONS = 64
 
 
@@ -109,7 +110,9 @@ class Converter:
         # shape), None where neither the signature declares it nor a forward has shown it.
         # A request whose layout equals this tuple passes with one comparison.
         self._complete = False  # every expectation known: ``learn`` has nothing left to do
-        self._admissions: dict[tuple[PackLayout, tuple[int, ...], int], tuple[PackAdmitted, _Expected]] = {}
+        self._admissions: BoundedCache[tuple[PackLayout, tuple[int, ...], int], tuple[PackAdmitted, _Expected]] = (
+            BoundedCache(MAX_PACK_ADMISSIONS)
+        )
         self._expected: _Expected = tuple(
             (
                 _WIRE_DTYPE_BY_NAME[declared_dtypes[name]] if name in declared_dtypes else None,
@@ -207,11 +210,7 @@ class Converter:
             admitted = PackAdmitted(
                 tuple(position[t.name] for t in checked.tensors), num_candidates, checked.cost
             )
-            if not table.layout.kept:
-                return admitted
-            if len(self._admissions) >= MAX_PACK_ADMISSIONS:
-                self._admissions.clear()
-        self._admissions[key] = (admitted, expected)
+        self._admissions.put(key, (admitted, expected), keep=table.layout.kept)
         return admitted
 
     def _check_layout(self, layout: Layout) -> None:
@@ -244,7 +243,7 @@ class Converter:
                 data = payloads.get(position) if payloads else None
                 array = codec.decode_payload(found, shape, size, limits, data=data)
             except CodecError as exc:
-                raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+                raise InvalidRequest(f"feature {exc.tensor!r}: {exc.reason}") from None
             out[name] = to_input(array, found.dtype, n)
         return ConvertedInputs(out, n, cost.raw_bytes, cost.layout)
 

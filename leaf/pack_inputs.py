@@ -11,7 +11,8 @@ input order (inputs are returned by entry index): a root packs its features grou
 dtype and shape, while a model's signature may interleave them. Where they turn out not to
 lie back to back (or are compressed) in a given request, each is viewed on its own. The
 plan (which entries form such runs) depends only on the pack layout, the entries used and
-N, and is kept per (layout, entries, N). Owned by the leaf's event loop.
+N, and is kept per (layout, entries, N) of a kept layout (``contract.cache``). Owned by the
+leaf's event loop.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from contract.cache import BoundedCache
 from leaf.converter import silence_readonly_warning, to_input
 from wire import codec
 from wire.codec import CodecError, DType
-from wire.pack import ALIGN, PackLayout, PackTable
+from wire.pack_format import ALIGN
+from wire.pack_reader import PackLayout, PackTable
 
 _STORAGE = {d: codec.numpy_dtype(d) for d in codec.DTYPE_BY_NAME.values()}
 _BFLOAT16 = int(DType.BFLOAT16)
-# Plans kept per builder (for layouts their reader keeps); cleared when full.
+# Plans kept per builder (for layouts their reader keeps).
 MAX_PLANS = 64
 
 
@@ -92,8 +95,7 @@ class InputBuilder:
 
     def __init__(self, max_plans: int = MAX_PLANS) -> None:
         silence_readonly_warning()
-        self._max_plans = max_plans
-        self._plans: dict[tuple[PackLayout, tuple[int, ...], int], _Plan] = {}
+        self._plans: BoundedCache[tuple[PackLayout, tuple[int, ...], int], _Plan] = BoundedCache(max_plans)
 
     def build(
         self,
@@ -110,10 +112,7 @@ class InputBuilder:
         plan = self._plans.get(key)
         if plan is None:
             plan = _plan(layout, used, num_candidates)
-            if layout.kept:
-                if len(self._plans) >= self._max_plans:
-                    self._plans.clear()
-                self._plans[key] = plan
+            self._plans.put(key, plan, keep=layout.kept)
         shapes, dtypes, offsets, encodings = layout.shapes, layout.dtypes, table.offsets, table.encodings
         storage = _STORAGE
         ndarray, from_numpy = np.ndarray, torch.from_numpy

@@ -3,7 +3,7 @@
 The request carries the union of the models' features once (a ``TensorPack``) and, per
 model, its explicit version and the indexes of its inputs. The leaf reads the pack's table
 once (every declared size checked before anything is decoded; a header seen before costs
-a few numpy comparisons, ``wire.pack.PackReader``), admits each model on its own
+a few numpy comparisons, ``wire.pack_reader.PackReader``), admits each model on its own
 (``Converter.admit_pack``, remembered per layout; a model that is not hosted, not loaded at
 that version, sent a bad input or whose queue is full gets its own error reply), decodes
 each feature the admitted models use exactly once, hands every model views of its inputs,
@@ -43,7 +43,7 @@ from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
 from wire import codec
 from wire.codec import CodecError, DecodeLimits
-from wire.pack import PackReader, PackTable, decode_entry
+from wire.pack_reader import PackReader, PackTable, decode_entry
 from transport import tracing
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Every fetched feature becomes one tensor, encoded (and compressed) once and seri
 blocks of the tensors its allowlist selects, joined without re-encoding (``wire.frames``).
 Request-level features travel once as ``[1, ...]`` (or tiled to ``[N, ...]`` when dedup is
 off, the benchmark baseline). For partition calls each tensor is encoded once as a pack
-entry (``wire.pack``) and each partition's ``PartitionRequest`` carries the union of its
+entry (``wire.pack_writer``) and each partition's ``PartitionRequest`` carries the union of its
 models' features once, with each model's inputs as indexes. Pure functions, run in the
 root's encode thread.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from wire.codec import Compression
 from protos.rootleaf.v1 import leaf_pb2
 from wire.frames import EncodedTensor, TensorFramer, assemble_leaf_request
-from wire.pack import PackedBatch, PartitionModelRef, TensorPacker, assemble_partition_batch
+from wire.pack_writer import PackedBatch, PartitionModelRef, TensorPacker, assemble_partition_batch
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from wire.codec import Compression, decode as decode_tensor
 from wire.frames import TensorFramer
-from wire.pack import TensorPacker
+from wire.pack_writer import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
 from root import client_features, metrics
 from transport import tracing

@@ -12,7 +12,7 @@ from protos.rootleaf.v1 import leaf_pb2
 from root.errors import LeafCallError
 from wire import codec
 from wire.codec import DEFAULT_LIMITS, CodecError
-from wire.pack import decode_entry, read_pack
+from wire.pack_reader import decode_entry, read_pack
 
 
 LeafHandler = Callable[[leaf_pb2.LeafRequest], Awaitable[leaf_pb2.LeafResponse]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Sequence, cast
+from typing import Iterable, Sequence, TypeVar, cast
 
 import lz4.block
 import numpy as np
@@ -102,6 +102,14 @@ def largest_tensors_bytes(limits: DecodeLimits, count: int, raw_bytes: int) -> i
     return raw_bytes + raw_bytes // 255 + count * (header + 16)
 _RAW = int(Encoding.RAW)
 _LZ4 = int(Encoding.LZ4)
+
+_Sizes = TypeVar("_Sizes", int, np.ndarray)
+
+
+def lz4_can_decode(length: _Sizes, size: _Sizes) -> _Sizes:
+    """Whether ``length`` bytes of LZ4 block can decode to ``size`` bytes (element-wise for
+    arrays). LZ4 expands at most ~255x; a tiny block claiming a huge size is a bomb."""
+    return length * 255 + 16 >= size
 
 
 def numpy_dtype(dtype: int) -> np.dtype:
@@ -271,7 +279,7 @@ def decode(tensor: Tensor, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
             encoding = tensor.encoding
             if encoding == _RAW and len(data) == size:
                 return np.ndarray(shape, storage, data)  # a read-only view of the bytes
-            if encoding == _LZ4 and len(data) * 255 + 16 >= size:
+            if encoding == _LZ4 and lz4_can_decode(len(data), size):
                 try:
                     raw = lz4.block.decompress(data, uncompressed_size=size)
                 except lz4.block.LZ4BlockError:
@@ -303,7 +311,7 @@ def decode_payload(
     storage = _NUMPY_BY_DTYPE[tensor.dtype]
     if encoding == _RAW and len(data) == size:
         return np.ndarray(shape, storage, data)
-    if encoding == _LZ4 and size and len(data) * 255 + 16 >= size:
+    if encoding == _LZ4 and size and lz4_can_decode(len(data), size):
         try:
             raw = lz4.block.decompress(data, uncompressed_size=size)
         except lz4.block.LZ4BlockError:
@@ -326,8 +334,7 @@ def _decode_checked(tensor: Tensor, limits: DecodeLimits, data: bytes | memoryvi
         if size == 0:
             raw = b""
         else:
-            # LZ4 expands at most ~255x; a tiny block claiming a huge size is a bomb.
-            if len(data) * 255 + 16 < size:
+            if not lz4_can_decode(len(data), size):
                 raise CodecError(name, f"{len(data)} LZ4 bytes cannot decode to {size} bytes")
             try:
                 raw = lz4.block.decompress(data, uncompressed_size=size)

@@ -1,7 +1,7 @@
 """Protobuf's wire format, the part rootleaf writes and reads by hand.
 
 The root assembles requests by concatenating serialised fields (``wire.frames``,
-``wire.pack``) and the leaf finds large payload fields in received bytes without parsing
+``wire.pack_writer``) and the leaf finds large payload fields in received bytes without parsing
 them (``leaf.payload_views``). Both use these primitives: varints, field tags,
 length-delimited fields and a scan of a message's fields. Pure functions.
 """

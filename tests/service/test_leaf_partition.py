@@ -16,7 +16,7 @@ from tests.service.test_leaf_server import (
     OUTPUTS, WIDTHS, Leaf, expected_scores, export_demo, features, run, sample, scores_of,
 )
 from wire import codec
-from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request, encode_pack
+from wire.pack_writer import PartitionModelRef, TensorPacker, assemble_partition_request, encode_pack
 
 NAMES = list(WIDTHS)
 

@@ -22,7 +22,8 @@ from leaf.payload_views import DEFAULT_BOUNDS
 from leaf.servicer import deserialize_request
 from protos.rootleaf.v1 import leaf_pb2
 from wire.codec import CodecError, DecodeLimits
-from wire.pack import PackReader, encode_pack, read_pack
+from wire.pack_reader import PackReader, read_pack
+from wire.pack_writer import encode_pack
 from wire.protowire import count_fields, frame_field, varint
 
 T = TypeVar("T")

@@ -125,7 +125,8 @@ def test_expectations_are_declared_or_learned_once() -> None:
 
 
 def test_pack_admission_is_remembered_per_layout_and_rechecked_after_learning() -> None:
-    from wire.pack import PackReader, encode_pack
+    from wire.pack_reader import PackReader
+    from wire.pack_writer import encode_pack
 
     converter = Converter(Signature(("b", "a"), ("s",)), LIMITS, 100)
     reader = PackReader(LIMITS)
@@ -153,7 +154,8 @@ def test_pack_admission_is_remembered_per_layout_and_rechecked_after_learning() 
 
 
 def test_pack_admissions_of_layouts_not_kept_are_not_remembered() -> None:
-    from wire.pack import PackReader, encode_pack
+    from wire.pack_reader import PackReader
+    from wire.pack_writer import encode_pack
 
     converter = Converter(Signature(("a",), ("s",)), LIMITS, 100)
     reader = PackReader(LIMITS, max_kept_chars=0)

@@ -20,7 +20,8 @@ from leaf.export import export_model
 from leaf.model import load_version
 from leaf.pack_inputs import InputBuilder
 from wire.codec import DecodeLimits
-from wire.pack import PackReader, encode_pack
+from wire.pack_reader import PackReader
+from wire.pack_writer import encode_pack
 
 N = 512
 

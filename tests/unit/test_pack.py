@@ -7,7 +7,9 @@ import pytest
 
 from protos.rootleaf.v1 import leaf_pb2
 from wire.codec import CodecError, DecodeLimits
-from wire.pack import ALIGN, RECORD_BYTES, decode_entry, encode_pack, read_pack
+from wire.pack_format import ALIGN, RECORD_BYTES
+from wire.pack_reader import decode_entry, read_pack
+from wire.pack_writer import encode_pack
 
 ARRAYS = {
     "f32": np.arange(30, dtype=np.float32).reshape(3, 10),
@@ -89,7 +91,7 @@ def test_corrupt_lz4_is_a_codec_error_naming_the_tensor() -> None:
 
 def test_leaf_keeps_root_assembled_payloads_in_the_received_bytes() -> None:
     from leaf.partition import deserialize_partition
-    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+    from wire.pack_writer import PartitionModelRef, TensorPacker, assemble_partition_request
 
     batch = TensorPacker("lz4").pack_many(list(ARRAYS), list(ARRAYS.values()))
     payload = assemble_partition_request("r", 3, [PartitionModelRef("m", "2", (0, 3))], batch)
@@ -111,7 +113,7 @@ def test_leaf_keeps_root_assembled_payloads_in_the_received_bytes() -> None:
 
 def _table_with(pack: leaf_pb2.TensorPack, index: int, **fields: int) -> leaf_pb2.TensorPack:
     """``pack`` with record ``index``'s fields replaced (offset, length, dtype, encoding, rank)."""
-    from wire.pack import RECORD
+    from wire.pack_format import RECORD
 
     records = np.frombuffer(pack.table, dtype=RECORD).copy()
     for key, value in fields.items():
@@ -158,7 +160,7 @@ def _agreement_cases() -> list[tuple[str, leaf_pb2.TensorPack, DecodeLimits]]:
 def test_reader_agrees_with_read_pack_with_and_without_a_known_header(
     case: tuple[str, leaf_pb2.TensorPack, DecodeLimits],
 ) -> None:
-    from wire.pack import PackReader
+    from wire.pack_reader import PackReader
 
     _, pack, limits = case
     expected = _verdict(lambda p: read_pack(p, limits), pack, limits)
@@ -176,7 +178,7 @@ def test_reader_agrees_with_read_pack_with_and_without_a_known_header(
 
 
 def test_reader_keeps_one_layout_per_header_and_is_bounded() -> None:
-    from wire.pack import PackReader
+    from wire.pack_reader import PackReader
 
     reader = PackReader(DecodeLimits(), max_layouts=2)
     first = reader.read(encode_pack(ARRAYS, "lz4"))
@@ -201,7 +203,7 @@ BATCH_ARRAYS = {
 @pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
 @pytest.mark.parametrize("sent", [None, (3,), (9, 0, 2), (10, 11, 12, 1), ()])
 def test_batch_assembly_carries_exactly_the_sent_tensors(compression: str, sent: tuple[int, ...] | None) -> None:
-    from wire.pack import PartitionModelRef, TensorPacker, assemble_partition_request
+    from wire.pack_writer import PartitionModelRef, TensorPacker, assemble_partition_request
 
     names = list(BATCH_ARRAYS)
     positions = tuple(range(len(names))) if sent is None else sent
@@ -227,7 +229,7 @@ def test_batch_assembly_carries_exactly_the_sent_tensors(compression: str, sent:
 
 
 def test_batch_keeps_one_schema_per_feature_set() -> None:
-    from wire.pack import TensorPacker
+    from wire.pack_writer import TensorPacker
 
     packer = TensorPacker("lz4")
     arrays = [np.zeros((4, 2), np.float32), np.ones((4,), np.int64)]
@@ -240,17 +242,33 @@ def test_batch_keeps_one_schema_per_feature_set() -> None:
 
 
 def test_batch_rejects_what_pack_rejects() -> None:
-    from wire.pack import TensorPacker
+    from wire.pack_writer import TensorPacker
 
     with pytest.raises(CodecError, match="'c'"):
         TensorPacker("lz4").pack_many(["c"], [np.zeros(3, dtype=np.complex64)])
 
 
 def test_reader_keeps_no_header_past_its_bound_and_says_so() -> None:
-    from wire.pack import PackReader
+    from wire.pack_reader import PackReader
 
     reader = PackReader(DecodeLimits(), max_kept_chars=4)  # ARRAYS' names take more
     first, again = reader.read(encode_pack(ARRAYS)), reader.read(encode_pack(ARRAYS))
     assert len(reader) == 0 and first.layout is not again.layout
     assert not first.layout.kept and again.entries() == read_pack(encode_pack(ARRAYS), DecodeLimits())
     assert PackReader(DecodeLimits()).read(encode_pack(ARRAYS)).layout.kept
+
+
+def test_the_first_entry_at_fault_is_named_whether_its_fault_is_in_the_header_or_the_placement() -> None:
+    good = encode_pack(ARRAYS, "none")
+    names = list(good.names)
+    placement_first = _table_with(_table_with(good, 1, offset=3), 3, dtype=200)
+    header_first = _table_with(_table_with(good, 3, offset=3), 1, dtype=200)
+    same_entry = _table_with(good, 2, dtype=200, offset=3)  # the header's check comes first
+    for pack, name, reason in (
+        (placement_first, names[1], "misaligned"),
+        (header_first, names[1], "unknown dtype"),
+        (same_entry, names[2], "unknown dtype"),
+    ):
+        with pytest.raises(CodecError, match=reason) as caught:
+            read_pack(pack, DecodeLimits())
+        assert caught.value.tensor == name

@@ -12,7 +12,9 @@ from leaf.converter import to_input
 from leaf.pack_inputs import InputBuilder
 from protos.rootleaf.v1 import leaf_pb2
 from wire.codec import CodecError, DecodeLimits, DType
-from wire.pack import RECORD, PackReader, PackTable, decode_entry, encode_pack
+from wire.pack_format import RECORD
+from wire.pack_reader import PackReader, PackTable, decode_entry
+from wire.pack_writer import encode_pack
 
 N = 4
 ARRAYS = {

@@ -81,7 +81,7 @@ def test_feature_union() -> None:
 
 def _unpack(payload: bytes) -> tuple[leaf_pb2.PartitionRequest, dict[str, np.ndarray]]:
     from wire.codec import DEFAULT_LIMITS
-    from wire.pack import decode_entry, read_pack
+    from wire.pack_reader import decode_entry, read_pack
 
     msg = leaf_pb2.PartitionRequest.FromString(payload)
     data = msg.features.data
@@ -90,7 +90,7 @@ def _unpack(payload: bytes) -> tuple[leaf_pb2.PartitionRequest, dict[str, np.nda
 
 def test_partition_payload_carries_the_union_once_and_each_models_indexes() -> None:
     from root.assembly import build_partition_payload, pack_features, partition_layout
-    from wire.pack import TensorPacker
+    from wire.pack_writer import TensorPacker
 
     request, candidate = _columns()
     packed = pack_features(request, candidate, N, dedup_request_features=True, packer=TensorPacker("lz4"))
@@ -108,7 +108,7 @@ def test_partition_payload_carries_the_union_once_and_each_models_indexes() -> N
 
 def test_untrimmed_partition_payload_and_no_dedup() -> None:
     from root.assembly import build_partition_payload, pack_features, partition_layout
-    from wire.pack import TensorPacker
+    from wire.pack_writer import TensorPacker
 
     request, candidate = _columns()
     packed = pack_features(request, candidate, N, dedup_request_features=False, packer=TensorPacker("none"))

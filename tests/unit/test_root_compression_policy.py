@@ -26,7 +26,7 @@ from tests.doubles import InProcessLeafClient
 from tests.unit.scoring_setup import Leaf, make_engine, score_input, setup  # noqa: F401  (fixture)
 from trimmer import FeatureTrimmer
 from wire.codec import Compression, Encoding, decode_all
-from wire.pack import RECORD
+from wire.pack_format import RECORD
 
 
 def _policy(link_gbps: float, raw: int, lz4: int, lz4_cpu_s: float, cpu_s: float) -> AutoCompression:
