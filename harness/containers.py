@@ -9,7 +9,8 @@ process on this host (the container's init, so CPU figures, ``pid_alive`` and
 ``rootleaf down`` work as for a process). The container runs as the image's user; paths are
 mounted at the same place they have here: the cluster directory read-only, the server's
 own directory read-write (port file), its model repository or bundle directory read-only
-on top. Functions run on the caller's thread; waits are bounded.
+on top, and any directory the caller names read-write (the soak's leaf request records).
+Functions run on the caller's thread; waits are bounded.
 """
 
 from __future__ import annotations
@@ -135,15 +136,18 @@ def spawn_container(
 
 def spawn_server(
     engine: Engine, image: str, name: str, args: Sequence[str], log_path: Path, port_file: Path, port: int,
-    cluster_dir: Path, reads: Path,
+    cluster_dir: Path, reads: Path, writes: Sequence[Path] = (),
 ) -> Proc:
     """A cluster server in a container: ``cluster_dir`` read-only, the directory of its log
-    and port file writable, ``reads`` (its models or bundles) read-only on top."""
+    and port file writable, ``reads`` (its models or bundles) read-only on top, ``writes``
+    (directories it shares with other servers) writable."""
     own_dir = log_path.parent
-    writable_by_image(own_dir)
+    for path in (own_dir, *writes):
+        writable_by_image(path)
     for path in (cluster_dir, reads):
         readable_by_image(path)
-    mounts = [Mount(cluster_dir), Mount(own_dir, writable=True), Mount(reads)]
+    mounts = [Mount(cluster_dir), Mount(own_dir, writable=True), Mount(reads),
+              *(Mount(path, writable=True) for path in writes)]
     return spawn_container(engine, image, "rootleaf-" + re.sub(r"[^a-zA-Z0-9_.-]", "-", name), args, log_path,
                            port_file, port, mounts)
 

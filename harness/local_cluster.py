@@ -53,6 +53,7 @@ class LocalCluster:
         canary: bool = False,
         root_overrides: Mapping[str, Any] | None = None,
         leaf_args: Sequence[str] = ("--torch-threads", "1"),
+        leaf_writes: Sequence[str | Path] = (),
         startup_timeout_s: float = 180.0,
         launcher: str = "api",
         replicas: int = 1,
@@ -69,6 +70,8 @@ class LocalCluster:
         self.roles: tuple[str, ...] = ROLES if canary else ROLES[:1]
         self.root_overrides: dict[str, Any] = dict(root_overrides or {})
         self.leaf_args = tuple(leaf_args)
+        self.leaf_writes = tuple(Path(p).resolve() for p in leaf_writes)
+        """Directories leaves share to write in (the soak's records): mounted read-write."""
         self.startup_timeout_s = startup_timeout_s
         self.launcher = launcher
         self.replicas = replicas
@@ -108,6 +111,8 @@ class LocalCluster:
                 except EngineError as exc:
                     raise ClusterError(f"--image needs a container engine: {exc}") from None
             self.assets = ensure_assets(self.workload_path, self.directory)
+            for path in self.leaf_writes:
+                path.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + self.startup_timeout_s
             pending: list[tuple[str, str, Proc, Path, tuple[str, ...]]] = []
             for role in self.roles:
@@ -305,16 +310,18 @@ class LocalCluster:
             f"{role} leaf {partition}" + (f" replica {replica}" if self.replicas > 1 else ""),
             ["harness-leaf", "--repo", str(base / "repo"), "--port", str(port), "--port-file", str(base / f"{stem}.port"),
              "--models", ",".join(models), "--metrics-port", str(metrics_port), *tls_args, *self.leaf_args, *extra],
-            base, stem, port, base / "repo",
+            base, stem, port, base / "repo", self.leaf_writes,
         )
 
-    def _launch(self, name: str, args: Sequence[str], own_dir: Path, stem: str, port: int, reads: Path) -> Proc:
+    def _launch(self, name: str, args: Sequence[str], own_dir: Path, stem: str, port: int, reads: Path,
+                writes: Sequence[Path] = ()) -> Proc:
         """A server process, or a container of ``self.image`` (``harness.containers.spawn_server``)."""
         log_path, port_file = own_dir / f"{stem}.log", own_dir / f"{stem}.port"
         if self.image is None:
             return spawn(name, args, log_path, port_file)
         assert self._engine is not None
-        return spawn_server(self._engine, self.image, name, args, log_path, port_file, port, self.directory, reads)
+        return spawn_server(self._engine, self.image, name, args, log_path, port_file, port, self.directory, reads,
+                            writes)
 
     def _prepare_role(self, role: str) -> None:
         """Fresh copies of the generated repositories and bundle files for ``role``."""

@@ -12,7 +12,9 @@ corrupt reloads, leaf kills, lost), the same per fault kind (success rate, failu
 p50/p99, share of other partitions' results served), and checks, from the leaves' request
 records, that every leaf request carried exactly the features of an allowlist that was
 valid at some point. Exit code 0 only when the availability targets are met
-(``harness.soak_report.targets``).
+(``harness.soak_report.targets``). ``--image TAG`` runs the same against a cluster of
+containers of that image (the leaves write their records into ``<dir>/records/``, the one
+directory they share read-write; docs/image.md).
 
 The calling thread owns the cluster, the bundle files and the fault schedule; the load's
 state lives in its own process.
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from deploy.engine import Engine
 from harness.faults import AllowlistStorm, read_records
 from harness.soak_load import LoadProcess
 from harness.soak_report import Phase, by_fault, targets
@@ -46,6 +49,8 @@ from transport.tls import TlsConfig, sync_channel
 log = logging.getLogger("rootleaf.soak")
 
 FAULTS = ("leaf_kill", "storm", "slow_leaf", "rollout", "frozen_leaf")
+RECORDS_DIR = "records"
+"""Where, in the cluster directory, the leaves append their request records (shared, writable)."""
 WAIT_S = 60.0
 """Bound on every wait of the schedule (a leaf listing a version, the root reporting a hash)."""
 
@@ -92,6 +97,8 @@ class SoakOptions:
     """Leaf processes per partition; faults hit one replica at a time."""
     faults: tuple[str, ...] = FAULTS
     """The fault kinds the schedule cycles through, in this order."""
+    image: str | None = None
+    """Run every server as a container of this image (``LocalCluster(image=...)``)."""
 
     def __post_init__(self) -> None:
         if not self.faults or set(self.faults) - set(FAULTS) or len(set(self.faults)) != len(self.faults):
@@ -238,13 +245,15 @@ def _run_faults(
     return faults
 
 
-def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any]:
-    """Run one soak; returns the report document (see ``--json``)."""
-    records = directory / "leaf-requests.jsonl"
+def run_soak(workload: str, directory: Path, opts: SoakOptions, engine: Engine | None = None) -> dict[str, Any]:
+    """Run one soak; returns the report document (see ``--json``). ``engine``: the container
+    engine for ``opts.image`` (None: the cluster finds or starts one)."""
+    records = directory / RECORDS_DIR / "leaf-requests.jsonl"
     records.unlink(missing_ok=True)
+    records.parent.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
         workload, directory, leaf_args=("--torch-threads", "1", "--record-requests", str(records)),
-        replicas=opts.replicas,
+        leaf_writes=(records.parent,), replicas=opts.replicas, image=opts.image, engine=engine,
     )
     with cluster:
         assert cluster.assets is not None
@@ -271,6 +280,7 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
     leaf_records = read_records(records)
     violations = storm.check_records(leaf_records)
     report: dict[str, Any] = {
+        "image": opts.image,
         "replicas": opts.replicas,
         "sent": stats.sent,
         "succeeded": stats.succeeded,
@@ -300,6 +310,7 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions) -> dict[str, Any
 
 def format_table(report: dict[str, Any]) -> str:
     rows: list[tuple[str, Any]] = [
+        *([("image", report["image"])] if report.get("image") else []),
         ("leaf replicas", report["replicas"]),
         ("requests sent", report["sent"]),
         ("succeeded", report["succeeded"]),
@@ -348,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap-s", type=float, default=3.0, help="steady load between faults")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replicas", type=int, default=2, help="leaf processes per partition (default 2)")
+    p.add_argument("--image", default=None, help="run every root and leaf as a container of this image")
     p.add_argument("--faults", default=",".join(FAULTS),
                    help=f"comma-separated fault kinds to cycle through (default: all of {','.join(FAULTS)})")
     return p
@@ -359,7 +371,7 @@ def main(argv: list[str]) -> int:
     try:
         opts = SoakOptions(args.minutes, args.concurrency, args.deadline_ms, args.storm_rewrites,
                            gap_s=args.gap_s, seed=args.seed, rate=args.rate, replicas=args.replicas,
-                           faults=tuple(f.strip() for f in args.faults.split(",") if f.strip()))
+                           faults=tuple(f.strip() for f in args.faults.split(",") if f.strip()), image=args.image)
     except ValueError as exc:
         print(f"rootleaf soak: {exc}", file=sys.stderr)
         return 2

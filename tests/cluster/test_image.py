@@ -2,7 +2,8 @@
 (``rootleaf up --image``'s ``LocalCluster(image=...)``; ci workload: alpha hosts m_a, m_b;
 beta hosts m_c): healthy containers as the image's user with read-only models and bundles,
 the same scores as a cluster of processes, the demo's modes, a full staged rollout with its
-canary analysis, a leaf container killed and started again, and ``up``/``down``.
+canary analysis, a leaf container killed and started again, ``up``/``down``, and a short soak
+with every fault of its schedule.
 
 Runs where a Docker engine answers or can be started (root with Debian's ``docker.io``:
 ``./run test`` installs it); skipped with the reason otherwise. The build is cached by the
@@ -28,6 +29,7 @@ from deploy.image import REPO, BuildResult, build_image, image_tag
 from deploy.rollout_cli import rollback_main, rollout_main
 from harness.containers import IMAGE_UID, PORT_ENV
 from harness.local_cluster import LocalCluster
+from harness.soak import RECORDS_DIR, SoakOptions, run_soak
 from harness.soak_load import LoadProcess, Outcome
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
 from tests.cluster.rollout_steps import description, listed, prepare, snapshot
@@ -188,6 +190,23 @@ def test_killed_leaf_container_fails_its_models_and_starts_again(cluster: LocalC
     assert bad == [], bad[:5]
     eventually(lambda: _containers(engine)[new.pid]["State"]["Health"]["Status"] == "healthy",
                "the restarted container healthy", WAIT_S, every_s=1.0)
+
+
+def test_soak_runs_every_fault_against_containers(built: BuildResult, engine: Engine, tmp_path: Path) -> None:
+    """``rootleaf soak --image``, test-sized: each fault once (a leaf container killed and
+    restarted, a storm, a slow leaf container, a version rolled into the repository, a
+    container SIGSTOPped), and the soak's own targets but the success rate (a 2-core machine's
+    noise over a few seconds): nothing lost, no allowlist violated, the root up."""
+    opts = SoakOptions(minutes=0.05, concurrency=4, storm_rewrites=20, down_s=0.5, slow_s=1.0, gap_s=0.5, rate=20.0,
+                       image=built.tag)
+    report = run_soak("ci", tmp_path, opts, engine)
+    assert [report[k] for k in ("leaf_kills", "storms", "slow_phases", "rollouts", "frozen_phases")] == [1] * 5
+    assert report["leaf_requests_recorded"] > 0 and report["sent"] > 0
+    records = tmp_path / RECORDS_DIR / "leaf-requests.jsonl"
+    assert records.stat().st_uid == IMAGE_UID  # written by the leaf containers, as the image's user
+    assert {k: v for k, v in report["targets"].items() if k != "success_rate_ge_99.9"} == {
+        "lost_0": True, "allowlist_violations_0": True, "root_alive": True}, report
+    assert not [d for d in _containers(engine).values() if str(tmp_path) in json.dumps(d["Mounts"])]  # all stopped
 
 
 def test_up_and_down_with_an_image(built: BuildResult, engine: Engine, tmp_path: Path) -> None:
