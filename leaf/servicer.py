@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "rootleaf.v1.Leaf"
 
+
 @dataclass(frozen=True, slots=True)
 class WireRequest:
     """A parsed request with its serialised size; ``error`` is set when parsing failed."""
