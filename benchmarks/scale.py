@@ -155,7 +155,7 @@ def sweep(preset: Preset, axes: Sequence[str]) -> list[Point]:
 FIGURES = (
     "root_cpu_ms_per_request", "root_cpu_us_per_candidate_model", "leaf_cpu_ms_per_request",
     "wire_bytes_per_request", "partition_floor_bytes_per_request", "wire_over_partition_floor",
-    "max_rps", "offered_rps", "p99_ms", "errors", "scores_match_baseline",
+    "max_rps", "offered_rps", "p99_ms", "errors", "error_samples", "scores_match_baseline",
 )
 
 

@@ -26,7 +26,10 @@ best replica achieves; the partition-wide quantile would be the slow replica's l
 soon as it serves more than 5% of calls), at least ``MIN_HEDGE_S``. Leaf
 calls are idempotent (scoring), so the first answer wins and the other is cancelled.
 Hedges are budgeted: at most ``HEDGE_BUDGET`` of calls (over the last ``WINDOW``) may hedge,
-so a partition that is slow everywhere is not sent twice its load. State is owned by the
+so a partition that is slow everywhere is not sent twice its load. A copy sent because a call
+ran past the partition's timeout (``root.leaf_client``) counts here as a hedge but is never
+refused by the budget: a spent budget stops hedges, not the copy that keeps a call from
+failing at its timeout. State is owned by the
 root's event loop (no locks).
 """
 
@@ -159,7 +162,8 @@ class TargetLatency:
         return sum(self._hedged) >= HEDGE_BUDGET * max(len(self._hedged), MIN_SAMPLES)
 
     def record_call(self, hedged: bool) -> None:
-        """Count one call (and whether it sent a hedge) against the hedge budget."""
+        """Count one call (and whether it sent a hedge, or a copy at the partition's
+        timeout) against the hedge budget."""
         self._hedged.append(hedged)
         if hedged:
             self.hedges += 1

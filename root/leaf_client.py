@@ -2,11 +2,14 @@
 
 ``GrpcLeafClient`` keeps one ``grpc.aio`` channel per target (TLS when configured), sends
 the pre-assembled request bytes as they are (identity request serializer), round-robins over
-the targets that passed the last health check, and bounds each attempt by the partition's
-own timeout as well as the caller's deadline (``root.partition_timeout``: a hung leaf costs
-a call that long, not the client's deadline); it retries once on another target when an
-attempt finds its target UNAVAILABLE, or ran out of the partition's timeout, and the
-caller's deadline leaves time. It also knows which model versions each
+the targets that passed the last health check, and races copies of a call over its targets
+(``GrpcLeafClient._call``, the one place that decides when another copy goes out): a copy
+that has run for the partition's own timeout (``root.partition_timeout``) counts against its
+target and, while it keeps running, a copy goes to another target known to have every
+version the call names; the first answer wins, and both end at the caller's deadline. With
+no such target the call ends at the partition's timeout (a hung leaf costs a call that long,
+not the client's deadline). It retries once on another target when every copy failed and one
+found its target UNAVAILABLE and the caller's deadline leaves time. It also knows which model versions each
 target has loaded (``Leaf/ListModels`` at every health round) and sends a request naming a
 version only to targets that have it, so replicas that briefly disagree during a rollout
 never get a request trimmed for a version they do not run; a target that answers
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Protocol, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -109,13 +112,18 @@ def _error_of(exc: grpc.aio.AioRpcError) -> LeafCallError:
     return LeafCallError(code, exc.details() or code.name)
 
 
-class _Race:
-    """A hedged call: ``overtaken`` once its hedge answered first (the primary, then
-    cancelled, would have taken longer still)."""
+class _Copy:
+    """One copy of a call in ``GrpcLeafClient._call``'s race: its target, its place in the
+    race (0: the first), the partition's timeout for it (``turn``), whether that passed
+    (counted against the target; the copy may run on), and whether it counts against its
+    target if cancelled (``overtaken``: a copy sent after it answered first)."""
 
-    __slots__ = ("overtaken",)
+    __slots__ = ("target", "order", "turn", "started", "timed_out", "overtaken")
 
-    def __init__(self) -> None:
+    def __init__(self, target: int, order: int, turn: Attempt) -> None:
+        self.target, self.order, self.turn = target, order, turn
+        self.started = time.monotonic()
+        self.timed_out = False
         self.overtaken = False
 
 
@@ -180,21 +188,24 @@ class GrpcLeafClient:
         # A target whose versions are not known yet may be tried: it refuses what it lacks.
         return loaded is None or version in loaded.get(model, ())
 
-    def _pick(
-        self, exclude: int | None = None, model: str = "", version: str = "",
+    def _pool(
+        self, exclude: Collection[int] = (), model: str = "", version: str = "",
         models: Sequence[tuple[str, str]] = (), all_models: bool = False,
-    ) -> int | None:
-        """A target for the call, round-robin: a serving one that has ``version`` if any,
-        else any that has it; None when no target has it. With ``models`` (a partition
-        call) targets that have every named version come first, else any target (none with
-        ``all_models``: a hedge to a target that lacks a version could only be refused)."""
-        others = [i for i in range(len(self.targets)) if i != exclude]
+    ) -> list[int]:
+        """The targets a copy of the call may go to: the serving ones that have ``version``
+        if any, else any that has it. With ``models`` (a partition call) targets that have
+        every named version come first, else any target (none with ``all_models``: a copy
+        sent to a target that lacks a version could only be refused)."""
+        others = [i for i in range(len(self.targets)) if i not in exclude]
         if version:
             others = [i for i in others if self._has(i, model, version)]
         if models:
             having = [i for i in others if all(self._has(i, m, v) for m, v in models if v)]
             others = having if having or all_models else others
-        pool = [i for i in others if i in self._healthy] or others
+        return [i for i in others if i in self._healthy] or others
+
+    def _choose(self, pool: Sequence[int]) -> int | None:
+        """One of ``pool``: the faster of two by observed latency, or round-robin."""
         if not pool:
             return None
         if self.latency is not None:
@@ -211,33 +222,28 @@ class GrpcLeafClient:
     async def score(
         self, payload: bytes, timeout_s: float, model: str = "", version: str = ""
     ) -> leaf_pb2.LeafResponse:
-        index = self._pick(model=model, version=version)
-        if index is None:
+        if not self._pool(model=model, version=version):
             raise self._unroutable(model, version)
 
         def refused(target: int) -> None:
             if version:
                 self._strike(target, model, version)
 
-        def other(index: int, timed_out: bool = False) -> int | None:
-            return self._pick(exclude=index, model=model, version=version)
-
         response: leaf_pb2.LeafResponse = await self._call(
-            self._score, index, payload, timeout_s, other, other, refused=refused
+            self._score, payload, timeout_s,
+            lambda exclude, complete: self._pool(exclude, model=model, version=version), refused=refused,
         )
         return response
 
     async def score_partition(
         self, payload: bytes, timeout_s: float, models: Sequence[tuple[str, str]] = ()
     ) -> leaf_pb2.PartitionResponse:
-        index = self._pick(models=models)
-        assert index is not None  # without a version filter some target is always chosen
+        # The first copy and a retry on an unreachable target go to any target (one that
+        # lacks a version refuses just that model); a hedge or a copy at the partition's
+        # timeout only to one known to have every version.
         response: leaf_pb2.PartitionResponse = await self._call(
-            self._score_partition, index, payload, timeout_s,
-            lambda i: self._pick(exclude=i, models=models, all_models=True),
-            # Unreachable: any other target (one that lacks a version refuses just that
-            # model); timed out (it may still answer): only one known to have every version.
-            lambda i, timed_out: self._pick(exclude=i, models=models, all_models=timed_out),
+            self._score_partition, payload, timeout_s,
+            lambda exclude, complete: self._pool(exclude, models=models, all_models=complete),
             refused_in=lambda response, i: self._strike_refusals(response, i, models),
         )
         return response
@@ -245,66 +251,142 @@ class GrpcLeafClient:
     async def _call(
         self,
         stubs: Sequence[Any],
-        index: int,
         payload: bytes,
         timeout_s: float,
-        pick_other: Callable[[int], int | None],
-        pick_retry: Callable[[int, bool], int | None],
+        pool: Callable[[Collection[int], bool], list[int]],
         *,
         refused: Callable[[int], None] | None = None,
         refused_in: Callable[[Any, int], bool] | None = None,
     ) -> Any:
-        """A call to ``index`` (hedged: ``_first_answer``), each attempt bounded by the
-        partition's timeout and the caller's ``timeout_s``, and at most one retry on
-        ``pick_retry(index, timed_out)`` (see ``_retry``). A target that refuses a version
-        is reported to ``refused`` (an RPC error) or ``refused_in`` (replies in an answer)."""
+        """One call, raced over the partition's targets until an answer or the caller's
+        ``timeout_s``; ``pool(exclude, complete)`` says where a copy may go (``complete``:
+        only targets known to have every version the call names). The only place that
+        decides when a call sends another copy:
+
+        - the first copy goes to ``pool((), False)``;
+        - a hedge: still unanswered after the partition's hedge delay (``root.hedging``,
+          within the hedge budget), a copy goes to a complete target;
+        - at the partition's timeout: a copy that has run that long (``root.partition_timeout``)
+          counts against its target and, unless another copy is still within its own
+          timeout, a copy goes to a complete target not tried yet, while it keeps running;
+          when there is none and no other copy runs, it ends there (DEADLINE_EXCEEDED, "no
+          answer within the partition timeout");
+        - a retry: when every copy failed and one found its target UNAVAILABLE (struck off
+          until the next health round), a copy goes to any target not tried yet.
+
+        At most one hedge and one more copy (at the timeout, or the retry) per call, each to a
+        target not tried yet. The call counts in the hedge budget once its hedge is decided
+        (at once when it cannot hedge), as hedged when it sent a hedge or a copy at the
+        timeout (a copy at the timeout of a call counted unhedged adds one entry); the
+        budget refuses hedges, never a copy at the timeout. The first answer wins; an answer that refuses a
+        version (``refused_in``: replies in an answer) wins only when no other copy runs;
+        the others are cancelled, a copy cancelled counting against its target only when a
+        copy sent after it answered first and its own timeout had not counted already. A
+        copy refused FAILED_PRECONDITION is reported to ``refused``. Raises ``LeafCallError``
+        (the first copy's error when every copy failed)."""
         deadline = time.monotonic() + timeout_s
-        attempt = self.timeout.attempt_deadline(deadline)
-        try:
-            answer, index = await self._first_answer(
-                stubs, index, payload, attempt, pick_other, refused=refused, refused_in=refused_in
-            )
-            return answer
-        except grpc.aio.AioRpcError as exc:
-            error = self._call_error(exc, attempt)
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
-                refused(index)
-            if not self._retry(exc, attempt, index, deadline):
-                raise error from None
-            retry = pick_retry(index, exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
-            if retry is None:
-                raise error from None
-        attempt = self.timeout.attempt_deadline(deadline)
-        try:
-            answer = await self._start(stubs, retry, payload, attempt)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
-                refused(retry)
-            raise self._call_error(exc, attempt) from None
-        if refused_in is not None:
-            refused_in(answer, retry)
-        return answer
+        latency = self.latency
+        copies: dict[asyncio.Task[Any], _Copy] = {}
+        counted: bool | None = None  # how the call counts in the hedge budget (None: not yet)
+        second = False  # the copy at the timeout, or the retry, went out
 
-    def _retry(self, exc: grpc.aio.AioRpcError, attempt: Attempt, index: int, deadline: float) -> bool:
-        """Whether a failed first attempt goes once more to another target: when its target
-        was unreachable (the request never ran there; it is struck off until the next health
-        round), or the partition's own timeout ended it (scoring is idempotent) and the
-        caller's deadline leaves time."""
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE and index in self._healthy and len(self.targets) > 1:
-            self._healthy.remove(index)
+        def send(complete: bool, kind: str) -> bool:
+            """A copy (``kind``: call, hedge, copy at the timeout, retry) to a target not tried."""
+            nonlocal counted
+            target = self._choose(pool([c.target for c in copies.values()], complete))
+            if target is None:
+                return False
+            copy = _Copy(target, len(copies), self.timeout.attempt_deadline(deadline))
+            copies[self._start(stubs, copy, payload, deadline, f"root-leaf-{kind}")] = copy
+            if kind in ("hedge", "copy"):
+                metrics.LEAF_HEDGES.labels(self.name).inc()
+                if latency is not None and not counted:
+                    latency.record_call(hedged=True)  # a call counted already: one more entry
+                counted = True
+            return True
+
+        delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
+        hedge_at = None if delay is None else time.monotonic() + delay
+        if latency is not None and delay is None:
+            latency.record_call(hedged=False)  # counted now: no hedge can follow
+            counted = False
+        sent = send(False, "call")
+        assert sent  # without a version filter some target is always chosen; score() checked its own
+        refusing: Any = None
+        failures: list[tuple[_Copy, BaseException]] = []
+        try:
+            while True:
+                live = [t for t in copies if not t.done()]
+                wakes = [copies[t].turn.deadline for t in live if copies[t].turn.own and not copies[t].timed_out]
+                wakes += [] if hedge_at is None else [hedge_at]
+                wait = max(0.0, min(wakes) - time.monotonic()) if wakes else None
+                done, _ = await asyncio.wait(live, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    copy, error = copies[task], task.exception()
+                    if error is None:
+                        if refused_in is None or not refused_in(task.result(), copy.target):
+                            for loser in copies.values():  # cancelled below
+                                loser.overtaken = loser.order < copy.order and not loser.timed_out
+                            return task.result()
+                        refusing = task.result() if refusing is None else refusing
+                    else:
+                        failures.append((copy, error))
+                        if isinstance(error, grpc.aio.AioRpcError):
+                            self._failed(error, copy.target, refused)
+                live = [t for t in copies if not t.done()]
+                now = time.monotonic()
+                if hedge_at is not None and now >= hedge_at:
+                    hedge_at = None
+                    if not (len(copies) == 1 and live and send(True, "hedge")) and latency is not None \
+                            and counted is None:
+                        latency.record_call(hedged=False)
+                        counted = False
+                timed_out = [copies[t] for t in live if copies[t].turn.own and not copies[t].timed_out
+                             and copies[t].turn.deadline <= now]
+                for copy in timed_out:
+                    copy.timed_out = True
+                    if latency is not None and counts_against(grpc.StatusCode.DEADLINE_EXCEEDED, own_timeout=True):
+                        latency.observe(copy.target, now - copy.started, ok=False)
+                if timed_out and all(copies[t].timed_out for t in live):
+                    if not second and send(True, "copy"):
+                        second = True
+                    elif len(live) == 1:  # no other copy, nowhere else to turn: it ends here
+                        raise self._own_timeout()
+                if live:
+                    continue
+                if refusing is not None:
+                    return refusing
+                unreachable = any(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.UNAVAILABLE
+                                  for _, e in failures)
+                if unreachable and not second and deadline > now and send(False, "retry"):
+                    second = True
+                    continue
+                first = min(failures, key=lambda f: f[0].order)[1]
+                if isinstance(first, grpc.aio.AioRpcError):
+                    raise _error_of(first) from None
+                raise first
+        finally:
+            if latency is not None and counted is None:
+                latency.record_call(hedged=False)
+            for task in copies:
+                task.cancel()
+            await asyncio.gather(*copies, return_exceptions=True)
+
+    def _failed(self, error: grpc.aio.AioRpcError, target: int, refused: Callable[[int], None] | None) -> None:
+        """A copy failed: a target that refused a version, or was unreachable (struck off
+        until the next health round), is routed around."""
+        code = error.code()
+        if code == grpc.StatusCode.FAILED_PRECONDITION and refused is not None:
+            refused(target)
+        if code == grpc.StatusCode.UNAVAILABLE and target in self._healthy and len(self.targets) > 1:
+            self._healthy.remove(target)
             self._update_served()
-        own_timeout = code == grpc.StatusCode.DEADLINE_EXCEEDED and attempt.own
-        return (code == grpc.StatusCode.UNAVAILABLE or own_timeout) and len(self.targets) > 1 \
-            and deadline > time.monotonic()
 
-    def _call_error(self, exc: grpc.aio.AioRpcError, attempt: Attempt) -> LeafCallError:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and attempt.own:
-            return LeafCallError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no answer within the partition timeout ({1000 * self.timeout.timeout_s():.0f} ms now)",
-            )
-        return _error_of(exc)
+    def _own_timeout(self) -> LeafCallError:
+        return LeafCallError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no answer within the partition timeout ({1000 * self.timeout.timeout_s():.0f} ms now)",
+        )
 
     def _strike_refusals(
         self, response: leaf_pb2.PartitionResponse, index: int, models: Sequence[tuple[str, str]]
@@ -319,103 +401,40 @@ class GrpcLeafClient:
         return refusals
 
     def _start(
-        self, stubs: Sequence[Any], index: int, payload: bytes, attempt: Attempt, race: _Race | None = None,
-        name: str = "root-leaf-call",
+        self, stubs: Sequence[Any], copy: _Copy, payload: bytes, deadline: float, name: str
     ) -> asyncio.Task[Any]:
         """``_timed`` as a task, counted in flight on its target from now until it is done
         (so the next pick, even within the same loop turn, sees it)."""
-        task = asyncio.create_task(self._timed(stubs, index, payload, attempt, race), name=name)
-        latency = self.latency
+        task = asyncio.create_task(self._timed(stubs, copy, payload, deadline), name=name)
+        latency, index = self.latency, copy.target
         if latency is not None:
             latency.begin(index)
             task.add_done_callback(lambda _: latency.end(index))
         return task
 
-    async def _timed(
-        self, stubs: Sequence[Any], index: int, payload: bytes, attempt: Attempt, race: _Race | None = None
-    ) -> Any:
-        """One call through ``stubs[index]`` until ``attempt`` ends, its latency observed: an
-        answer for the partition's timeout and the target's mean, a call its hedge
-        overtook (``race``) and a failure that ``counts_against`` the target for its mean
-        only (see ``root.hedging``); nothing else, so no caller's deadline steers the choice."""
-        started = time.monotonic()
-        latency = self.latency
+    async def _timed(self, stubs: Sequence[Any], copy: _Copy, payload: bytes, deadline: float) -> Any:
+        """One copy through ``stubs[copy.target]`` until the caller's ``deadline`` (the race
+        in ``_call`` ends it sooner), its latency observed: an answer for the partition's
+        timeout and the target's mean, a copy overtaken (``copy.overtaken``) and a failure
+        that ``counts_against`` the target for its mean only (see ``root.hedging``; the
+        partition's timeout is counted by the race); nothing else, so no caller's deadline
+        steers the choice."""
+        latency, index = self.latency, copy.target
         try:
-            response = await stubs[index](payload, timeout=attempt.remaining())
+            response = await stubs[index](payload, timeout=deadline - time.monotonic())
         except asyncio.CancelledError:
-            if latency is not None and race is not None and race.overtaken:  # not the caller cancelling
-                latency.observe(index, time.monotonic() - started, ok=False, overtaken=True)
+            if latency is not None and copy.overtaken:  # not the caller cancelling
+                latency.observe(index, time.monotonic() - copy.started, ok=False, overtaken=True)
             raise
         except grpc.aio.AioRpcError as exc:
-            if latency is not None and counts_against(exc.code(), attempt.own):
-                latency.observe(index, time.monotonic() - started, ok=False)
+            if latency is not None and counts_against(exc.code(), own_timeout=False):
+                latency.observe(index, time.monotonic() - copy.started, ok=False)
             raise
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - copy.started
         self.timeout.observe(elapsed)
         if latency is not None:
             latency.observe(index, elapsed)
         return response
-
-    async def _first_answer(
-        self,
-        stubs: Sequence[Any],
-        index: int,
-        payload: bytes,
-        attempt: Attempt,
-        pick_other: Callable[[int], int | None],
-        *,
-        refused: Callable[[int], None] | None = None,
-        refused_in: Callable[[Any, int], bool] | None = None,
-    ) -> tuple[Any, int]:
-        """The call to ``index``, hedged: still unanswered after the partition's hedge delay,
-        a copy goes to ``pick_other(index)``; the first answer wins (returned with the target
-        that gave it) and the other call is cancelled. A hedge refused FAILED_PRECONDITION is
-        reported to ``refused``. Every answer is shown to ``refused_in(answer, target)``; one
-        for which it is true (it refuses a version in its replies) wins only if the other
-        copy fails too. Both copies end with ``attempt``. Raises the primary's
-        ``AioRpcError`` when both fail."""
-        latency = self.latency
-        delay = latency.hedge_delay_s() if latency is not None and len(self.targets) > 1 else None
-        if latency is None or delay is None or delay >= attempt.remaining():
-            if latency is not None:
-                latency.record_call(hedged=False)
-            answer = await self._start(stubs, index, payload, attempt)
-            if refused_in is not None:
-                refused_in(answer, index)
-            return answer, index
-        race = _Race()
-        primary = self._start(stubs, index, payload, attempt, race)
-        started: dict[asyncio.Task[Any], int] = {primary: index}
-        try:
-            done, _ = await asyncio.wait(started, timeout=delay)
-            other = None if done else pick_other(index)
-            latency.record_call(hedged=other is not None)
-            if other is not None:
-                metrics.LEAF_HEDGES.labels(self.name).inc()
-                # No race for the hedge: cancelled when the primary answers first, it had less time.
-                hedge = self._start(stubs, other, payload, attempt, name="root-leaf-hedge")
-                started[hedge] = other
-            pending = set(started)
-            refusing: tuple[Any, int] | None = None
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    error = task.exception()
-                    if error is None:
-                        if refused_in is None or not refused_in(task.result(), started[task]):
-                            race.overtaken = task is not primary  # the primary is cancelled below
-                            return task.result(), started[task]
-                        refusing = refusing or (task.result(), started[task])
-                    elif task is not primary and refused is not None and isinstance(error, grpc.aio.AioRpcError) \
-                            and error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                        refused(started[task])
-            if refusing is not None:
-                return refusing
-            return primary.result(), index  # both failed: raises the primary's error
-        finally:
-            for task in started:
-                task.cancel()
-            await asyncio.gather(*started, return_exceptions=True)
 
     def _strike(self, index: int, model: str, version: str) -> None:
         """Target ``index`` said it has not loaded ``version``: stop routing it there."""

@@ -55,7 +55,7 @@ PARTITION_BYTES = Counter(
     ["partition", "stage"],
 )
 LEAF_HEDGES = Counter(
-    "rootleaf_root_leaf_hedges_total", "Leaf calls sent a second copy to another replica (slow first answer)", ["partition"]
+    "rootleaf_root_leaf_hedges_total", "Leaf calls sent a second copy to another replica (a slow answer: the hedge delay or the partition timeout)", ["partition"]
 )
 LEAF_ERRORS = Counter("rootleaf_root_leaf_errors_total", "Failed leaf calls by status code", ["partition", "code"])
 CACHE_REQUESTS = Counter(

@@ -5,11 +5,12 @@ The rule, decided here and nowhere else: ``p99_multiple`` times the p99 of the p
 last ``WINDOW`` answered attempts, clamped to ``[floor_ms, cap_ms]``
 (``root.config.PartitionTimeoutConfig``); ``cap_ms`` until ``MIN_SAMPLES`` attempts have
 answered. An attempt gets the smaller of that and what the caller's deadline leaves
-(``attempt_deadline``), so a hung leaf costs a request this long, not the client's whole
-deadline, and only an attempt cut by this timeout (not by the caller's deadline) counts
-against its replica or is retried on another one (``root.leaf_client``).
+(``attempt_deadline``). Only an attempt that runs past this timeout (not the caller's
+deadline) counts against its replica; it then runs on while a copy goes to another replica
+that has every named version, or, with none, ends there, so a hung leaf costs a request
+this long, not the client's whole deadline (``root.leaf_client``, ``GrpcLeafClient._call``).
 
-Attempts that time out never enter the window (how long they would have taken is unknown),
+Attempts that never answer never enter the window (how long they would have taken is unknown),
 so a partition that turned slower than its timeout for good would otherwise time out for
 ever: one attempt in ``PROBE_EVERY`` gets ``cap_ms`` instead, and once a few of those answer
 the p99 (and the timeout) follow the new latency. State is owned by the root's event loop.

@@ -49,7 +49,7 @@ def test_a_frozen_leaf_fails_only_its_models_and_at_once_when_seen_down(cluster:
             codes = _codes(client, LONG_DEADLINE_S)  # the call as a whole is answered
             assert codes["m_a"] is codes["m_b"] is grpc.StatusCode.OK, codes
             assert codes["m_c"] in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE), codes
-            eventually(lambda: _beta_serving(client) == 0, "the root's health round to see beta down", WAIT_S)
+            eventually(lambda: _beta_serving(client) == 0, "the root's health round to see beta down")
             # Seen down: no call goes to the hung leaf, its models fail UNAVAILABLE at once.
             results = client.score(7, [1, 2, 3], ["m_a", "m_c"], timeout_s=LONG_DEADLINE_S)
             assert results["m_a"].ok, results["m_a"]
@@ -57,7 +57,7 @@ def test_a_frozen_leaf_fails_only_its_models_and_at_once_when_seen_down(cluster:
             assert "no leaf address serving" in results["m_c"].error_message
         finally:
             cluster.thaw_leaf("beta")
-        eventually(lambda: _codes(client, 10.0)["m_c"] is grpc.StatusCode.OK, "beta served again", WAIT_S)
+        eventually(lambda: _codes(client, 10.0)["m_c"] is grpc.StatusCode.OK, "beta served again")
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
