@@ -53,6 +53,8 @@ from benchmarks.tracing_bench import otlp_sink, parse_tracing, sink_spans, traci
 from harness.demo_assets import DemoAssets
 from harness.local_cluster import LocalCluster
 from harness.workload import Workload
+from root.config import CLUSTER_URL_SCHEMES
+from root.redis_store import REDIS_SCHEMES
 
 log = logging.getLogger("rootleaf.bench.cluster")
 
@@ -372,15 +374,13 @@ class Variant:
     """Extra arguments of every leaf for this variant (leaves are restarted when they change)."""
 
 
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
-CLUSTER_URL_SCHEMES = ("redis-cluster://", "redis+cluster://")
 
 
 def store_kind(feature_store: str) -> str:
     """``local``, ``redis`` or ``redis-cluster`` for a ``--feature-store`` value."""
     if feature_store == "local":
         return "local"
-    if feature_store.startswith(REDIS_URL_SCHEMES):
+    if feature_store.startswith(REDIS_SCHEMES):
         return "redis"
     if feature_store.startswith(CLUSTER_URL_SCHEMES):
         return "redis-cluster"

@@ -2,8 +2,8 @@
 whose loopback is a token bucket (``tc`` tbf) at G Gbit/s, so bytes cost time as on a NIC.
 
 ``rootleaf bench --link-gbps G [--link-delay-us D]`` re-runs itself under ``unshare -n``
-(``python -m benchmarks.link``): inside the new namespace this module brings ``lo`` up,
-shapes it, and runs the cluster benchmark there, so root, leaves and load generator all
+(``python -m benchmarks.link_run``): inside the new namespace ``shape_loopback`` brings
+``lo`` up and shapes it, and the cluster benchmark runs there, so root, leaves and load generator all
 talk over the shaped loopback (every byte of every hop, replies and metrics scrapes
 included). A netem delay is added when the kernel has netem; when it does not, or when
 namespaces or ``tc`` are not permitted, the reason is recorded in the results (``link``)
@@ -13,12 +13,10 @@ subprocess calls on the main thread, before any load.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 # Set inside the namespace (JSON of ``LinkInfo``): the cluster benchmark reports it.
@@ -80,7 +78,7 @@ def reexec_command(gbps: float, delay_us: float, argv: Sequence[str]) -> list[st
     when ``unshare``, ``ip`` or ``tc`` is missing."""
     if not all(shutil.which(tool) for tool in ("unshare", "ip", "tc")):
         return None
-    return ["unshare", "-n", "--", sys.executable, "-m", "benchmarks.link", str(gbps), str(delay_us), *argv]
+    return ["unshare", "-n", "--", sys.executable, "-m", "benchmarks.link_run", str(gbps), str(delay_us), *argv]
 
 
 def run_shaped(gbps: float, delay_us: float, argv: Sequence[str]) -> int | None:
@@ -93,18 +91,3 @@ def run_shaped(gbps: float, delay_us: float, argv: Sequence[str]) -> int | None:
     if probe.returncode:
         return None
     return subprocess.run(command, check=False).returncode
-
-
-def main(argv: list[str]) -> int:
-    """Inside the namespace: ``GBPS DELAY_US BENCH_ARGS...``."""
-    gbps, delay_us, rest = float(argv[0]), float(argv[1]), argv[2:]
-    info = shape_loopback(gbps, delay_us)
-    print(f"link: {info.description}", file=sys.stderr)
-    os.environ[LINK_ENV] = json.dumps(asdict(info))
-    from benchmarks.cluster import main as cluster_main
-
-    return cluster_main(rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

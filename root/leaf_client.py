@@ -8,11 +8,11 @@ that has run for the partition's own timeout (``root.partition_timeout``) counts
 target and, while it keeps running, a copy goes to another target known to have every
 version the call names; the first answer wins, and both end at the caller's deadline. With
 no such target the call ends at the partition's timeout (a hung leaf costs a call that long,
-not the client's deadline). It retries once on another target when every copy failed and one
-found its target UNAVAILABLE and the caller's deadline leaves time. It also knows which model versions each
-target has loaded (``Leaf/ListModels`` at every health round) and sends a request naming a
-version only to targets that have it, so replicas that briefly disagree during a rollout
-never get a request trimmed for a version they do not run; a target that answers
+not the client's deadline). It retries once on another target when every copy failed, one
+found its target UNAVAILABLE and the caller's deadline leaves time. It also knows which
+model versions each target has loaded (``Leaf/ListModels`` at every health round) and
+sends a request naming a version only to targets that have it, so replicas that briefly
+disagree during a rollout never get a request trimmed for a version they do not run; a target that answers
 FAILED_PRECONDITION (version not loaded) is struck off for that version at once. A partition
 call (``score_partition``) goes to a target that has every named version if one does (else
 to any: the models it lacks come back FAILED_PRECONDITION in their own replies, and are

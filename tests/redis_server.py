@@ -24,6 +24,7 @@ from typing import BinaryIO, Callable, Iterator, Sequence
 
 import pytest
 from harness.processes import free_port
+from tests.waiting import eventually
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -251,17 +252,15 @@ class LocalRedisCluster:
 
     def _wait_until(self, done: Callable[[], bool], failure: Callable[[], str], timeout_s: float = CLUSTER_TIMEOUT_S) -> None:
         """Poll ``done`` until true, at most ``timeout_s``; a node that does not answer (yet)
-        counts as not done. Then raise ``RuntimeError(failure())``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        counts as not done. Then fail with ``failure()``."""
+
+        def answered() -> bool:
             try:
-                if done():
-                    return
+                return done()
             except (RuntimeError, subprocess.TimeoutExpired):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(failure())
-            time.sleep(0.05)
+                return False
+
+        eventually(answered, failure, timeout_s, every_s=0.05)
 
     def wait_healthy(self) -> None:
         """Every live node sees ``cluster_state:ok`` and knows every live node, every master has

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import grpc
 import pytest
@@ -30,7 +30,8 @@ from harness.containers import IMAGE_UID, PORT_ENV
 from harness.local_cluster import LocalCluster
 from harness.soak_load import LoadProcess, Outcome
 from protos.rootleaf.v1 import root_pb2, root_pb2_grpc
-from tests.cluster.test_rollout import _desc, _listed, _prepare, _snapshot
+from tests.cluster.rollout_steps import description, listed, prepare, snapshot
+from tests.waiting import eventually
 
 pytestmark = [
     pytest.mark.cluster,
@@ -40,16 +41,6 @@ pytestmark = [
 
 WAIT_S = 120.0
 ALPHA, BETA = ("m_a", "m_b"), ("m_c",)
-
-
-def eventually(predicate: Callable[[], bool], timeout_s: float = WAIT_S, every_s: float = 1.0) -> bool:
-    """Poll a condition no event announces (a container's health), bounded in time."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(every_s)
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +113,8 @@ def test_every_server_is_a_healthy_container_of_the_image(cluster: LocalCluster,
         writable = {m["Destination"]: m["RW"] for m in doc["Mounts"]}
         assert writable == {str(cluster.directory): False, own_dir: True, read_only: False}
     # The image's own HEALTHCHECK, probing each server's port.
-    assert eventually(lambda: all(d["State"]["Health"]["Status"] == "healthy" for d in _containers(engine).values()))
+    eventually(lambda: all(d["State"]["Health"]["Status"] == "healthy" for d in _containers(engine).values()),
+               "every container healthy", WAIT_S, every_s=1.0)
 
 
 def test_containers_score_like_processes(cluster: LocalCluster, tmp_path: Path) -> None:
@@ -158,9 +150,9 @@ def test_demo_modes_run_against_containers(built: BuildResult, engine: Engine, t
 def test_full_rollout_with_canary_analysis(cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The rollout as tests/cluster/test_rollout.py runs it on processes, without the side load
     (the analysis sends its own requests to both roots)."""
-    desc = _desc(cluster)
-    before = _snapshot(desc)
-    args, bundle, model, version = _prepare(cluster, tmp_path, broken=False)
+    desc = description(cluster)
+    before = snapshot(desc)
+    args, bundle, model, version = prepare(cluster, tmp_path, broken=False)
     assert rollout_main(args) == 0
     out = capsys.readouterr().out
     assert all(f"[{n}/5] " in out for n in range(1, 6)), out
@@ -168,9 +160,9 @@ def test_full_rollout_with_canary_analysis(cluster: LocalCluster, tmp_path: Path
     for role in desc["roles"].values():
         for leaf in role["leaves"]:
             if model in leaf["models"]:
-                assert version in asyncio.run(_listed(leaf["target"], model))
+                assert version in asyncio.run(listed(leaf["target"], model))
     assert rollback_main(["--plan", args[1]]) == 0
-    assert _snapshot(desc) == before
+    assert snapshot(desc) == before
 
 
 def test_killed_leaf_container_fails_its_models_and_starts_again(cluster: LocalCluster, engine: Engine) -> None:
@@ -194,7 +186,8 @@ def test_killed_leaf_container_fails_its_models_and_starts_again(cluster: LocalC
     assert stats.lost == 0
     bad = [o for o in load.outcomes if o.code != "OK" or any(o.models[m] != "OK" for m in ALPHA)]
     assert bad == [], bad[:5]
-    assert eventually(lambda: _containers(engine)[new.pid]["State"]["Health"]["Status"] == "healthy")
+    eventually(lambda: _containers(engine)[new.pid]["State"]["Health"]["Status"] == "healthy",
+               "the restarted container healthy", WAIT_S, every_s=1.0)
 
 
 def test_up_and_down_with_an_image(built: BuildResult, engine: Engine, tmp_path: Path) -> None:

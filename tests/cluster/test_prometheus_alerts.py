@@ -25,6 +25,7 @@ from tests.cluster.processes import cluster_description
 from tests.cluster.test_root_workers import children
 from tests.prometheus_server import PrometheusServer, shortened_rules, start_prometheus
 from tests.unit.test_monitoring import dashboard_queries
+from tests.waiting import eventually
 
 WAIT_S = 120.0
 ALERT = "RootleafBundleUnhealthy"

@@ -33,7 +33,7 @@ from harness.cluster_config import render_toml
 from harness.local_cluster import LocalCluster
 from harness.soak_load import LoadProcess
 from harness.processes import free_port, spawn, stop_process, wait_port, wait_serving
-from tests.cluster.test_rollout import _desc, _listed, _prepare, _root_hash, _under_load
+from tests.cluster.rollout_steps import description, listed, prepare, root_hash, under_load
 
 pytestmark = [
     pytest.mark.cluster,
@@ -79,7 +79,7 @@ def _with_tables(plan: Path, cluster: LocalCluster, tables: str) -> None:
 def _second_root(cluster: LocalCluster, tmp: Path, bundle: str) -> tuple[Any, str, str, str]:
     """A second production root on its own copy of the bundle file whose partition ``bundle``
     points at a closed port: it serves, and every request for that partition's models fails."""
-    desc = _desc(cluster)
+    desc = description(cluster)
     prod = desc["roles"]["production"]["root"]
     doc = tomllib.loads(Path(prod["config_file"]).read_text())
     bundle_dir = tmp / "root2" / "bundles" / bundle
@@ -107,12 +107,12 @@ def _second_root(cluster: LocalCluster, tmp: Path, bundle: str) -> tuple[Any, st
 def test_waves_gate_failing_in_the_second_wave_reverts_the_first(
     cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desc = _desc(cluster)
+    desc = description(cluster)
     repos = _repos(desc)
-    args, bundle, model, version = _prepare(cluster, tmp_path, broken=False)
+    args, bundle, model, version = prepare(cluster, tmp_path, broken=False)
     proc, target2, metrics2, file2 = _second_root(cluster, tmp_path, bundle)
     try:
-        before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
+        before = {role: asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
         before2 = Path(file2).read_bytes()
         tables = ""
         for role in ("canary", "production"):
@@ -127,7 +127,7 @@ def test_waves_gate_failing_in_the_second_wave_reverts_the_first(
         dry = capsys.readouterr().out
         assert f"production wave 1/2: roots {desc['roles']['production']['root']['target']}; leaves " in dry
         assert f"production wave 2/2: roots {target2}; leaves -; then bake 1 s and gate" in dry
-        with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+        with under_load(desc, model, tmp_path, monkeypatch, capsys):
             assert rollout_main(args) == 1
         out = capsys.readouterr().out
         print(out)
@@ -139,12 +139,12 @@ def test_waves_gate_failing_in_the_second_wave_reverts_the_first(
         assert "probes 0/10 failed" in wave1  # wave 1 alone is healthy (5 requests, 2 models each)
         # Every wave and the canary are back: bundle hashes, the second root's file, the repositories.
         for role in NAMESPACES:
-            assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
+            assert asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
             for leaf in desc["roles"][role]["leaves"]:
                 if model in leaf["models"]:
-                    assert version not in asyncio.run(_listed(leaf["target"], model))
+                    assert version not in asyncio.run(listed(leaf["target"], model))
         assert Path(file2).read_bytes() == before2
-        assert asyncio.run(_root_hash(target2, bundle)) == before["production"]
+        assert asyncio.run(root_hash(target2, bundle)) == before["production"]
         assert _repos(desc) == repos
         metrics = (Path(args[1]).parent / "state" / METRICS_FILE).read_text()
         assert 'status="rolled_back"} 1.0' in metrics and "rootleaf_rollout_stage{" in metrics
@@ -159,7 +159,7 @@ def _kubernetes_plan(cluster: LocalCluster, tmp: Path, args: list[str], bundle: 
     """Targets by namespace, ``[delivery]`` through the kubelet stand-in, and its map: the
     bundle ConfigMap of each namespace is mounted at that role's bundle directory, the model
     claims hold each partition's repository (a symlink per partition) and the staged models."""
-    desc = _desc(cluster)
+    desc = description(cluster)
     models = Path(args[5])
     mapping: dict[str, Any] = {"configmaps": {}, "claims": {}, "store": str(tmp / "api-server")}
     tables = ""
@@ -194,17 +194,17 @@ def _mounted(directory: Path) -> tuple[bool, bytes]:
 def test_kubernetes_delivery_under_load_then_rollback(
     cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desc = _desc(cluster)
-    args, bundle, model, version = _prepare(cluster, tmp_path, broken=False)
+    desc = description(cluster)
+    args, bundle, model, version = prepare(cluster, tmp_path, broken=False)
     store = _kubernetes_plan(cluster, tmp_path, args, bundle)
-    before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
+    before = {role: asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
     repos = _repos(desc)
     new_bundle = (tmp_path / "out" / "module_info.json").read_bytes()
     assert rollout_main(args + ["--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert f"namespace rootleaf-canary: apply ConfigMap(s) bundle-{bundle}" in dry and not store.exists()
     assert f"namespace rootleaf partition {bundle}: a model-store Job per version of" in dry
-    with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+    with under_load(desc, model, tmp_path, monkeypatch, capsys):
         assert rollout_main(args) == 0
         applied = {ns: [json.loads(p.read_text()) for p in sorted((store / ns).rglob("*.json"))] for ns in NAMESPACES.values()}
         for role in NAMESPACES:
@@ -212,19 +212,19 @@ def test_kubernetes_delivery_under_load_then_rollback(
             assert _mounted(directory) == (True, new_bundle)
             for leaf in desc["roles"][role]["leaves"]:
                 if model in leaf["models"]:
-                    assert version in asyncio.run(_listed(leaf["target"], model))
+                    assert version in asyncio.run(listed(leaf["target"], model))
         assert rollback_main(["--plan", args[1]]) == 0
     out = capsys.readouterr().out
     print(out)
     assert "verdict PASS" in out and "rollout COMPLETED" in out and "rollback COMPLETED" in out
     assert f"rootleaf-canary/ConfigMap/bundle-{bundle}" in out and f"rootleaf/ConfigMap/bundle-{bundle}" in out
     for role, namespace in NAMESPACES.items():
-        assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
+        assert asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
         directory = Path(desc["roles"][role]["root"]["bundle_files"][bundle]).parent
         assert _mounted(directory)[0]  # restored through the same symlink swap
         for leaf in desc["roles"][role]["leaves"]:
             if model in leaf["models"]:
-                assert version not in asyncio.run(_listed(leaf["target"], model))
+                assert version not in asyncio.run(listed(leaf["target"], model))
         kinds = sorted(o["kind"] for o in applied[namespace])
         assert kinds == ["ConfigMap", "Job"], kinds  # stages 1+2 (canary) or 4+5 (production)
         with capsys.disabled():
@@ -239,19 +239,19 @@ def test_kubernetes_delivery_under_load_then_rollback(
 def test_kubernetes_broken_canary_rolls_back_under_load(
     cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desc = _desc(cluster)
-    args, bundle, model, version = _prepare(cluster, tmp_path, broken=True)
+    desc = description(cluster)
+    args, bundle, model, version = prepare(cluster, tmp_path, broken=True)
     _kubernetes_plan(cluster, tmp_path, args, bundle)
-    before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
+    before = {role: asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
     repos = _repos(desc)
-    with _under_load(desc, model, tmp_path, monkeypatch, capsys):
+    with under_load(desc, model, tmp_path, monkeypatch, capsys):
         assert rollout_main(args) == 1
     out = capsys.readouterr().out
     assert "[3/5] automated canary analysis: FAILED" in out and "[4/5]" not in out
     assert "rolled back: every change reverted and verified" in out
     assert "reverted configmap rootleaf-canary/ConfigMap/bundle-" in out and "reverted job rootleaf-canary/" in out
     for role in NAMESPACES:
-        assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
+        assert asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
     assert _repos(desc) == repos
 
 
@@ -280,15 +280,15 @@ def test_shadow_analysis_judges_mirrored_production_traffic(
 ) -> None:
     """The production root mirrors every request to the canary root; stage 3 sends nothing of
     its own and judges the canary on those requests (a broken canary differs on them)."""
-    canary_target = _desc(cluster)["roles"]["canary"]["root"]["target"]
+    canary_target = description(cluster)["roles"]["canary"]["root"]["target"]
     cluster.restart_root("production", {"shadow": {"target": canary_target, "sample": 1.0, "max_per_s": 500.0}})
     try:
-        desc = _desc(cluster)
-        args, bundle, model, version = _prepare(cluster, tmp_path, broken=broken)
+        desc = description(cluster)
+        args, bundle, model, version = prepare(cluster, tmp_path, broken=broken)
         plan = Path(args[1])
         plan.write_text(plan.read_text().replace("[analysis]\n", f'[analysis]\nmodels = ["{model}"]\n')
                         + "[shadow]\nmin_requests = 30\nwindow_s = 60\nmax_mismatch_rate = 0.01\n")
-        before = {role: asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
+        before = {role: asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) for role in NAMESPACES}
         with _production_load(desc, model, tmp_path):
             assert rollout_main(args) == (1 if broken else 0)
             if not broken:
@@ -305,6 +305,6 @@ def test_shadow_analysis_judges_mirrored_production_traffic(
         metrics = (plan.parent / "state" / METRICS_FILE).read_text()
         assert f'verdict="{"FAIL" if broken else "PASS"}"}} 1.0' in metrics
         for role in NAMESPACES:
-            assert asyncio.run(_root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
+            assert asyncio.run(root_hash(desc["roles"][role]["root"]["target"], bundle)) == before[role]
     finally:
         cluster.restart_root("production", {})

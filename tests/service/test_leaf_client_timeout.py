@@ -90,7 +90,8 @@ def test_a_slow_replica_still_answers_when_the_other_is_frozen(tmp_path: Path) -
 
 def test_both_replicas_past_the_timeout_run_on_and_the_first_answer_wins(tmp_path: Path) -> None:
     """Hedging on (latency choice): whichever replica each call goes to first, a copy goes to
-    the other at the partition's timeout and counts against the hedge budget."""
+    the other at the partition's timeout and counts against the hedge budget, and the
+    replica whose copy ran past the timeout is counted against."""
     async def body() -> None:
         async with replicas(tmp_path, [SLOW_MS, FROZEN_MS], "timeout-copy-hedged", hedging=True) as (client, seen):
             assert client.latency is not None
@@ -100,6 +101,10 @@ def test_both_replicas_past_the_timeout_run_on_and_the_first_answer_wins(tmp_pat
             assert answered(seen[0], "call-") == {"call-0", "call-1", "call-2"}
             assert answered(seen[1], "call-") == set()
             assert client.latency.hedges == 3
+            # The frozen replica never answered and a losing copy counts nothing: it has a
+            # mean only because a call's first copy ran past the timeout there (an untried
+            # replica is chosen first, so by the second call at the latest).
+            assert client.latency.mean_s(1) is not None
 
     run(body)
 
