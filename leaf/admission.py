@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from leaf import metrics
-from leaf.errors import InvalidRequest, Overloaded
+from leaf.errors import InvalidRequest, Overloaded, invalid_feature
 from wire import codec
 from wire.codec import CodecError, DecodeLimits, Tensor
 
@@ -49,7 +49,7 @@ def _checked_size(tensor: Tensor, limits: DecodeLimits) -> int:
     try:
         return codec.expected_raw_size(tensor, limits)
     except CodecError as exc:
-        raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+        raise invalid_feature(exc) from None
 
 
 def declared_cost(tensors: Iterable[Tensor], num_candidates: int, limits: DecodeLimits) -> Cost:

@@ -28,7 +28,7 @@ import torch
 
 from contract.cache import BoundedCache
 from leaf.admission import Cost, Layout, declared_cost
-from leaf.errors import InvalidRequest
+from leaf.errors import InvalidRequest, invalid_feature
 from leaf.export import Signature
 from wire import codec
 from wire.codec import CodecError, DecodeLimits, DType, Tensor
@@ -243,7 +243,7 @@ class Converter:
                 data = payloads.get(position) if payloads else None
                 array = codec.decode_payload(found, shape, size, limits, data=data)
             except CodecError as exc:
-                raise InvalidRequest(f"feature {exc.tensor!r}: {exc.reason}") from None
+                raise invalid_feature(exc) from None
             out[name] = to_input(array, found.dtype, n)
         return ConvertedInputs(out, n, cost.raw_bytes, cost.layout)
 

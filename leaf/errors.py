@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from wire.codec import CodecError
+
 
 class LeafError(Exception):
     """Base of every error the leaf reports to a caller; ``code`` is its gRPC status."""
@@ -22,6 +24,11 @@ class InvalidRequest(LeafError):
     """The request is malformed (names the feature or field at fault)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def invalid_feature(exc: CodecError) -> InvalidRequest:
+    """The refusal of a request whose feature ``exc.tensor`` the codec refused."""
+    return InvalidRequest(f"feature {exc.tensor!r}: {exc.reason}")
 
 
 class ModelNotFound(LeafError):

@@ -20,6 +20,10 @@ _CANDIDATE_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384
 _REQUEST_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
 _SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 
+UNKNOWN_MODEL_LABEL = "_unknown"
+"""The ``model`` label of a request refused before its model was resolved (one not hosted:
+keeps label sets bounded)."""
+
 REQUESTS = Counter(
     "rootleaf_leaf_requests_total",
     "Score requests by model, serving version and gRPC status code",

@@ -31,11 +31,11 @@ from wire import oip
 from wire.codec import DecodeLimits, Tensor
 from wire.oip_service import WireInfer, package_version
 from transport import tracing
+from transport.status import abort
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "rootleaf-leaf"
-_UNKNOWN_MODEL_LABEL = "_unknown"
 
 
 class LeafOipServicer:
@@ -82,7 +82,7 @@ class LeafOipServicer:
             loaded = self._repository.resolve(request.name, request.version)
         except LeafError as exc:
             status = to_status(exc)
-            await context.abort(status.code, status.message)
+            await abort(context, status.code, status.message)
         slot = self._repository.slots()[loaded.model]
         response = oip_pb2.ModelMetadataResponse(
             name=loaded.model, versions=[v.version for v in slot.versions], platform=PLATFORM
@@ -100,7 +100,7 @@ class LeafOipServicer:
     async def model_infer(self, wire: WireInfer, context: grpc.aio.ServicerContext) -> oip_pb2.ModelInferResponse:
         started = time.perf_counter()
         request = wire.message
-        model_label = _UNKNOWN_MODEL_LABEL
+        model_label = metrics.UNKNOWN_MODEL_LABEL
         version_served = ""
         try:
             admitting = tracing.clock()
@@ -149,7 +149,7 @@ class LeafOipServicer:
                 log.exception("OIP request %r to model %r failed", request.id, request.model_name)
             metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
             metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
-            await context.abort(status.code, status.message)
+            await abort(context, status.code, status.message)
         metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
         metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
         return response

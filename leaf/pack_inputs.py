@@ -25,12 +25,10 @@ import torch
 
 from contract.cache import BoundedCache
 from leaf.converter import silence_readonly_warning, to_input
-from wire import codec
 from wire.codec import CodecError, DType
-from wire.pack_format import ALIGN
+from wire.pack_format import ALIGN, STORAGE
 from wire.pack_reader import PackLayout, PackTable
 
-_STORAGE = {d: codec.numpy_dtype(d) for d in codec.DTYPE_BY_NAME.values()}
 _BFLOAT16 = int(DType.BFLOAT16)
 # Plans kept per builder (for layouts their reader keeps).
 MAX_PLANS = 64
@@ -65,7 +63,7 @@ def _plan(layout: PackLayout, used: Sequence[int], num_candidates: int) -> _Plan
             first = group[0]
             shape = shapes[first]
             steps.append(_Run(
-                tuple(group), first, (len(group), *shape), _STORAGE[dtypes[first]],
+                tuple(group), first, (len(group), *shape), STORAGE[dtypes[first]],
                 dtypes[first] == _BFLOAT16, sizes[first],
                 (num_candidates, *shape[1:]) if shape[0] != num_candidates else None,
             ))
@@ -114,7 +112,7 @@ class InputBuilder:
             plan = _plan(layout, used, num_candidates)
             self._plans.put(key, plan, keep=layout.kept)
         shapes, dtypes, offsets, encodings = layout.shapes, layout.dtypes, table.offsets, table.encodings
-        storage = _STORAGE
+        storage = STORAGE
         ndarray, from_numpy = np.ndarray, torch.from_numpy
         out: dict[int, torch.Tensor | CodecError] = {}
         for step in plan:

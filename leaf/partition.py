@@ -37,7 +37,7 @@ from leaf.batcher import Batcher, Outputs
 from leaf.converter import ConvertedInputs, PackAdmitted
 from leaf.pack_inputs import InputBuilder
 from leaf.payload_views import DEFAULT_BOUNDS, DEFAULT_MAX_MODELS, FieldBounds, TooManyFields, split_partition
-from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, invalid_feature, to_status
 from leaf.model import LoadedVersion
 from leaf.repository import Repository
 from protos.rootleaf.v1 import leaf_pb2
@@ -45,13 +45,13 @@ from wire import codec
 from wire.codec import CodecError, DecodeLimits
 from wire.pack_reader import PackReader, PackTable, decode_entry
 from transport import tracing
+from transport.status import abort, status_code
 
 log = logging.getLogger(__name__)
 
 # Metrics label for what a partition call receives as a whole (its wire and decoded bytes
 # are counted once per call, not per model).
 PARTITION_LABEL = "_partition"
-UNKNOWN_MODEL_LABEL = "_unknown"
 # Above this many bytes of LZ4 payload to decompress, decoding leaves the event loop.
 OFFLOAD_DECODE_BYTES = 1 << 20
 _T = TypeVar("_T")
@@ -90,24 +90,34 @@ def deserialize_partition(data: bytes, bounds: FieldBounds = DEFAULT_BOUNDS) -> 
         return WirePartition(len(data), leaf_pb2.PartitionRequest(), f"malformed PartitionRequest: {exc}")
 
 
-@dataclass(slots=True)
-class _Model:
-    """One model of the call while it is served."""
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A model of the call admitted on its inputs' headers, to be decoded and run."""
 
     name: str
-    label: str = UNKNOWN_MODEL_LABEL
-    loaded: LoadedVersion | None = None
-    admitted: PackAdmitted | None = None
-    reply: leaf_pb2.ModelReply | None = None
+    """As the request names it."""
+    loaded: LoadedVersion
+    admitted: PackAdmitted
 
-    def fail(self, exc: BaseException, request_id: str) -> None:
-        status = to_status(exc)
-        if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
-            log.error("request %r to model %r failed", request_id, self.name, exc_info=exc)
-        version = self.loaded.version if self.loaded is not None else ""
-        self.reply = leaf_pb2.ModelReply(
-            model=self.name, version=version, error_code=status.code.value[0], error_message=status.message
-        )
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A model's reply, with the ``model`` label its metrics take."""
+
+    label: str
+    reply: leaf_pb2.ModelReply
+
+
+def _failed(name: str, loaded: LoadedVersion | None, exc: BaseException, request_id: str) -> _Done:
+    """The error reply of the model ``name`` (``loaded`` once it resolved)."""
+    status = to_status(exc)
+    if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
+        log.error("request %r to model %r failed", request_id, name, exc_info=exc)
+    reply = leaf_pb2.ModelReply(
+        model=name, version=loaded.version if loaded is not None else "",
+        error_code=status.code.value[0], error_message=status.message,
+    )
+    return _Done(loaded.model if loaded is not None else metrics.UNKNOWN_MODEL_LABEL, reply)
 
 
 def _decompress(table: PackTable, data: bytes | memoryview, indexes: Sequence[int]) -> dict[int, np.ndarray | CodecError]:
@@ -151,27 +161,25 @@ class PartitionScorer:
             tracing.record("admit", admitting, {"models": len(models)})
         except InvalidRequest as exc:  # the call as a whole is malformed
             metrics.REQUESTS.labels(PARTITION_LABEL, "", grpc.StatusCode.INVALID_ARGUMENT.name).inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise AssertionError("unreachable") from None  # abort raises
-        admitted = [m for m in models if m.reply is None]
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ready = [m for m in models if isinstance(m, _Ready)]
         try:
-            if admitted:
-                await self._run(request, table, data, admitted, context, wire.size)
+            served = await self._run(request, table, data, ready, context, wire.size) if ready else []
         except asyncio.CancelledError:
-            for m in admitted:
-                metrics.REQUESTS.labels(m.label, m.loaded.version if m.loaded else "", "CANCELLED").inc()
+            for m in ready:
+                metrics.REQUESTS.labels(m.loaded.model, m.loaded.version, "CANCELLED").inc()
             raise
         elapsed = time.perf_counter() - started
         response = leaf_pb2.PartitionResponse()
-        for m in models:
-            assert m.reply is not None
-            code = grpc.StatusCode.OK.name if not m.reply.error_code else _code_name(m.reply.error_code)
-            metrics.REQUESTS.labels(m.label, m.reply.version, code).inc()
-            metrics.REQUEST_SECONDS.labels(m.label).observe(elapsed)
-            response.models.append(m.reply)
+        replies = iter(served)  # one per admitted model, in order
+        for model in models:
+            done = next(replies) if isinstance(model, _Ready) else model
+            metrics.REQUESTS.labels(done.label, done.reply.version, status_code(done.reply.error_code).name).inc()
+            metrics.REQUEST_SECONDS.labels(done.label).observe(elapsed)
+            response.models.append(done.reply)
         return response
 
-    def _admit(self, wire: WirePartition) -> tuple[PackTable, list[_Model], bytes | memoryview]:
+    def _admit(self, wire: WirePartition) -> tuple[PackTable, list[_Ready | _Done], bytes | memoryview]:
         """Read the pack's table and admit each model on headers alone."""
         if wire.error:
             raise InvalidRequest(wire.error)
@@ -185,30 +193,28 @@ class PartitionScorer:
         try:
             table = self._reader.read(request.features, len(data))
         except CodecError as exc:
-            raise InvalidRequest(f"feature {str(exc)[len('tensor '):]}") from None
+            raise invalid_feature(exc) from None
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "wire").inc(wire.size)
         n = request.num_candidates
         count = len(table)
         seen: set[str] = set()
-        models: list[_Model] = []
+        models: list[_Ready | _Done] = []
         for ref in request.models:
-            model = _Model(ref.name)
-            models.append(model)
+            loaded: LoadedVersion | None = None
             try:
                 if ref.name in seen:
                     raise InvalidRequest(f"model {ref.name!r} requested twice")
                 seen.add(ref.name)
-                loaded = model.loaded = self._repository.resolve(ref.name, ref.version)
-                model.label = loaded.model
+                loaded = self._repository.resolve(ref.name, ref.version)
                 indexes = ref.features
                 if len(indexes) > count:  # names are unique: a model takes each entry once
                     raise InvalidRequest(f"{len(indexes)} feature indexes for a {count}-entry pack")
                 if indexes and max(indexes) >= count:
                     raise InvalidRequest(f"feature index {max(indexes)} outside the {count}-entry pack")
                 self._batcher.check_capacity(loaded)
-                model.admitted = loaded.converter.admit_pack(table, indexes, n)
+                models.append(_Ready(ref.name, loaded, loaded.converter.admit_pack(table, indexes, n)))
             except LeafError as exc:
-                model.fail(exc, request.request_id)
+                models.append(_failed(ref.name, loaded, exc, request.request_id))
         return table, models, data
 
     async def _run(
@@ -216,22 +222,20 @@ class PartitionScorer:
         request: leaf_pb2.PartitionRequest,
         table: PackTable,
         data: bytes | memoryview,
-        models: list[_Model],
+        models: list[_Ready],
         context: grpc.aio.ServicerContext,
         size: int,
-    ) -> None:
-        """Decode what the admitted models use once, submit each, fill their replies."""
+    ) -> list[_Done]:
+        """Decode what the admitted models use once, submit each: their replies, in order."""
         # What the call holds: the received message (alive until the reply) and every
         # admitted model's inputs at N rows, until the call and the work it handed on end.
-        cost = size + sum(m.admitted.cost.row_bytes for m in models if m.admitted is not None)
+        cost = size + sum(m.admitted.cost.row_bytes for m in models)
         try:
             hold = self._inflight.acquire(cost)
         except LeafError as exc:
-            for m in models:
-                m.fail(exc, request.request_id)
-            return
+            return [_failed(m.name, m.loaded, exc, request.request_id) for m in models]
         try:
-            await self._decode_and_submit(request, table, data, models, context, hold)
+            return await self._decode_and_submit(request, table, data, models, context, hold)
         finally:
             hold.release()
 
@@ -240,19 +244,17 @@ class PartitionScorer:
         request: leaf_pb2.PartitionRequest,
         table: PackTable,
         data: bytes | memoryview,
-        models: list[_Model],
+        models: list[_Ready],
         context: grpc.aio.ServicerContext,
         hold: Hold,
-    ) -> None:
+    ) -> list[_Done]:
         decoding = tracing.clock()
         sizes, encodings = table.layout.sizes, table.encodings
         if len(models) == 1:
-            admitted = models[0].admitted
-            assert admitted is not None
-            used: Sequence[int] = admitted.indexes
-            decoded_bytes = admitted.cost.raw_bytes
+            used: Sequence[int] = models[0].admitted.indexes
+            decoded_bytes = models[0].admitted.cost.raw_bytes
         else:
-            used = sorted({i for m in models if m.admitted is not None for i in m.admitted.indexes})
+            used = sorted({i for m in models for i in m.admitted.indexes})
             decoded_bytes = sum([sizes[i] for i in used])
         compressed = [i for i in used if encodings[i]]
         decompressed: dict[int, np.ndarray | CodecError] = {}
@@ -263,21 +265,20 @@ class PartitionScorer:
                 decompressed = _decompress(table, data, compressed)
         n = request.num_candidates
         inputs = self._inputs.build(table, data, used, decompressed, n)
-        failed = {i for i in compressed if isinstance(inputs[i], CodecError)}
+        failed = {i: error for i in compressed if isinstance(error := inputs[i], CodecError)}
         tracing.record("decode", decoding, {"bytes": decoded_bytes})
         metrics.RECEIVED_BYTES.labels(PARTITION_LABEL, "decoded").inc(decoded_bytes)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        waiting: list[tuple[_Model, asyncio.Future[Outputs]]] = []
-        for m in models:
-            assert m.admitted is not None and m.loaded is not None
+        done: dict[int, _Done] = {}
+        waiting: list[tuple[int, asyncio.Future[Outputs]]] = []
+        for slot, m in enumerate(models):
             try:
                 if remaining is not None and remaining <= 0:
                     raise DeadlineExpired("deadline passed before the request was queued")
                 indexes = m.admitted.indexes
-                if failed and not failed.isdisjoint(indexes):
-                    error = next(inputs[i] for i in indexes if i in failed)
-                    raise InvalidRequest(f"feature {str(error)[len('tensor '):]}")
+                if failed and not failed.keys().isdisjoint(indexes):
+                    raise invalid_feature(next(failed[i] for i in indexes if i in failed))
                 tensors = cast(
                     dict[str, torch.Tensor], dict(zip(m.loaded.converter.input_names, [inputs[i] for i in indexes]))
                 )
@@ -285,24 +286,25 @@ class PartitionScorer:
                 converted = ConvertedInputs(tensors, n, cost.raw_bytes, cost.layout)
                 future = self._batcher.submit(m.loaded, converted, deadline, request.request_id, hold.release)
                 hold.retain()
-                waiting.append((m, future))
+                waiting.append((slot, future))
             except LeafError as exc:
-                m.fail(exc, request.request_id)
+                done[slot] = _failed(m.name, m.loaded, exc, request.request_id)
         results = await asyncio.gather(*(future for _, future in waiting), return_exceptions=True)
         encoding = tracing.clock()
-        for (m, _), result in zip(waiting, results):
+        for (slot, _), result in zip(waiting, results):
+            m = models[slot]
             if isinstance(result, BaseException):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
-                m.fail(result, request.request_id)
+                done[slot] = _failed(m.name, m.loaded, result, request.request_id)
                 continue
-            assert m.loaded is not None
             reply = leaf_pb2.ModelReply(model=m.loaded.model, version=m.loaded.version)
             reply.outputs.extend(
                 codec.encode(name, column, codec.Compression.NONE) for name, column in result.items()
             )
-            m.reply = reply
+            done[slot] = _Done(m.loaded.model, reply)
         tracing.record("encode", encoding)
+        return [done[slot] for slot in range(len(models))]
 
     async def _offload(self, hold: Hold, work: Callable[..., _T], *args: Any) -> _T:
         """``work(*args)`` in the decode executor. ``hold`` is kept until the work ends, even
@@ -327,9 +329,3 @@ def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> N
     except RuntimeError:  # the loop is closed: the server and its bound are gone
         pass
 
-
-def _code_name(value: int) -> str:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return code.name
-    return str(value)

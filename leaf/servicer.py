@@ -32,12 +32,11 @@ from wire import codec
 from wire.codec import DEFAULT_LIMITS, DecodeLimits
 from protos.rootleaf.v1 import leaf_pb2
 from transport import tracing
+from transport.status import abort
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "rootleaf.v1.Leaf"
-# Label used for requests naming a model this leaf does not host (keeps label sets bounded).
-UNKNOWN_MODEL_LABEL = "_unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,7 @@ class LeafServicer:
     async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
         started = time.perf_counter()
         request = wire.message
-        model_label = UNKNOWN_MODEL_LABEL
+        model_label = metrics.UNKNOWN_MODEL_LABEL
         version_served = ""
         try:
             admitting = tracing.clock()
@@ -135,7 +134,7 @@ class LeafServicer:
                 log.exception("request %r to model %r failed", request.request_id, request.model)
             metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
             metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
-            await context.abort(status.code, status.message)
+            await abort(context, status.code, status.message)
         metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
         metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
         return response

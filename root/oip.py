@@ -35,6 +35,7 @@ from root.scoring import ScoreEngine
 from wire import codec, oip
 from wire.codec import DecodeLimits
 from wire.oip_service import WireInfer, package_version
+from transport.status import abort
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class RootOipServicer:
             entry = await asyncio.to_thread(self._bundle_entry, request.name, version)
         except Exception as exc:
             code, message = status_of(exc)
-            await context.abort(code, message)
+            await abort(context, code, message)
         response = oip_pb2.ModelMetadataResponse(name=request.name, versions=served, platform=PLATFORM)
         response.inputs.add(name=CANDIDATE_IDS, datatype=_ID_DATATYPE, shape=[-1])
         response.inputs.add(name=USER_ID, datatype=_ID_DATATYPE, shape=[1])
@@ -156,7 +157,7 @@ class RootOipServicer:
             (outcome,) = await self._engine.score(score_input, context.time_remaining())
             if outcome.error_code != grpc.StatusCode.OK:
                 code = outcome.error_code
-                await context.abort(outcome.error_code, outcome.error_message)
+                await abort(context, outcome.error_code, outcome.error_message)
             outputs = {t.name: codec.decode(t) for t in outcome.outputs}
             try:
                 names = oip.requested_outputs(request, list(outputs))
@@ -176,8 +177,7 @@ class RootOipServicer:
             code, message = status_of(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("OIP request %s failed", request_id)
-            await context.abort(code, message)
-            raise
+            await abort(context, code, message)
         finally:
             metrics.child(metrics.REQUESTS, code.name).inc()
             metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)

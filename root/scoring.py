@@ -35,6 +35,7 @@ from wire.pack_writer import TensorPacker
 from protos.rootleaf.v1 import tensor_pb2
 from root import client_features, metrics
 from transport import tracing
+from transport.status import status_code
 from root.assembly import (
     EncodedFeatures,
     LeafPayload,
@@ -516,7 +517,7 @@ class ScoreEngine:
         elapsed = time.perf_counter() - called
         for ref, reply in zip(payload.models, response.models):
             if reply.error_code:
-                code = _status_code(reply.error_code)
+                code = status_code(reply.error_code)
                 metrics.LEAF_ERRORS.labels(partition, code.name).inc()
                 metrics.child(metrics.MODEL_RESULTS, ref.name, code.name).inc()
                 out.append(ModelOutcome(ref.name, ref.version, (), code, f"partition {partition!r}: {reply.error_message}"))
@@ -586,14 +587,6 @@ class ScoreEngine:
         if response.outputs:
             _observe_scores(payload.model, response.outputs[0])
         return ModelOutcome(payload.model, response.version, tuple(response.outputs))
-
-
-_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _status_code(value: int) -> grpc.StatusCode:
-    """A reply's error code as a ``grpc.StatusCode`` (an unknown value is UNKNOWN)."""
-    return _STATUS_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 
 
 def _observe_scores(model: str, tensor: tensor_pb2.Tensor) -> None:

@@ -26,6 +26,7 @@ from root.errors import InvalidRequest, status_of
 from root.request import ModelRef, ScoreInput, check_counts
 from root.scoring import ScoreEngine
 from root.shadow import ShadowMirror
+from transport.status import abort
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ class RootServicer(root_pb2_grpc.RootServicer):
             code, message = status_of(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("request %s failed", request_id)
-            await context.abort(code, message)
-            raise  # abort raises; this line is never reached
+            await abort(context, code, message)
         finally:
             metrics.child(metrics.REQUESTS, code.name).inc()
             metrics.REQUEST_SECONDS.observe(time.perf_counter() - start)

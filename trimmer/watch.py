@@ -124,7 +124,9 @@ class ReloadScheduler:
                     recheck = now >= next_recheck
                     if due or recheck:
                         break
-                    self._cond.wait(min(next_at, next_recheck) - now)
+                    wake_at = min(next_at, next_recheck)
+                    # Nothing pending and no re-check (recheck_interval_s = 0): wait for a mark.
+                    self._cond.wait(None if wake_at == float("inf") else wake_at - now)
                 if recheck:
                     self._pending.clear()
                     due = list(self._bundles)

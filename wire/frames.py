@@ -13,6 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
+from contract.cache import BoundedCache
 from wire.codec import (
     CodecError,
     Compression,
@@ -128,11 +129,10 @@ class TensorFramer:
     """``encode_framed`` for a stream of tensors whose names and shapes repeat.
 
     The root encodes the same features request after request; the serialised name, dtype
-    and shape fields of each (name, dtype, shape) are kept (at most ``max_headers``; the
-    table is cleared when full), so a tensor costs a dictionary lookup, the LZ4 call and
+    and shape fields of each (name, dtype, shape) are kept (at most ``max_headers``,
+    ``contract.cache``'s policy), so a tensor costs a dictionary lookup, the LZ4 call and
     one ``bytes.join``. Output is byte-identical to ``encode_framed``. Safe to share
-    between threads: the table is only read and assigned (atomic under the GIL), and a
-    lost race recomputes a header.
+    between threads (a lost race recomputes a header).
     """
 
     def __init__(
@@ -147,8 +147,7 @@ class TensorFramer:
         self.compression = Compression(compression)
         self._field_tag = tag(field_number, WIRE_TYPE_LEN)
         self._field_number = field_number
-        self._max_headers = max_headers
-        self._headers: dict[tuple[str, np.dtype, tuple[int, ...]], _Header] = {}
+        self._headers: BoundedCache[tuple[str, np.dtype, tuple[int, ...]], _Header] = BoundedCache(max_headers)
 
     def __len__(self) -> int:
         """Headers cached now."""
@@ -182,9 +181,7 @@ class TensorFramer:
             header = self._header(name, array)
             if header is None:
                 return encode_framed(name, array, self.compression, field_number=self._field_number)
-            if len(self._headers) >= self._max_headers:
-                self._headers.clear()
-            self._headers[key] = header
+            self._headers.put(key, header)
         buffer = (array if array.flags.c_contiguous else np.ascontiguousarray(array)).data
         size = header.raw_size
         data, encoding = pack(buffer, size, self.compression)

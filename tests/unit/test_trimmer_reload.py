@@ -198,3 +198,15 @@ def test_threads_are_named_and_stopped_by_close(bundle_dir: Path) -> None:
     t.close()  # idempotent
     assert not any(th.is_alive() for th in owned)
     assert features(t, "m") == {"a"}  # lookups still answer from the last map
+
+
+def test_no_periodic_recheck_still_reloads_on_events(bundle_dir: Path) -> None:
+    """recheck_interval_s = 0 turns the re-check off: the reload thread then waits for events
+    alone (it used to compute an infinite wait and die with OverflowError)."""
+    path = bundle_dir / "module_info.json"
+    path.write_bytes(bundle_bytes(one_model("a")))
+    with FeatureTrimmer({"ads": path}, recheck_interval_s=0) as t:
+        reloader = next(th for th in threading.enumerate() if th.name == "trimmer-reload")
+        write_atomic(path, bundle_bytes(one_model("b")))
+        assert_visible(t, lambda: features(t, "m") == {"b"}, "event-driven reload")
+        assert reloader.is_alive()

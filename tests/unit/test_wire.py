@@ -80,7 +80,7 @@ def test_encode_framed_rejects_unsupported_dtypes() -> None:
 
 @pytest.mark.parametrize("compression", ["none", "lz4", "lz4_always"])
 def test_tensor_framer_equals_encode_framed_across_requests(compression: str) -> None:
-    framer = TensorFramer(compression, max_headers=4)  # small: the table is cleared and refilled
+    framer = TensorFramer(compression, max_headers=4)  # small: the oldest headers are evicted and rebuilt
     rng = np.random.default_rng(5)
     for n in (256, 3, 256):  # the same names with another leading dim, then the first again
         for name, array in _framed_cases():
