@@ -250,7 +250,6 @@ def run_soak(workload: str, directory: Path, opts: SoakOptions, engine: Engine |
     engine for ``opts.image`` (None: the cluster finds or starts one)."""
     records = directory / RECORDS_DIR / "leaf-requests.jsonl"
     records.unlink(missing_ok=True)
-    records.parent.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
         workload, directory, leaf_args=("--torch-threads", "1", "--record-requests", str(records)),
         leaf_writes=(records.parent,), replicas=opts.replicas, image=opts.image, engine=engine,
