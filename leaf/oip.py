@@ -14,8 +14,6 @@ or learned), readiness from the repository. Errors map to status codes through
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from typing import cast
 
 import grpc
@@ -24,7 +22,8 @@ from contract.oip import OUTPUT_DATATYPE, PLATFORM
 from leaf import metrics
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
-from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.errors import InvalidRequest, LeafError, to_status
+from leaf.model_call import CallOutcome, run_admitted
 from leaf.repository import Repository
 from protos.inference import grpc_predict_v2_pb2 as oip_pb2
 from wire import oip
@@ -33,7 +32,6 @@ from wire.oip_service import WireInfer, package_version
 from transport import tracing
 from transport.status import abort
 
-log = logging.getLogger(__name__)
 
 SERVER_NAME = "rootleaf-leaf"
 
@@ -98,17 +96,15 @@ class LeafOipServicer:
         return response
 
     async def model_infer(self, wire: WireInfer, context: grpc.aio.ServicerContext) -> oip_pb2.ModelInferResponse:
-        started = time.perf_counter()
         request = wire.message
-        model_label = metrics.UNKNOWN_MODEL_LABEL
-        version_served = ""
+        outcome = CallOutcome()
         try:
             admitting = tracing.clock()
             if wire.error:
                 raise InvalidRequest(wire.error)
             loaded = self._repository.resolve(request.model_name, request.model_version)
-            model_label, version_served = loaded.model, loaded.version
-            metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
+            outcome.served(loaded)
+            metrics.RECEIVED_BYTES.labels(loaded.model, "wire").inc(wire.size)
             try:
                 names = oip.requested_outputs(request, loaded.signature.output_names)
                 headers = oip.read_headers(request, self._limits)
@@ -119,37 +115,25 @@ class LeafOipServicer:
             # Headers carry the Tensor fields admission and decoding read.
             admitted = loaded.converter.admit(cast(tuple[Tensor, ...], headers.tensors), n)
             tracing.record("admit", admitting)
-            # The received message and the inputs, until the call and the batcher let go.
-            with self._inflight.hold(wire.size + admitted.cost.row_bytes) as hold:
-                decoding = tracing.clock()
+
+            def payloads() -> dict[int, memoryview]:  # packed under the hold
                 try:
-                    data = oip.payloads(request, headers)
+                    return {p: memoryview(b) for p, b in oip.payloads(request, headers).items()}
                 except oip.OipError as exc:
                     raise InvalidRequest(str(exc)) from None
-                inputs = loaded.converter.decode(admitted, {p: memoryview(b) for p, b in data.items()})
-                metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
-                tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
-                remaining = context.time_remaining()
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExpired("deadline passed before the request was queued")
-                deadline = None if remaining is None else time.monotonic() + remaining
-                future = self._batcher.submit(loaded, inputs, deadline, request.id, hold.release)
-                hold.retain()
-                outputs = await future
+
+            outputs = await run_admitted(
+                loaded, admitted, payloads, message_bytes=wire.size, request_id=request.id,
+                context=context, inflight=self._inflight, batcher=self._batcher,
+            )
             encoding = tracing.clock()
             response = oip_pb2.ModelInferResponse(model_name=loaded.model, model_version=loaded.version, id=request.id)
             oip.write_outputs(response, outputs, names, raw=headers.raw)
             tracing.record("encode", encoding)
         except asyncio.CancelledError:
-            metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
+            outcome.cancelled()
             raise
         except Exception as exc:
-            status = to_status(exc)
-            if not isinstance(exc, LeafError):
-                log.exception("OIP request %r to model %r failed", request.id, request.model_name)
-            metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
-            metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
-            await abort(context, status.code, status.message)
-        metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
-        metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+            await outcome.fail(exc, context, f"OIP request {request.id!r} to model {request.model_name!r}")
+        outcome.finished()
         return response

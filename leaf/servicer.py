@@ -11,8 +11,6 @@ batcher's inference thread.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from concurrent.futures import Executor
 from functools import partial
 from dataclasses import dataclass, field
@@ -24,7 +22,8 @@ from google.protobuf.message import DecodeError
 from leaf import metrics
 from leaf.admission import InflightBytes
 from leaf.batcher import Batcher
-from leaf.errors import DeadlineExpired, InvalidRequest, LeafError, to_status
+from leaf.errors import InvalidRequest
+from leaf.model_call import CallOutcome, run_admitted
 from leaf.partition import PartitionScorer, deserialize_partition
 from leaf.payload_views import DEFAULT_BOUNDS, DEFAULT_MAX_MODELS, FieldBounds, TooManyFields, check_request, split_request
 from leaf.repository import Repository
@@ -34,7 +33,6 @@ from protos.rootleaf.v1 import leaf_pb2
 from transport import tracing
 from transport.status import abort
 
-log = logging.getLogger(__name__)
 
 SERVICE_NAME = "rootleaf.v1.Leaf"
 
@@ -90,35 +88,22 @@ class LeafServicer:
         self._partition = PartitionScorer(repository, batcher, inflight, limits, decode_executor, max_models)
 
     async def score(self, wire: WireRequest, context: grpc.aio.ServicerContext) -> leaf_pb2.LeafResponse:
-        started = time.perf_counter()
         request = wire.message
-        model_label = metrics.UNKNOWN_MODEL_LABEL
-        version_served = ""
+        outcome = CallOutcome()
         try:
             admitting = tracing.clock()
             if wire.error:
                 raise InvalidRequest(wire.error)
             loaded = self._repository.resolve(request.model, request.version)
-            model_label = loaded.model
-            version_served = loaded.version
-            metrics.RECEIVED_BYTES.labels(model_label, "wire").inc(wire.size)
+            outcome.served(loaded)
+            metrics.RECEIVED_BYTES.labels(loaded.model, "wire").inc(wire.size)
             self._batcher.check_capacity(loaded)
             admitted = loaded.converter.admit(request.features, request.num_candidates)
             tracing.record("admit", admitting)
-            # What the call holds: the received message (alive until the reply) and its
-            # inputs at N rows; the batcher's share ends when it lets go of the inputs.
-            with self._inflight.hold(wire.size + admitted.cost.row_bytes) as hold:
-                decoding = tracing.clock()
-                inputs = loaded.converter.decode(admitted, wire.payloads)
-                tracing.record("decode", decoding, {"bytes": inputs.decoded_bytes})
-                metrics.RECEIVED_BYTES.labels(model_label, "decoded").inc(inputs.decoded_bytes)
-                remaining = context.time_remaining()
-                deadline = None if remaining is None else time.monotonic() + remaining
-                if remaining is not None and remaining <= 0:
-                    raise DeadlineExpired("deadline passed before the request was queued")
-                future = self._batcher.submit(loaded, inputs, deadline, request.request_id, hold.release)
-                hold.retain()
-                outputs = await future
+            outputs = await run_admitted(
+                loaded, admitted, lambda: wire.payloads, message_bytes=wire.size, request_id=request.request_id,
+                context=context, inflight=self._inflight, batcher=self._batcher,
+            )
             encoding = tracing.clock()
             response = leaf_pb2.LeafResponse(model=loaded.model, version=loaded.version)
             response.outputs.extend(
@@ -126,17 +111,11 @@ class LeafServicer:
             )
             tracing.record("encode", encoding)
         except asyncio.CancelledError:
-            metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.CANCELLED.name).inc()
+            outcome.cancelled()
             raise
         except Exception as exc:
-            status = to_status(exc)
-            if not isinstance(exc, LeafError):  # a bug: model failures are logged by the batcher
-                log.exception("request %r to model %r failed", request.request_id, request.model)
-            metrics.REQUESTS.labels(model_label, version_served, status.code.name).inc()
-            metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
-            await abort(context, status.code, status.message)
-        metrics.REQUESTS.labels(model_label, version_served, grpc.StatusCode.OK.name).inc()
-        metrics.REQUEST_SECONDS.labels(model_label).observe(time.perf_counter() - started)
+            await outcome.fail(exc, context, f"request {request.request_id!r} to model {request.model!r}")
+        outcome.finished()
         return response
 
     async def list_models(
